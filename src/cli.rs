@@ -1,0 +1,105 @@
+//! Command-line interface (contract section 2). Every global option is also an environment
+//! variable; precedence is flag, then environment, then the config file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outbox-relay",
+    version,
+    about = "Relays transactional-outbox rows from PostgreSQL to signed webhooks",
+    long_about = "Relays transactional-outbox rows from PostgreSQL to signed webhooks.\n\n\
+        Apps insert an OutboxEvent row in the same transaction as their change; the relay \
+        wakes on NOTIFY, claims rows with FOR UPDATE SKIP LOCKED and delivers each at least \
+        once, with retries, backoff and dead letters.\n\n\
+        Start with `outbox-relay dev` for a self-contained demo."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Config file (TOML).
+    #[arg(long, global = true, env = "OUTBOX_RELAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL URL; overrides `database_url` in the config file.
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
+    /// Log format on stderr. Verbosity follows RUST_LOG (default: info).
+    #[arg(long, global = true, env = "OUTBOX_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay daemon.
+    Run,
+    /// Create the outbox table, or adopt one an ORM made (idempotent).
+    Migrate {
+        /// Print the SQL instead of running it.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Counts by status, oldest pending age, dead letters.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put FAILED events back to PENDING (retry_count reset; endpoints that already accepted
+    /// them are not sent them again).
+    Retry {
+        /// Event ids to retry.
+        #[arg(long = "id", value_name = "ID", num_args = 1.., required_unless_present = "failed", conflicts_with = "failed")]
+        ids: Vec<String>,
+        /// Retry every FAILED event (optionally only those matching --type).
+        #[arg(long)]
+        failed: bool,
+        /// Glob on event_type, e.g. 'PROJECT.*' (with --failed).
+        #[arg(long = "type", value_name = "GLOB", requires = "failed")]
+        event_type: Option<String>,
+    },
+    /// Delete COMPLETED events older than a duration, in small batches.
+    Purge {
+        /// e.g. 7d, 12h.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        older_than: std::time::Duration,
+    },
+    /// Insert one event (for scripts and smoke tests).
+    Publish {
+        /// event_type, e.g. PROJECT.UPDATED.
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: String,
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long, requires = "entity_id")]
+        entity_type: Option<String>,
+        #[arg(long, requires = "entity_type")]
+        entity_id: Option<String>,
+        /// JSON payload (default {}).
+        #[arg(long, default_value = "{}")]
+        payload: String,
+    },
+    /// Self-contained demo: database, relay, sample receiver and sample events.
+    Dev,
+    /// Validate the config and exit (status 2 when invalid).
+    CheckConfig,
+}

@@ -1,0 +1,196 @@
+//! `outbox-relay dev`: the whole flow on one screen, with no configuration.
+//!
+//! Gets a database (DATABASE_URL if given, else a throwaway cluster), migrates, starts a
+//! sample webhook receiver and the relay, publishes a few events (one fails once, to show a
+//! retry) and prints every delivery as the receiver gets it, until Ctrl-C.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use base64::Engine;
+use tokio_util::sync::CancellationToken;
+
+use crate::commands::{insert, NewEvent};
+use crate::config::{Config, Overrides};
+use crate::deliver::signature::SigningKeys;
+use crate::pgtemp::TempCluster;
+use crate::secret::Secret;
+
+/// Table the demo uses in a database it did not create, so it never touches an app's own
+/// `OutboxEvent` table.
+const DEMO_TABLE: &str = "outbox_relay_demo";
+
+struct Receiver {
+    keys: SigningKeys,
+    /// Events that asked to fail once and already did.
+    failed_once: Mutex<HashSet<String>>,
+}
+
+pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
+    let (cluster, url, table) = match &overrides.database_url {
+        Some(url) => (None, url.clone(), DEMO_TABLE),
+        None => {
+            eprintln!(
+                "starting a throwaway PostgreSQL cluster (set DATABASE_URL to use your own)..."
+            );
+            let c = tokio::task::spawn_blocking(TempCluster::start).await??;
+            let url = c.url("postgres");
+            (Some(c), url, "OutboxEvent")
+        }
+    };
+
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 24]>())
+    );
+    let receiver = Arc::new(Receiver {
+        keys: SigningKeys::parse(&Secret::new(secret.clone())).map_err(anyhow::Error::msg)?,
+        failed_once: Mutex::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook_url = format!("http://{}/hooks/demo", listener.local_addr()?);
+    let app = Router::new()
+        .route("/hooks/demo", post(receive))
+        .with_state(receiver);
+    let shutdown = CancellationToken::new();
+    let server_stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(server_stop.cancelled_owned())
+            .await
+    });
+
+    let toml = format!(
+        r#"
+        table = "{table}"
+        backoff_initial = "2s"
+        [[webhook]]
+        name = "demo"
+        url = "{hook_url}"
+        secret = "{secret}"
+        "#
+    );
+    let cfg = Config::from_toml(
+        &toml,
+        &Overrides {
+            database_url: Some(url.clone()),
+        },
+    )?;
+    let mut client = crate::db::connect(&cfg.database_url).await?;
+    crate::db::migrate::run(&mut client, &cfg)
+        .await
+        .context("migrating the demo table")?;
+
+    crate::shutdown::on_signal(shutdown.clone());
+    let health = Arc::new(crate::relay::Health::default());
+    let relay = tokio::spawn(crate::relay::run(cfg.clone(), shutdown.clone(), health));
+
+    eprintln!();
+    eprintln!("  database   {}", crate::secret::redact_url(&url));
+    eprintln!("  table      {}", cfg.qualified_table());
+    eprintln!("  receiver   {hook_url}");
+    eprintln!();
+    eprintln!("publishing sample events; deliveries print below. Publish more with:");
+    eprintln!(
+        "  outbox-relay publish --database-url '{}' --type DEMO.HELLO --payload '{{\"hi\":1}}'{}",
+        url,
+        if table == DEMO_TABLE {
+            "   (with table = \"outbox_relay_demo\" in a --config file)"
+        } else {
+            ""
+        }
+    );
+    eprintln!("Ctrl-C to stop.\n");
+
+    let shape = crate::db::shape::inspect(&client, &cfg.qualified_table()).await?;
+    let q = crate::db::queries::Queries::new(&cfg.qualified_table(), &shape);
+    let samples = [
+        ("PROJECT.CREATED", "org_acme", "p_1", r#"{"name":"Apollo"}"#),
+        (
+            "PROJECT.UPDATED",
+            "org_acme",
+            "p_1",
+            r#"{"name":"Apollo 2","fail_once":true}"#,
+        ),
+        (
+            "INVOICE.CREATED",
+            "org_globex",
+            "inv_7",
+            r#"{"amount_cents":4200}"#,
+        ),
+        ("PROJECT.ARCHIVED", "org_acme", "p_1", r#"{}"#),
+    ];
+    // One transaction, as an app would publish alongside its own change.
+    let tx = client.transaction().await?;
+    for (t, org, entity, payload) in samples {
+        let e = NewEvent {
+            event_type: t.into(),
+            org_id: Some(org.into()),
+            entity_type: Some(
+                if t.starts_with("INVOICE") {
+                    "Invoice"
+                } else {
+                    "Project"
+                }
+                .into(),
+            ),
+            entity_id: Some(entity.into()),
+            payload: payload.into(),
+        };
+        insert(&tx, &q, &e).await?;
+    }
+    tx.commit().await?;
+
+    relay.await??;
+    let _ = server.await;
+    drop(cluster);
+    eprintln!("demo stopped");
+    Ok(())
+}
+
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> StatusCode {
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (id, ts, sig) = (
+        h("webhook-id"),
+        h("webhook-timestamp"),
+        h("webhook-signature"),
+    );
+    let valid = ts
+        .parse()
+        .is_ok_and(|ts| r.keys.sign(id, ts, body.as_bytes()) == sig);
+    let env: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let fail =
+        env["data"]["fail_once"] == true && r.failed_once.lock().unwrap().insert(id.to_owned());
+    let status = if !valid {
+        StatusCode::UNAUTHORIZED
+    } else if fail {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    println!(
+        "{} {:<17} id={} attempt={} org={} signature={} -> {}{}",
+        if status.is_success() {
+            "received"
+        } else {
+            "rejected"
+        },
+        env["type"].as_str().unwrap_or("?"),
+        id,
+        env["attempt"],
+        env["org_id"].as_str().unwrap_or("-"),
+        if valid { "ok" } else { "BAD" },
+        status.as_u16(),
+        if fail {
+            " (failing once on purpose: watch the retry)"
+        } else {
+            ""
+        },
+    );
+    status
+}

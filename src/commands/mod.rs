@@ -1,0 +1,222 @@
+//! The one-shot commands: migrate, status, retry, purge, publish (and `dev` in its module).
+
+pub mod dev;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::db::queries::{glob_to_like, Queries};
+use crate::db::{self, migrate, shape};
+
+/// Rows changed per statement by `purge` and `retry --failed`.
+const BATCH: i64 = 1000;
+
+/// Connects and reads the table's shape.
+async fn open(cfg: &Config) -> anyhow::Result<(tokio_postgres::Client, Queries)> {
+    let client = db::connect(&cfg.database_url).await?;
+    let table = cfg.qualified_table();
+    let shape = shape::inspect(&client, &table).await?;
+    Ok((client, Queries::new(&table, &shape)))
+}
+
+/// Wakes every relay on this table (rows just became due without an INSERT).
+async fn notify(client: &tokio_postgres::Client, cfg: &Config) -> anyhow::Result<()> {
+    client
+        .execute("SELECT pg_notify($1, '')", &[&migrate::channel(cfg)])
+        .await?;
+    Ok(())
+}
+
+/// `migrate [--print]`.
+pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
+    if print {
+        print!("{}", migrate::script(cfg));
+        return Ok(());
+    }
+    let mut client = db::connect(&cfg.database_url).await?;
+    migrate::run(&mut client, cfg).await?;
+    let shape = shape::inspect(&client, &cfg.qualified_table()).await?;
+    eprintln!(
+        "{} is ready (id {}, status {}); NOTIFY channel {:?}",
+        cfg.qualified_table(),
+        shape.id_type,
+        shape.status_type,
+        migrate::channel(cfg)
+    );
+    Ok(())
+}
+
+/// What `status --json` prints.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub table: String,
+    /// Rows per status value (unknown values included, NULL as "NULL").
+    pub counts: std::collections::BTreeMap<String, i64>,
+    pub oldest_pending_age_seconds: Option<f64>,
+    pub dead_letters: i64,
+}
+
+/// Gathers the status report.
+pub async fn status_report(cfg: &Config) -> anyhow::Result<StatusReport> {
+    let (client, q) = open(cfg).await?;
+    let mut counts = std::collections::BTreeMap::new();
+    for s in ["PENDING", "PROCESSING", "COMPLETED", "FAILED"] {
+        counts.insert(s.to_owned(), 0);
+    }
+    for row in client.query(&q.status_counts, &[]).await? {
+        counts.insert(row.get(0), row.get(1));
+    }
+    let oldest: Option<f64> = client.query_one(&q.oldest_pending, &[]).await?.get(0);
+    Ok(StatusReport {
+        table: cfg.qualified_table(),
+        dead_letters: counts["FAILED"],
+        counts,
+        oldest_pending_age_seconds: oldest,
+    })
+}
+
+/// `status [--json]`.
+pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
+    let r = status_report(cfg).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("{}", r.table);
+    for (status, n) in &r.counts {
+        let note = match status.as_str() {
+            "PENDING" => r
+                .oldest_pending_age_seconds
+                .map(|s| {
+                    format!(
+                        "  oldest {}",
+                        humantime::format_duration(Duration::from_secs(s as u64))
+                    )
+                })
+                .unwrap_or_default(),
+            "FAILED" if *n > 0 => "  dead letters: `outbox-relay retry --failed` to resend".into(),
+            _ => String::new(),
+        };
+        println!("  {status:<12} {n:>10}{note}");
+    }
+    Ok(())
+}
+
+/// `retry --id ...` or `retry --failed [--type GLOB]`. Returns how many rows went back.
+pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> anyhow::Result<u64> {
+    let (client, q) = open(cfg).await?;
+    let total = if !ids.is_empty() {
+        let rows = client
+            .query(&q.retry_ids, &[&ids])
+            .await
+            .context("retrying events (are the ids of the table's id type?)")?;
+        let done: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        for id in ids.iter().filter(|id| !done.contains(*id)) {
+            eprintln!("{id}: not retried (no such event, or it is not FAILED)");
+        }
+        done.len() as u64
+    } else {
+        let pattern = glob_to_like(event_type.unwrap_or("*"));
+        let mut total = 0;
+        loop {
+            let n = client.execute(&q.retry_failed, &[&pattern, &BATCH]).await?;
+            total += n;
+            if n > 0 {
+                notify(&client, cfg).await?;
+            }
+            if n < BATCH as u64 {
+                break;
+            }
+            eprintln!("... {total} retried so far");
+        }
+        total
+    };
+    if total > 0 {
+        notify(&client, cfg).await?;
+    }
+    eprintln!("{total} event(s) back to PENDING");
+    Ok(total)
+}
+
+/// `purge --older-than D`. Returns how many rows were deleted.
+pub async fn purge(cfg: &Config, older_than: Duration) -> anyhow::Result<u64> {
+    let (client, q) = open(cfg).await?;
+    let secs = older_than.as_secs_f64();
+    let mut total = 0;
+    loop {
+        let n = client.execute(&q.purge, &[&secs, &BATCH]).await?;
+        total += n;
+        if n < BATCH as u64 {
+            break;
+        }
+        if total % (BATCH as u64 * 10) == 0 {
+            eprintln!("... {total} deleted so far");
+        }
+    }
+    eprintln!(
+        "{total} COMPLETED event(s) older than {} deleted",
+        humantime::format_duration(older_than)
+    );
+    Ok(total)
+}
+
+/// One event to insert.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub org_id: Option<String>,
+    pub entity_type: Option<String>,
+    pub entity_id: Option<String>,
+    /// JSON text.
+    pub payload: String,
+}
+
+/// Inserts one event with an open client; returns its id.
+pub async fn insert(
+    client: &impl tokio_postgres::GenericClient,
+    q: &Queries,
+    e: &NewEvent,
+) -> anyhow::Result<String> {
+    serde_json::from_str::<serde_json::Value>(&e.payload).context("--payload is not valid JSON")?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let row = if q.publish.contains("$6") {
+        client
+            .query_one(
+                &q.publish,
+                &[
+                    &e.event_type,
+                    &e.org_id,
+                    &e.entity_type,
+                    &e.entity_id,
+                    &e.payload,
+                    &id,
+                ],
+            )
+            .await?
+    } else {
+        client
+            .query_one(
+                &q.publish,
+                &[
+                    &e.event_type,
+                    &e.org_id,
+                    &e.entity_type,
+                    &e.entity_id,
+                    &e.payload,
+                ],
+            )
+            .await?
+    };
+    Ok(row.get(0))
+}
+
+/// `publish`.
+pub async fn publish(cfg: &Config, e: &NewEvent) -> anyhow::Result<String> {
+    let (client, q) = open(cfg).await?;
+    let id = insert(&client, &q, e).await?;
+    println!("{id}");
+    Ok(id)
+}

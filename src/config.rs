@@ -1,0 +1,535 @@
+//! The one validated configuration: TOML file, then environment, then flags.
+//!
+//! [`FileConfig`] mirrors the TOML exactly (unknown keys are errors, so a typo is caught);
+//! [`Config::load`] applies the overrides, resolves secrets and validates everything, and every
+//! error names the key it is about. Defaults live here as named constants, documented once.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::db::ident::Ident;
+use crate::deliver::signature::SigningKeys;
+use crate::secret::Secret;
+
+/// Default schema of the outbox table.
+pub const DEFAULT_SCHEMA: &str = "public";
+/// Default table: the name Prisma gives a model `OutboxEvent`.
+pub const DEFAULT_TABLE: &str = "OutboxEvent";
+/// The safety-net poll; NOTIFY wakes the relay at once.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
+/// Rows claimed per transaction.
+pub const DEFAULT_BATCH_SIZE: u32 = 100;
+/// Attempts in all before a row is dead-lettered (FAILED).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 12;
+/// How long a claim stays valid without being extended by its live relay.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long SIGTERM waits for in-flight deliveries before releasing them (below systemd's
+/// default 90 s stop timeout, with room to write the releases).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9470";
+pub const DEFAULT_SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_WEBHOOK_MAX_IN_FLIGHT: usize = 64;
+/// A database URL that works out of the box on a developer machine.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A config error: which key, and what is wrong with it. Exits with status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("config error at `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `ordering` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Events are delivered concurrently, in claim order.
+    #[default]
+    None,
+    /// Per (entity_type, entity_id) in commit order (not implemented yet: refused at load).
+    Entity,
+}
+
+/// The TOML file as written. Durations are humantime strings.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    schema: Option<String>,
+    table: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    poll_interval: Option<Duration>,
+    batch_size: Option<u32>,
+    max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    lease: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_max: Option<Duration>,
+    retention: Option<String>,
+    listen: Option<bool>,
+    ordering: Option<Ordering>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_timeout: Option<Duration>,
+    #[serde(default)]
+    http: FileHttp,
+    #[serde(default)]
+    sse: FileSse,
+    #[serde(default)]
+    webhook: Vec<FileWebhook>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    listen: Option<String>,
+    admin_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSse {
+    enabled: Option<bool>,
+    token_secret: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    heartbeat: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    name: String,
+    url: String,
+    types: Option<Vec<String>>,
+    secret: String,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    max_in_flight: Option<usize>,
+}
+
+/// Overrides from the command line and the environment (clap already merged those two).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub database_url: Option<String>,
+}
+
+/// The validated configuration the daemon and every command run on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Connection string; may hold a password, so it is never logged as is.
+    pub database_url: Secret,
+    pub schema: Ident,
+    pub table: Ident,
+    pub poll_interval: Duration,
+    pub batch_size: u32,
+    pub max_attempts: u32,
+    pub lease: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// `None` when `retention = "off"`.
+    pub retention: Option<Duration>,
+    /// `false` for poll-only mode (transaction-mode poolers cannot LISTEN).
+    pub listen: bool,
+    pub ordering: Ordering,
+    pub shutdown_timeout: Duration,
+    pub http: HttpConfig,
+    pub sse: SseConfig,
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SseConfig {
+    pub enabled: bool,
+    pub token_secret: Option<Secret>,
+    pub heartbeat: Duration,
+}
+
+/// One `[[webhook]]` endpoint.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Unique; recorded in `delivered_to` once the endpoint accepts an event.
+    pub name: String,
+    pub url: url::Url,
+    /// Globs on event_type; `["*"]` when the key is absent.
+    pub types: Vec<String>,
+    pub keys: SigningKeys,
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+}
+
+impl Config {
+    /// Reads `path` (if any), applies overrides and validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError::new("--config", format!("cannot read {}: {e}", p.display()))
+                })?;
+                parse_file(&text)?
+            }
+            None => FileConfig::default(),
+        };
+        Self::from_file(file, overrides)
+    }
+
+    /// Parses and validates TOML text (used by `load` and by tests).
+    pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::from_file(parse_file(text)?, overrides)
+    }
+
+    fn from_file(f: FileConfig, o: &Overrides) -> Result<Self, ConfigError> {
+        let database_url = o
+            .database_url
+            .clone()
+            .or(f.database_url)
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        let database_url =
+            Secret::resolve(&database_url).map_err(|m| ConfigError::new("database_url", m))?;
+        if let Err(e) = database_url.expose().parse::<tokio_postgres::Config>() {
+            // tokio-postgres errors do not echo the input, so no password leaks here.
+            return Err(ConfigError::new(
+                "database_url",
+                format!("not a PostgreSQL URL: {e}"),
+            ));
+        }
+        let ident = |key: &str, v: Option<String>, d: &str| {
+            Ident::new(v.as_deref().unwrap_or(d)).map_err(|e| ConfigError::new(key, e.to_string()))
+        };
+        let cfg = Config {
+            database_url,
+            schema: ident("schema", f.schema, DEFAULT_SCHEMA)?,
+            table: ident("table", f.table, DEFAULT_TABLE)?,
+            poll_interval: f.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
+            batch_size: f.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
+            max_attempts: f.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            lease: f.lease.unwrap_or(DEFAULT_LEASE),
+            backoff_initial: f.backoff_initial.unwrap_or(DEFAULT_BACKOFF_INITIAL),
+            backoff_max: f.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX),
+            retention: parse_retention(f.retention.as_deref())?,
+            listen: f.listen.unwrap_or(true),
+            ordering: f.ordering.unwrap_or_default(),
+            shutdown_timeout: f.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+            http: HttpConfig {
+                listen: f
+                    .http
+                    .listen
+                    .as_deref()
+                    .unwrap_or(DEFAULT_HTTP_LISTEN)
+                    .parse()
+                    .map_err(|e| ConfigError::new("http.listen", format!("{e} (want ip:port)")))?,
+                admin_token: resolve_opt("http.admin_token", f.http.admin_token.as_deref())?,
+            },
+            sse: SseConfig {
+                enabled: f.sse.enabled.unwrap_or(true),
+                token_secret: resolve_opt("sse.token_secret", f.sse.token_secret.as_deref())?,
+                heartbeat: f.sse.heartbeat.unwrap_or(DEFAULT_SSE_HEARTBEAT),
+            },
+            webhooks: f
+                .webhook
+                .into_iter()
+                .enumerate()
+                .map(|(i, w)| webhook(i, w))
+                .collect::<Result<_, _>>()?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &str, d: Duration| {
+            if d.is_zero() {
+                Err(ConfigError::new(key, "must be greater than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("poll_interval", self.poll_interval)?;
+        positive("lease", self.lease)?;
+        positive("backoff_initial", self.backoff_initial)?;
+        positive("sse.heartbeat", self.sse.heartbeat)?;
+        if self.lease < Duration::from_secs(1) {
+            return Err(ConfigError::new("lease", "must be at least 1s"));
+        }
+        if self.backoff_max < self.backoff_initial {
+            return Err(ConfigError::new(
+                "backoff_max",
+                "must not be below backoff_initial",
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(ConfigError::new(
+                "batch_size",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::new("max_attempts", "must be at least 1"));
+        }
+        if self.ordering == Ordering::Entity {
+            return Err(ConfigError::new(
+                "ordering",
+                "\"entity\" is not available in this version yet; use \"none\"",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if !seen.insert(&w.name) {
+                return Err(ConfigError::new(
+                    format!("webhook[{i}].name"),
+                    format!(
+                        "{:?} is used by another webhook; names must be unique",
+                        w.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `"public"."OutboxEvent"`, quoted and safe to splice into SQL.
+    pub fn qualified_table(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+}
+
+fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        // toml's message carries the line and a caret; keep its first line of substance.
+        let message = inner.message().to_owned();
+        let key = if key == "." || key.is_empty() {
+            "(file)".to_owned()
+        } else {
+            key
+        };
+        ConfigError::new(key, message)
+    })
+}
+
+fn parse_retention(v: Option<&str>) -> Result<Option<Duration>, ConfigError> {
+    match v {
+        None => Ok(Some(DEFAULT_RETENTION)),
+        Some("off") => Ok(None),
+        Some(s) => humantime::parse_duration(s).map(Some).map_err(|e| {
+            ConfigError::new(
+                "retention",
+                format!("{e} (a duration such as 7d, or \"off\")"),
+            )
+        }),
+    }
+}
+
+fn resolve_opt(key: &str, v: Option<&str>) -> Result<Option<Secret>, ConfigError> {
+    v.map(|r| Secret::resolve(r).map_err(|m| ConfigError::new(key, m)))
+        .transpose()
+}
+
+/// Webhook names go into `delivered_to` (a comma-joined list on the wire), metric labels and
+/// logs, so they are kept to a plain alphabet.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn webhook(i: usize, w: FileWebhook) -> Result<WebhookConfig, ConfigError> {
+    let key = |k: &str| format!("webhook[{i}].{k}");
+    if !valid_name(&w.name) {
+        return Err(ConfigError::new(
+            key("name"),
+            format!("{:?}: use 1-64 letters, digits, '_', '-' or '.'", w.name),
+        ));
+    }
+    let url = url::Url::parse(&w.url).map_err(|e| ConfigError::new(key("url"), e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::new(
+            key("url"),
+            "must be an http:// or https:// URL",
+        ));
+    }
+    let types = w.types.unwrap_or_else(|| vec!["*".to_owned()]);
+    if types.is_empty() {
+        return Err(ConfigError::new(
+            key("types"),
+            "is empty: omit it to receive every type",
+        ));
+    }
+    for (j, t) in types.iter().enumerate() {
+        globset::Glob::new(t)
+            .map_err(|e| ConfigError::new(format!("webhook[{i}].types[{j}]"), e.to_string()))?;
+    }
+    let secret = Secret::resolve(&w.secret).map_err(|m| ConfigError::new(key("secret"), m))?;
+    let keys = SigningKeys::parse(&secret).map_err(|m| ConfigError::new(key("secret"), m))?;
+    let max_in_flight = w.max_in_flight.unwrap_or(DEFAULT_WEBHOOK_MAX_IN_FLIGHT);
+    if !(1..=10_000).contains(&max_in_flight) {
+        return Err(ConfigError::new(
+            key("max_in_flight"),
+            "must be between 1 and 10000",
+        ));
+    }
+    let timeout = w.timeout.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT);
+    if timeout.is_zero() {
+        return Err(ConfigError::new(
+            key("timeout"),
+            "must be greater than zero",
+        ));
+    }
+    Ok(WebhookConfig {
+        name: w.name,
+        url,
+        types,
+        keys,
+        timeout,
+        max_in_flight,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = load("").unwrap();
+        assert_eq!(c.qualified_table(), r#""public"."OutboxEvent""#);
+        assert_eq!(c.batch_size, 100);
+        assert_eq!(c.max_attempts, 12);
+        assert_eq!(c.retention, Some(DEFAULT_RETENTION));
+        assert!(c.listen && c.webhooks.is_empty());
+    }
+
+    #[test]
+    fn the_contract_example_parses() {
+        let c = load(&format!(
+            r#"
+            database_url = "postgres://relay@db/app"
+            schema = "public"
+            table = "OutboxEvent"
+            poll_interval = "30s"
+            batch_size = 100
+            max_attempts = 12
+            lease = "30s"
+            backoff_initial = "1s"
+            backoff_max = "1h"
+            retention = "7d"
+            listen = true
+            ordering = "none"
+            [http]
+            listen = "127.0.0.1:9470"
+            [sse]
+            enabled = true
+            heartbeat = "15s"
+            [[webhook]]
+            name = "billing"
+            url = "https://billing.internal/hooks/outbox"
+            types = ["PROJECT.*", "INVOICE.CREATED"]
+            secret = "{SECRET}"
+            timeout = "10s"
+            max_in_flight = 64
+            "#
+        ))
+        .unwrap();
+        assert_eq!(c.webhooks[0].name, "billing");
+        assert_eq!(c.webhooks[0].timeout, Duration::from_secs(10));
+        assert_eq!(c.backoff_max, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("batch_size = \"many\"", "batch_size"),
+            ("batchsize = 3", "batchsize"),
+            ("poll_interval = \"soon\"", "poll_interval"),
+            ("table = 'x\"; DROP TABLE y; --'", "table"),
+            ("retention = \"forever\"", "retention"),
+            ("batch_size = 0", "batch_size"),
+            ("[http]\nlisten = \"nowhere\"", "http.listen"),
+            (
+                "[[webhook]]\nname='a'\nurl='ftp://x'\nsecret='whsec_AAAA'",
+                "webhook[0].url",
+            ),
+            (
+                "[[webhook]]\nname='a'\nurl='http://x'\nsecret='not base64!'",
+                "webhook[0].secret",
+            ),
+            (
+                "[[webhook]]\nname='a b'\nurl='http://x'\nsecret='whsec_AAAA'",
+                "webhook[0].name",
+            ),
+            (
+                "[[webhook]]\nname='a'\nurl='http://x'\nsecret='env:NOPE_NOT_SET_42'",
+                "webhook[0].secret",
+            ),
+            (
+                "[[webhook]]\nname='a'\nurl='http://x'\nsecret='whsec_AAAA'\nbogus=1",
+                "webhook[0]",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = load(text).expect_err(text);
+            assert!(
+                err.key.starts_with(key),
+                "{text}: got key {} ({})",
+                err.key,
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_key_message_names_it() {
+        let err = load("batchsize = 3").unwrap_err();
+        assert!(err.to_string().contains("batchsize"), "{err}");
+    }
+
+    #[test]
+    fn retention_off_and_secret_not_in_errors() {
+        assert_eq!(load("retention = \"off\"").unwrap().retention, None);
+        let err =
+            load("[[webhook]]\nname='a'\nurl='http://x'\nsecret='hunter2 not-base64'").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn flag_overrides_file() {
+        let o = Overrides {
+            database_url: Some("postgres://flag@h/db".into()),
+        };
+        let c = Config::from_toml("database_url = \"postgres://file@h/db\"", &o).unwrap();
+        assert_eq!(c.database_url.expose(), "postgres://flag@h/db");
+    }
+}

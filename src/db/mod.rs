@@ -1,0 +1,77 @@
+//! Everything that talks SQL: connections, the migration, the table's shape and the queries.
+
+pub mod ident;
+pub mod migrate;
+pub mod queries;
+pub mod shape;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
+use tokio_postgres::NoTls;
+
+use crate::secret::Secret;
+
+/// How long one connection attempt may take before it counts as "database unreachable".
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pooled connections per relay: claims, outcome writes, lease extension and housekeeping
+/// each need one at a time, never one per delivery.
+pub const POOL_SIZE: usize = 8;
+
+/// Parses the URL and sets what every relay connection needs: a recognisable
+/// application_name (visible in pg_stat_activity), UTC sessions (so a Prisma
+/// `timestamp(3)` column reads as the UTC it holds), a connect timeout and TCP keepalives
+/// (a dead peer is noticed even on the otherwise silent LISTEN connection).
+pub fn pg_config(url: &Secret) -> anyhow::Result<tokio_postgres::Config> {
+    let mut cfg: tokio_postgres::Config = url
+        .expose()
+        .parse()
+        .context("database_url is not a valid PostgreSQL URL")?;
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("outbox-relay");
+    }
+    cfg.options("-c TimeZone=UTC");
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    cfg.keepalives(true);
+    cfg.keepalives_idle(Duration::from_secs(30));
+    Ok(cfg)
+}
+
+/// A pool whose `get()` fails within a few seconds while the database is down, instead of
+/// hanging, so callers can log, back off and try again.
+pub fn pool(url: &Secret) -> anyhow::Result<Pool> {
+    let mgr = Manager::from_config(
+        pg_config(url)?,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(POOL_SIZE)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: Some(Duration::from_secs(10)),
+            create: Some(CONNECT_TIMEOUT),
+            recycle: Some(CONNECT_TIMEOUT),
+        })
+        .build()
+        .context("building the connection pool")
+}
+
+/// One dedicated connection (CLI commands, LISTEN), its driver task spawned.
+pub async fn connect(url: &Secret) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = pg_config(url)?
+        .connect(NoTls)
+        .await
+        .context("cannot connect to the database (check database_url and that it is up)")?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    Ok(client)
+}

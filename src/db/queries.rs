@@ -1,0 +1,222 @@
+//! Every statement the relay runs against the outbox table, built once per table.
+//!
+//! The templates use `{t}` (the quoted table), `{id}` (the id type) and `{st}` (the status
+//! type, `text` or the app's enum). Status values are always literals cast to `{st}`, never
+//! parameters, because a text parameter does not implicitly convert to an enum.
+
+use crate::db::shape::TableShape;
+
+/// Claim a batch: PENDING rows that are due plus PROCESSING rows whose lease lapsed, oldest
+/// first. `FOR UPDATE SKIP LOCKED` lets any number of relays claim side by side without
+/// waiting on each other; each branch walks its own partial index in order, so the cost does
+/// not grow with the table. A lapsed lease counts as a failed attempt (the relay holding it
+/// died or hung mid-delivery), and one that exhausts `max_attempts` goes straight to FAILED,
+/// so a poison event that crashes every relay cannot loop forever.
+/// $1 limit, $2 lease seconds, $3 max_attempts, $4 claim token.
+const CLAIM: &str = "
+WITH lapsed AS (
+    SELECT id FROM {t}
+     WHERE status = 'PROCESSING' AND lease_expires_at <= now()
+     ORDER BY lease_expires_at
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM {t}
+     WHERE status = 'PENDING' AND next_attempt_at <= now()
+     ORDER BY next_attempt_at
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE {t} AS e SET
+    status = CASE WHEN e.status = 'PROCESSING' AND e.retry_count + 1 >= $3
+                  THEN 'FAILED'::{st} ELSE 'PROCESSING'::{st} END,
+    retry_count = e.retry_count + CASE WHEN e.status = 'PROCESSING' THEN 1 ELSE 0 END,
+    error_message = CASE WHEN e.status = 'PROCESSING'
+        THEN 'lease expired: the relay delivering this event stopped (crash, kill or hang) \
+before recording an outcome'
+        ELSE e.error_message END,
+    lease_expires_at = now() + make_interval(secs => $2),
+    claim_token = $4
+  FROM (SELECT id FROM lapsed UNION ALL SELECT id FROM due) AS c
+ WHERE e.id = c.id
+RETURNING e.id::text, e.status::text, e.event_type, e.org_id, e.entity_type, e.entity_id,
+          e.payload::text, e.retry_count, (extract(epoch FROM e.created_at) * 1000000)::int8,
+          e.delivered_to, e.error_message";
+
+/// Record a batch of outcomes in one statement. Fenced by the claim token: a relay whose
+/// lease lapsed (and whose rows another relay re-claimed) updates nothing. Delays are
+/// computed on the database clock, so relay hosts with skewed clocks agree.
+/// Arrays: $1 id, $2 token, $3 status, $4 failed attempts to add, $5 error, $6 delay seconds
+/// (NULL keeps next_attempt_at), $7 comma-joined delivered_to.
+const RECORD: &str = "
+UPDATE {t} AS e SET
+    status = u.status::{st},
+    retry_count = e.retry_count + u.failed,
+    error_message = COALESCE(u.error, e.error_message),
+    next_attempt_at = CASE WHEN u.delay IS NULL THEN e.next_attempt_at
+                           ELSE now() + make_interval(secs => u.delay) END,
+    processed_at = CASE WHEN u.status = 'COMPLETED' THEN now() ELSE e.processed_at END,
+    delivered_to = string_to_array(u.delivered, ','),
+    lease_expires_at = NULL,
+    claim_token = NULL
+  FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::float8[],
+              $7::text[]) AS u(id, token, status, failed, error, delay, delivered)
+ WHERE e.id = u.id::{id} AND e.claim_token = u.token AND e.status = 'PROCESSING'
+RETURNING e.id::text";
+
+/// Extend the leases of work in progress. $1 ids, $2 tokens, $3 lease seconds.
+const EXTEND: &str = "
+UPDATE {t} AS e SET lease_expires_at = now() + make_interval(secs => $3)
+  FROM unnest($1::text[], $2::uuid[]) AS u(id, token)
+ WHERE e.id = u.id::{id} AND e.claim_token = u.token AND e.status = 'PROCESSING'";
+
+/// Seconds until something becomes claimable (a retry falls due or a lease lapses); NULL when
+/// nothing waits. Two index-only min() lookups on the partial indexes.
+const NEXT_DUE: &str = "
+SELECT extract(epoch FROM least(
+    (SELECT min(next_attempt_at) FROM {t} WHERE status = 'PENDING'),
+    (SELECT min(lease_expires_at) FROM {t} WHERE status = 'PROCESSING')) - now())::float8";
+
+/// Dead-letter rows whose status the relay does not know (NULL, a typo, an extra enum value):
+/// they would otherwise sit unnoticed forever. Uses the partial "unknown" index.
+const FAIL_UNKNOWN: &str = "
+UPDATE {t} SET
+    status = 'FAILED'::{st},
+    error_message = 'unknown status ' || coalesce(quote_literal(status::text), 'NULL')
+        || ': the relay only sends PENDING rows; fix the row or run outbox-relay retry --id',
+    lease_expires_at = NULL, claim_token = NULL
+ WHERE id IN (SELECT id FROM {t}
+               WHERE status IS NULL
+                  OR status NOT IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED')
+               LIMIT 1000 FOR UPDATE SKIP LOCKED)
+RETURNING id::text";
+
+/// `status`: counts by status, and the oldest PENDING row's age in seconds.
+const STATUS_COUNTS: &str = "
+SELECT coalesce(status::text, 'NULL'), count(*)::int8 FROM {t} GROUP BY 1 ORDER BY 1";
+const OLDEST_PENDING: &str = "
+SELECT extract(epoch FROM now() - min(created_at))::float8 FROM {t} WHERE status = 'PENDING'";
+
+/// `retry --id`: FAILED rows back to PENDING, count reset. delivered_to is kept, so endpoints
+/// that already accepted are not sent the event again.
+const RETRY_IDS: &str = "
+UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, next_attempt_at = now(),
+       lease_expires_at = NULL, claim_token = NULL
+ WHERE id = ANY($1::text[]::{id}[]) AND status = 'FAILED'
+RETURNING id::text";
+
+/// `retry --failed [--type GLOB]`, in batches of $2 rows; $1 is a LIKE pattern.
+const RETRY_FAILED: &str = "
+UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, next_attempt_at = now(),
+       lease_expires_at = NULL, claim_token = NULL
+ WHERE id IN (SELECT id FROM {t} WHERE status = 'FAILED' AND event_type LIKE $1
+               LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+/// `purge`: delete COMPLETED rows processed before the cutoff ($1 seconds ago), $2 at a time,
+/// so no statement holds locks or bloats WAL for long.
+const PURGE: &str = "
+DELETE FROM {t} WHERE id IN (
+    SELECT id FROM {t}
+     WHERE status = 'COMPLETED' AND processed_at < now() - make_interval(secs => $1)
+     LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+/// `publish` when the database fills in the id. $1 type, $2 org, $3 entity type, $4 entity
+/// id, $5 payload as JSON text.
+const PUBLISH: &str = "
+INSERT INTO {t} (event_type, org_id, entity_type, entity_id, payload)
+VALUES ($1, $2, $3, $4, $5::text::jsonb) RETURNING id::text";
+/// `publish` when the app's ORM generates ids client-side: $6 is a fresh UUID.
+const PUBLISH_WITH_ID: &str = "
+INSERT INTO {t} (id, event_type, org_id, entity_type, entity_id, payload)
+VALUES ($6::text::{id}, $1, $2, $3, $4, $5::text::jsonb) RETURNING id::text";
+
+/// The statements, rendered for one table.
+#[derive(Debug, Clone)]
+pub struct Queries {
+    pub claim: String,
+    pub record: String,
+    pub extend: String,
+    pub next_due: String,
+    pub fail_unknown: String,
+    pub status_counts: String,
+    pub oldest_pending: String,
+    pub retry_ids: String,
+    pub retry_failed: String,
+    pub purge: String,
+    pub publish: String,
+    /// Quoted `schema.table`, for messages.
+    pub table: String,
+}
+
+impl Queries {
+    pub fn new(qualified_table: &str, shape: &TableShape) -> Self {
+        let r = |sql: &str| {
+            sql.replace("{t}", qualified_table)
+                .replace("{id}", shape.id_type)
+                .replace("{st}", &shape.status_type)
+        };
+        Self {
+            claim: r(CLAIM),
+            record: r(RECORD),
+            extend: r(EXTEND),
+            next_due: r(NEXT_DUE),
+            fail_unknown: r(FAIL_UNKNOWN),
+            status_counts: r(STATUS_COUNTS),
+            oldest_pending: r(OLDEST_PENDING),
+            retry_ids: r(RETRY_IDS),
+            retry_failed: r(RETRY_FAILED),
+            purge: r(PURGE),
+            publish: r(if shape.id_has_default {
+                PUBLISH
+            } else {
+                PUBLISH_WITH_ID
+            }),
+            table: qualified_table.to_owned(),
+        }
+    }
+}
+
+/// Turns a `--type` glob (`*`, `?`) into a LIKE pattern, escaping LIKE's own wildcards.
+pub fn glob_to_like(glob: &str) -> String {
+    let mut out = String::with_capacity(glob.len());
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '?' => out.push('_'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_become_escaped_like_patterns() {
+        assert_eq!(glob_to_like("PROJECT.*"), "PROJECT.%");
+        assert_eq!(glob_to_like("A?_%"), "A_\\_\\%");
+    }
+
+    #[test]
+    fn templates_are_fully_rendered() {
+        let q = Queries::new(r#""public"."OutboxEvent""#, &TableShape::standard());
+        for sql in [
+            &q.claim,
+            &q.record,
+            &q.extend,
+            &q.next_due,
+            &q.fail_unknown,
+            &q.publish,
+        ] {
+            for placeholder in ["{t}", "{id}", "{st}"] {
+                assert!(!sql.contains(placeholder), "{sql}");
+            }
+        }
+    }
+}

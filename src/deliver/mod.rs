@@ -1,0 +1,321 @@
+//! Delivery: from a claimed event to an [`Outcome`] the recorder writes back.
+//!
+//! `Dispatcher::deliver` routes an event to the endpoints that want it and have not accepted
+//! it yet, sends to them concurrently, and [`decide`]s what the row becomes. The decision is a
+//! pure function so every branch is tested without a network.
+
+pub mod backoff;
+pub mod routing;
+pub mod signature;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::event::ClaimedEvent;
+use webhook::{Attempt, Endpoint};
+
+/// Longest error_message written to a row (the contract asks for a bounded length).
+pub const MAX_ERROR_LEN: usize = 1000;
+/// How soon an event put back because an endpoint was saturated is tried again.
+pub const BUSY_DELAY: Duration = Duration::from_millis(250);
+
+/// What becomes of a claimed row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every endpoint that wants it has accepted it (or none wants it).
+    Completed { delivered: Vec<String> },
+    /// A failed attempt; try again after `delay`.
+    Retry {
+        delay: Duration,
+        error: String,
+        delivered: Vec<String>,
+    },
+    /// The last allowed attempt failed, or the row cannot be delivered at all: dead letter.
+    Dead {
+        error: String,
+        delivered: Vec<String>,
+    },
+    /// Not an attempt (shutdown, saturated endpoint): back to PENDING after `delay`.
+    Release {
+        delay: Duration,
+        delivered: Vec<String>,
+    },
+}
+
+impl Outcome {
+    /// The status the row gets.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Completed { .. } => "COMPLETED",
+            Outcome::Retry { .. } | Outcome::Release { .. } => "PENDING",
+            Outcome::Dead { .. } => "FAILED",
+        }
+    }
+}
+
+/// Retry policy, copied out of the config.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Sends events to the configured webhooks.
+pub struct Dispatcher {
+    endpoints: Vec<Arc<Endpoint>>,
+    policy: RetryPolicy,
+}
+
+impl Dispatcher {
+    pub fn new(cfg: &Config) -> anyhow::Result<Self> {
+        let endpoints = cfg
+            .webhooks
+            .iter()
+            .map(|w| Endpoint::new(w, cfg.backoff_max).map(Arc::new))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            endpoints,
+            policy: RetryPolicy {
+                max_attempts: cfg.max_attempts,
+                backoff_initial: cfg.backoff_initial,
+                backoff_max: cfg.backoff_max,
+            },
+        })
+    }
+
+    /// Delivers one event to every endpoint still owed it. `cancel` is the hard shutdown: it
+    /// abandons requests in flight, and the event is released untouched.
+    pub async fn deliver(&self, ev: &ClaimedEvent, cancel: &CancellationToken) -> Outcome {
+        let (event_type, data) = match ev.validate() {
+            Ok(v) => v,
+            Err(e) => {
+                return Outcome::Dead {
+                    error: e.to_string(),
+                    delivered: ev.delivered_to.clone(),
+                }
+            }
+        };
+        let targets: Vec<&Arc<Endpoint>> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.wants(event_type) && !ev.delivered_to.contains(&e.name))
+            .collect();
+        if targets.is_empty() {
+            return Outcome::Completed {
+                delivered: ev.delivered_to.clone(),
+            };
+        }
+        let body = Bytes::from(ev.envelope(event_type, &data, Some(ev.attempt())));
+        let sends = targets.iter().map(|e| e.send(&ev.id, body.clone(), cancel));
+        let attempts = futures_util::future::join_all(sends).await;
+        let results = targets.iter().map(|e| e.name.as_str()).zip(attempts);
+        decide(ev, results, &self.policy, rand::random::<f64>())
+    }
+}
+
+/// Folds the per-endpoint attempts into the row's outcome. `jitter` in [0, 1).
+pub fn decide<'a>(
+    ev: &ClaimedEvent,
+    results: impl IntoIterator<Item = (&'a str, Attempt)>,
+    policy: &RetryPolicy,
+    jitter: f64,
+) -> Outcome {
+    let mut delivered = ev.delivered_to.clone();
+    let mut errors = Vec::new();
+    let mut retry_after = None;
+    let (mut busy, mut cancelled) = (false, false);
+    for (name, attempt) in results {
+        match attempt {
+            Attempt::Accepted => delivered.push(name.to_owned()),
+            Attempt::Failed {
+                error,
+                retry_after: ra,
+            } => {
+                errors.push(format!("{name}: {error}"));
+                retry_after = retry_after.max(ra);
+            }
+            Attempt::Busy => busy = true,
+            Attempt::Cancelled => cancelled = true,
+        }
+    }
+    if !errors.is_empty() {
+        let error = truncate(errors.join("; "), MAX_ERROR_LEN);
+        let failed = u32::try_from(ev.retry_count).unwrap_or(0).saturating_add(1);
+        if failed >= policy.max_attempts {
+            return Outcome::Dead { error, delivered };
+        }
+        let backoff =
+            backoff::retry_delay(failed, policy.backoff_initial, policy.backoff_max, jitter);
+        let delay = backoff
+            .max(retry_after.unwrap_or_default())
+            .min(policy.backoff_max);
+        return Outcome::Retry {
+            delay,
+            error,
+            delivered,
+        };
+    }
+    if cancelled {
+        return Outcome::Release {
+            delay: Duration::ZERO,
+            delivered,
+        };
+    }
+    if busy {
+        return Outcome::Release {
+            delay: BUSY_DELAY,
+            delivered,
+        };
+    }
+    Outcome::Completed { delivered }
+}
+
+/// Cuts a message to at most `max` bytes on a character boundary.
+pub fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max.saturating_sub(3);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+    };
+
+    fn ev(retry_count: i32, delivered: &[&str]) -> ClaimedEvent {
+        ClaimedEvent {
+            id: "e".into(),
+            event_type: Some("T".into()),
+            org_id: None,
+            entity_type: None,
+            entity_id: None,
+            payload: Some("{}".into()),
+            retry_count,
+            created_us: 0,
+            delivered_to: delivered.iter().map(|s| s.to_string()).collect(),
+            claim_token: Uuid::nil(),
+        }
+    }
+
+    fn failed(e: &str) -> Attempt {
+        Attempt::Failed {
+            error: e.into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn all_accepted_completes_with_every_name() {
+        let o = decide(&ev(0, &["a"]), [("b", Attempt::Accepted)], &POLICY, 0.5);
+        assert_eq!(
+            o,
+            Outcome::Completed {
+                delivered: vec!["a".into(), "b".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn partial_failure_retries_and_remembers_who_accepted() {
+        let o = decide(
+            &ev(0, &[]),
+            [("a", Attempt::Accepted), ("b", failed("HTTP 500"))],
+            &POLICY,
+            1.0,
+        );
+        assert_eq!(
+            o,
+            Outcome::Retry {
+                delay: Duration::from_secs(1),
+                error: "b: HTTP 500".into(),
+                delivered: vec!["a".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn last_attempt_dead_letters() {
+        let o = decide(
+            &ev(2, &[]),
+            [("a", failed("timed out after 10s"))],
+            &POLICY,
+            0.0,
+        );
+        assert_eq!(
+            o,
+            Outcome::Dead {
+                error: "a: timed out after 10s".into(),
+                delivered: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn retry_after_wins_over_shorter_backoff_but_is_capped() {
+        let ra = |s| Attempt::Failed {
+            error: "HTTP 429".into(),
+            retry_after: Some(Duration::from_secs(s)),
+        };
+        match decide(&ev(0, &[]), [("a", ra(30))], &POLICY, 0.0) {
+            Outcome::Retry { delay, .. } => assert_eq!(delay, Duration::from_secs(30)),
+            o => panic!("{o:?}"),
+        }
+        match decide(&ev(0, &[]), [("a", ra(3600))], &POLICY, 0.0) {
+            Outcome::Retry { delay, .. } => assert_eq!(delay, Duration::from_secs(60)),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn busy_and_cancelled_are_not_attempts() {
+        let o = decide(
+            &ev(2, &[]),
+            [("a", Attempt::Accepted), ("b", Attempt::Busy)],
+            &POLICY,
+            0.0,
+        );
+        assert_eq!(
+            o,
+            Outcome::Release {
+                delay: BUSY_DELAY,
+                delivered: vec!["a".into()]
+            }
+        );
+        let o = decide(&ev(2, &[]), [("a", Attempt::Cancelled)], &POLICY, 0.0);
+        assert_eq!(
+            o,
+            Outcome::Release {
+                delay: Duration::ZERO,
+                delivered: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn errors_are_bounded() {
+        let long = "é".repeat(2000);
+        let o = decide(&ev(0, &[]), [("a", failed(&long))], &POLICY, 0.0);
+        let Outcome::Retry { error, .. } = o else {
+            panic!()
+        };
+        assert!(error.len() <= MAX_ERROR_LEN && error.ends_with("..."));
+    }
+}

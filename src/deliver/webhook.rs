@@ -1,0 +1,228 @@
+//! One `[[webhook]]` endpoint: its HTTP client, signing keys and concurrency limit.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WebhookConfig;
+use crate::deliver::backoff::retry_after;
+use crate::deliver::routing::TypeFilter;
+use crate::deliver::signature::SigningKeys;
+
+/// `user-agent` of every request.
+pub const USER_AGENT: &str = concat!("outbox-relay/", env!("CARGO_PKG_VERSION"));
+/// How much of a failing response's body goes into error_message.
+const ERROR_BODY_EXCERPT: usize = 200;
+/// Most of a response body read (and discarded) so the connection can be reused.
+const MAX_DRAIN: usize = 64 * 1024;
+
+/// What one POST to one endpoint came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// A 2xx.
+    Accepted,
+    /// A non-2xx, a refused connection, a reset or a timeout: counts as a failed attempt.
+    Failed {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// The endpoint is saturated (`max_in_flight` busy and as many queued): not sent, not an
+    /// attempt. The event is put back briefly so a slow endpoint cannot hold the relay's whole
+    /// in-flight window hostage.
+    Busy,
+    /// Shutdown cut the delivery short: not an attempt.
+    Cancelled,
+}
+
+/// A webhook endpoint, shared by every delivery task.
+pub struct Endpoint {
+    pub name: String,
+    url: reqwest::Url,
+    filter: TypeFilter,
+    keys: SigningKeys,
+    client: reqwest::Client,
+    /// `max_in_flight` permits: requests on the wire to this endpoint.
+    permits: Arc<Semaphore>,
+    /// Deliveries waiting for a permit; bounded by `max_in_flight`.
+    queued: AtomicUsize,
+    max_in_flight: usize,
+    timeout: Duration,
+    backoff_max: Duration,
+}
+
+impl Endpoint {
+    pub fn new(cfg: &WebhookConfig, backoff_max: Duration) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(cfg.max_in_flight)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            // A redirect would re-send a signed body somewhere the operator did not configure.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            name: cfg.name.clone(),
+            url: cfg.url.clone(),
+            filter: TypeFilter::new(&cfg.types)?,
+            keys: cfg.keys.clone(),
+            client,
+            permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
+            queued: AtomicUsize::new(0),
+            max_in_flight: cfg.max_in_flight,
+            timeout: cfg.timeout,
+            backoff_max,
+        })
+    }
+
+    /// Whether this endpoint subscribes to the event type.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.filter.matches(event_type)
+    }
+
+    /// POSTs one signed envelope. Never panics and never returns an error: every way it can
+    /// go wrong is an [`Attempt`].
+    pub async fn send(&self, id: &str, body: Bytes, cancel: &CancellationToken) -> Attempt {
+        let Some(_queued) = QueueSlot::take(&self.queued, self.max_in_flight) else {
+            return Attempt::Busy;
+        };
+        let permit = tokio::select! {
+            p = tokio::time::timeout(self.timeout, self.permits.acquire()) => match p {
+                Ok(Ok(p)) => p,
+                _ => return Attempt::Busy,
+            },
+            _ = cancel.cancelled() => return Attempt::Cancelled,
+        };
+        drop(_queued);
+        let result = tokio::select! {
+            r = self.post(id, body) => r,
+            _ = cancel.cancelled() => Attempt::Cancelled,
+        };
+        drop(permit);
+        result
+    }
+
+    async fn post(&self, id: &str, body: Bytes) -> Attempt {
+        let now = SystemTime::now();
+        let ts = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let signature = self.keys.sign(id, ts, &body);
+        let request = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body);
+        let mut response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt::Failed {
+                    error: describe(&e, self.timeout),
+                    retry_after: None,
+                }
+            }
+        };
+        let status = response.status();
+        let retry_after = match status.as_u16() {
+            429 | 503 => response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry_after(v, now, self.backoff_max)),
+            _ => None,
+        };
+        let excerpt = read_excerpt(&mut response).await;
+        if status.is_success() {
+            Attempt::Accepted
+        } else {
+            let mut error = format!("HTTP {}", status.as_u16());
+            if !excerpt.is_empty() {
+                error.push_str(": ");
+                error.push_str(&excerpt);
+            }
+            Attempt::Failed { error, retry_after }
+        }
+    }
+}
+
+/// A place in an endpoint's bounded wait queue, given back on drop.
+struct QueueSlot<'a>(&'a AtomicUsize);
+
+impl<'a> QueueSlot<'a> {
+    fn take(counter: &'a AtomicUsize, limit: usize) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(counter))
+    }
+}
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads (at most [`MAX_DRAIN`] of) the body so keep-alive can reuse the connection, and
+/// returns its start as one printable line for error_message.
+async fn read_excerpt(response: &mut reqwest::Response) -> String {
+    let mut head = Vec::new();
+    let mut read = 0;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        read += chunk.len();
+        if head.len() < ERROR_BODY_EXCERPT {
+            head.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_EXCERPT - head.len())]);
+        }
+        if read >= MAX_DRAIN {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&head)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A transport error as one line without the URL (which may carry credentials).
+fn describe(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("timed out after {}", humantime::format_duration(timeout));
+    }
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    format!("{kind}: {root}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_slots_are_bounded_and_returned() {
+        let c = AtomicUsize::new(0);
+        let a = QueueSlot::take(&c, 2).unwrap();
+        let _b = QueueSlot::take(&c, 2).unwrap();
+        assert!(QueueSlot::take(&c, 2).is_none());
+        drop(a);
+        assert!(QueueSlot::take(&c, 2).is_some());
+    }
+}

@@ -1,0 +1,25 @@
+//! outbox-relay: delivers transactional-outbox rows from PostgreSQL to signed webhooks.
+//!
+//! Map of the crate:
+//! - [`config`]: the TOML config, environment and flags, validated once; [`secret`] keeps
+//!   secret values out of logs.
+//! - [`db`]: connections ([`db::pool`]), the migration ([`db::migrate`], SQL in `sql/`), the
+//!   table's shape ([`db::shape`]) and every query ([`db::queries`]).
+//! - [`relay`]: the daemon. The claim loop wakes on NOTIFY ([`relay::listener`]) or a timer,
+//!   claims with `FOR UPDATE SKIP LOCKED`, spawns deliveries, and [`relay::recorder`] writes
+//!   outcomes back in batches and keeps leases alive.
+//! - [`deliver`]: routing, Standard Webhooks signing, backoff and the outcome of an attempt.
+//! - [`event`]: a claimed row and its JSON envelope.
+//! - [`commands`]: `migrate`, `status`, `retry`, `purge`, `publish` and the `dev` demo.
+//! - [`pgtemp`]: a throwaway PostgreSQL cluster for `dev` and the tests.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod deliver;
+pub mod event;
+pub mod pgtemp;
+pub mod relay;
+pub mod secret;
+pub mod shutdown;

@@ -1,0 +1,189 @@
+//! A throwaway PostgreSQL cluster in a temporary directory, for `dev` and the test suite.
+//!
+//! Needs only PostgreSQL's server binaries (initdb, pg_ctl). As root it runs them as the
+//! `postgres` user, because initdb refuses to run as root. The cluster listens on 127.0.0.1
+//! at a free port and on a private socket directory, has fsync off (it is disposable), and is
+//! stopped and deleted on drop.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+
+/// A running throwaway cluster. Dropping it stops the server and removes its files.
+pub struct TempCluster {
+    dir: tempfile::TempDir,
+    bindir: PathBuf,
+    port: u16,
+    run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+}
+
+impl TempCluster {
+    /// initdb + pg_ctl start; takes a second or two.
+    pub fn start() -> anyhow::Result<Self> {
+        let bindir = find_bindir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("outbox-relay-pg-")
+            .tempdir()?;
+        let run_as = if nix::unistd::geteuid().is_root() {
+            let user = nix::unistd::User::from_name("postgres")?
+                .context("running as root, and there is no `postgres` user to run the server as")?;
+            nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid))?;
+            Some((user.uid, user.gid))
+        } else {
+            None
+        };
+        let mut cluster = Self {
+            dir,
+            bindir,
+            port: 0,
+            run_as,
+        };
+        let data = cluster.data_dir();
+        cluster
+            .pg("initdb")
+            .args([
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .args(["--no-instructions"])
+            .output_checked("initdb")?;
+        // A free port can be taken between our probe and the server's bind: try a few.
+        let mut last_err = None;
+        for _ in 0..5 {
+            cluster.port = free_port()?;
+            let opts = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+                 -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB",
+                cluster.port,
+                cluster.dir.path().display()
+            );
+            let log = cluster.dir.path().join("server.log").display().to_string();
+            match cluster
+                .pg("pg_ctl")
+                .args([
+                    "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start",
+                ])
+                .output_checked("pg_ctl start")
+            {
+                Ok(_) => return Ok(cluster),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.expect("at least one attempt"))
+    }
+
+    /// URL of database `db` on this cluster (user postgres, trust auth).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn data_dir(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn pg(&self, tool: &str) -> Command {
+        let mut cmd = Command::new(self.bindir.join(tool));
+        cmd.stdin(Stdio::null()).current_dir(self.dir.path());
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+        cmd
+    }
+
+    /// Stops the server (fast, no checkpoint needed for a disposable cluster).
+    pub fn stop(&self) {
+        let _ = self
+            .pg("pg_ctl")
+            .args(["-D", &self.data_dir(), "-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for TempCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+trait OutputChecked {
+    fn output_checked(&mut self, what: &str) -> anyhow::Result<std::process::Output>;
+}
+
+impl OutputChecked for Command {
+    fn output_checked(&mut self, what: &str) -> anyhow::Result<std::process::Output> {
+        let out = self
+            .output()
+            .with_context(|| format!("cannot run {what}"))?;
+        if !out.status.success() {
+            bail!(
+                "{what} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Finds the directory holding initdb: `$PG_BIN`, the newest `/usr/lib/postgresql/*/bin`
+/// (Debian, Ubuntu), `pg_config --bindir`, or PATH.
+pub fn find_bindir() -> anyhow::Result<PathBuf> {
+    let has_initdb = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    if let Some(d) = std::env::var_os("PG_BIN").map(PathBuf::from) {
+        if has_initdb(&d) {
+            return Ok(d);
+        }
+        bail!("PG_BIN={} has no initdb/pg_ctl", d.display());
+    }
+    let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .filter(|(_, d)| has_initdb(d))
+        .collect();
+    debian.sort();
+    if let Some((_, d)) = debian.pop() {
+        return Ok(d);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_initdb(&d) {
+            return Ok(d);
+        }
+    }
+    for d in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        if has_initdb(&d) {
+            return Ok(d);
+        }
+    }
+    bail!(
+        "no PostgreSQL server binaries (initdb, pg_ctl) found: install PostgreSQL's server \
+         package (e.g. `apt-get install postgresql`), set PG_BIN to their directory, or set \
+         DATABASE_URL to an existing database"
+    )
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -1,0 +1,111 @@
+//! The LISTEN connection: turns NOTIFYs into wake-ups of the claim loop.
+//!
+//! One dedicated connection (a pooled one would be recycled and lose its LISTEN). When it
+//! drops, it is re-established with backoff, and every (re)connect wakes the claimer once,
+//! because a notify sent while we were not listening is lost for good. A periodic
+//! `SELECT 1` catches a half-open connection that TCP alone would not notice for minutes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::db::ident::quote_ident;
+use crate::relay::Health;
+use crate::secret::Secret;
+
+/// How often the idle LISTEN connection proves it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+/// How long the heartbeat may take before the connection is declared dead.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
+
+/// Runs until `stop`: listen, forward notifies to `wake`, reconnect on any failure.
+pub async fn run(
+    url: Secret,
+    channel: String,
+    wake: Arc<Notify>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let session = listen_once(&url, &channel, &wake, &health, &stop);
+        match session.await {
+            Ok(()) => return, // stopped
+            Err(e) => {
+                health.listening.store(false, Ordering::Release);
+                tracing::warn!(error = %e, retry_in = ?delay, "LISTEN connection lost; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return,
+        }
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+    }
+}
+
+/// One connection's life. Returns Ok only when asked to stop.
+async fn listen_once(
+    url: &Secret,
+    channel: &str,
+    wake: &Arc<Notify>,
+    health: &Health,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let (client, mut conn) = crate::db::pg_config(url)?.connect(NoTls).await?;
+    // The connection must be polled for the client to make progress and for notifications
+    // to arrive; this task does both and ends when the connection does.
+    let notified = wake.clone();
+    let mut driver: tokio::task::JoinHandle<anyhow::Result<()>> = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(msg) = messages.next().await {
+            match msg {
+                Ok(AsyncMessage::Notification(_)) => notified.notify_one(),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::Error::from(e)),
+            }
+        }
+        Err(anyhow::anyhow!("server closed the connection"))
+    });
+    client
+        .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+        .await?;
+    health.listening.store(true, Ordering::Release);
+    tracing::info!(channel, "listening for new events");
+    // Anything committed while we were not listening was announced to nobody: look now.
+    wake.notify_one();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    heartbeat.reset();
+    loop {
+        tokio::select! {
+            r = &mut driver => {
+                return match r {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("connection ended")),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            _ = heartbeat.tick() => {
+                match tokio::time::timeout(HEARTBEAT_TIMEOUT, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => { driver.abort(); return Err(e.into()); }
+                    Err(_) => {
+                        driver.abort();
+                        anyhow::bail!("heartbeat got no answer in {HEARTBEAT_TIMEOUT:?} (half-open connection?)");
+                    }
+                }
+            }
+            _ = stop.cancelled() => {
+                health.listening.store(false, Ordering::Release);
+                driver.abort();
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! The daemon: claim due rows, deliver them, record the outcomes.
+//!
+//! Tasks and who stops them:
+//! - the claim loop ([`Relay::run`]) wakes on NOTIFY, a due retry or lapsed lease, freed
+//!   capacity, or the poll tick, and calls [`Relay::run_once`]; it stops on `shutdown`;
+//! - one delivery task per claimed event (in a `TaskTracker`), holding a capacity permit;
+//!   they finish on their own, or on `hard` once the shutdown grace runs out;
+//! - the recorder ([`recorder::run`]) ends when the last delivery task drops its sender;
+//! - the lease keeper and the listener stop on `stop_background`, after the recorder.
+
+pub mod listener;
+pub mod recorder;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::db::queries::Queries;
+use crate::db::shape;
+use crate::deliver::Dispatcher;
+use crate::event::ClaimedEvent;
+use recorder::{InFlight, Recorded};
+
+/// What `/readyz` and systemd readiness report.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The last database round trip succeeded.
+    pub database: AtomicBool,
+    /// The LISTEN connection is up (always false in poll-only mode).
+    pub listening: AtomicBool,
+}
+
+impl Health {
+    /// Ready: the database answers and, unless poll-only, LISTEN is active.
+    pub fn ready(&self, listen: bool) -> bool {
+        self.database.load(Ordering::Acquire) && (!listen || self.listening.load(Ordering::Acquire))
+    }
+}
+
+/// Pause after a claim finds rows due but all locked by other relays, so the loop does not
+/// spin while they finish claiming.
+const CONTENDED_PAUSE: Duration = Duration::from_millis(20);
+
+/// A running relay's shared state.
+pub struct Relay {
+    cfg: Config,
+    pool: Pool,
+    queries: Arc<Queries>,
+    dispatcher: Arc<Dispatcher>,
+    inflight: Arc<InFlight>,
+    /// Notified by the listener (NOTIFY), the recorder (a retry was scheduled) and CLI-like
+    /// callers; a notification while the loop is busy is kept and wakes it right after.
+    wake: Arc<Notify>,
+    /// The in-flight window: one permit per claimed, unrecorded event.
+    capacity: Arc<Semaphore>,
+    capacity_total: usize,
+    capacity_freed: Arc<Notify>,
+    health: Arc<Health>,
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then drains: in-flight deliveries get
+/// `shutdown_timeout` to finish, the rest are released to PENDING. Returns Ok after a clean
+/// drain. Keeps retrying while the database is unreachable.
+pub async fn run(
+    cfg: Config,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    let pool = crate::db::pool(&cfg.database_url)?;
+    let Some(queries) = wait_for_table(&cfg, &pool, &health, &shutdown).await else {
+        return Ok(());
+    };
+    let relay = Arc::new(Relay::new(cfg, pool, queries, health)?);
+    relay.run(shutdown).await
+}
+
+/// Connects and reads the table's shape, retrying with backoff while the database is down
+/// or the table is not migrated yet. None if shut down meanwhile.
+async fn wait_for_table(
+    cfg: &Config,
+    pool: &Pool,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Option<Queries> {
+    let table = cfg.qualified_table();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let client = pool.get().await.context("cannot connect to the database")?;
+            shape::inspect(&client, &table).await
+        };
+        match attempt.await {
+            Ok(shape) => {
+                health.database.store(true, Ordering::Release);
+                tracing::info!(table = %table, id_type = shape.id_type, status_type = %shape.status_type, "outbox table found");
+                return Some(Queries::new(&table, &shape));
+            }
+            Err(e) => {
+                health.database.store(false, Ordering::Release);
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "relay not started yet");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+impl Relay {
+    pub fn new(
+        cfg: Config,
+        pool: Pool,
+        queries: Queries,
+        health: Arc<Health>,
+    ) -> anyhow::Result<Self> {
+        let dispatcher = Dispatcher::new(&cfg)?;
+        // Room for each endpoint's in-flight requests plus as many queued behind them, so a
+        // saturated endpoint never takes the whole window from the healthy ones.
+        let window: usize = cfg.webhooks.iter().map(|w| 2 * w.max_in_flight).sum();
+        let capacity_total = window.max(cfg.batch_size as usize);
+        Ok(Self {
+            cfg,
+            pool,
+            queries: Arc::new(queries),
+            dispatcher: Arc::new(dispatcher),
+            inflight: Arc::default(),
+            wake: Arc::default(),
+            capacity: Arc::new(Semaphore::new(capacity_total)),
+            capacity_total,
+            capacity_freed: Arc::default(),
+            health,
+        })
+    }
+
+    /// A handle that wakes the claim loop (as a NOTIFY would).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// The claim loop and its helpers, until `shutdown`; then the drain.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if self.cfg.webhooks.is_empty() {
+            tracing::warn!(
+                "no [[webhook]] configured: events are marked COMPLETED without delivery"
+            );
+        }
+        let hard = CancellationToken::new();
+        let stop_background = CancellationToken::new();
+        let give_up = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let (tx, rx) = mpsc::channel::<Recorded>(self.capacity_total);
+
+        let recorder = tokio::spawn(recorder::run(
+            self.pool.clone(),
+            self.queries.clone(),
+            self.inflight.clone(),
+            self.wake.clone(),
+            self.capacity_freed.clone(),
+            rx,
+            give_up.clone(),
+        ));
+        let leases = tokio::spawn(recorder::keep_leases(
+            self.pool.clone(),
+            self.queries.clone(),
+            self.inflight.clone(),
+            self.cfg.lease,
+            stop_background.clone(),
+        ));
+        let listener = self.cfg.listen.then(|| {
+            tokio::spawn(listener::run(
+                self.cfg.database_url.clone(),
+                crate::db::migrate::channel(&self.cfg),
+                self.wake.clone(),
+                self.health.clone(),
+                stop_background.clone(),
+            ))
+        });
+        tracing::info!(
+            table = %self.queries.table,
+            webhooks = self.cfg.webhooks.len(),
+            window = self.capacity_total,
+            listen = self.cfg.listen,
+            "relay running"
+        );
+
+        self.claim_loop(&shutdown, &tracker, &tx, &hard).await;
+
+        // Drain: stop claiming (done), let deliveries finish, then cut them off.
+        let in_flight = self.inflight.len();
+        tracing::info!(in_flight, grace = ?self.cfg.shutdown_timeout, "shutting down: finishing in-flight deliveries");
+        tracker.close();
+        drop(tx);
+        if tokio::time::timeout(self.cfg.shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown grace ran out: cancelling the deliveries still running and releasing them"
+            );
+            hard.cancel();
+            tracker.wait().await;
+        }
+        // The recorder drains what the tasks sent; give it a bounded time against a dead
+        // database, after which unrecorded rows fall back to their leases.
+        let recorder_grace = Duration::from_secs(10);
+        let mut recorder = recorder;
+        if tokio::time::timeout(recorder_grace, &mut recorder)
+            .await
+            .is_err()
+        {
+            give_up.cancel();
+            let _ = recorder.await;
+        }
+        stop_background.cancel();
+        let _ = leases.await;
+        if let Some(l) = listener {
+            let _ = l.await;
+        }
+        tracing::info!("relay stopped");
+        Ok(())
+    }
+
+    async fn claim_loop(
+        &self,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+        tx: &mpsc::Sender<Recorded>,
+        hard: &CancellationToken,
+    ) {
+        let poll = self.cfg.poll_interval;
+        let batch = self.cfg.batch_size as usize;
+        // Claim in chunks worth a transaction: under a backlog, wait until half the window
+        // is free rather than claim one row per freed slot.
+        let worth_claiming = batch.min(self.capacity_total / 2).max(1);
+        let mut last_sweep: Option<Instant> = None;
+        let mut failures: u32 = 0;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if self.capacity.available_permits() < worth_claiming {
+                tokio::select! {
+                    _ = self.capacity_freed.notified() => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            if last_sweep.is_none_or(|t| t.elapsed() >= poll) {
+                self.sweep_unknown().await;
+                last_sweep = Some(Instant::now());
+            }
+            let limit = self.capacity.available_permits().min(batch);
+            let wait = match self.run_once(limit, tracker, tx, hard).await {
+                Ok(claimed) if claimed >= limit => continue, // more may be due right now
+                Ok(claimed) => {
+                    failures = 0;
+                    match self.next_due().await {
+                        Ok(Some(due)) if due <= Duration::ZERO && claimed == 0 => CONTENDED_PAUSE,
+                        Ok(Some(due)) => due.min(poll),
+                        Ok(None) => poll,
+                        Err(_) => poll,
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.health.database.store(false, Ordering::Release);
+                    let delay = Duration::from_millis(100 * 2u64.pow(failures.min(7))).min(poll);
+                    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "claim failed");
+                    delay
+                }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Claims up to `limit` due rows in one short transaction and starts delivering them.
+    /// Returns how many rows the claim touched.
+    pub async fn run_once(
+        &self,
+        limit: usize,
+        tracker: &TaskTracker,
+        tx: &mpsc::Sender<Recorded>,
+        hard: &CancellationToken,
+    ) -> anyhow::Result<usize> {
+        let token = Uuid::new_v4();
+        let rows = {
+            let client = self
+                .pool
+                .get()
+                .await
+                .context("cannot connect to the database")?;
+            let stmt = client.prepare_cached(&self.queries.claim).await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+                &(limit as i64),
+                &self.cfg.lease.as_secs_f64(),
+                &(self.cfg.max_attempts as i32),
+                &token,
+            ];
+            client
+                .query(&stmt, &params)
+                .await
+                .context("claiming events")?
+        };
+        self.health.database.store(true, Ordering::Release);
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let status: String = row.get(1);
+            let id: String = row.get(0);
+            if status == "FAILED" {
+                tracing::warn!(event_id = %id, "dead-lettered after its last lease lapsed (the relay holding it died or hung)");
+                continue;
+            }
+            match ClaimedEvent::try_from(row) {
+                Ok(mut ev) => {
+                    ev.claim_token = token;
+                    events.push(ev);
+                }
+                Err(e) => {
+                    tracing::error!(event_id = %id, error = %e, "cannot read claimed row; it will come back when its lease lapses")
+                }
+            }
+        }
+        // Oldest first, whatever order the UPDATE returned them in.
+        events.sort_by_key(|e| e.created_us);
+        for ev in events {
+            let permit = match self.capacity.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => self
+                    .capacity
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed"),
+            };
+            self.inflight.insert(ev.id.clone(), token);
+            let dispatcher = self.dispatcher.clone();
+            let tx = tx.clone();
+            let hard = hard.clone();
+            tracker.spawn(async move {
+                let outcome = dispatcher.deliver(&ev, &hard).await;
+                log_outcome(&ev, &outcome);
+                let rec = Recorded {
+                    id: ev.id,
+                    token,
+                    outcome,
+                    permit,
+                };
+                // The recorder lives until every sender is gone, so this cannot fail.
+                let _ = tx.send(rec).await;
+            });
+        }
+        Ok(rows.len())
+    }
+
+    /// How long until a retry falls due or a lease lapses (None: nothing waits).
+    async fn next_due(&self) -> anyhow::Result<Option<Duration>> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(&self.queries.next_due).await?;
+        let secs: Option<f64> = client.query_one(&stmt, &[]).await?.get(0);
+        Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+
+    /// Dead-letters rows whose status the relay does not know; runs once per poll interval.
+    async fn sweep_unknown(&self) {
+        let result = async {
+            let client = self.pool.get().await?;
+            let stmt = client.prepare_cached(&self.queries.fail_unknown).await?;
+            anyhow::Ok(client.query(&stmt, &[]).await?)
+        };
+        match result.await {
+            Ok(rows) => {
+                for r in rows {
+                    let id: String = r.get(0);
+                    tracing::warn!(event_id = %id, "row had an unknown status; marked FAILED");
+                }
+            }
+            Err(e) => tracing::debug!(error = format!("{e:#}"), "unknown-status sweep skipped"),
+        }
+    }
+}
+
+fn log_outcome(ev: &ClaimedEvent, outcome: &crate::deliver::Outcome) {
+    use crate::deliver::Outcome::*;
+    let event_type = ev.event_type.as_deref().unwrap_or("<NULL>");
+    match outcome {
+        Completed { .. } => {
+            tracing::debug!(event_id = %ev.id, event_type, attempt = ev.attempt(), "delivered")
+        }
+        Retry { delay, error, .. } => tracing::warn!(
+            event_id = %ev.id, event_type, attempt = ev.attempt(), %error,
+            retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "delivery failed; will retry"
+        ),
+        Dead { error, .. } => tracing::error!(
+            event_id = %ev.id, event_type, attempt = ev.attempt(), %error,
+            "delivery failed for good; event is FAILED (dead letter)"
+        ),
+        Release { .. } => tracing::debug!(event_id = %ev.id, "released without an attempt"),
+    }
+}

@@ -1,0 +1,208 @@
+//! Writes delivery outcomes back in batches, and keeps the leases of work in progress alive.
+//!
+//! Delivery tasks send their [`Recorded`] outcome here; the recorder takes whatever has
+//! queued up (one or a thousand) and writes it in a single fenced UPDATE, so the database sees
+//! one round trip per batch, not per row, and a busy relay batches more without waiting on a
+//! timer. Each outcome carries its capacity permit: a slot in the relay's in-flight window is
+//! given back only once the outcome is durable, so memory stays bounded even when the
+//! database stalls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::db::queries::Queries;
+use crate::deliver::Outcome;
+
+/// Most outcomes written by one statement.
+pub const MAX_RECORD_BATCH: usize = 1000;
+
+/// One event's outcome on its way to the database.
+pub struct Recorded {
+    pub id: String,
+    pub token: Uuid,
+    pub outcome: Outcome,
+    /// The in-flight slot this event held; freed after the write.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Ids (and claim tokens) of the rows this relay holds PROCESSING.
+#[derive(Default)]
+pub struct InFlight(Mutex<HashMap<String, Uuid>>);
+
+impl InFlight {
+    pub fn insert(&self, id: String, token: Uuid) {
+        self.0.lock().expect("in-flight lock").insert(id, token);
+    }
+
+    fn remove<'a>(&self, ids: impl Iterator<Item = &'a String>) {
+        let mut map = self.0.lock().expect("in-flight lock");
+        for id in ids {
+            map.remove(id);
+        }
+    }
+
+    fn snapshot(&self) -> (Vec<String>, Vec<Uuid>) {
+        self.0
+            .lock()
+            .expect("in-flight lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .unzip()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("in-flight lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The recorder task. Ends when every sender is gone and the queue is written. `give_up`
+/// (the end of the shutdown grace) stops retrying a write the database keeps refusing;
+/// those rows fall back to their leases, so they are redelivered, never lost.
+pub async fn run(
+    pool: Pool,
+    queries: Arc<Queries>,
+    inflight: Arc<InFlight>,
+    wake: Arc<Notify>,
+    capacity_freed: Arc<Notify>,
+    mut rx: mpsc::Receiver<Recorded>,
+    give_up: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_RECORD_BATCH);
+    while rx.recv_many(&mut batch, MAX_RECORD_BATCH).await > 0 {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match write(&pool, &queries, &batch).await {
+                Ok(written) => {
+                    if written < batch.len() {
+                        tracing::warn!(
+                            lost = batch.len() - written,
+                            "outcomes not recorded: the lease lapsed and another relay \
+                             re-claimed those events (they may be delivered twice)"
+                        );
+                    }
+                    break;
+                }
+                Err(e) if give_up.is_cancelled() => {
+                    tracing::error!(error = %e, events = batch.len(),
+                        "giving up recording outcomes at shutdown; their leases will lapse \
+                         and they will be delivered again");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, events = batch.len(), retry_in = ?delay,
+                        "cannot record outcomes; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = give_up.cancelled() => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        inflight.remove(batch.iter().map(|r| &r.id));
+        let rescheduled = batch
+            .iter()
+            .any(|r| !matches!(r.outcome, Outcome::Completed { .. }));
+        batch.clear(); // drops the permits
+        capacity_freed.notify_one();
+        if rescheduled {
+            // A retry now waits in the table: let the claimer recompute when to wake.
+            wake.notify_one();
+        }
+    }
+}
+
+/// One UPDATE for the whole batch; returns how many rows it changed.
+async fn write(pool: &Pool, q: &Queries, batch: &[Recorded]) -> anyhow::Result<usize> {
+    let n = batch.len();
+    let (mut ids, mut tokens, mut statuses) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut failed, mut errors, mut delays, mut delivered) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for r in batch {
+        ids.push(r.id.as_str());
+        tokens.push(r.token);
+        statuses.push(r.outcome.status());
+        let (f, e, d, to): (i32, Option<&str>, Option<f64>, &Vec<String>) = match &r.outcome {
+            Outcome::Completed { delivered } => (0, None, None, delivered),
+            Outcome::Retry {
+                delay,
+                error,
+                delivered,
+            } => (1, Some(error), Some(delay.as_secs_f64()), delivered),
+            Outcome::Dead { error, delivered } => (1, Some(error), None, delivered),
+            Outcome::Release { delay, delivered } => {
+                (0, None, Some(delay.as_secs_f64()), delivered)
+            }
+        };
+        failed.push(f);
+        errors.push(e);
+        delays.push(d);
+        delivered.push(to.join(","));
+    }
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(&q.record).await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered,
+            ],
+        )
+        .await?;
+    Ok(rows.len())
+}
+
+/// Extends the lease of every in-flight row every `lease / 3`, so a live relay never loses a
+/// slow delivery to another relay, while a dead one's rows come back within one lease.
+pub async fn keep_leases(
+    pool: Pool,
+    queries: Arc<Queries>,
+    inflight: Arc<InFlight>,
+    lease: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let (ids, tokens) = inflight.snapshot();
+        if ids.is_empty() {
+            continue;
+        }
+        let result = async {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(&queries.extend).await?;
+            anyhow::Ok(
+                client
+                    .execute(&stmt, &[&ids, &tokens, &lease.as_secs_f64()])
+                    .await?,
+            )
+        };
+        match result.await {
+            Ok(n) => tracing::debug!(extended = n, "leases extended"),
+            Err(e) => tracing::warn!(error = %e, "cannot extend leases"),
+        }
+    }
+}

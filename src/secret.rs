@@ -1,0 +1,117 @@
+//! Secret values from the config: a literal, `env:NAME` or `file:/path`.
+//!
+//! A [`Secret`] never prints its value: `Debug` and `Display` show `[redacted]`, so a secret
+//! that slips into a log line or an error message leaks nothing.
+
+use std::fmt;
+
+/// A resolved secret. Read it with [`Secret::expose`] only where it is used.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value that is already known (tests, `dev`).
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// Resolves a reference as written in the config. The error names the variable or file,
+    /// never the value.
+    pub fn resolve(reference: &str) -> Result<Self, String> {
+        if let Some(name) = reference.strip_prefix("env:") {
+            match std::env::var(name) {
+                Ok(v) if !v.is_empty() => Ok(Self(v)),
+                Ok(_) => Err(format!("environment variable {name} is empty")),
+                Err(_) => Err(format!("environment variable {name} is not set")),
+            }
+        } else if let Some(path) = reference.strip_prefix("file:") {
+            let v = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read secret file {path}: {e}"))?;
+            let v = v.trim_end_matches(['\n', '\r']).to_owned();
+            if v.is_empty() {
+                return Err(format!("secret file {path} is empty"));
+            }
+            Ok(Self(v))
+        } else if reference.is_empty() {
+            Err("is empty".into())
+        } else {
+            Ok(Self(reference.to_owned()))
+        }
+    }
+
+    /// The value itself. Call sites should be few and obvious.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A database URL with its password replaced, for logs and `status` output.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        // A key=value connection string: drop any password=... pair.
+        Err(_) => url
+            .split_whitespace()
+            .map(|kv| {
+                if kv.starts_with("password=") {
+                    "password=redacted"
+                } else {
+                    kv
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_env_and_file() {
+        assert_eq!(Secret::resolve("whsec_abc").unwrap().expose(), "whsec_abc");
+        std::env::set_var("OUTBOX_RELAY_TEST_SECRET_X", "s3cret");
+        assert_eq!(
+            Secret::resolve("env:OUTBOX_RELAY_TEST_SECRET_X")
+                .unwrap()
+                .expose(),
+            "s3cret"
+        );
+        let err = Secret::resolve("env:OUTBOX_RELAY_TEST_MISSING_Y").unwrap_err();
+        assert!(err.contains("OUTBOX_RELAY_TEST_MISSING_Y"));
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "from-file\n").unwrap();
+        let r = format!("file:{}", f.path().display());
+        assert_eq!(Secret::resolve(&r).unwrap().expose(), "from-file");
+    }
+
+    #[test]
+    fn never_prints_the_value() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s} {s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        let r = redact_url("postgres://relay:hunter2@db:5432/app");
+        assert!(!r.contains("hunter2") && r.contains("relay") && r.contains("db:5432"));
+        assert!(!redact_url("host=db password=hunter2 user=x").contains("hunter2"));
+    }
+}
