@@ -1,0 +1,208 @@
+//! Test harness: a real PostgreSQL (DATABASE_URL, else a private throwaway cluster), one
+//! fresh database per test, real HTTP receivers, and the relay in-process or as a process.
+#![allow(dead_code)]
+
+pub mod receiver;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use outbox_relay::config::{Config, Overrides};
+use outbox_relay::pgtemp::TempCluster;
+use outbox_relay::relay::Health;
+use outbox_relay::secret::Secret;
+use tokio_util::sync::CancellationToken;
+
+#[allow(unused_imports)]
+pub use receiver::{Delivery, Receiver, Reply};
+
+/// A published Standard Webhooks test secret; any whsec_ value would do.
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// How long a test waits for something that should happen within milliseconds. Generous:
+/// CI machines are shared; this bounds a hang, it does not measure speed.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+struct Server {
+    admin_url: String,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+/// The throwaway cluster, if this process started one; stopped at process exit.
+static CLUSTER: Mutex<Option<TempCluster>> = Mutex::new(None);
+
+extern "C" fn stop_cluster() {
+    if let Ok(mut c) = CLUSTER.lock() {
+        drop(c.take());
+    }
+}
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return Server { admin_url: url };
+        }
+        let cluster = TempCluster::start().expect("starting a throwaway PostgreSQL cluster");
+        let admin_url = cluster.url("postgres");
+        *CLUSTER.lock().unwrap() = Some(cluster);
+        // SAFETY: registering a plain extern "C" fn with no captured state.
+        unsafe { libc::atexit(stop_cluster) };
+        Server { admin_url }
+    })
+}
+
+/// Replaces the database name in a URL.
+fn with_db(url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(url).expect("DATABASE_URL must be a postgres:// URL in tests");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// A database of its own for one test, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let admin_url = server().admin_url.clone();
+        let name = format!("outbox_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = outbox_relay::db::connect(&Secret::new(admin_url.clone())).await.unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        Self { url: with_db(&admin_url, &name), name, admin_url }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        outbox_relay::db::connect(&Secret::new(self.url.clone())).await.unwrap()
+    }
+
+    /// A config for this database; `extra` is TOML appended after the defaults.
+    pub fn config(&self, extra: &str) -> Config {
+        Config::from_toml(extra, &Overrides { database_url: Some(self.url.clone()) })
+            .expect("test config is valid")
+    }
+
+    /// A TOML config file for the binary, with `extra` appended.
+    pub fn config_file(&self, extra: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), format!("database_url = \"{}\"\n{extra}", self.url)).unwrap();
+        f
+    }
+
+    /// Runs the migration for `cfg`.
+    pub async fn migrate(&self, cfg: &Config) {
+        let mut c = self.client().await;
+        outbox_relay::db::migrate::run(&mut c, cfg).await.unwrap();
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(c) = outbox_relay::db::connect(&Secret::new(admin_url)).await {
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// TOML for one webhook pointing at `url`.
+pub fn webhook_toml(name: &str, url: &str) -> String {
+    format!("[[webhook]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\ntimeout = \"5s\"\n")
+}
+
+/// A relay running in this process.
+pub struct InProcessRelay {
+    pub shutdown: CancellationToken,
+    pub health: Arc<Health>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessRelay {
+    pub fn start(cfg: Config) -> Self {
+        let shutdown = CancellationToken::new();
+        let health = Arc::new(Health::default());
+        let task = tokio::spawn(outbox_relay::relay::run(cfg, shutdown.clone(), health.clone()));
+        Self { shutdown, health, task }
+    }
+
+    /// Waits until the database is reachable and LISTEN is active.
+    pub async fn ready(self) -> Self {
+        let h = self.health.clone();
+        wait_until("relay ready", || {
+            let h = h.clone();
+            async move { h.ready(true) }
+        })
+        .await;
+        self
+    }
+
+    /// Graceful stop; returns what `run` returned.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.unwrap()
+    }
+}
+
+/// Polls `cond` every 20 ms until true; panics after [`PATIENCE`].
+pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Inserts `n` events of type `event_type` in one transaction; returns their ids.
+pub async fn insert_events(client: &tokio_postgres::Client, n: usize, event_type: &str) -> Vec<String> {
+    let rows = client
+        .query(
+            "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload)
+             SELECT $1, 'org_1', jsonb_build_object('n', g) FROM generate_series(1, $2::int) g
+             RETURNING id::text",
+            &[&event_type, &(n as i32)],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// Counts rows by status.
+pub async fn count_status(client: &tokio_postgres::Client, status: &str) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM \"OutboxEvent\" WHERE status::text = $1", &[&status])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// (status, retry_count, error_message, processed_at is set) of one row.
+pub async fn row_state(client: &tokio_postgres::Client, id: &str) -> (String, i32, Option<String>, bool) {
+    let r = client
+        .query_one(
+            "SELECT status::text, retry_count, error_message, processed_at IS NOT NULL
+               FROM \"OutboxEvent\" WHERE id::text = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+/// The relay binary built by cargo for these tests.
+pub fn relay_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_outbox-relay")
+}

@@ -1,0 +1,165 @@
+//! A real HTTP webhook receiver on 127.0.0.1:0 that records every request, verifies its
+//! signature with the `standardwebhooks` crate (the reference implementation, not our own
+//! signing code), and answers as the test's script says.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use tokio::sync::Notify;
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub attempt: u64,
+    pub event_type: String,
+    pub body: serde_json::Value,
+    pub headers: HeaderMap,
+    /// The signature verified with the reference library.
+    pub verified: bool,
+    /// The status this receiver answered.
+    pub answered: u16,
+}
+
+/// What to answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+    pub retry_after: Option<String>,
+}
+
+impl Reply {
+    pub fn ok() -> Self {
+        Self::status(200)
+    }
+    pub fn status(status: u16) -> Self {
+        Self { status, delay: Duration::ZERO, retry_after: None }
+    }
+    pub fn delayed(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+/// `script(id, nth)`: the reply to the nth (1-based) request for event `id`.
+pub type Script = Arc<dyn Fn(&str, usize) -> Reply + Send + Sync>;
+
+struct Inner {
+    deliveries: Mutex<Vec<Delivery>>,
+    per_id: Mutex<HashMap<String, usize>>,
+    script: Mutex<Script>,
+    verifier: standardwebhooks::Webhook,
+    arrived: Notify,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    inner: Arc<Inner>,
+    pub url: String,
+}
+
+impl Receiver {
+    /// Starts a receiver that answers 200 to everything.
+    pub async fn start() -> Self {
+        Self::with_script(Arc::new(|_, _| Reply::ok())).await
+    }
+
+    pub async fn with_script(script: Script) -> Self {
+        let inner = Arc::new(Inner {
+            deliveries: Mutex::default(),
+            per_id: Mutex::default(),
+            script: Mutex::new(script),
+            verifier: standardwebhooks::Webhook::new(super::SECRET).unwrap(),
+            arrived: Notify::new(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let app = Router::new().route("/hook", post(handle)).with_state(inner.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { inner, url }
+    }
+
+    /// Changes how it answers from now on.
+    pub fn set_script(&self, script: Script) {
+        *self.inner.script.lock().unwrap() = script;
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.inner.deliveries.lock().unwrap().clone()
+    }
+
+    /// Requests answered 2xx, per event id.
+    pub fn accepted_counts(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for d in self.deliveries().iter().filter(|d| (200..300).contains(&d.answered)) {
+            *m.entry(d.id.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    /// Waits (on arrivals, not on a clock) until `cond` holds over the deliveries so far.
+    pub async fn wait_for(&self, what: &str, cond: impl Fn(&[Delivery]) -> bool) {
+        let deadline = tokio::time::Instant::now() + super::PATIENCE;
+        loop {
+            let arrived = self.inner.arrived.notified();
+            if cond(&self.inner.deliveries.lock().unwrap()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                let n = self.inner.deliveries.lock().unwrap().len();
+                panic!("timed out waiting for: {what} ({n} requests received)");
+            }
+        }
+    }
+
+    /// Waits until every id in `ids` was accepted at least once.
+    pub async fn wait_accepted(&self, ids: &[String]) {
+        let want: std::collections::HashSet<&String> = ids.iter().collect();
+        self.wait_for(&format!("{} events accepted", ids.len()), |ds| {
+            let got: std::collections::HashSet<&String> =
+                ds.iter().filter(|d| (200..300).contains(&d.answered)).map(|d| &d.id).collect();
+            want.is_subset(&got)
+        })
+        .await;
+    }
+}
+
+async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let verified = inner.verifier.verify(&body, &headers).is_ok();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let nth = {
+        let mut m = inner.per_id.lock().unwrap();
+        let n = m.entry(id.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    let script = inner.script.lock().unwrap().clone();
+    let reply = script(&id, nth);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    inner.deliveries.lock().unwrap().push(Delivery {
+        attempt: json["attempt"].as_u64().unwrap_or(0),
+        event_type: json["type"].as_str().unwrap_or("").to_owned(),
+        id,
+        body: json,
+        headers,
+        verified,
+        answered: reply.status,
+    });
+    inner.arrived.notify_waiters();
+    let mut resp = StatusCode::from_u16(reply.status).unwrap().into_response();
+    if let Some(ra) = reply.retry_after {
+        resp.headers_mut().insert("retry-after", ra.parse().unwrap());
+    }
+    resp
+}
