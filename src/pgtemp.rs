@@ -17,6 +17,8 @@ pub struct TempCluster {
     dir: tempfile::TempDir,
     bindir: PathBuf,
     port: u16,
+    /// Server options, kept so [`TempCluster::start_again`] comes back on the same port.
+    opts: String,
     run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
 }
 
@@ -61,7 +63,7 @@ impl TempCluster {
         let mut last_err = None;
         for _ in 0..5 {
             cluster.port = free_port()?;
-            let opts = format!(
+            cluster.opts = format!(
                 "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
                  -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB",
                 cluster.port,
@@ -80,6 +82,16 @@ impl TempCluster {
             }
         }
         Err(last_err.expect("at least one attempt"))
+    }
+
+    /// Starts the server again after [`TempCluster::stop`], on the same port (tests of a
+    /// database outage).
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.pg("pg_ctl")
+            .args(["-D", &self.data_dir(), "-l", &log, "-o", &self.opts, "-w", "-t", "60", "start"])
+            .output_checked("pg_ctl start")?;
+        Ok(())
     }
 
     /// URL of database `db` on this cluster (user postgres, trust auth).

@@ -22,6 +22,8 @@ use crate::secret::Secret;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// How long the heartbeat may take before the connection is declared dead.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+/// application_name of the LISTEN connection.
+pub const LISTENER_APPLICATION_NAME: &str = "outbox-relay listener";
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 
 /// Runs until `stop`: listen, forward notifies to `wake`, reconnect on any failure.
@@ -58,7 +60,11 @@ async fn listen_once(
     health: &Health,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let (client, mut conn) = crate::db::pg_config(url)?.connect(NoTls).await?;
+    let mut cfg = crate::db::pg_config(url)?;
+    // Named apart from the pool's connections, so operators (and tests) can tell it apart
+    // in pg_stat_activity.
+    cfg.application_name(LISTENER_APPLICATION_NAME);
+    let (client, mut conn) = cfg.connect(NoTls).await?;
     // The connection must be polled for the client to make progress and for notifications
     // to arrive; this task does both and ends when the connection does.
     let notified = wake.clone();
