@@ -41,6 +41,7 @@ impl TempCluster {
             dir,
             bindir,
             port: 0,
+            opts: String::new(),
             run_as,
         };
         let data = cluster.data_dir();
@@ -69,14 +70,7 @@ impl TempCluster {
                 cluster.port,
                 cluster.dir.path().display()
             );
-            let log = cluster.dir.path().join("server.log").display().to_string();
-            match cluster
-                .pg("pg_ctl")
-                .args([
-                    "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start",
-                ])
-                .output_checked("pg_ctl start")
-            {
+            match cluster.start_again() {
                 Ok(_) => return Ok(cluster),
                 Err(e) => last_err = Some(e),
             }
@@ -89,7 +83,18 @@ impl TempCluster {
     pub fn start_again(&self) -> anyhow::Result<()> {
         let log = self.dir.path().join("server.log").display().to_string();
         self.pg("pg_ctl")
-            .args(["-D", &self.data_dir(), "-l", &log, "-o", &self.opts, "-w", "-t", "60", "start"])
+            .args([
+                "-D",
+                &self.data_dir(),
+                "-l",
+                &log,
+                "-o",
+                &self.opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ])
             .output_checked("pg_ctl start")?;
         Ok(())
     }

@@ -13,10 +13,16 @@ async fn a_committed_event_is_delivered_signed_and_completed() {
     rx.wait_accepted(&ids).await;
     relay.stop().await.unwrap();
     for d in rx.deliveries() {
-        assert!(d.verified, "signature must verify with the reference library");
+        assert!(
+            d.verified,
+            "signature must verify with the reference library"
+        );
     }
     for id in &ids {
         let (status, retries, _, processed) = row_state(&client, id).await;
-        assert_eq!((status.as_str(), retries, processed), ("COMPLETED", 0, true));
+        assert_eq!(
+            (status.as_str(), retries, processed),
+            ("COMPLETED", 0, true)
+        );
     }
 }

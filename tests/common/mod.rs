@@ -68,25 +68,45 @@ impl TestDb {
     pub async fn new() -> Self {
         let admin_url = server().admin_url.clone();
         let name = format!("outbox_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = outbox_relay::db::connect(&Secret::new(admin_url.clone())).await.unwrap();
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        Self { url: with_db(&admin_url, &name), name, admin_url }
+        let admin = outbox_relay::db::connect(&Secret::new(admin_url.clone()))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        Self {
+            url: with_db(&admin_url, &name),
+            name,
+            admin_url,
+        }
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
-        outbox_relay::db::connect(&Secret::new(self.url.clone())).await.unwrap()
+        outbox_relay::db::connect(&Secret::new(self.url.clone()))
+            .await
+            .unwrap()
     }
 
     /// A config for this database; `extra` is TOML appended after the defaults.
     pub fn config(&self, extra: &str) -> Config {
-        Config::from_toml(extra, &Overrides { database_url: Some(self.url.clone()) })
-            .expect("test config is valid")
+        Config::from_toml(
+            extra,
+            &Overrides {
+                database_url: Some(self.url.clone()),
+            },
+        )
+        .expect("test config is valid")
     }
 
     /// A TOML config file for the binary, with `extra` appended.
     pub fn config_file(&self, extra: &str) -> tempfile::NamedTempFile {
         let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), format!("database_url = \"{}\"\n{extra}", self.url)).unwrap();
+        std::fs::write(
+            f.path(),
+            format!("database_url = \"{}\"\n{extra}", self.url),
+        )
+        .unwrap();
         f
     }
 
@@ -102,7 +122,10 @@ impl Drop for TestDb {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         // Drop runs inside the test's runtime: do the async work on a thread of its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 if let Ok(c) = outbox_relay::db::connect(&Secret::new(admin_url)).await {
                     let _ = c
@@ -131,8 +154,16 @@ impl InProcessRelay {
     pub fn start(cfg: Config) -> Self {
         let shutdown = CancellationToken::new();
         let health = Arc::new(Health::default());
-        let task = tokio::spawn(outbox_relay::relay::run(cfg, shutdown.clone(), health.clone()));
-        Self { shutdown, health, task }
+        let task = tokio::spawn(outbox_relay::relay::run(
+            cfg,
+            shutdown.clone(),
+            health.clone(),
+        ));
+        Self {
+            shutdown,
+            health,
+            task,
+        }
     }
 
     /// Waits until the database is reachable and LISTEN is active.
@@ -161,13 +192,20 @@ where
 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Inserts `n` events of type `event_type` in one transaction; returns their ids.
-pub async fn insert_events(client: &tokio_postgres::Client, n: usize, event_type: &str) -> Vec<String> {
+pub async fn insert_events(
+    client: &tokio_postgres::Client,
+    n: usize,
+    event_type: &str,
+) -> Vec<String> {
     let rows = client
         .query(
             "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload)
@@ -183,14 +221,20 @@ pub async fn insert_events(client: &tokio_postgres::Client, n: usize, event_type
 /// Counts rows by status.
 pub async fn count_status(client: &tokio_postgres::Client, status: &str) -> i64 {
     client
-        .query_one("SELECT count(*) FROM \"OutboxEvent\" WHERE status::text = $1", &[&status])
+        .query_one(
+            "SELECT count(*) FROM \"OutboxEvent\" WHERE status::text = $1",
+            &[&status],
+        )
         .await
         .unwrap()
         .get(0)
 }
 
 /// (status, retry_count, error_message, processed_at is set) of one row.
-pub async fn row_state(client: &tokio_postgres::Client, id: &str) -> (String, i32, Option<String>, bool) {
+pub async fn row_state(
+    client: &tokio_postgres::Client,
+    id: &str,
+) -> (String, i32, Option<String>, bool) {
     let r = client
         .query_one(
             "SELECT status::text, retry_count, error_message, processed_at IS NOT NULL

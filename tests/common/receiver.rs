@@ -41,7 +41,11 @@ impl Reply {
         Self::status(200)
     }
     pub fn status(status: u16) -> Self {
-        Self { status, delay: Duration::ZERO, retry_after: None }
+        Self {
+            status,
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
     }
     pub fn delayed(mut self, d: Duration) -> Self {
         self.delay = d;
@@ -82,7 +86,9 @@ impl Receiver {
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let app = Router::new().route("/hook", post(handle)).with_state(inner.clone());
+        let app = Router::new()
+            .route("/hook", post(handle))
+            .with_state(inner.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { inner, url }
     }
@@ -99,7 +105,11 @@ impl Receiver {
     /// Requests answered 2xx, per event id.
     pub fn accepted_counts(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
-        for d in self.deliveries().iter().filter(|d| (200..300).contains(&d.answered)) {
+        for d in self
+            .deliveries()
+            .iter()
+            .filter(|d| (200..300).contains(&d.answered))
+        {
             *m.entry(d.id.clone()).or_default() += 1;
         }
         m
@@ -124,8 +134,11 @@ impl Receiver {
     pub async fn wait_accepted(&self, ids: &[String]) {
         let want: std::collections::HashSet<&String> = ids.iter().collect();
         self.wait_for(&format!("{} events accepted", ids.len()), |ds| {
-            let got: std::collections::HashSet<&String> =
-                ds.iter().filter(|d| (200..300).contains(&d.answered)).map(|d| &d.id).collect();
+            let got: std::collections::HashSet<&String> = ds
+                .iter()
+                .filter(|d| (200..300).contains(&d.answered))
+                .map(|d| &d.id)
+                .collect();
             want.is_subset(&got)
         })
         .await;
@@ -135,7 +148,11 @@ impl Receiver {
 async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     let verified = inner.verifier.verify(&body, &headers).is_ok();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let nth = {
         let mut m = inner.per_id.lock().unwrap();
         let n = m.entry(id.clone()).or_default();
@@ -159,7 +176,8 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
     inner.arrived.notify_waiters();
     let mut resp = StatusCode::from_u16(reply.status).unwrap().into_response();
     if let Some(ra) = reply.retry_after {
-        resp.headers_mut().insert("retry-after", ra.parse().unwrap());
+        resp.headers_mut()
+            .insert("retry-after", ra.parse().unwrap());
     }
     resp
 }
