@@ -260,7 +260,10 @@ impl Relay {
             }
             let limit = self.capacity.available_permits().min(batch);
             let wait = match self.run_once(limit, tracker, tx, hard).await {
-                Ok(claimed) if claimed >= limit => continue, // more may be due right now
+                Ok(claimed) if claimed >= limit => {
+                    failures = 0;
+                    continue; // more may be due right now
+                }
                 Ok(claimed) => {
                     failures = 0;
                     match self.next_due().await {

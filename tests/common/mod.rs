@@ -45,7 +45,10 @@ fn server() -> &'static Server {
         let admin_url = cluster.url("postgres");
         *CLUSTER.lock().unwrap() = Some(cluster);
         // SAFETY: registering a plain extern "C" fn with no captured state.
-        unsafe { libc::atexit(stop_cluster) };
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::atexit(stop_cluster)
+        };
         Server { admin_url }
     })
 }
