@@ -1,0 +1,899 @@
+//! The real `outbox-relay` binary as a child process, against real PostgreSQL and the
+//! harness's real HTTP receiver: crashes, signals, exit codes, the CLI and database outages.
+
+mod common;
+use common::*;
+
+use std::collections::HashSet;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use outbox_relay::config::{Config, Overrides};
+use outbox_relay::pgtemp::TempCluster;
+use outbox_relay::secret::Secret;
+use tempfile::NamedTempFile;
+
+/// Variables the child must not inherit from the test run: a DATABASE_URL exported for the
+/// harness would beat every config file these tests write.
+const SCRUBBED_ENV: &[&str] = &[
+    "DATABASE_URL",
+    "OUTBOX_RELAY_CONFIG",
+    "OUTBOX_RELAY_LOG_FORMAT",
+    "RUST_LOG",
+];
+
+/// How long a process told to stop may take to exit: a hang guard, not a speed assertion.
+const EXIT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A command running the relay binary with a clean environment and verbose relay logs.
+fn relay_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(relay_bin());
+    cmd.args(args).stdin(Stdio::null());
+    for v in SCRUBBED_ENV {
+        cmd.env_remove(v);
+    }
+    cmd.env("RUST_LOG", "info,outbox_relay=debug");
+    cmd
+}
+
+fn path_str(f: &NamedTempFile) -> &str {
+    f.path().to_str().expect("temp paths are UTF-8")
+}
+
+/// A config file with exactly `text` (no database_url added).
+fn write_config(text: &str) -> NamedTempFile {
+    let f = NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+/// One webhook with its own request timeout (the harness's is 5 s).
+fn webhook_with_timeout(name: &str, url: &str, timeout: &str) -> String {
+    format!(
+        "[[webhook]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\ntimeout = \"{timeout}\"\n"
+    )
+}
+
+/// A child process with stdout and stderr captured to files. Dropping it SIGKILLs and reaps
+/// the process if it is still running, so no test leaves a relay behind, even on panic.
+struct Proc {
+    name: String,
+    child: std::process::Child,
+    stdout: NamedTempFile,
+    stderr: NamedTempFile,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command) -> Self {
+        let stdout = NamedTempFile::new().unwrap();
+        let stderr = NamedTempFile::new().unwrap();
+        cmd.stdout(stdout.reopen().unwrap())
+            .stderr(stderr.reopen().unwrap());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).unwrap_or_else(|e| panic!("cannot send {sig} to {}: {e}", self.name));
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.stdout.path()).unwrap()).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.stderr.path()).unwrap()).into_owned()
+    }
+
+    /// Waits for the process to exit (polling), at most `limit`.
+    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} did not exit within {limit:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until stderr contains any of `needles`.
+    async fn wait_log(&self, needles: &[&str]) {
+        wait_until(&format!("{} to log one of {needles:?}", self.name), || {
+            let err = self.stderr();
+            let found = needles.iter().any(|n| err.contains(n));
+            async move { found }
+        })
+        .await;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill(); // SIGKILL
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let err = self.stderr();
+            let tail: String = {
+                let chars: Vec<char> = err.chars().collect();
+                chars[chars.len().saturating_sub(6000)..].iter().collect()
+            };
+            eprintln!(
+                "--- stderr of {} (tail) ---\n{tail}\n--- end ---",
+                self.name
+            );
+        }
+    }
+}
+
+/// Runs a one-shot command to its end (bounded); returns (status, stdout, stderr).
+async fn run_to_end(name: &str, cmd: Command) -> (ExitStatus, String, String) {
+    let mut p = Proc::spawn(name, cmd);
+    let status = p.wait_exit(PATIENCE).await;
+    (status, p.stdout(), p.stderr())
+}
+
+/// The secret as configured and its base64 key part: neither may appear in any output.
+fn assert_no_secret(who: &str, text: &str) {
+    let key = SECRET.trim_start_matches("whsec_");
+    assert!(
+        !text.contains(SECRET) && !text.contains(key),
+        "{who} wrote the webhook secret to its output"
+    );
+}
+
+/// (id, status, retry_count, claim_token is NULL, lease_expires_at is NULL) of every row.
+async fn lease_state(client: &tokio_postgres::Client) -> Vec<(String, String, i32, bool, bool)> {
+    client
+        .query(
+            "SELECT id::text, status::text, retry_count, claim_token IS NULL,
+                    lease_expires_at IS NULL
+               FROM \"OutboxEvent\" ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+}
+
+async fn ids_with_status(client: &tokio_postgres::Client, status: &str) -> HashSet<String> {
+    client
+        .query(
+            "SELECT id::text FROM \"OutboxEvent\" WHERE status::text = $1",
+            &[&status],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    outbox_relay::db::connect(&Secret::new(url.to_owned()))
+        .await
+        .unwrap()
+}
+
+/// Stops a cluster off the async worker threads (pg_ctl blocks).
+async fn stop_cluster(cluster: &Arc<TempCluster>) {
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop()).await.unwrap();
+}
+
+async fn start_cluster_again(cluster: &Arc<TempCluster>) {
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.start_again())
+        .await
+        .unwrap()
+        .expect("restarting the cluster on its port");
+}
+
+async fn new_cluster() -> Arc<TempCluster> {
+    Arc::new(
+        tokio::task::spawn_blocking(TempCluster::start)
+            .await
+            .unwrap()
+            .expect("starting a private PostgreSQL cluster"),
+    )
+}
+
+/// Drops (stops and deletes) a cluster off the async worker threads.
+async fn drop_cluster(cluster: Arc<TempCluster>) {
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}
+
+async fn migrate_url(url: &str, extra: &str) {
+    let cfg = Config::from_toml(
+        extra,
+        &Overrides {
+            database_url: Some(url.to_owned()),
+        },
+    )
+    .unwrap();
+    let mut c = connect(url).await;
+    outbox_relay::db::migrate::run(&mut c, &cfg).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_batch_then_a_new_relay_delivers_everything() {
+    let db = TestDb::new().await;
+    let rx = Receiver::with_script(Arc::new(|_, _| {
+        Reply::ok().delayed(Duration::from_millis(100))
+    }))
+    .await;
+    let extra = format!(
+        "lease = \"2s\"\nbatch_size = 50\n{}",
+        webhook_toml("main", &rx.url)
+    );
+    db.migrate(&db.config(&extra)).await;
+    let file = db.config_file(&extra);
+    let client = db.client().await;
+    let ids = insert_events(&client, 300, "PROJECT.UPDATED").await;
+
+    let mut a = Proc::spawn("relay A", relay_cmd(&["run", "--config", path_str(&file)]));
+    rx.wait_for(">= 30 requests", |ds| ds.len() >= 30).await;
+    a.signal(Signal::SIGKILL);
+    let status = a.wait_exit(EXIT_PATIENCE).await;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "A: {status}");
+
+    // What A left behind: rows it claimed but did not record are the only ones that may
+    // be delivered twice.
+    let processing_at_kill = ids_with_status(&client, "PROCESSING").await;
+    let completed_by_a = count_status(&client, "COMPLETED").await;
+    let requests_by_a = rx.deliveries().len();
+
+    let mut b = Proc::spawn("relay B", relay_cmd(&["run", "--config", path_str(&file)]));
+    rx.wait_accepted(&ids).await;
+    wait_until("all 300 rows COMPLETED", || {
+        let c = &client;
+        async move { count_status(c, "COMPLETED").await == 300 }
+    })
+    .await;
+    b.signal(Signal::SIGTERM);
+    let status = b.wait_exit(EXIT_PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "B: {status}");
+
+    let counts = rx.accepted_counts();
+    let mut duplicates: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    duplicates.sort();
+    println!(
+        "A: {requests_by_a} requests answered before the kill, {completed_by_a} rows recorded \
+         COMPLETED, {} left PROCESSING; duplicates after B: {}",
+        processing_at_kill.len(),
+        duplicates.len()
+    );
+    for (id, n) in &duplicates {
+        println!("  duplicate: {id} accepted {n} times");
+    }
+    assert!(duplicates.len() <= 300);
+    for (id, n) in &duplicates {
+        assert!(
+            processing_at_kill.contains(*id),
+            "{id} was accepted {n} times but A had not left it PROCESSING"
+        );
+        assert!(**n <= 2, "{id} accepted {n} times with only one crash");
+    }
+    let wanted: HashSet<&String> = ids.iter().collect();
+    assert!(counts.keys().all(|id| wanted.contains(id)));
+    assert_eq!(counts.len(), 300);
+    assert_eq!(count_status(&client, "COMPLETED").await, 300);
+    for s in ["PENDING", "PROCESSING", "FAILED"] {
+        assert_eq!(count_status(&client, s).await, 0, "rows left {s}");
+    }
+    assert!(rx.deliveries().iter().all(|d| d.verified));
+    assert_no_secret("relay A", &a.stderr());
+    assert_no_secret("relay B", &b.stderr());
+    assert_no_secret("relay A (stdout)", &a.stdout());
+    assert_no_secret("relay B (stdout)", &b.stdout());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_deliveries_and_exits_0() {
+    let db = TestDb::new().await;
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let seen = arrived.clone();
+    let rx = Receiver::with_script(Arc::new(move |_, _| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        Reply::ok().delayed(Duration::from_secs(2))
+    }))
+    .await;
+    let extra = format!(
+        "shutdown_timeout = \"20s\"\n{}",
+        webhook_with_timeout("main", &rx.url, "30s")
+    );
+    db.migrate(&db.config(&extra)).await;
+    let file = db.config_file(&extra);
+    let client = db.client().await;
+    let ids = insert_events(&client, 5, "PROJECT.UPDATED").await;
+
+    let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    wait_until("5 requests arrived at the receiver", || {
+        let n = arrived.load(Ordering::SeqCst);
+        async move { n >= 5 }
+    })
+    .await;
+    relay.signal(Signal::SIGTERM);
+    let status = relay.wait_exit(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    let counts = rx.accepted_counts();
+    for id in &ids {
+        assert_eq!(counts.get(id), Some(&1), "{id} accepted exactly once");
+        let (status, retries, _, processed) = row_state(&client, id).await;
+        assert_eq!(
+            (status.as_str(), retries, processed),
+            ("COMPLETED", 0, true)
+        );
+    }
+    assert_eq!(rx.deliveries().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_grace_releases_rows_to_pending() {
+    let db = TestDb::new().await;
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let seen = arrived.clone();
+    let rx = Receiver::with_script(Arc::new(move |_, _| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        Reply::ok().delayed(Duration::from_secs(60))
+    }))
+    .await;
+    // The request timeout is far beyond the grace, so only the grace can end the requests.
+    let extra = format!(
+        "shutdown_timeout = \"1s\"\n{}",
+        webhook_with_timeout("main", &rx.url, "120s")
+    );
+    db.migrate(&db.config(&extra)).await;
+    let file = db.config_file(&extra);
+    let client = db.client().await;
+    let ids = insert_events(&client, 3, "PROJECT.UPDATED").await;
+
+    let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    wait_until("3 requests in flight and 3 rows PROCESSING", || {
+        let n = arrived.load(Ordering::SeqCst);
+        let c = &client;
+        async move { n >= 3 && count_status(c, "PROCESSING").await == 3 }
+    })
+    .await;
+    relay.signal(Signal::SIGTERM);
+    let status = relay.wait_exit(EXIT_PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    let rows = lease_state(&client).await;
+    assert_eq!(rows.len(), 3);
+    for (id, status, retries, token_null, lease_null) in rows {
+        assert!(ids.contains(&id));
+        assert_eq!(
+            (status.as_str(), retries, token_null, lease_null),
+            ("PENDING", 0, true, true),
+            "{id}: (status, retry_count, claim_token IS NULL, lease_expires_at IS NULL)"
+        );
+    }
+    assert!(rx.accepted_counts().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_exits_2_naming_the_key() {
+    let db = TestDb::new().await;
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("unknown key", "batchsize = 3\n".into(), "batchsize"),
+        (
+            "not a number",
+            "batch_size = \"many\"\n".into(),
+            "batch_size",
+        ),
+        (
+            "not a duration",
+            "poll_interval = \"soon\"\n".into(),
+            "poll_interval",
+        ),
+        (
+            "SQL in the table name",
+            "table = 'x\"; DROP TABLE y; --'\n".into(),
+            "table",
+        ),
+        (
+            "ftp webhook",
+            format!("[[webhook]]\nname = \"a\"\nurl = \"ftp://x\"\nsecret = \"{SECRET}\"\n"),
+            "webhook[0].url",
+        ),
+        (
+            "unset secret variable",
+            "[[webhook]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/hook\"\n\
+             secret = \"env:SOME_UNSET_VAR_XYZ\"\n"
+                .into(),
+            "webhook[0].secret",
+        ),
+    ];
+    for (what, toml, key) in &cases {
+        let file = db.config_file(toml);
+        for sub in ["check-config", "run"] {
+            let mut cmd = relay_cmd(&[sub, "--config", path_str(&file)]);
+            cmd.env_remove("SOME_UNSET_VAR_XYZ");
+            let (status, _, err) = run_to_end(&format!("{sub} ({what})"), cmd).await;
+            assert_eq!(
+                status.code(),
+                Some(2),
+                "{sub} with {what}: {status}; stderr:\n{err}"
+            );
+            assert!(
+                err.contains(key),
+                "{sub} with {what}: stderr does not name `{key}`:\n{err}"
+            );
+            assert!(!err.contains("panicked"), "{sub} with {what}:\n{err}");
+            assert_no_secret(&format!("{sub} with {what}"), &err);
+        }
+    }
+    // The injection attempt created nothing: nor did anything else, as nothing got that far.
+    let client = db.client().await;
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables
+              WHERE tablename LIKE 'x%' OR tablename = 'y' OR schemaname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "a bad config created tables");
+
+    // The same key names come through OUTBOX_RELAY_CONFIG.
+    let file = db.config_file("batch_size = \"many\"\n");
+    let mut cmd = relay_cmd(&["check-config"]);
+    cmd.env("OUTBOX_RELAY_CONFIG", file.path());
+    let (status, _, err) = run_to_end("check-config (env)", cmd).await;
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("batch_size"), "{err}");
+
+    // A valid file.
+    let good = db.config_file(&format!(
+        "poll_interval = \"5s\"\nbatch_size = 10\n{}",
+        webhook_toml("main", "http://127.0.0.1:9/hook")
+    ));
+    let (status, out, err) = run_to_end(
+        "check-config (valid)",
+        relay_cmd(&["check-config", "--config", path_str(&good)]),
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!out.trim().is_empty());
+    assert_no_secret("check-config", &format!("{out}{err}"));
+
+    // Precedence of the database URL: flag, then DATABASE_URL, then the file.
+    db.migrate(&db.config("")).await;
+    let bogus = "postgres://postgres@127.0.0.1:1/nowhere";
+    let bogus_file = write_config(&format!("database_url = \"{bogus}\"\n"));
+    let good_file = db.config_file("");
+
+    // Flag (after the subcommand) beats env and file.
+    let mut cmd = relay_cmd(&[
+        "status",
+        "--json",
+        "--config",
+        path_str(&bogus_file),
+        "--database-url",
+        &db.url,
+    ]);
+    cmd.env("DATABASE_URL", bogus);
+    let (status, out, err) = run_to_end("status (flag wins)", cmd).await;
+    assert_eq!(status.code(), Some(0), "the flag must win: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+    assert!(v["counts"].is_object(), "{out}");
+
+    // Flag (before the subcommand) beats a good env: a bogus flag fails.
+    let mut cmd = relay_cmd(&[
+        "--database-url",
+        bogus,
+        "status",
+        "--json",
+        "--config",
+        path_str(&good_file),
+    ]);
+    cmd.env("DATABASE_URL", &db.url);
+    let (status, _, err) = run_to_end("status (bogus flag)", cmd).await;
+    assert_ne!(status.code(), Some(0), "a bogus flag must be used: {err}");
+    assert_ne!(
+        status.code(),
+        Some(2),
+        "an unreachable database is no config error"
+    );
+
+    // Environment beats the file.
+    let mut cmd = relay_cmd(&["status", "--json", "--config", path_str(&bogus_file)]);
+    cmd.env("DATABASE_URL", &db.url);
+    let (status, _, err) = run_to_end("status (env wins)", cmd).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "DATABASE_URL must beat the file: {err}"
+    );
+
+    let mut cmd = relay_cmd(&["status", "--json", "--config", path_str(&good_file)]);
+    cmd.env("DATABASE_URL", bogus);
+    let (status, _, err) = run_to_end("status (bogus env)", cmd).await;
+    assert_ne!(status.code(), Some(0), "DATABASE_URL must be used: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_relay_keeps_running_and_resumes() {
+    let cluster = new_cluster().await;
+    let url = cluster.url("postgres");
+    let rx = Receiver::start().await;
+    let extra = format!("poll_interval = \"1s\"\n{}", webhook_toml("main", &rx.url));
+    migrate_url(&url, &extra).await;
+    let file = write_config(&format!("database_url = \"{url}\"\n{extra}"));
+
+    let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    let client = connect(&url).await;
+    let first = insert_events(&client, 1, "PROJECT.UPDATED").await;
+    rx.wait_accepted(&first).await;
+    wait_until("the first event COMPLETED", || {
+        let c = &client;
+        async move { count_status(c, "COMPLETED").await == 1 }
+    })
+    .await;
+    // The private cluster runs with synchronous_commit=off and stop() is an immediate
+    // (crash-like) shutdown: without a checkpoint the last commits would be lost.
+    client.batch_execute("CHECKPOINT").await.unwrap();
+    drop(client);
+
+    stop_cluster(&cluster).await;
+    relay
+        .wait_log(&["LISTEN connection lost", "claim failed"])
+        .await;
+    // The outage itself: keep the database down a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        relay.is_running(),
+        "the relay exited during the outage:\n{}",
+        relay.stderr()
+    );
+
+    start_cluster_again(&cluster).await;
+    let client = connect(&url).await;
+    let second = insert_events(&client, 1, "PROJECT.UPDATED").await;
+    rx.wait_accepted(&second).await;
+    wait_until("the second event COMPLETED", || {
+        let c = &client;
+        async move { count_status(c, "COMPLETED").await == 2 }
+    })
+    .await;
+    assert!(relay.is_running(), "the relay was not restarted");
+    relay.signal(Signal::SIGTERM);
+    let status = relay.wait_exit(EXIT_PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+    drop(client);
+    drop(relay);
+    drop_cluster(cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_started_while_the_database_is_down_delivers_once_it_is_up() {
+    let cluster = new_cluster().await;
+    let url = cluster.url("postgres");
+    stop_cluster(&cluster).await;
+    let rx = Receiver::start().await;
+    let extra = format!("poll_interval = \"1s\"\n{}", webhook_toml("main", &rx.url));
+    let file = write_config(&format!("database_url = \"{url}\"\n{extra}"));
+
+    let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    relay.wait_log(&["relay not started yet"]).await;
+    assert!(
+        relay.is_running(),
+        "the relay must keep trying while the database is down:\n{}",
+        relay.stderr()
+    );
+
+    start_cluster_again(&cluster).await;
+    migrate_url(&url, &extra).await;
+    let client = connect(&url).await;
+    let ids = insert_events(&client, 2, "PROJECT.UPDATED").await;
+    rx.wait_accepted(&ids).await;
+    wait_until("both events COMPLETED", || {
+        let c = &client;
+        async move { count_status(c, "COMPLETED").await == 2 }
+    })
+    .await;
+    assert!(relay.is_running());
+    relay.signal(Signal::SIGTERM);
+    let status = relay.wait_exit(EXIT_PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+    drop(client);
+    drop(relay);
+    drop_cluster(cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_status_publish_retry_purge() {
+    let db = TestDb::new().await;
+    let file = db.config_file("");
+    let cfg = path_str(&file);
+    for n in 1..=2 {
+        let (status, _, err) = run_to_end(
+            &format!("migrate #{n}"),
+            relay_cmd(&["migrate", "--config", cfg]),
+        )
+        .await;
+        assert_eq!(status.code(), Some(0), "migrate #{n}: {err}");
+    }
+    let client = db.client().await;
+
+    // publish
+    let (status, out, err) = run_to_end(
+        "publish",
+        relay_cmd(&[
+            "publish",
+            "--config",
+            cfg,
+            "--type",
+            "PROJECT.UPDATED",
+            "--org",
+            "org_1",
+            "--entity-type",
+            "Project",
+            "--entity-id",
+            "p_1",
+            "--payload",
+            r#"{"a":1}"#,
+        ]),
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "publish: {err}");
+    let id = out.trim().to_owned();
+    assert!(
+        uuid::Uuid::parse_str(&id).is_ok(),
+        "publish printed {out:?}"
+    );
+    let row = client
+        .query_one(
+            "SELECT event_type, org_id, entity_type, entity_id, payload, status::text
+               FROM \"OutboxEvent\" WHERE id::text = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "PROJECT.UPDATED");
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("org_1"));
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("Project"));
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("p_1"));
+    assert_eq!(
+        row.get::<_, serde_json::Value>(4),
+        serde_json::json!({"a": 1})
+    );
+    assert_eq!(row.get::<_, String>(5), "PENDING");
+
+    // status --json, and the human form
+    let (status, out, err) = run_to_end(
+        "status --json",
+        relay_cmd(&["status", "--json", "--config", cfg]),
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "status: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+    assert_eq!(v["counts"]["PENDING"], 1, "{out}");
+    assert!(v["oldest_pending_age_seconds"].is_number(), "{out}");
+    let (status, out, err) = run_to_end("status", relay_cmd(&["status", "--config", cfg])).await;
+    assert_eq!(status.code(), Some(0), "status: {err}");
+    assert!(out.contains("PENDING"), "{out}");
+
+    // retry
+    client
+        .execute(
+            "UPDATE \"OutboxEvent\" SET status = 'FAILED', retry_count = 12,
+                    error_message = 'HTTP 500' WHERE id::text = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (status, _, err) = run_to_end(
+        "retry --id",
+        relay_cmd(&["retry", "--config", cfg, "--id", &id]),
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "retry: {err}");
+    let (st, retries, _, _) = row_state(&client, &id).await;
+    assert_eq!((st.as_str(), retries), ("PENDING", 0));
+
+    let missing = uuid::Uuid::new_v4().to_string();
+    let (status, _, err) = run_to_end(
+        "retry --id (missing)",
+        relay_cmd(&["retry", "--config", cfg, "--id", &missing]),
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "retry of a missing id: {err}");
+    assert!(
+        err.contains(&missing) && err.contains("not retried"),
+        "retry must say the id was not retried:\n{err}"
+    );
+
+    // purge: only COMPLETED rows processed before the cutoff go.
+    client
+        .execute(
+            "UPDATE \"OutboxEvent\" SET status = 'COMPLETED',
+                    processed_at = now() - interval '2 days' WHERE id::text = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let recent: String = client
+        .query_one(
+            "INSERT INTO \"OutboxEvent\" (event_type, payload, status, processed_at)
+             VALUES ('X.RECENT', '{}', 'COMPLETED', now()) RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let pending_old: String = client
+        .query_one(
+            "INSERT INTO \"OutboxEvent\" (event_type, payload, status, created_at)
+             VALUES ('X.OLD', '{}', 'PENDING', now() - interval '3 days') RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (status, _, err) = run_to_end(
+        "purge",
+        relay_cmd(&["purge", "--config", cfg, "--older-than", "1d"]),
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "purge: {err}");
+    let left: HashSet<String> = client
+        .query("SELECT id::text FROM \"OutboxEvent\"", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, HashSet::from([recent, pending_old]));
+
+    // publish with a payload that is not JSON
+    let (status, out, err) = run_to_end(
+        "publish (bad payload)",
+        relay_cmd(&[
+            "publish",
+            "--config",
+            cfg,
+            "--type",
+            "PROJECT.UPDATED",
+            "--payload",
+            "not json",
+        ]),
+    )
+    .await;
+    assert!(!status.success(), "a bad payload must fail");
+    assert!(out.trim().is_empty(), "no id for a bad payload: {out}");
+    assert!(
+        err.contains("payload") && err.contains("JSON"),
+        "the message must say the payload is not JSON:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM \"OutboxEvent\"", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "a bad payload inserted a row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_print_is_applicable_sql() {
+    let db = TestDb::new().await;
+    let file = db.config_file("");
+    let (status, sql, err) = run_to_end(
+        "migrate --print",
+        relay_cmd(&["migrate", "--print", "--config", path_str(&file)]),
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(sql.contains("OutboxEvent"), "{sql}");
+    let client = db.client().await;
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'OutboxEvent'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "--print must not run the migration");
+
+    for n in 1..=2 {
+        client
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("applying the printed SQL, time {n}: {e:?}"));
+    }
+
+    let rx = Receiver::start().await;
+    let relay = InProcessRelay::start(db.config(&webhook_toml("main", &rx.url)))
+        .ready()
+        .await;
+    let ids = insert_events(&client, 3, "PROJECT.UPDATED").await;
+    rx.wait_accepted(&ids).await;
+    relay.stop().await.unwrap();
+    for id in &ids {
+        let (status, retries, _, processed) = row_state(&client, id).await;
+        assert_eq!(
+            (status.as_str(), retries, processed),
+            ("COMPLETED", 0, true)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_on_request() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let extra = webhook_toml("main", &rx.url);
+    db.migrate(&db.config(&extra)).await;
+    let file = db.config_file(&extra);
+    let mut relay = Proc::spawn(
+        "relay (json)",
+        relay_cmd(&["run", "--log-format", "json", "--config", path_str(&file)]),
+    );
+    relay.wait_log(&["listening for new events"]).await;
+    let client = db.client().await;
+    let ids = insert_events(&client, 2, "PROJECT.UPDATED").await;
+    rx.wait_accepted(&ids).await;
+    relay.signal(Signal::SIGTERM);
+    let status = relay.wait_exit(EXIT_PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    let err = relay.stderr();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "too few log lines:\n{err}");
+    let mut messages = Vec::new();
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let obj = v
+            .as_object()
+            .unwrap_or_else(|| panic!("not a JSON object: {line}"));
+        assert!(
+            obj.contains_key("level") || obj.contains_key("message"),
+            "no level or message: {line}"
+        );
+        if let Some(m) = obj.get("message").and_then(|m| m.as_str()) {
+            messages.push(m.to_owned());
+        }
+    }
+    assert!(
+        messages.iter().any(|m| m.contains("relay stopped")),
+        "no shutdown line among {messages:?}"
+    );
+    assert_no_secret("relay (json)", &err);
+}
