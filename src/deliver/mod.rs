@@ -128,7 +128,9 @@ pub fn decide<'a>(
 ) -> Outcome {
     let mut delivered = ev.delivered_to.clone();
     let mut errors = Vec::new();
-    let mut retry_after = None;
+    // The longest Retry-After, and whether every failing endpoint sent one.
+    let mut retry_after: Option<Duration> = None;
+    let mut all_said_when = true;
     let (mut busy, mut cancelled) = (false, false);
     for (name, attempt) in results {
         match attempt {
@@ -138,6 +140,7 @@ pub fn decide<'a>(
                 retry_after: ra,
             } => {
                 errors.push(format!("{name}: {error}"));
+                all_said_when &= ra.is_some();
                 retry_after = retry_after.max(ra);
             }
             Attempt::Busy => busy = true,
@@ -150,11 +153,15 @@ pub fn decide<'a>(
         if failed >= policy.max_attempts {
             return Outcome::Dead { error, delivered };
         }
+        // The receiver's Retry-After replaces our guess when every failing endpoint sent one
+        // (it knows when it will be back); otherwise the backoff applies, at least that long.
         let backoff =
             backoff::retry_delay(failed, policy.backoff_initial, policy.backoff_max, jitter);
-        let delay = backoff
-            .max(retry_after.unwrap_or_default())
-            .min(policy.backoff_max);
+        let delay = match retry_after {
+            Some(ra) if all_said_when => ra,
+            ra => backoff.max(ra.unwrap_or_default()),
+        }
+        .min(policy.backoff_max);
         return Outcome::Retry {
             delay,
             error,
@@ -198,6 +205,10 @@ mod tests {
         max_attempts: 3,
         backoff_initial: Duration::from_secs(1),
         backoff_max: Duration::from_secs(60),
+    };
+    const POLICY_LONG: RetryPolicy = RetryPolicy {
+        max_attempts: 20,
+        ..POLICY
     };
 
     fn ev(retry_count: i32, delivered: &[&str]) -> ClaimedEvent {
@@ -280,6 +291,27 @@ mod tests {
         }
         match decide(&ev(0, &[]), [("a", ra(3600))], &POLICY, 0.0) {
             Outcome::Retry { delay, .. } => assert_eq!(delay, Duration::from_secs(60)),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_after_shortens_a_long_backoff_unless_another_endpoint_failed_without_one() {
+        let ra = Attempt::Failed {
+            error: "HTTP 503".into(),
+            retry_after: Some(Duration::from_secs(1)),
+        };
+        let plain = Attempt::Failed {
+            error: "HTTP 500".into(),
+            retry_after: None,
+        };
+        // The 9th failure: backoff alone would be capped at 60 s.
+        match decide(&ev(8, &[]), [("a", ra.clone())], &POLICY_LONG, 0.0) {
+            Outcome::Retry { delay, .. } => assert_eq!(delay, Duration::from_secs(1)),
+            o => panic!("{o:?}"),
+        }
+        match decide(&ev(8, &[]), [("a", ra), ("b", plain)], &POLICY_LONG, 0.0) {
+            Outcome::Retry { delay, .. } => assert!(delay >= Duration::from_secs(30), "{delay:?}"),
             o => panic!("{o:?}"),
         }
     }

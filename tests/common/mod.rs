@@ -113,6 +113,14 @@ impl TestDb {
         f
     }
 
+    /// Migrates for a config with `toml` and starts a relay on it, ready (LISTEN active).
+    pub async fn start_relay(&self, toml: &str) -> (Config, InProcessRelay) {
+        let cfg = self.config(toml);
+        self.migrate(&cfg).await;
+        let relay = InProcessRelay::start(cfg.clone()).ready().await;
+        (cfg, relay)
+    }
+
     /// Runs the migration for `cfg`.
     pub async fn migrate(&self, cfg: &Config) {
         let mut c = self.client().await;

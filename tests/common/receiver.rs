@@ -88,6 +88,8 @@ impl Receiver {
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let app = Router::new()
             .route("/hook", post(handle))
+            // Tests send 5 MB payloads; axum refuses bodies over 2 MB by default.
+            .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(inner.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { inner, url }

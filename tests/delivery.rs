@@ -1,0 +1,574 @@
+//! Delivery behaviour of the relay, in-process, against real PostgreSQL and real HTTP
+//! receivers: wake-ups, retries, dead letters, fan-out, routing, bad rows, adoption of an
+//! ORM-made table, and two relays sharing one table.
+
+mod common;
+use common::*;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One webhook with its own extra TOML lines (types, timeout, max_in_flight...).
+fn webhook(name: &str, url: &str, extra: &str) -> String {
+    format!("[[webhook]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n{extra}\n")
+}
+
+/// Inserts one event of `event_type` with `payload` (SQL text) in its own transaction.
+async fn insert_one(client: &tokio_postgres::Client, event_type: &str, payload: &str) -> String {
+    client
+        .query_one(
+            "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload)
+             VALUES ($1, 'org_1', $2::text::jsonb) RETURNING id::text",
+            &[&event_type, &payload],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn wait_status(client: &tokio_postgres::Client, id: &str, status: &str) {
+    wait_until(&format!("{id} to become {status}"), || async {
+        row_state(client, id).await.0 == status
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_event_is_never_delivered() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let (_, relay) = db.start_relay(&webhook_toml("main", &rx.url)).await;
+    let mut client = db.client().await;
+
+    let tx = client.transaction().await.unwrap();
+    let rolled_back: String = tx
+        .query_one(
+            "INSERT INTO \"OutboxEvent\" (event_type, payload) VALUES ('A.ROLLED', '{}')
+             RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tx.rollback().await.unwrap();
+    // Committed after the rolled-back one: once it arrives, the relay has had its chance.
+    let committed = insert_events(&client, 1, "A.COMMITTED").await;
+    rx.wait_accepted(&committed).await;
+    relay.stop().await.unwrap();
+
+    let ids: Vec<String> = rx.deliveries().into_iter().map(|d| d.id).collect();
+    assert_eq!(ids, committed, "only the committed event is delivered");
+    assert!(!ids.contains(&rolled_back));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_the_relay_long_before_the_poll() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let (_, relay) = db
+        .start_relay(&format!(
+            "poll_interval = \"1h\"\n{}",
+            webhook_toml("main", &rx.url)
+        ))
+        .await;
+    let client = db.client().await;
+    // Several separate commits, each of which must wake the relay on its own.
+    for i in 0..3 {
+        let ids = insert_events(&client, 1, &format!("WAKE.{i}")).await;
+        // PATIENCE (60 s) is far below the 1 h poll: arriving at all proves NOTIFY woke it.
+        rx.wait_accepted(&ids).await;
+    }
+    relay.stop().await.unwrap();
+    assert_eq!(rx.deliveries().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_then_200_records_the_failure_then_completes() {
+    let db = TestDb::new().await;
+    let rx = Receiver::with_script(Arc::new(|_, nth| {
+        Reply::status(if nth == 1 { 500 } else { 200 })
+    }))
+    .await;
+    let (_, relay) = db
+        .start_relay(&format!(
+            "backoff_initial = \"50ms\"\nbackoff_max = \"200ms\"\n{}",
+            webhook_toml("main", &rx.url)
+        ))
+        .await;
+    let client = db.client().await;
+    let ids = insert_events(&client, 1, "RETRY.ME").await;
+    rx.wait_accepted(&ids).await;
+    wait_status(&client, &ids[0], "COMPLETED").await;
+    relay.stop().await.unwrap();
+
+    let (status, retries, error, processed) = row_state(&client, &ids[0]).await;
+    assert_eq!(
+        (status.as_str(), retries, processed),
+        ("COMPLETED", 1, true)
+    );
+    let error = error.expect("the failed attempt's error is kept");
+    assert!(error.contains("main") && error.contains("500"), "{error}");
+    let attempts: Vec<u64> = rx.deliveries().iter().map(|d| d.attempt).collect();
+    assert_eq!(attempts, vec![1, 2], "the envelope counts attempts");
+    let headers: Vec<String> = rx.deliveries().iter().map(|d| d.id.clone()).collect();
+    assert_eq!(
+        headers,
+        vec![ids[0].clone(), ids[0].clone()],
+        "webhook-id is stable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_500_dead_letters_then_retry_failed_delivers() {
+    let db = TestDb::new().await;
+    let rx = Receiver::with_script(Arc::new(|_, _| Reply::status(500))).await;
+    let (cfg, relay) = db
+        .start_relay(&format!(
+            "max_attempts = 3\nbackoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\n{}",
+            webhook_toml("main", &rx.url)
+        ))
+        .await;
+    let client = db.client().await;
+    let ids = insert_events(&client, 1, "DOOMED").await;
+    wait_status(&client, &ids[0], "FAILED").await;
+
+    let (_, retries, error, processed) = row_state(&client, &ids[0]).await;
+    assert_eq!(retries, 3, "max_attempts counts attempts in all");
+    assert!(!processed);
+    assert!(error.unwrap().contains("500"));
+    assert_eq!(rx.deliveries().len(), 3, "no attempt after the dead letter");
+
+    rx.set_script(Arc::new(|_, _| Reply::ok()));
+    let n = outbox_relay::commands::retry(&cfg, &[], None)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    rx.wait_accepted(&ids).await;
+    wait_status(&client, &ids[0], "COMPLETED").await;
+    relay.stop().await.unwrap();
+    let (_, retries, _, processed) = row_state(&client, &ids[0]).await;
+    assert_eq!((retries, processed), (0, true), "retry resets retry_count");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_retries_only_the_endpoint_that_failed() {
+    let db = TestDb::new().await;
+    let good = Receiver::start().await;
+    let flaky = Receiver::with_script(Arc::new(|_, nth| {
+        Reply::status(if nth <= 2 { 503 } else { 200 })
+    }))
+    .await;
+    let (_, relay) = db
+        .start_relay(&format!(
+            "backoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\n{}{}",
+            webhook("good", &good.url, ""),
+            webhook("flaky", &flaky.url, "")
+        ))
+        .await;
+    let client = db.client().await;
+    let ids = insert_events(&client, 5, "FAN.OUT").await;
+    flaky.wait_accepted(&ids).await;
+    for id in &ids {
+        wait_status(&client, id, "COMPLETED").await;
+    }
+    relay.stop().await.unwrap();
+
+    for id in &ids {
+        assert_eq!(good.accepted_counts()[id], 1, "good got {id} exactly once");
+        assert_eq!(flaky.accepted_counts()[id], 1);
+        let (_, retries, error, _) = row_state(&client, id).await;
+        assert_eq!(retries, 2);
+        assert!(error.unwrap().starts_with("flaky:"));
+    }
+    assert_eq!(
+        good.deliveries().len(),
+        5,
+        "no request to good after it accepted"
+    );
+    assert_eq!(flaky.deliveries().len(), 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn types_globs_route_events() {
+    let db = TestDb::new().await;
+    let projects = Receiver::start().await;
+    let invoices = Receiver::start().await;
+    let all = Receiver::start().await;
+    let (_, relay) = db
+        .start_relay(&format!(
+            "{}{}{}",
+            webhook("projects", &projects.url, "types = [\"PROJECT.*\"]"),
+            webhook(
+                "invoices",
+                &invoices.url,
+                "types = [\"INVOICE.CREATED\", \"REFUND.?\"]"
+            ),
+            webhook("all", &all.url, ""),
+        ))
+        .await;
+    let client = db.client().await;
+    let mut ids = Vec::new();
+    for t in [
+        "PROJECT.UPDATED",
+        "PROJECT.CREATED",
+        "INVOICE.CREATED",
+        "INVOICE.PAID",
+        "REFUND.X",
+        "USER.CREATED",
+    ] {
+        ids.push((t, insert_events(&client, 1, t).await.remove(0)));
+    }
+    let every: Vec<String> = ids.iter().map(|(_, id)| id.clone()).collect();
+    all.wait_accepted(&every).await;
+    for id in &every {
+        wait_status(&client, id, "COMPLETED").await;
+    }
+    relay.stop().await.unwrap();
+
+    let types_of = |rx: &Receiver| -> HashSet<String> {
+        rx.deliveries().into_iter().map(|d| d.event_type).collect()
+    };
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
+    assert_eq!(
+        types_of(&projects),
+        set(&["PROJECT.UPDATED", "PROJECT.CREATED"])
+    );
+    assert_eq!(types_of(&invoices), set(&["INVOICE.CREATED", "REFUND.X"]));
+    assert_eq!(all.deliveries().len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_overrides_a_longer_backoff() {
+    let db = TestDb::new().await;
+    let rx = Receiver::with_script(Arc::new(|_, nth| {
+        if nth == 1 {
+            Reply {
+                retry_after: Some("1".into()),
+                ..Reply::status(429)
+            }
+        } else {
+            Reply::ok()
+        }
+    }))
+    .await;
+    // Backoff alone would wait an hour; Retry-After: 1 must bring it back within PATIENCE.
+    let (_, relay) = db
+        .start_relay(&format!(
+            "backoff_initial = \"1h\"\nbackoff_max = \"1h\"\npoll_interval = \"1h\"\n{}",
+            webhook_toml("main", &rx.url)
+        ))
+        .await;
+    let client = db.client().await;
+    let ids = insert_events(&client, 1, "LIMITED").await;
+    wait_until("the 429 to be recorded", || async {
+        row_state(&client, &ids[0]).await.1 == 1
+    })
+    .await;
+    let wait: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM \"OutboxEvent\"",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        wait < 60.0,
+        "next attempt in {wait}s, not after the 1h backoff"
+    );
+    rx.wait_accepted(&ids).await;
+    wait_status(&client, &ids[0], "COMPLETED").await;
+    relay.stop().await.unwrap();
+    assert_eq!(rx.deliveries().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_endpoint_does_not_hold_back_a_healthy_one() {
+    let db = TestDb::new().await;
+    let healthy = Receiver::start().await;
+    // Never answers within the test: every request it gets stays in flight.
+    let hung = Receiver::with_script(Arc::new(|_, _| {
+        Reply::ok().delayed(Duration::from_secs(3600))
+    }))
+    .await;
+    let (_, relay) = db
+        .start_relay(&format!(
+            "batch_size = 50\nshutdown_timeout = \"1s\"\n{}{}",
+            webhook("healthy", &healthy.url, ""),
+            webhook("hung", &hung.url, "timeout = \"1h\"\nmax_in_flight = 4"),
+        ))
+        .await;
+    let client = db.client().await;
+    let mut ids = insert_events(&client, 300, "BOTH").await;
+    ids.extend(insert_events(&client, 1, "LATE").await);
+    // Every event reaches the healthy endpoint although the hung one holds all its slots.
+    healthy.wait_accepted(&ids).await;
+    relay.stop().await.unwrap();
+
+    assert!(healthy.accepted_counts().values().all(|&n| n == 1));
+    assert_eq!(
+        hung.deliveries().len(),
+        0,
+        "the hung endpoint never answered"
+    );
+    // The rows wait for the hung endpoint, remembering who already has them.
+    let owed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM \"OutboxEvent\"
+              WHERE status = 'PENDING' AND delivered_to = ARRAY['healthy']",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owed, 301);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_never_stall_the_relay() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let cfg = db.config(&format!(
+        "poll_interval = \"200ms\"\n{}",
+        webhook_toml("main", &rx.url)
+    ));
+    db.migrate(&cfg).await;
+    let client = db.client().await;
+    // An app-made table may allow what ours does not.
+    client
+        .batch_execute("ALTER TABLE \"OutboxEvent\" ALTER COLUMN event_type DROP NOT NULL")
+        .await
+        .unwrap();
+    let array = insert_one(&client, "ODD.ARRAY", "[1, 2, 3]").await;
+    let string = insert_one(&client, "ODD.STRING", "\"just text\"").await;
+    let null_type: String = client
+        .query_one(
+            "INSERT INTO \"OutboxEvent\" (event_type, payload) VALUES (NULL, '{}')
+             RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let unknown: String = client
+        .query_one(
+            "INSERT INTO \"OutboxEvent\" (event_type, payload, status)
+             VALUES ('ODD.STATUS', '{}', 'QUEUED') RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let huge = insert_one(
+        &client,
+        "ODD.HUGE",
+        &format!("{{\"blob\": \"{}\"}}", "x".repeat(5 * 1024 * 1024)),
+    )
+    .await;
+    let behind = insert_events(&client, 20, "AFTER.BAD").await;
+
+    let relay = InProcessRelay::start(cfg).ready().await;
+    let mut deliverable = vec![array.clone(), string.clone(), huge.clone()];
+    deliverable.extend(behind.iter().cloned());
+    rx.wait_accepted(&deliverable).await;
+    wait_status(&client, &null_type, "FAILED").await;
+    wait_status(&client, &unknown, "FAILED").await;
+    for id in &deliverable {
+        wait_status(&client, id, "COMPLETED").await;
+    }
+    relay.stop().await.unwrap();
+
+    let by_id = |id: &str| {
+        rx.deliveries()
+            .into_iter()
+            .find(|d| d.id == id)
+            .unwrap_or_else(|| panic!("{id} delivered"))
+    };
+    assert_eq!(by_id(&array).body["data"], serde_json::json!([1, 2, 3]));
+    assert_eq!(by_id(&string).body["data"], "just text");
+    let big = by_id(&huge);
+    assert!(big.verified);
+    assert_eq!(
+        big.body["data"]["blob"].as_str().unwrap().len(),
+        5 * 1024 * 1024
+    );
+
+    let (_, _, error, _) = row_state(&client, &null_type).await;
+    assert!(error.unwrap().contains("event_type"));
+    let (_, _, error, _) = row_state(&client, &unknown).await;
+    assert!(error.unwrap().contains("'QUEUED'"));
+    let got: HashSet<String> = rx.deliveries().into_iter().map(|d| d.id).collect();
+    assert!(!got.contains(&null_type) && !got.contains(&unknown));
+}
+
+/// The DDL `prisma migrate` writes for a model OutboxEvent with an enum status and a cuid id.
+const PRISMA_DDL: &str = r#"
+CREATE TYPE "OutboxStatus" AS ENUM ('PENDING', 'PROCESSING', 'COMPLETED');
+CREATE TABLE "OutboxEvent" (
+    "id" TEXT NOT NULL,
+    "org_id" TEXT,
+    "event_type" TEXT NOT NULL,
+    "entity_type" TEXT,
+    "entity_id" TEXT,
+    "payload" JSONB NOT NULL,
+    "status" "OutboxStatus" NOT NULL DEFAULT 'PENDING',
+    "retry_count" INTEGER NOT NULL DEFAULT 0,
+    "error_message" TEXT,
+    "created_at" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    "processed_at" TIMESTAMP(3),
+    "updated_at" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    CONSTRAINT "OutboxEvent_pkey" PRIMARY KEY ("id")
+);
+CREATE INDEX "OutboxEvent_status_created_at_idx" ON "OutboxEvent"("status", "created_at");
+INSERT INTO "OutboxEvent" (id, event_type, org_id, payload, created_at)
+VALUES ('clx0before0migrate', 'PROJECT.CREATED', 'org_1', '{"name": "old"}',
+        '2026-11-20 10:00:00.123');
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopts_a_prisma_made_table() {
+    let db = TestDb::new().await;
+    let rx = Receiver::with_script(Arc::new(|id, _| {
+        Reply::status(if id == "clx0always0fails" { 500 } else { 200 })
+    }))
+    .await;
+    let client = db.client().await;
+    client.batch_execute(PRISMA_DDL).await.unwrap();
+    let cfg = db.config(&format!(
+        "max_attempts = 1\n{}",
+        webhook_toml("main", &rx.url)
+    ));
+    db.migrate(&cfg).await;
+    db.migrate(&cfg).await; // idempotent
+
+    let relay = InProcessRelay::start(cfg).ready().await;
+    client
+        .batch_execute(
+            "INSERT INTO \"OutboxEvent\" (id, event_type, org_id, payload)
+             VALUES ('clx0after0migrate', 'PROJECT.UPDATED', 'org_1', '{\"name\": \"new\"}'),
+                    ('clx0always0fails', 'PROJECT.UPDATED', 'org_1', '{}')",
+        )
+        .await
+        .unwrap();
+    let ok = vec![
+        "clx0before0migrate".to_owned(),
+        "clx0after0migrate".to_owned(),
+    ];
+    rx.wait_accepted(&ok).await;
+    for id in &ok {
+        wait_status(&client, id, "COMPLETED").await;
+    }
+    // FAILED was missing from the app's enum; the migration added it.
+    wait_status(&client, "clx0always0fails", "FAILED").await;
+    relay.stop().await.unwrap();
+
+    let old = rx
+        .deliveries()
+        .into_iter()
+        .find(|d| d.id == "clx0before0migrate")
+        .unwrap();
+    assert_eq!(old.body["timestamp"], "2026-11-20T10:00:00.123000Z");
+    assert_eq!(old.body["data"]["name"], "old");
+    assert!(old.verified);
+    let kept: (String, i64) = {
+        let r = client
+            .query_one(
+                "SELECT format_type(atttypid, atttypmod),
+                        (SELECT count(*) FROM \"OutboxEvent\")
+                   FROM pg_attribute
+                  WHERE attrelid = '\"OutboxEvent\"'::regclass AND attname = 'created_at'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        kept,
+        ("timestamp(3) without time zone".to_owned(), 3),
+        "the app's columns and rows are left alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_share_one_table_without_duplicates() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let cfg = db.config(&format!(
+        "batch_size = 100\n{}",
+        webhook_toml("main", &rx.url)
+    ));
+    db.migrate(&cfg).await;
+    let a = InProcessRelay::start(cfg.clone()).ready().await;
+    let b = InProcessRelay::start(cfg).ready().await;
+    let client = db.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.extend(insert_events(&client, 500, "SHARED").await);
+    }
+    rx.wait_accepted(&ids).await;
+    wait_until("all 5000 COMPLETED", || async {
+        count_status(&client, "COMPLETED").await == 5000
+    })
+    .await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+
+    let counts = rx.accepted_counts();
+    assert_eq!(counts.len(), 5000);
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    assert_eq!(duplicates, 0, "nothing crashed, so nothing is sent twice");
+    assert_eq!(rx.deliveries().len(), 5000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_listen_connection_is_replaced_without_waiting_for_the_poll() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let (_, relay) = db
+        .start_relay(&format!(
+            "poll_interval = \"1h\"\n{}",
+            webhook_toml("main", &rx.url)
+        ))
+        .await;
+    let client = db.client().await;
+    let first = insert_events(&client, 1, "BEFORE.KILL").await;
+    rx.wait_accepted(&first).await;
+
+    for round in 0..3 {
+        wait_until("a LISTEN connection", || async {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database()
+                        AND application_name = 'outbox-relay listener'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 1
+        })
+        .await;
+        let killed: i64 = client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE datname = current_database()
+                    AND application_name = 'outbox-relay listener'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(killed, 1, "round {round}: one LISTEN connection to kill");
+        // Published while the relay may not be listening: its reconnect must claim at once.
+        let ids = insert_events(&client, 1, &format!("AFTER.KILL.{round}")).await;
+        rx.wait_accepted(&ids).await;
+    }
+    // And a notify after the reconnect still wakes it.
+    let later = insert_events(&client, 1, "MUCH.LATER").await;
+    rx.wait_accepted(&later).await;
+    relay.stop().await.unwrap();
+    assert_eq!(rx.deliveries().len(), 5);
+}
