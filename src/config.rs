@@ -243,10 +243,14 @@ impl Config {
                     .map_err(|e| ConfigError::new("http.listen", format!("{e} (want ip:port)")))?,
                 admin_token: resolve_opt("http.admin_token", f.http.admin_token.as_deref())?,
             },
-            sse: SseConfig {
-                enabled: f.sse.enabled.unwrap_or(true),
-                token_secret: resolve_opt("sse.token_secret", f.sse.token_secret.as_deref())?,
-                heartbeat: f.sse.heartbeat.unwrap_or(DEFAULT_SSE_HEARTBEAT),
+            sse: {
+                let token_secret = resolve_opt("sse.token_secret", f.sse.token_secret.as_deref())?;
+                SseConfig {
+                    // On by default once there is a key to check tokens with.
+                    enabled: f.sse.enabled.unwrap_or(token_secret.is_some()),
+                    token_secret,
+                    heartbeat: f.sse.heartbeat.unwrap_or(DEFAULT_SSE_HEARTBEAT),
+                }
             },
             webhooks: f
                 .webhook
@@ -288,6 +292,13 @@ impl Config {
         }
         if self.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts", "must be at least 1"));
+        }
+        if self.sse.enabled && self.sse.token_secret.is_none() {
+            return Err(ConfigError::new(
+                "sse.token_secret",
+                "is required when [sse] is enabled: the key apps sign subscriber tokens with \
+                 (e.g. token_secret = \"env:SSE_TOKEN_SECRET\")",
+            ));
         }
         if self.ordering == Ordering::Entity {
             return Err(ConfigError::new(
@@ -452,6 +463,7 @@ mod tests {
             listen = "127.0.0.1:9470"
             [sse]
             enabled = true
+            token_secret = "a-long-random-key"
             heartbeat = "15s"
             [[webhook]]
             name = "billing"
@@ -478,6 +490,7 @@ mod tests {
             ("retention = \"forever\"", "retention"),
             ("batch_size = 0", "batch_size"),
             ("[http]\nlisten = \"nowhere\"", "http.listen"),
+            ("[sse]\nenabled = true", "sse.token_secret"),
             (
                 "[[webhook]]\nname='a'\nurl='ftp://x'\nsecret='whsec_AAAA'",
                 "webhook[0].url",

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 /// One row as the claim query returns it. Columns the app may leave NULL stay optional here;
 /// [`ClaimedEvent::validate`] decides whether the row can be delivered at all.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClaimedEvent {
     /// The id as text (uuid, text and bigint ids all render losslessly).
     pub id: String,

@@ -16,10 +16,13 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod deliver;
 pub mod event;
+pub mod http;
 pub mod pgtemp;
 pub mod relay;
 pub mod secret;
 pub mod shutdown;
+pub mod stream;

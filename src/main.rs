@@ -1,7 +1,6 @@
 //! The `outbox-relay` binary: parse arguments, set up logging, run a command.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use outbox_relay::cli::{Cli, Command, LogFormat};
@@ -56,8 +55,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run => {
             let shutdown = CancellationToken::new();
             outbox_relay::shutdown::on_signal(shutdown.clone());
-            let health = Arc::new(outbox_relay::relay::Health::default());
-            outbox_relay::relay::run(cfg, shutdown, health).await
+            outbox_relay::daemon::Daemon::start(cfg, shutdown)
+                .await?
+                .wait()
+                .await
         }
         Command::Migrate { print } => commands::migrate(&cfg, print).await,
         Command::Status { json } => commands::status(&cfg, json).await,

@@ -368,7 +368,7 @@ async fn bad_rows_never_stall_the_relay() {
     .await;
     let behind = insert_events(&client, 20, "AFTER.BAD").await;
 
-    let relay = InProcessRelay::start(cfg).ready().await;
+    let relay = InProcessRelay::start(cfg).await.ready().await;
     let mut deliverable = vec![array.clone(), string.clone(), huge.clone()];
     deliverable.extend(behind.iter().cloned());
     rx.wait_accepted(&deliverable).await;
@@ -442,7 +442,7 @@ async fn adopts_a_prisma_made_table() {
     db.migrate(&cfg).await;
     db.migrate(&cfg).await; // idempotent
 
-    let relay = InProcessRelay::start(cfg).ready().await;
+    let relay = InProcessRelay::start(cfg).await.ready().await;
     client
         .batch_execute(
             "INSERT INTO \"OutboxEvent\" (id, event_type, org_id, payload)
@@ -500,8 +500,8 @@ async fn two_relays_share_one_table_without_duplicates() {
         webhook_toml("main", &rx.url)
     ));
     db.migrate(&cfg).await;
-    let a = InProcessRelay::start(cfg.clone()).ready().await;
-    let b = InProcessRelay::start(cfg).ready().await;
+    let a = InProcessRelay::start(cfg.clone()).await.ready().await;
+    let b = InProcessRelay::start(cfg).await.ready().await;
     let client = db.client().await;
     let mut ids = Vec::new();
     for _ in 0..10 {

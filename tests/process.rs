@@ -553,7 +553,10 @@ async fn database_outage_relay_keeps_running_and_resumes() {
     let rx = Receiver::start().await;
     let extra = format!("poll_interval = \"1s\"\n{}", webhook_toml("main", &rx.url));
     migrate_url(&url, &extra).await;
-    let file = write_config(&format!("database_url = \"{url}\"\n{extra}"));
+    let file = write_config(&format!(
+        "database_url = \"{url}\"\n{}",
+        with_free_port(&extra)
+    ));
 
     let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
     let client = connect(&url).await;
@@ -606,7 +609,10 @@ async fn relay_started_while_the_database_is_down_delivers_once_it_is_up() {
     stop_cluster(&cluster).await;
     let rx = Receiver::start().await;
     let extra = format!("poll_interval = \"1s\"\n{}", webhook_toml("main", &rx.url));
-    let file = write_config(&format!("database_url = \"{url}\"\n{extra}"));
+    let file = write_config(&format!(
+        "database_url = \"{url}\"\n{}",
+        with_free_port(&extra)
+    ));
 
     let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
     relay.wait_log(&["relay not started yet"]).await;
@@ -840,6 +846,7 @@ async fn migrate_print_is_applicable_sql() {
 
     let rx = Receiver::start().await;
     let relay = InProcessRelay::start(db.config(&webhook_toml("main", &rx.url)))
+        .await
         .ready()
         .await;
     let ids = insert_events(&client, 3, "PROJECT.UPDATED").await;

@@ -7,7 +7,7 @@ async fn a_committed_event_is_delivered_signed_and_completed() {
     let rx = Receiver::start().await;
     let cfg = db.config(&webhook_toml("main", &rx.url));
     db.migrate(&cfg).await;
-    let relay = InProcessRelay::start(cfg).ready().await;
+    let relay = InProcessRelay::start(cfg).await.ready().await;
     let client = db.client().await;
     let ids = insert_events(&client, 3, "PROJECT.UPDATED").await;
     rx.wait_accepted(&ids).await;

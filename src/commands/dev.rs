@@ -24,6 +24,8 @@ use crate::secret::Secret;
 /// Table the demo uses in a database it did not create, so it never touches an app's own
 /// `OutboxEvent` table.
 const DEMO_TABLE: &str = "outbox_relay_demo";
+/// Where the demo serves SSE and health: the default `http.listen`.
+const DEMO_HTTP: &str = crate::config::DEFAULT_HTTP_LISTEN;
 
 struct Receiver {
     keys: SigningKeys,
@@ -65,10 +67,21 @@ pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
             .await
     });
 
+    let token_secret =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+    // The contract's port when free; any port when another relay holds it.
+    let http_listen = match std::net::TcpListener::bind(DEMO_HTTP) {
+        Ok(_) => DEMO_HTTP,
+        Err(_) => "127.0.0.1:0",
+    };
     let toml = format!(
         r#"
         table = "{table}"
         backoff_initial = "2s"
+        [http]
+        listen = "{http_listen}"
+        [sse]
+        token_secret = "{token_secret}"
         [[webhook]]
         name = "demo"
         url = "{hook_url}"
@@ -87,13 +100,26 @@ pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
         .context("migrating the demo table")?;
 
     crate::shutdown::on_signal(shutdown.clone());
-    let health = Arc::new(crate::relay::Health::default());
-    let relay = tokio::spawn(crate::relay::run(cfg.clone(), shutdown.clone(), health));
+    let daemon = crate::daemon::Daemon::start(cfg.clone(), shutdown.clone()).await?;
+    let http = daemon.http_addr;
+    let token = crate::http::auth::mint(token_secret.as_bytes(), "org_acme", None, 24 * 3600);
+    // A cursor from the very start, so the curl below also shows the sample events.
+    let from_start = crate::stream::cursor::Cursor::at_snapshot(
+        crate::stream::cursor::Snapshot::empty(),
+        chrono::Utc::now().timestamp(),
+    )
+    .encode();
 
     eprintln!();
     eprintln!("  database   {}", crate::secret::redact_url(&url));
     eprintln!("  table      {}", cfg.qualified_table());
     eprintln!("  receiver   {hook_url}");
+    eprintln!("  http       http://{http}  (/healthz, /readyz, /v1/events)");
+    eprintln!();
+    eprintln!("Server-Sent Events for org_acme (token valid 24h), from the first event:");
+    eprintln!(
+        "  curl -N -H 'Authorization: Bearer {token}' 'http://{http}/v1/events?last_event_id={from_start}'"
+    );
     eprintln!();
     eprintln!("publishing sample events; deliveries print below. Publish more with:");
     eprintln!(
@@ -146,7 +172,7 @@ pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
     }
     tx.commit().await?;
 
-    relay.await??;
+    daemon.wait().await?;
     let _ = server.await;
     drop(cluster);
     eprintln!("demo stopped");

@@ -28,6 +28,10 @@ const STEPS: &[(&str, &str)] = &[
         "004_notify_trigger.sql",
         include_str!("../../sql/004_notify_trigger.sql"),
     ),
+    (
+        "005_stream_columns.sql",
+        include_str!("../../sql/005_stream_columns.sql"),
+    ),
 ];
 
 /// Session-level advisory lock key serialising concurrent `migrate` runs (several relays
@@ -49,6 +53,7 @@ pub fn channel(cfg: &Config) -> String {
 pub fn render(cfg: &Config) -> Vec<(&'static str, String)> {
     let table = cfg.qualified_table();
     let t = &cfg.table;
+    let stream_seq = derived_name("", t, "_stream_seq");
     let vars = [
         ("{{table}}", table.clone()),
         ("{{table_literal}}", quote_literal(&table)),
@@ -78,6 +83,15 @@ pub fn render(cfg: &Config) -> Vec<(&'static str, String)> {
             quote_ident(&derived_name("outbox_relay_notify_", t, "")),
         ),
         ("{{channel_literal}}", quote_literal(&channel(cfg))),
+        ("{{stream_seq}}", quote_ident(&stream_seq)),
+        (
+            "{{stream_seq_literal}}",
+            quote_literal(&format!("{}.{}", cfg.schema, quote_ident(&stream_seq))),
+        ),
+        (
+            "{{stream_idx}}",
+            quote_ident(&derived_name("", t, "_relay_stream_idx")),
+        ),
     ];
     STEPS
         .iter()

@@ -130,6 +130,26 @@ const PUBLISH_WITH_ID: &str = "
 INSERT INTO {t} (id, event_type, org_id, entity_type, entity_id, payload)
 VALUES ($6::text::{id}, $1, $2, $3, $4, $5::text::jsonb) RETURNING id::text";
 
+/// SSE: the rows a cursor has not covered within one snapshot difference, in stream order.
+/// $1 base snapshot; $2 the later snapshot, or NULL for this statement's own (returned in the
+/// first column, with the database's clock); $3 only rows with a higher stream_seq; $4 one
+/// org, or NULL for all; $5 at most this many. One row of NULLs (after the first two columns)
+/// when nothing is new. Rows without an org are never streamed.
+const STREAM_READ: &str = "
+WITH s AS MATERIALIZED (SELECT pg_current_snapshot() AS snap)
+SELECT s.snap::text, extract(epoch FROM statement_timestamp())::int8,
+       e.stream_xid::text, e.stream_seq, e.id::text, e.event_type, e.org_id, e.entity_type,
+       e.entity_id, e.payload::text, (extract(epoch FROM e.created_at) * 1000000)::int8
+  FROM s LEFT JOIN LATERAL (
+    SELECT * FROM {t} x
+     WHERE (x.stream_xid >= pg_snapshot_xmax($1::text::pg_snapshot)
+            OR x.stream_xid IN (SELECT pg_snapshot_xip($1::text::pg_snapshot)))
+       AND pg_visible_in_snapshot(x.stream_xid, coalesce($2::text::pg_snapshot, s.snap))
+       AND x.stream_seq > $3
+       AND x.org_id IS NOT NULL AND ($4::text IS NULL OR x.org_id = $4)
+     ORDER BY x.stream_seq
+     LIMIT $5) e ON true";
+
 /// The statements, rendered for one table.
 #[derive(Debug, Clone)]
 pub struct Queries {
@@ -144,6 +164,7 @@ pub struct Queries {
     pub retry_failed: String,
     pub purge: String,
     pub publish: String,
+    pub stream_read: String,
     /// Quoted `schema.table`, for messages.
     pub table: String,
 }
@@ -171,9 +192,15 @@ impl Queries {
             } else {
                 PUBLISH_WITH_ID
             }),
+            stream_read: r(STREAM_READ),
             table: qualified_table.to_owned(),
         }
     }
+}
+
+/// The SSE read statement for a table (it needs no more of the table's shape than its name).
+pub fn stream_read(qualified_table: &str) -> String {
+    STREAM_READ.replace("{t}", qualified_table)
 }
 
 /// Turns a `--type` glob (`*`, `?`) into a LIKE pattern, escaping LIKE's own wildcards.
@@ -213,6 +240,7 @@ mod tests {
             &q.next_due,
             &q.fail_unknown,
             &q.publish,
+            &q.stream_read,
         ] {
             for placeholder in ["{t}", "{id}", "{st}"] {
                 assert!(!sql.contains(placeholder), "{sql}");

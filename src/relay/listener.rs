@@ -1,4 +1,4 @@
-//! The LISTEN connection: turns NOTIFYs into wake-ups of the claim loop.
+//! The LISTEN connection: turns NOTIFYs into wake-ups of the claim loop and the SSE tail.
 //!
 //! One dedicated connection (a pooled one would be recycled and lose its LISTEN). When it
 //! drops, it is re-established with backoff, and every (re)connect wakes the claimer once,
@@ -26,11 +26,11 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const LISTENER_APPLICATION_NAME: &str = "outbox-relay listener";
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 
-/// Runs until `stop`: listen, forward notifies to `wake`, reconnect on any failure.
+/// Runs until `stop`: listen, forward notifies to every waker, reconnect on any failure.
 pub async fn run(
     url: Secret,
     channel: String,
-    wake: Arc<Notify>,
+    wake: Vec<Arc<Notify>>,
     health: Arc<Health>,
     stop: CancellationToken,
 ) {
@@ -56,7 +56,7 @@ pub async fn run(
 async fn listen_once(
     url: &Secret,
     channel: &str,
-    wake: &Arc<Notify>,
+    wake: &[Arc<Notify>],
     health: &Health,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -67,12 +67,12 @@ async fn listen_once(
     let (client, mut conn) = cfg.connect(NoTls).await?;
     // The connection must be polled for the client to make progress and for notifications
     // to arrive; this task does both and ends when the connection does.
-    let notified = wake.clone();
+    let notified = wake.to_vec();
     let mut driver: tokio::task::JoinHandle<anyhow::Result<()>> = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(msg) = messages.next().await {
             match msg {
-                Ok(AsyncMessage::Notification(_)) => notified.notify_one(),
+                Ok(AsyncMessage::Notification(_)) => notified.iter().for_each(|w| w.notify_one()),
                 Ok(_) => {}
                 Err(e) => return Err(anyhow::Error::from(e)),
             }
@@ -85,7 +85,7 @@ async fn listen_once(
     health.listening.store(true, Ordering::Release);
     tracing::info!(channel, "listening for new events");
     // Anything committed while we were not listening was announced to nobody: look now.
-    wake.notify_one();
+    wake.iter().for_each(|w| w.notify_one());
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
     heartbeat.reset();
     loop {

@@ -27,6 +27,7 @@ use crate::db::queries::Queries;
 use crate::db::shape;
 use crate::deliver::Dispatcher;
 use crate::event::ClaimedEvent;
+use crate::stream::Hub;
 use recorder::{InFlight, Recorded};
 
 /// What `/readyz` and systemd readiness report.
@@ -64,21 +65,25 @@ pub struct Relay {
     capacity_total: usize,
     capacity_freed: Arc<Notify>,
     health: Arc<Health>,
+    /// The SSE fan-out, fed by a tail reader this relay runs (None: SSE disabled).
+    hub: Option<Arc<Hub>>,
 }
 
 /// Runs the daemon until `shutdown` is cancelled, then drains: in-flight deliveries get
 /// `shutdown_timeout` to finish, the rest are released to PENDING. Returns Ok after a clean
 /// drain. Keeps retrying while the database is unreachable.
+/// With a `hub`, it also runs the SSE tail reader feeding it.
 pub async fn run(
     cfg: Config,
+    pool: Pool,
     shutdown: CancellationToken,
     health: Arc<Health>,
+    hub: Option<Arc<Hub>>,
 ) -> anyhow::Result<()> {
-    let pool = crate::db::pool(&cfg.database_url)?;
     let Some(queries) = wait_for_table(&cfg, &pool, &health, &shutdown).await else {
         return Ok(());
     };
-    let relay = Arc::new(Relay::new(cfg, pool, queries, health)?);
+    let relay = Arc::new(Relay::new(cfg, pool, queries, health, hub)?);
     relay.run(shutdown).await
 }
 
@@ -122,6 +127,7 @@ impl Relay {
         pool: Pool,
         queries: Queries,
         health: Arc<Health>,
+        hub: Option<Arc<Hub>>,
     ) -> anyhow::Result<Self> {
         let dispatcher = Dispatcher::new(&cfg)?;
         // Room for each endpoint's in-flight requests plus as many queued behind them, so a
@@ -139,6 +145,7 @@ impl Relay {
             capacity_total,
             capacity_freed: Arc::default(),
             health,
+            hub,
         })
     }
 
@@ -176,11 +183,24 @@ impl Relay {
             self.cfg.lease,
             stop_background.clone(),
         ));
+        let mut wakers = vec![self.wake.clone()];
+        let tail = self.hub.clone().map(|hub| {
+            let wake = Arc::new(Notify::new());
+            wakers.push(wake.clone());
+            tokio::spawn(crate::stream::tail::run(
+                self.pool.clone(),
+                self.queries.stream_read.clone(),
+                hub,
+                wake,
+                self.cfg.poll_interval,
+                stop_background.clone(),
+            ))
+        });
         let listener = self.cfg.listen.then(|| {
             tokio::spawn(listener::run(
                 self.cfg.database_url.clone(),
                 crate::db::migrate::channel(&self.cfg),
-                self.wake.clone(),
+                wakers,
                 self.health.clone(),
                 stop_background.clone(),
             ))
@@ -223,8 +243,8 @@ impl Relay {
         }
         stop_background.cancel();
         let _ = leases.await;
-        if let Some(l) = listener {
-            let _ = l.await;
+        for task in [listener, tail].into_iter().flatten() {
+            let _ = task.await;
         }
         tracing::info!("relay stopped");
         Ok(())

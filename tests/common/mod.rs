@@ -94,7 +94,7 @@ impl TestDb {
     /// A config for this database; `extra` is TOML appended after the defaults.
     pub fn config(&self, extra: &str) -> Config {
         Config::from_toml(
-            extra,
+            &with_free_port(extra),
             &Overrides {
                 database_url: Some(self.url.clone()),
             },
@@ -107,7 +107,7 @@ impl TestDb {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(
             f.path(),
-            format!("database_url = \"{}\"\n{extra}", self.url),
+            format!("database_url = \"{}\"\n{}", self.url, with_free_port(extra)),
         )
         .unwrap();
         f
@@ -117,7 +117,7 @@ impl TestDb {
     pub async fn start_relay(&self, toml: &str) -> (Config, InProcessRelay) {
         let cfg = self.config(toml);
         self.migrate(&cfg).await;
-        let relay = InProcessRelay::start(cfg.clone()).ready().await;
+        let relay = InProcessRelay::start(cfg.clone()).await.ready().await;
         (cfg, relay)
     }
 
@@ -149,32 +149,45 @@ impl Drop for TestDb {
     }
 }
 
+/// Tests run in parallel: unless a test chose its own `[http]`, serve on a free port.
+pub fn with_free_port(toml: &str) -> String {
+    if toml.contains("[http]") {
+        toml.to_owned()
+    } else {
+        format!("{toml}\n[http]\nlisten = \"127.0.0.1:0\"\n")
+    }
+}
+
 /// TOML for one webhook pointing at `url`.
 pub fn webhook_toml(name: &str, url: &str) -> String {
     format!("[[webhook]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\ntimeout = \"5s\"\n")
 }
 
-/// A relay running in this process.
+/// A relay running in this process, with its HTTP side.
 pub struct InProcessRelay {
     pub shutdown: CancellationToken,
     pub health: Arc<Health>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub http_addr: std::net::SocketAddr,
+    daemon: outbox_relay::daemon::Daemon,
 }
 
 impl InProcessRelay {
-    pub fn start(cfg: Config) -> Self {
+    pub async fn start(cfg: Config) -> Self {
         let shutdown = CancellationToken::new();
-        let health = Arc::new(Health::default());
-        let task = tokio::spawn(outbox_relay::relay::run(
-            cfg,
-            shutdown.clone(),
-            health.clone(),
-        ));
+        let daemon = outbox_relay::daemon::Daemon::start(cfg, shutdown.clone())
+            .await
+            .expect("daemon starts");
         Self {
             shutdown,
-            health,
-            task,
+            health: daemon.health.clone(),
+            http_addr: daemon.http_addr,
+            daemon,
         }
+    }
+
+    /// `http://addr`, for requests to this relay.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
     }
 
     /// Waits until the database is reachable and LISTEN is active.
@@ -191,7 +204,7 @@ impl InProcessRelay {
     /// Graceful stop; returns what `run` returned.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        self.task.await.unwrap()
+        self.daemon.wait().await
     }
 }
 

@@ -1,0 +1,78 @@
+//! `outbox-relay run`: the relay, its HTTP side and the SSE tail, started together.
+//!
+//! The HTTP listener is bound first, so a port clash fails at once with a clear error, and
+//! `/healthz` answers while the database is still unreachable. The relay then waits for
+//! the database and runs until `shutdown`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use jsonwebtoken::DecodingKey;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{self, sse::SseState, App};
+use crate::relay::Health;
+use crate::stream::Hub;
+
+/// A started daemon.
+pub struct Daemon {
+    pub health: Arc<Health>,
+    pub hub: Arc<Hub>,
+    /// Where `/healthz`, `/readyz` and `/v1/events` are served.
+    pub http_addr: SocketAddr,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    /// Binds the HTTP listener and starts everything; returns once listening.
+    pub async fn start(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let listener = http::bind(cfg.http.listen).await?;
+        let http_addr = http::local_addr(&listener);
+        let pool = crate::db::pool(&cfg.database_url)?;
+        let health = Arc::new(Health::default());
+        let hub = Arc::new(Hub::default());
+        let sse = cfg.sse.enabled.then(|| SseState {
+            hub: hub.clone(),
+            pool: pool.clone(),
+            stream_sql: crate::db::queries::stream_read(&cfg.qualified_table()),
+            key: DecodingKey::from_secret(
+                cfg.sse
+                    .token_secret
+                    .as_ref()
+                    .expect("validated: enabled SSE has a token secret")
+                    .expose()
+                    .as_bytes(),
+            ),
+            heartbeat: cfg.sse.heartbeat,
+            retention: cfg.retention,
+        });
+        let app = Arc::new(App {
+            health: health.clone(),
+            listen: cfg.listen,
+            sse,
+        });
+        let http_stop = CancellationToken::new();
+        let server = tokio::spawn(http::serve(listener, http::router(app), http_stop.clone()));
+        tracing::info!(listen = %http_addr, sse = cfg.sse.enabled, "HTTP listening");
+        let relay_hub = cfg.sse.enabled.then(|| hub.clone());
+        let relay_health = health.clone();
+        let task = tokio::spawn(async move {
+            let result = crate::relay::run(cfg, pool, shutdown, relay_health, relay_hub).await;
+            http_stop.cancel();
+            let _ = server.await;
+            result
+        });
+        Ok(Self {
+            health,
+            hub,
+            http_addr,
+            task,
+        })
+    }
+
+    /// Waits for the daemon to stop (after `shutdown` is cancelled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+}

@@ -1,0 +1,118 @@
+//! The HTTP side on `http.listen`: SSE ([`sse`]), `/healthz` and `/readyz`.
+//!
+//! Connections are served by hand (hyper, one task each) rather than by `axum::serve` so a
+//! handler can cut its own connection: a subscriber that stops reading never polls its
+//! response body again, and only dropping the connection frees it.
+
+pub mod auth;
+pub mod sse;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::relay::Health;
+
+/// Shared by every handler.
+pub struct App {
+    pub health: Arc<Health>,
+    /// LISTEN is part of readiness unless the relay runs poll-only.
+    pub listen: bool,
+    pub sse: Option<sse::SseState>,
+}
+
+/// Cancelling it drops the connection the request came on.
+#[derive(Clone)]
+pub struct ConnKill(pub CancellationToken);
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/events", get(sse::events))
+        .with_state(app)
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
+    if app.health.ready(app.listen) {
+        (StatusCode::OK, "ready\n")
+    } else if !app
+        .health
+        .database
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "LISTEN connection down\n")
+    }
+}
+
+/// Binds `http.listen`, with an error that says what to change.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (http.listen): is another relay running? set [http] listen to a free address")
+    })
+}
+
+/// Serves until `shutdown`, then drops every connection (SSE clients reconnect elsewhere).
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            router.clone(),
+            shutdown.child_token(),
+        ));
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    kill: CancellationToken,
+) {
+    let handle = ConnKill(kill.clone());
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(handle.clone());
+            router.clone().oneshot(req.map(axum::body::Body::new))
+        });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+        },
+        _ = kill.cancelled() => tracing::debug!(%peer, "HTTP connection closed by the relay"),
+    }
+}
+
+/// The address actually bound (port 0 picks one).
+pub fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+}

@@ -1,0 +1,285 @@
+//! `GET /v1/events`: one subscriber's stream (contract section 5).
+//!
+//! Each connection gets a forwarder task: it catches up from the database when the client
+//! resumes (or from the snapshot current when it connected), then relays the tail's pages
+//! from the [`Hub`], skipping what the catch-up already sent. It writes into a small
+//! per-connection buffer; a client that leaves it full for [`SLOW_CONSUMER_TIMEOUT`] is cut
+//! off, so a subscriber that stops reading costs bounded memory and nobody else waits.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use jsonwebtoken::DecodingKey;
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{authorize, Denied, Grant};
+use super::{App, ConnKill};
+use crate::stream::cursor::{Cursor, Snapshot};
+use crate::stream::{read, Hub, OrgPage, Subscribed};
+
+/// Frames buffered per subscriber between its forwarder and its socket.
+const BUFFER_FRAMES: usize = 256;
+/// How long a subscriber's buffer may stay full before it is disconnected.
+pub const SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rows per catch-up read.
+const CATCH_UP_PAGE: usize = 500;
+/// The reconnection delay clients are told to use.
+const RETRY_MS: u64 = 2000;
+
+/// What the SSE endpoint needs.
+pub struct SseState {
+    pub hub: Arc<Hub>,
+    pub pool: Pool,
+    pub stream_sql: String,
+    pub key: DecodingKey,
+    pub heartbeat: Duration,
+    /// COMPLETED rows older than this may be gone: older cursors cannot resume exactly.
+    pub retention: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Params {
+    access_token: Option<String>,
+    types: Option<String>,
+    last_event_id: Option<String>,
+}
+
+pub async fn events(
+    State(app): State<Arc<App>>,
+    kill: Option<Extension<ConnKill>>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let Some(sse) = app.sse.as_ref() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "SSE is disabled ([sse] enabled = false)\n",
+        )
+            .into_response();
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = bearer.or(params.access_token.as_deref());
+    let grant = match authorize(&sse.key, token, params.types.as_deref()) {
+        Ok(g) => g,
+        Err(Denied::Unauthorized(m)) => {
+            return (StatusCode::UNAUTHORIZED, m + "\n").into_response()
+        }
+        Err(Denied::BadRequest(m)) => return (StatusCode::BAD_REQUEST, m + "\n").into_response(),
+    };
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(params.last_event_id.as_deref())
+        .filter(|s| !s.trim().is_empty());
+    let resume = match resume.map(Cursor::decode).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("Last-Event-ID: {e}\n")).into_response()
+        }
+    };
+    // Join the org's channel before reading anything, so no page published meanwhile is lost.
+    let (live, subscribed) = sse.hub.subscribe(&grant.org_id);
+    let (out, frames) = mpsc::channel::<Bytes>(BUFFER_FRAMES);
+    let kill = kill.map(|k| k.0 .0).unwrap_or_default();
+    tokio::spawn(forward(
+        app.clone(),
+        grant,
+        resume,
+        live,
+        subscribed,
+        out,
+        kill,
+    ));
+    let body = futures_util::stream::unfold(frames, |mut frames| async move {
+        frames
+            .recv()
+            .await
+            .map(|f| (Ok::<_, Infallible>(f), frames))
+    });
+    let mut resp = Body::from_stream(body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx: do not buffer this response.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// Why a forwarder stopped.
+enum Stop {
+    /// The client went away, or the relay is shutting down.
+    Gone,
+    /// The client stopped reading.
+    Slow,
+}
+
+async fn forward(
+    app: Arc<App>,
+    grant: Grant,
+    resume: Option<Cursor>,
+    mut live: broadcast::Receiver<OrgPage>,
+    _subscribed: Subscribed,
+    out: mpsc::Sender<Bytes>,
+    kill: CancellationToken,
+) {
+    let sse = app.sse.as_ref().expect("checked by the handler");
+    let mut f = Forwarder {
+        sse,
+        grant: &grant,
+        out: &out,
+    };
+    match f.run(resume, &mut live).await {
+        Ok(Stop::Gone) => {}
+        Ok(Stop::Slow) => {
+            tracing::warn!(org_id = %grant.org_id, timeout = ?SLOW_CONSUMER_TIMEOUT, "SSE subscriber stopped reading; disconnected (it resumes from the database when it reconnects)");
+            kill.cancel();
+        }
+        Err(e) => {
+            tracing::warn!(org_id = %grant.org_id, error = format!("{e:#}"), "SSE stream ended: database unavailable; the client will reconnect");
+            kill.cancel();
+        }
+    }
+}
+
+struct Forwarder<'a> {
+    sse: &'a SseState,
+    grant: &'a Grant,
+    out: &'a mpsc::Sender<Bytes>,
+}
+
+impl Forwarder<'_> {
+    async fn run(
+        &mut self,
+        resume: Option<Cursor>,
+        live: &mut broadcast::Receiver<OrgPage>,
+    ) -> anyhow::Result<Stop> {
+        if let Some(stop) = self
+            .send(Bytes::from(format!("retry: {RETRY_MS}\n\n")))
+            .await
+        {
+            return Ok(stop);
+        }
+        let mut cursor = match resume {
+            Some(c) if self.expired(&c) => {
+                let msg = serde_json::json!({
+                    "error": "cursor_expired",
+                    "message": "the Last-Event-ID is older than the relay's retention: events may have been purged; streaming from the oldest event kept",
+                });
+                if let Some(stop) = self
+                    .send(Bytes::from(format!(
+                        "event: cursor_expired\ndata: {msg}\n\n"
+                    )))
+                    .await
+                {
+                    return Ok(stop);
+                }
+                Cursor::at_snapshot(Snapshot::empty(), 0)
+            }
+            Some(c) => c,
+            None => read::now(&self.sse.pool.get().await?).await?,
+        };
+        let mut heartbeat = tokio::time::interval(self.sse.heartbeat);
+        heartbeat.reset();
+        loop {
+            if let Some(stop) = self.catch_up(&mut cursor).await? {
+                return Ok(stop);
+            }
+            // Live: the tail's pages, minus what the catch-up sent.
+            loop {
+                let page = tokio::select! {
+                    p = live.recv() => p,
+                    _ = heartbeat.tick() => {
+                        if let Some(stop) = self.send(Bytes::from_static(b":\n\n")).await {
+                            return Ok(stop);
+                        }
+                        continue;
+                    }
+                    _ = self.out.closed() => return Ok(Stop::Gone),
+                };
+                match page {
+                    Ok(page) => {
+                        for e in page.iter() {
+                            if cursor.covers(e.xid, e.seq) {
+                                continue;
+                            }
+                            if self.grant.wants(&e.event_type) {
+                                if let Some(stop) = self.send(e.frame.clone()).await {
+                                    return Ok(stop);
+                                }
+                            }
+                            cursor = (*e.cursor).clone();
+                        }
+                    }
+                    // This task fell behind the tail (not the client): read the gap from
+                    // the database.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(Stop::Gone),
+                }
+            }
+        }
+    }
+
+    /// Sends this org's rows after `cursor` from the database until level with now.
+    async fn catch_up(&mut self, cursor: &mut Cursor) -> anyhow::Result<Option<Stop>> {
+        loop {
+            let page = {
+                let client = self.sse.pool.get().await?;
+                read::next_page(
+                    &client,
+                    &self.sse.stream_sql,
+                    cursor,
+                    Some(&self.grant.org_id),
+                    CATCH_UP_PAGE,
+                )
+                .await?
+            };
+            for e in &page.events {
+                if self.grant.wants(&e.event_type) {
+                    if let Some(stop) = self.send(e.frame.clone()).await {
+                        return Ok(Some(stop));
+                    }
+                }
+            }
+            *cursor = page.cursor;
+            if !page.more {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Queues a frame for the socket. Some(stop) when the client is gone or not reading.
+    async fn send(&self, frame: Bytes) -> Option<Stop> {
+        match tokio::time::timeout(SLOW_CONSUMER_TIMEOUT, self.out.send(frame)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(Stop::Gone),
+            Err(_) => Some(Stop::Slow),
+        }
+    }
+
+    fn expired(&self, c: &Cursor) -> bool {
+        let Some(retention) = self.sse.retention else {
+            return false;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        c.at < now - retention.as_secs() as i64
+    }
+}

@@ -1,0 +1,193 @@
+//! Reading the table in stream order, one page at a time, from a [`Cursor`].
+//!
+//! The tail reader (all orgs) and every resuming subscriber (one org) use the same walk:
+//! first the rest of the snapshot difference the cursor is inside, then whatever became
+//! visible since its snapshot, each in `stream_seq` order.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::event::ClaimedEvent;
+use crate::stream::cursor::{Cursor, Snapshot};
+
+/// One event as streams send it: the SSE frame is built once and shared by every subscriber.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    pub xid: u64,
+    pub seq: i64,
+    pub org_id: Arc<str>,
+    pub event_type: Arc<str>,
+    /// The position after this event.
+    pub cursor: Arc<Cursor>,
+    /// `id:`, `event:` and `data:` lines, ready to write.
+    pub frame: Bytes,
+}
+
+/// A page of events and the cursor after it.
+#[derive(Debug)]
+pub struct Page {
+    pub events: Vec<StreamEvent>,
+    pub cursor: Cursor,
+    /// More may be waiting right now: read again before waiting for a wake-up.
+    pub more: bool,
+}
+
+/// Reads up to `limit` events after `cursor`, of one org or (None) of all.
+pub async fn next_page(
+    client: &deadpool_postgres::Client,
+    sql: &str,
+    cursor: &Cursor,
+    org: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<Page> {
+    let stmt = client.prepare_cached(sql).await?;
+    let base = cursor.base.to_string();
+    let (next, after) = match &cursor.next {
+        Some((next, seq)) => (Some(next.to_string()), *seq),
+        None => (None, i64::MIN),
+    };
+    let rows = client
+        .query(&stmt, &[&base, &next, &after, &org, &(limit as i64)])
+        .await?;
+    let first = rows
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("stream read returned no row"))?;
+    let now_snapshot: String = first.try_get(0)?;
+    let now_at: i64 = first.try_get(1)?;
+    let (later, at) = match &cursor.next {
+        Some((next, _)) => (next.clone(), cursor.at),
+        None => (
+            Snapshot::parse(&now_snapshot)
+                .ok_or_else(|| anyhow::anyhow!("unreadable snapshot {now_snapshot:?}"))?,
+            now_at,
+        ),
+    };
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(xid) = row.try_get::<_, Option<String>>(2)? else {
+            break; // the one all-NULL row: nothing new
+        };
+        let ev = ClaimedEvent {
+            id: row.try_get(4)?,
+            event_type: row.try_get(5)?,
+            org_id: row.try_get(6)?,
+            entity_type: row.try_get(7)?,
+            entity_id: row.try_get(8)?,
+            payload: row.try_get(9)?,
+            created_us: row.try_get::<_, Option<i64>>(10)?.unwrap_or_default(),
+            ..ClaimedEvent::default()
+        };
+        found.push((ev, xid.parse::<u64>()?, row.try_get::<_, i64>(3)?));
+    }
+    let full = found.len() >= limit;
+    let within = |seq: i64| Cursor {
+        base: cursor.base.clone(),
+        next: Some((later.clone(), seq)),
+        at,
+    };
+    // Past the difference: everything visible in `later` has been read.
+    let done = Cursor::at_snapshot(later.clone(), at);
+    let (after, more) = match (full, cursor.next.is_some()) {
+        (true, _) => (within(found.last().map_or(i64::MIN, |f| f.2)), true),
+        // The difference is exhausted; what became visible since still has to be read.
+        (false, true) => (done, true),
+        (false, false) => (done, false),
+    };
+    let last = found.len().saturating_sub(1);
+    let events = found
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (ev, xid, seq))| {
+            // The last event of a complete read carries the short cursor that follows it.
+            let position = if i == last && !full {
+                after.clone()
+            } else {
+                within(*seq)
+            };
+            stream_event(ev, *xid, *seq, position)
+        })
+        .collect();
+    Ok(Page {
+        events,
+        cursor: after,
+        more,
+    })
+}
+
+/// The current snapshot: the cursor of a subscriber that starts live, from now.
+pub async fn now(client: &deadpool_postgres::Client) -> anyhow::Result<Cursor> {
+    let row = client
+        .query_one(
+            "SELECT pg_current_snapshot()::text, extract(epoch FROM statement_timestamp())::int8",
+            &[],
+        )
+        .await?;
+    let text: String = row.get(0);
+    let snapshot =
+        Snapshot::parse(&text).ok_or_else(|| anyhow::anyhow!("unreadable snapshot {text:?}"))?;
+    Ok(Cursor::at_snapshot(snapshot, row.get(1)))
+}
+
+/// Builds the stream form of a row, or None for a row no stream can carry (no type, a type
+/// with a line break, which would break SSE framing).
+fn stream_event(ev: &ClaimedEvent, xid: u64, seq: i64, cursor: Cursor) -> Option<StreamEvent> {
+    let (event_type, data) = ev.validate().ok()?;
+    if event_type.contains(['\n', '\r']) {
+        return None;
+    }
+    let body = ev.envelope(event_type, &data, None);
+    let frame = frame(&cursor, event_type, &body);
+    Some(StreamEvent {
+        xid,
+        seq,
+        org_id: ev.org_id.as_deref().unwrap_or_default().into(),
+        event_type: event_type.into(),
+        cursor: Arc::new(cursor),
+        frame,
+    })
+}
+
+/// One SSE message. `data` is compact JSON: it has no line breaks.
+fn frame(cursor: &Cursor, event_type: &str, data: &[u8]) -> Bytes {
+    let id = cursor.encode();
+    let mut out = Vec::with_capacity(id.len() + event_type.len() + data.len() + 24);
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\nevent: ");
+    out.extend_from_slice(event_type.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_sse_messages() {
+        let c = Cursor::at_snapshot(Snapshot::empty(), 1);
+        let f = frame(&c, "PROJECT.UPDATED", br#"{"a":1}"#);
+        let text = std::str::from_utf8(&f).unwrap();
+        assert!(text.starts_with(&format!("id: {}\nevent: PROJECT.UPDATED\n", c.encode())));
+        assert!(text.ends_with("\ndata: {\"a\":1}\n\n"));
+    }
+
+    #[test]
+    fn rows_that_would_break_framing_are_not_streamed() {
+        let ev = |t: Option<&str>| ClaimedEvent {
+            id: "1".into(),
+            event_type: t.map(Into::into),
+            org_id: Some("o".into()),
+            payload: Some("{}".into()),
+            ..ClaimedEvent::default()
+        };
+        let c = Cursor::at_snapshot(Snapshot::empty(), 1);
+        assert!(stream_event(&ev(Some("A\nB")), 5, 1, c.clone()).is_none());
+        assert!(stream_event(&ev(None), 5, 1, c.clone()).is_none());
+        let ok = stream_event(&ev(Some("A.B")), 5, 1, c).unwrap();
+        assert!(!std::str::from_utf8(&ok.frame).unwrap().contains("attempt"));
+    }
+}

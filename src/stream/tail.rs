@@ -1,0 +1,77 @@
+//! The tail reader: follows the table in stream order and feeds the [`Hub`].
+//!
+//! It wakes when the listener hears a NOTIFY, and on the poll interval as a safety net; it
+//! reads until nothing more is visible, then sleeps. It starts from the snapshot current when
+//! it starts: subscribers that need older rows read them themselves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::stream::cursor::Cursor;
+use crate::stream::read;
+use crate::stream::Hub;
+
+/// Rows per read.
+pub const PAGE: usize = 1000;
+
+/// Runs until `stop`.
+pub async fn run(
+    pool: Pool,
+    sql: String,
+    hub: Arc<Hub>,
+    wake: Arc<Notify>,
+    poll: Duration,
+    stop: CancellationToken,
+) {
+    let mut cursor: Option<Cursor> = None;
+    let mut failures: u32 = 0;
+    loop {
+        let wait = match step(&pool, &sql, &mut cursor, &hub).await {
+            Ok(true) => {
+                failures = 0;
+                continue; // a full page: more is visible already
+            }
+            Ok(false) => {
+                failures = 0;
+                poll
+            }
+            Err(e) => {
+                failures += 1;
+                backoff(failures, &e)
+            }
+        };
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Reads one page and publishes it; the cursor moves only on success. Returns `more`.
+async fn step(
+    pool: &Pool,
+    sql: &str,
+    cursor: &mut Option<Cursor>,
+    hub: &Hub,
+) -> anyhow::Result<bool> {
+    let client = pool.get().await?;
+    let current = match cursor {
+        Some(c) => c.clone(),
+        None => read::now(&client).await?,
+    };
+    let page = read::next_page(&client, sql, &current, None, PAGE).await?;
+    hub.publish(&page.events);
+    *cursor = Some(page.cursor);
+    Ok(page.more)
+}
+
+fn backoff(failures: u32, e: &anyhow::Error) -> Duration {
+    let delay = Duration::from_millis(100 * 2u64.pow(failures.min(7)));
+    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "SSE tail read failed");
+    delay
+}
