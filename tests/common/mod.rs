@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod sse;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -183,6 +184,11 @@ impl InProcessRelay {
             http_addr: daemon.http_addr,
             daemon,
         }
+    }
+
+    /// SSE subscribers connected to this relay.
+    pub fn sse_subscribers(&self) -> usize {
+        self.daemon.hub.subscribers()
     }
 
     /// `http://addr`, for requests to this relay.
