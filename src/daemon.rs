@@ -32,21 +32,28 @@ impl Daemon {
         let pool = crate::db::pool(&cfg.database_url)?;
         let health = Arc::new(Health::default());
         let hub = Arc::new(Hub::default());
-        let sse = cfg.sse.enabled.then(|| SseState {
-            hub: hub.clone(),
-            pool: pool.clone(),
-            stream_sql: crate::db::queries::stream_read(&cfg.qualified_table()),
-            key: DecodingKey::from_secret(
-                cfg.sse
-                    .token_secret
-                    .as_ref()
-                    .expect("validated: enabled SSE has a token secret")
-                    .expose()
-                    .as_bytes(),
-            ),
-            heartbeat: cfg.sse.heartbeat,
-            retention: cfg.retention,
-        });
+        let sse = match cfg.sse.enabled {
+            false => None,
+            true => Some(SseState {
+                hub: hub.clone(),
+                pool: crate::db::pool_of(
+                    &cfg.database_url,
+                    crate::db::SSE_POOL_SIZE,
+                    Some("outbox-relay sse"),
+                )?,
+                stream_sql: crate::db::queries::stream_read(&cfg.qualified_table()),
+                key: DecodingKey::from_secret(
+                    cfg.sse
+                        .token_secret
+                        .as_ref()
+                        .expect("validated: enabled SSE has a token secret")
+                        .expose()
+                        .as_bytes(),
+                ),
+                heartbeat: cfg.sse.heartbeat,
+                retention: cfg.retention,
+            }),
+        };
         let app = Arc::new(App {
             health: health.clone(),
             listen: cfg.listen,

@@ -40,18 +40,31 @@ pub fn pg_config(url: &Secret) -> anyhow::Result<tokio_postgres::Config> {
     Ok(cfg)
 }
 
-/// A pool whose `get()` fails within a few seconds while the database is down, instead of
-/// hanging, so callers can log, back off and try again.
+/// Connections SSE subscribers share for catching up from the database: a pool of their
+/// own, so a crowd reconnecting at once cannot starve the claim loop.
+pub const SSE_POOL_SIZE: usize = 4;
+
+/// The relay's pool (see [`pool_of`]).
 pub fn pool(url: &Secret) -> anyhow::Result<Pool> {
+    pool_of(url, POOL_SIZE, None)
+}
+
+/// A pool whose `get()` fails within a few seconds while the database is down, instead of
+/// hanging, so callers can log, back off and try again. `name` overrides application_name.
+pub fn pool_of(url: &Secret, size: usize, name: Option<&str>) -> anyhow::Result<Pool> {
+    let mut cfg = pg_config(url)?;
+    if let Some(name) = name {
+        cfg.application_name(name);
+    }
     let mgr = Manager::from_config(
-        pg_config(url)?,
+        cfg,
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
     );
     Pool::builder(mgr)
-        .max_size(POOL_SIZE)
+        .max_size(size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .timeouts(Timeouts {
             wait: Some(Duration::from_secs(10)),
