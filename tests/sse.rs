@@ -332,6 +332,11 @@ async fn a_subscriber_that_never_reads_is_cut_off_and_others_are_unaffected() {
     })
     .await;
 
+    // The healthy subscriber reads all along, as a live client does.
+    let reader = tokio::spawn(async move {
+        let got = healthy.take(5000).await;
+        (healthy, got)
+    });
     // ~40 MB of events: far more than socket buffers and the per-subscriber queue hold.
     let client = db.client().await;
     let blob = "x".repeat(8 * 1024);
@@ -341,7 +346,7 @@ async fn a_subscriber_that_never_reads_is_cut_off_and_others_are_unaffected() {
         let batch: Vec<(Option<&str>, &str)> = vec![(Some("org_a"), "BIG.EVENT"); 500];
         sent.extend(publish(&client, &batch, &payload).await);
     }
-    let got = healthy.take(sent.len()).await;
+    let (_healthy, got) = reader.await.unwrap();
     assert_eq!(ids(&got), sent, "the reading subscriber gets everything");
 
     // The stuck one was disconnected: reading now drains what was buffered, then EOF.
@@ -408,5 +413,23 @@ async fn a_cursor_older_than_retention_gets_an_error_then_the_oldest_kept() {
     // kept is the first event.
     let all: Vec<String> = first.into_iter().chain(later).collect();
     assert_eq!(ids(&back.take(3).await), all);
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_stream_gets_every_event_committed_after_its_response_arrived() {
+    let db = TestDb::new().await;
+    let relay = sse_relay(&db, "").await;
+    let tok = token("org_a", None);
+    let client = db.client().await;
+    // Each round publishes the moment the response headers are in; a relay that fixed its
+    // starting point later (after the first byte) lost a few percent of these.
+    for round in 0..100 {
+        let mut sub = connect(&relay.http_url(), Some(&tok), "", None)
+            .await
+            .unwrap();
+        let sent = publish(&client, &[(Some("org_a"), "RIGHT.AWAY")], "{}").await;
+        assert_eq!(ids(&sub.take(1).await), sent, "round {round}");
+    }
     relay.stop().await.unwrap();
 }

@@ -143,7 +143,8 @@ SELECT s.snap::text, extract(epoch FROM statement_timestamp())::int8,
   FROM s LEFT JOIN LATERAL (
     SELECT * FROM {t} x
      WHERE (x.stream_xid >= pg_snapshot_xmax($1::text::pg_snapshot)
-            OR x.stream_xid IN (SELECT pg_snapshot_xip($1::text::pg_snapshot)))
+            -- = ANY(ARRAY(...)), not IN (SELECT ...): the index serves both arms.
+            OR x.stream_xid = ANY (ARRAY(SELECT pg_snapshot_xip($1::text::pg_snapshot))))
        AND pg_visible_in_snapshot(x.stream_xid, coalesce($2::text::pg_snapshot, s.snap))
        AND x.stream_seq > $3
        AND x.org_id IS NOT NULL AND ($4::text IS NULL OR x.org_id = $4)

@@ -92,12 +92,31 @@ pub async fn events(
     };
     // Join the org's channel before reading anything, so no page published meanwhile is lost.
     let (live, subscribed) = sse.hub.subscribe(&grant.org_id);
+    // A stream without a cursor starts at the snapshot taken now, before the response goes
+    // out: whatever commits after the client sees the connection open is sent to it.
+    let start = match resume {
+        Some(c) => Start::Resume(c),
+        None => match now(&sse.pool).await {
+            Ok(c) => Start::Live(c),
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "SSE connection refused: database unavailable"
+                );
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database unavailable; retry shortly\n",
+                )
+                    .into_response();
+            }
+        },
+    };
     let (out, frames) = mpsc::channel::<Bytes>(BUFFER_FRAMES);
     let kill = kill.map(|k| k.0 .0).unwrap_or_default();
     tokio::spawn(forward(
         app.clone(),
         grant,
-        resume,
+        start,
         live,
         subscribed,
         out,
@@ -121,6 +140,18 @@ pub async fn events(
     resp
 }
 
+/// Where a stream begins.
+enum Start {
+    /// After a client's Last-Event-ID.
+    Resume(Cursor),
+    /// At the snapshot current when the client connected.
+    Live(Cursor),
+}
+
+async fn now(pool: &Pool) -> anyhow::Result<Cursor> {
+    read::now(&pool.get().await?).await
+}
+
 /// Why a forwarder stopped.
 enum Stop {
     /// The client went away, or the relay is shutting down.
@@ -132,7 +163,7 @@ enum Stop {
 async fn forward(
     app: Arc<App>,
     grant: Grant,
-    resume: Option<Cursor>,
+    start: Start,
     mut live: broadcast::Receiver<OrgPage>,
     _subscribed: Subscribed,
     out: mpsc::Sender<Bytes>,
@@ -144,7 +175,7 @@ async fn forward(
         grant: &grant,
         out: &out,
     };
-    match f.run(resume, &mut live).await {
+    match f.run(start, &mut live).await {
         Ok(Stop::Gone) => {}
         Ok(Stop::Slow) => {
             tracing::warn!(org_id = %grant.org_id, timeout = ?SLOW_CONSUMER_TIMEOUT, "SSE subscriber stopped reading; disconnected (it resumes from the database when it reconnects)");
@@ -166,7 +197,7 @@ struct Forwarder<'a> {
 impl Forwarder<'_> {
     async fn run(
         &mut self,
-        resume: Option<Cursor>,
+        start: Start,
         live: &mut broadcast::Receiver<OrgPage>,
     ) -> anyhow::Result<Stop> {
         if let Some(stop) = self
@@ -175,8 +206,8 @@ impl Forwarder<'_> {
         {
             return Ok(stop);
         }
-        let mut cursor = match resume {
-            Some(c) if self.expired(&c) => {
+        let mut cursor = match start {
+            Start::Resume(c) if self.expired(&c) => {
                 let msg = serde_json::json!({
                     "error": "cursor_expired",
                     "message": "the Last-Event-ID is older than the relay's retention: events may have been purged; streaming from the oldest event kept",
@@ -191,8 +222,7 @@ impl Forwarder<'_> {
                 }
                 Cursor::at_snapshot(Snapshot::empty(), 0)
             }
-            Some(c) => c,
-            None => read::now(&self.sse.pool.get().await?).await?,
+            Start::Resume(c) | Start::Live(c) => c,
         };
         let mut heartbeat = tokio::time::interval(self.sse.heartbeat);
         heartbeat.reset();
@@ -214,16 +244,18 @@ impl Forwarder<'_> {
                 };
                 match page {
                     Ok(page) => {
+                        let mut frames = Vec::new();
                         for e in page.iter() {
                             if cursor.covers(e.xid, e.seq) {
                                 continue;
                             }
                             if self.grant.wants(&e.event_type) {
-                                if let Some(stop) = self.send(e.frame.clone()).await {
-                                    return Ok(stop);
-                                }
+                                frames.push(&e.frame);
                             }
                             cursor = (*e.cursor).clone();
+                        }
+                        if let Some(stop) = self.send_all(&frames).await {
+                            return Ok(stop);
                         }
                     }
                     // This task fell behind the tail (not the client): read the gap from
@@ -249,16 +281,33 @@ impl Forwarder<'_> {
                 )
                 .await?
             };
-            for e in &page.events {
-                if self.grant.wants(&e.event_type) {
-                    if let Some(stop) = self.send(e.frame.clone()).await {
-                        return Ok(Some(stop));
-                    }
-                }
+            let frames: Vec<&Bytes> = page
+                .events
+                .iter()
+                .filter(|e| self.grant.wants(&e.event_type))
+                .map(|e| &e.frame)
+                .collect();
+            if let Some(stop) = self.send_all(&frames).await {
+                return Ok(Some(stop));
             }
             *cursor = page.cursor;
             if !page.more {
                 return Ok(None);
+            }
+        }
+    }
+
+    /// Queues a page's frames as one write: the socket, not the fan-out, is what costs.
+    async fn send_all(&self, frames: &[&Bytes]) -> Option<Stop> {
+        match frames {
+            [] => None,
+            [one] => self.send((*one).clone()).await,
+            many => {
+                let mut joined = bytes::BytesMut::with_capacity(many.iter().map(|f| f.len()).sum());
+                for f in many {
+                    joined.extend_from_slice(f);
+                }
+                self.send(joined.freeze()).await
             }
         }
     }
