@@ -11,7 +11,7 @@
 pub mod listener;
 pub mod recorder;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,19 +30,45 @@ use crate::event::ClaimedEvent;
 use crate::stream::Hub;
 use recorder::{InFlight, Recorded};
 
-/// What `/readyz` and systemd readiness report.
+/// What `/readyz`, systemd readiness and the watchdog report.
 #[derive(Debug, Default)]
 pub struct Health {
     /// The last database round trip succeeded.
     pub database: AtomicBool,
     /// The LISTEN connection is up (always false in poll-only mode).
     pub listening: AtomicBool,
+    /// When the claim loop last went round, in ms since [`Health::epoch`]; 0 before it starts.
+    loop_beat_ms: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
 }
+
+/// The claim loop proves it is alive at least this often, even when idle (without a query).
+pub const LOOP_BEAT: Duration = Duration::from_secs(5);
 
 impl Health {
     /// Ready: the database answers and, unless poll-only, LISTEN is active.
     pub fn ready(&self, listen: bool) -> bool {
         self.database.load(Ordering::Acquire) && (!listen || self.listening.load(Ordering::Acquire))
+    }
+
+    fn epoch(&self) -> Instant {
+        *self.epoch.get_or_init(Instant::now)
+    }
+
+    /// Called by the claim loop each time round.
+    pub fn beat(&self) {
+        let ms = self.epoch().elapsed().as_millis() as u64;
+        self.loop_beat_ms.store(ms.max(1), Ordering::Release);
+    }
+
+    /// How long since the claim loop last went round (None: it has not started). A wedged
+    /// loop shows here, and the systemd watchdog stops being fed.
+    pub fn since_beat(&self) -> Option<Duration> {
+        let at = self.loop_beat_ms.load(Ordering::Acquire);
+        (at > 0).then(|| {
+            Duration::from_millis(self.epoch().elapsed().as_millis() as u64)
+                .saturating_sub(Duration::from_millis(at))
+        })
     }
 }
 
@@ -265,12 +291,14 @@ impl Relay {
         let mut last_sweep: Option<Instant> = None;
         let mut failures: u32 = 0;
         loop {
+            self.health.beat();
             if shutdown.is_cancelled() {
                 return;
             }
             if self.capacity.available_permits() < worth_claiming {
                 tokio::select! {
                     _ = self.capacity_freed.notified() => continue,
+                    _ = tokio::time::sleep(LOOP_BEAT) => continue,
                     _ = shutdown.cancelled() => return,
                 }
             }
@@ -304,10 +332,15 @@ impl Relay {
             if wait.is_zero() {
                 continue;
             }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.cancelled() => return,
+            // Wait for a wake-up or the deadline, beating meanwhile (no query: idle stays idle).
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    _ = self.wake.notified() => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = tokio::time::sleep(LOOP_BEAT) => self.health.beat(),
+                    _ = shutdown.cancelled() => return,
+                }
             }
         }
     }
