@@ -54,14 +54,20 @@ impl Daemon {
                 retention: cfg.retention,
             }),
         };
+        crate::metrics::handle(); // install the recorder before anything counts
         let app = Arc::new(App {
             health: health.clone(),
             listen: cfg.listen,
             sse,
+            pool: pool.clone(),
+            table: cfg.qualified_table(),
+            hub: hub.clone(),
+            queue: Default::default(),
         });
         let http_stop = CancellationToken::new();
         let server = tokio::spawn(http::serve(listener, http::router(app), http_stop.clone()));
         tracing::info!(listen = %http_addr, sse = cfg.sse.enabled, "HTTP listening");
+        crate::systemd::spawn(health.clone(), cfg.listen, shutdown.clone());
         let relay_hub = cfg.sse.enabled.then(|| hub.clone());
         let relay_health = health.clone();
         let task = tokio::spawn(async move {

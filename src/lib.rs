@@ -12,6 +12,7 @@
 //! - [`event`]: a claimed row and its JSON envelope.
 //! - [`commands`]: `migrate`, `status`, `retry`, `purge`, `publish` and the `dev` demo.
 //! - [`pgtemp`]: a throwaway PostgreSQL cluster for `dev` and the tests.
+//! - [`systemd`]: `Type=notify` readiness, status and the watchdog, when run by systemd.
 
 pub mod cli;
 pub mod commands;
@@ -21,8 +22,11 @@ pub mod db;
 pub mod deliver;
 pub mod event;
 pub mod http;
+pub mod metrics;
 pub mod pgtemp;
 pub mod relay;
+pub mod retention;
 pub mod secret;
 pub mod shutdown;
 pub mod stream;
+pub mod systemd;

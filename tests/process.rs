@@ -551,14 +551,24 @@ async fn database_outage_relay_keeps_running_and_resumes() {
     let cluster = new_cluster().await;
     let url = cluster.url("postgres");
     let rx = Receiver::start().await;
-    let extra = format!("poll_interval = \"1s\"\n{}", webhook_toml("main", &rx.url));
+    let addr = free_addr();
+    let extra = format!(
+        "poll_interval = \"1s\"\n{}\n[http]\nlisten = \"{addr}\"\n",
+        webhook_toml("main", &rx.url)
+    );
     migrate_url(&url, &extra).await;
-    let file = write_config(&format!(
-        "database_url = \"{url}\"\n{}",
-        with_free_port(&extra)
-    ));
+    let file = write_config(&format!("database_url = \"{url}\"\n{extra}"));
+    let readyz = format!("http://{addr}/readyz");
+    let ready_is = |want: u16| {
+        let readyz = readyz.clone();
+        move || {
+            let readyz = readyz.clone();
+            async move { http_get(&readyz).await.0 == want }
+        }
+    };
 
     let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    wait_until("/readyz 200 with the database up", ready_is(200)).await;
     let client = connect(&url).await;
     let first = insert_events(&client, 1, "PROJECT.UPDATED").await;
     rx.wait_accepted(&first).await;
@@ -576,6 +586,8 @@ async fn database_outage_relay_keeps_running_and_resumes() {
     relay
         .wait_log(&["LISTEN connection lost", "claim failed"])
         .await;
+    wait_until("/readyz 503 while the database is down", ready_is(503)).await;
+    assert_eq!(http_get(&format!("http://{addr}/healthz")).await.0, 200);
     // The outage itself: keep the database down a while.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
@@ -585,6 +597,7 @@ async fn database_outage_relay_keeps_running_and_resumes() {
     );
 
     start_cluster_again(&cluster).await;
+    wait_until("/readyz 200 again, without a restart", ready_is(200)).await;
     let client = connect(&url).await;
     let second = insert_events(&client, 1, "PROJECT.UPDATED").await;
     rx.wait_accepted(&second).await;
@@ -903,4 +916,98 @@ async fn json_logs_on_request() {
         "no shutdown line among {messages:?}"
     );
     assert_no_secret("relay (json)", &err);
+}
+
+/// The value of an un-labelled (or exactly labelled) series in Prometheus text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_deliveries_failures_and_dead_letters_and_match_status() {
+    let db = TestDb::new().await;
+    // OK.* succeed; FLAKY fails once; DEAD always fails (2 attempts, then FAILED).
+    let rx = Receiver::with_script(Arc::new(|_, _| Reply::ok())).await;
+    let addr = free_addr();
+    let extra = format!(
+        "max_attempts = 2\nbackoff_initial = \"20ms\"\nbackoff_max = \"50ms\"\n{}\n[http]\nlisten = \"{addr}\"\n",
+        webhook_toml("main", &rx.url)
+    );
+    let cfg = db.config(&extra);
+    db.migrate(&cfg).await;
+    let client = db.client().await;
+    let ok = insert_events(&client, 3, "OK.EVENT").await;
+    let flaky = insert_events(&client, 1, "FLAKY").await.remove(0);
+    let dead = insert_events(&client, 1, "DEAD").await.remove(0);
+    let (f, d) = (flaky.clone(), dead.clone());
+    rx.set_script(Arc::new(move |id, nth| {
+        Reply::status(if id == d || (id == f && nth == 1) {
+            500
+        } else {
+            200
+        })
+    }));
+    // One more that waits for tomorrow: the queue gauges then have something to show.
+    client
+        .batch_execute(
+            "INSERT INTO \"OutboxEvent\" (event_type, payload, next_attempt_at, created_at)
+             VALUES ('LATER', '{}', now() + interval '1 day', now() - interval '10 minutes')",
+        )
+        .await
+        .unwrap();
+
+    let file = write_config(&format!("database_url = \"{}\"\n{extra}", db.url));
+    let relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    wait_until("4 COMPLETED and 1 FAILED", || {
+        let c = &client;
+        async move {
+            count_status(c, "COMPLETED").await == 4 && count_status(c, "FAILED").await == 1
+        }
+    })
+    .await;
+    rx.wait_accepted(&ok).await;
+
+    let (status, text) = http_get(&format!("http://{addr}/metrics")).await;
+    assert_eq!(status, 200, "{text}");
+    let m = |series: &str| {
+        metric(&text, series).unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+    };
+    assert_eq!(m("outbox_events_completed_total"), 4.0);
+    assert_eq!(m("outbox_events_failed_total"), 1.0);
+    // Every attempt is a claim: 3 + 2 (FLAKY) + 2 (DEAD).
+    assert_eq!(m("outbox_events_claimed_total"), 7.0);
+    assert_eq!(
+        m(r#"outbox_delivery_attempts_total{sink="main",outcome="success"}"#),
+        4.0
+    );
+    assert_eq!(
+        m(r#"outbox_delivery_attempts_total{sink="main",outcome="failure"}"#),
+        3.0
+    );
+    assert_eq!(
+        m(r#"outbox_delivery_duration_seconds_count{sink="main"}"#),
+        7.0
+    );
+    assert_eq!(m("outbox_event_lag_seconds_count"), 4.0);
+    assert_eq!(m("outbox_sse_subscribers"), 0.0);
+
+    // The gauges agree with `outbox-relay status --json`.
+    let report = outbox_relay::commands::status_report(&cfg).await.unwrap();
+    assert_eq!(m("outbox_pending_events"), report.counts["PENDING"] as f64);
+    assert_eq!(m("outbox_pending_events"), 1.0);
+    assert_eq!(m("outbox_dead_letter_events"), report.dead_letters as f64);
+    let oldest = report.oldest_pending_age_seconds.unwrap();
+    let gauge = m("outbox_oldest_pending_age_seconds");
+    assert!(
+        (gauge - oldest).abs() < 10.0 && gauge >= 600.0,
+        "gauge {gauge} vs status {oldest}"
+    );
+    assert_no_secret("/metrics", &text);
+    drop(relay);
 }

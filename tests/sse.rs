@@ -6,6 +6,7 @@ use common::sse::*;
 use common::*;
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a stray message would take to show up once delivery is known to be flowing.
@@ -349,17 +350,33 @@ async fn a_subscriber_that_never_reads_is_cut_off_and_others_are_unaffected() {
     let (_healthy, got) = reader.await.unwrap();
     assert_eq!(ids(&got), sent, "the reading subscriber gets everything");
 
+    // The relay gives up on it once its buffer has stayed full long enough.
+    wait_until("the stuck subscriber dropped", || {
+        let n = relay.sse_subscribers();
+        async move { n == 1 }
+    })
+    .await;
     // The stuck one was disconnected: reading now drains what was buffered, then EOF.
+    // (A connection still open would keep getting heartbeats: the deadline catches it.)
     let total: usize = tokio::task::spawn_blocking(move || {
-        stuck.set_read_timeout(Some(PATIENCE)).unwrap();
+        stuck
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0;
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stuck subscriber was not disconnected ({total} bytes read)"
+            );
             match stuck.read(&mut buf) {
                 Ok(0) => return total,
                 Ok(n) => total += n,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return total,
-                Err(e) => panic!("the stuck subscriber was not disconnected: {e}"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                Err(e) => panic!("reading the stuck subscriber: {e}"),
             }
         }
     })
@@ -391,7 +408,16 @@ async fn heartbeats_keep_idle_streams_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_older_than_retention_gets_an_error_then_the_oldest_kept() {
     let db = TestDb::new().await;
-    let relay = sse_relay(&db, "retention = \"1s\"").await;
+    // Rows stay PENDING (the endpoint fails, the backoff is long), so retention keeps them.
+    let rx = Receiver::with_script(Arc::new(|_, _| Reply::status(500))).await;
+    let relay = sse_relay(
+        &db,
+        &format!(
+            "retention = \"1s\"\nbackoff_initial = \"1h\"\n{}",
+            webhook_toml("main", &rx.url)
+        ),
+    )
+    .await;
     let base = relay.http_url();
     let tok = token("org_a", None);
     let client = db.client().await;
@@ -409,8 +435,7 @@ async fn a_cursor_older_than_retention_gets_an_error_then_the_oldest_kept() {
     assert_eq!(error.event, "cursor_expired");
     assert_eq!(error.id, None);
     assert!(error.data.contains("retention"));
-    // Nothing was purged here (retention runs in the daemon with issue 4), so the oldest
-    // kept is the first event.
+    // Nothing was purged (no row is COMPLETED), so the oldest kept is the first event.
     let all: Vec<String> = first.into_iter().chain(later).collect();
     assert_eq!(ids(&back.take(3).await), all);
     relay.stop().await.unwrap();

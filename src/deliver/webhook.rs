@@ -100,11 +100,21 @@ impl Endpoint {
             _ = cancel.cancelled() => return Attempt::Cancelled,
         };
         drop(_queued);
+        let started = std::time::Instant::now();
         let result = tokio::select! {
             r = self.post(id, body) => r,
             _ = cancel.cancelled() => Attempt::Cancelled,
         };
         drop(permit);
+        let outcome = match &result {
+            Attempt::Accepted => Some("success"),
+            Attempt::Failed { error, .. } if error.starts_with(TIMED_OUT) => Some("timeout"),
+            Attempt::Failed { .. } => Some("failure"),
+            Attempt::Busy | Attempt::Cancelled => None,
+        };
+        if let Some(outcome) = outcome {
+            crate::metrics::attempt(&self.name, outcome, started.elapsed());
+        }
         result
     }
 
@@ -196,9 +206,12 @@ async fn read_excerpt(response: &mut reqwest::Response) -> String {
 }
 
 /// A transport error as one line without the URL (which may carry credentials).
+/// How a timed-out attempt's error begins.
+const TIMED_OUT: &str = "timed out after";
+
 fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
-        return format!("timed out after {}", humantime::format_duration(timeout));
+        return format!("{TIMED_OUT} {}", humantime::format_duration(timeout));
     }
     let mut root: &dyn std::error::Error = e;
     while let Some(next) = root.source() {

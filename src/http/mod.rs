@@ -28,6 +28,11 @@ pub struct App {
     /// LISTEN is part of readiness unless the relay runs poll-only.
     pub listen: bool,
     pub sse: Option<sse::SseState>,
+    /// For the queue gauges of `/metrics`.
+    pub pool: deadpool_postgres::Pool,
+    pub table: String,
+    pub hub: Arc<crate::stream::Hub>,
+    pub queue: crate::metrics::QueueGauges,
 }
 
 /// Cancelling it drops the connection the request came on.
@@ -38,6 +43,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/events", get(sse::events))
         .with_state(app)
 }
@@ -54,6 +60,31 @@ async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "LISTEN connection down\n")
     }
+}
+
+/// Prometheus text. The queue gauges are refreshed here, at most every few seconds.
+async fn metrics(State(app): State<Arc<App>>) -> impl axum::response::IntoResponse {
+    let handle = crate::metrics::handle();
+    if app
+        .health
+        .database
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        app.queue.refresh(&app.pool, &app.table).await;
+    }
+    let up = app
+        .health
+        .database
+        .load(std::sync::atomic::Ordering::Acquire);
+    ::metrics::gauge!(crate::metrics::UP).set(if up { 1.0 } else { 0.0 });
+    ::metrics::gauge!(crate::metrics::SSE_SUBSCRIBERS).set(app.hub.subscribers() as f64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
 }
 
 /// Binds `http.listen`, with an error that says what to change.

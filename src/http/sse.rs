@@ -19,7 +19,7 @@ use bytes::Bytes;
 use deadpool_postgres::Pool;
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{authorize, Denied, Grant};
@@ -27,8 +27,17 @@ use super::{App, ConnKill};
 use crate::stream::cursor::{Cursor, Snapshot};
 use crate::stream::{read, Hub, OrgPage, Subscribed};
 
-/// Frames buffered per subscriber between its forwarder and its socket.
-const BUFFER_FRAMES: usize = 256;
+/// Bytes buffered per subscriber between its forwarder and its socket (beyond what the
+/// kernel's socket buffers hold). A single larger message still goes through, alone.
+pub const BUFFER_BYTES: usize = 1 << 20;
+/// Most bytes joined into one write.
+const WRITE_CHUNK: usize = 64 * 1024;
+/// Writes queued per subscriber; the byte budget is what really bounds the queue.
+const BUFFER_WRITES: usize = 1024;
+
+/// A queued write and its share of the subscriber's byte budget, returned once the
+/// response body hands the bytes to the connection.
+type Write = (Bytes, OwnedSemaphorePermit);
 /// How long a subscriber's buffer may stay full before it is disconnected.
 pub const SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rows per catch-up read.
@@ -111,7 +120,7 @@ pub async fn events(
             }
         },
     };
-    let (out, frames) = mpsc::channel::<Bytes>(BUFFER_FRAMES);
+    let (out, frames) = mpsc::channel::<Write>(BUFFER_WRITES);
     let kill = kill.map(|k| k.0 .0).unwrap_or_default();
     tokio::spawn(forward(
         app.clone(),
@@ -126,7 +135,8 @@ pub async fn events(
         frames
             .recv()
             .await
-            .map(|f| (Ok::<_, Infallible>(f), frames))
+            // The permit drops here: hyper now holds the bytes, and the budget frees up.
+            .map(|(bytes, _permit)| (Ok::<_, Infallible>(bytes), frames))
     });
     let mut resp = Body::from_stream(body).into_response();
     let h = resp.headers_mut();
@@ -166,7 +176,7 @@ async fn forward(
     start: Start,
     mut live: broadcast::Receiver<OrgPage>,
     _subscribed: Subscribed,
-    out: mpsc::Sender<Bytes>,
+    out: mpsc::Sender<Write>,
     kill: CancellationToken,
 ) {
     let sse = app.sse.as_ref().expect("checked by the handler");
@@ -174,6 +184,7 @@ async fn forward(
         sse,
         grant: &grant,
         out: &out,
+        budget: Arc::new(Semaphore::new(BUFFER_BYTES)),
     };
     match f.run(start, &mut live).await {
         Ok(Stop::Gone) => {}
@@ -191,7 +202,8 @@ async fn forward(
 struct Forwarder<'a> {
     sse: &'a SseState,
     grant: &'a Grant,
-    out: &'a mpsc::Sender<Bytes>,
+    out: &'a mpsc::Sender<Write>,
+    budget: Arc<Semaphore>,
 }
 
 impl Forwarder<'_> {
@@ -297,24 +309,44 @@ impl Forwarder<'_> {
         }
     }
 
-    /// Queues a page's frames as one write: the socket, not the fan-out, is what costs.
+    /// Queues a page's frames in few writes (the socket, not the fan-out, is what costs),
+    /// each at most [`WRITE_CHUNK`] unless a single frame is larger.
     async fn send_all(&self, frames: &[&Bytes]) -> Option<Stop> {
-        match frames {
-            [] => None,
-            [one] => self.send((*one).clone()).await,
-            many => {
-                let mut joined = bytes::BytesMut::with_capacity(many.iter().map(|f| f.len()).sum());
-                for f in many {
-                    joined.extend_from_slice(f);
+        let mut chunk = bytes::BytesMut::new();
+        for f in frames {
+            if !chunk.is_empty() && chunk.len() + f.len() > WRITE_CHUNK {
+                if let Some(stop) = self.send(chunk.split().freeze()).await {
+                    return Some(stop);
                 }
-                self.send(joined.freeze()).await
             }
+            if chunk.is_empty() && f.len() >= WRITE_CHUNK {
+                if let Some(stop) = self.send((*f).clone()).await {
+                    return Some(stop);
+                }
+                continue;
+            }
+            chunk.extend_from_slice(f);
         }
+        if chunk.is_empty() {
+            return None;
+        }
+        self.send(chunk.freeze()).await
     }
 
-    /// Queues a frame for the socket. Some(stop) when the client is gone or not reading.
-    async fn send(&self, frame: Bytes) -> Option<Stop> {
-        match tokio::time::timeout(SLOW_CONSUMER_TIMEOUT, self.out.send(frame)).await {
+    /// Queues bytes for the socket, within the subscriber's byte budget. Some(stop) when the
+    /// client is gone, or has not made room for [`SLOW_CONSUMER_TIMEOUT`].
+    async fn send(&self, bytes: Bytes) -> Option<Stop> {
+        let want = bytes.len().clamp(1, BUFFER_BYTES) as u32;
+        let queued = async {
+            let permit = self
+                .budget
+                .clone()
+                .acquire_many_owned(want)
+                .await
+                .expect("never closed");
+            self.out.send((bytes, permit)).await
+        };
+        match tokio::time::timeout(SLOW_CONSUMER_TIMEOUT, queued).await {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Stop::Gone),
             Err(_) => Some(Stop::Slow),

@@ -222,6 +222,16 @@ impl Relay {
                 stop_background.clone(),
             ))
         });
+        let retention = self.cfg.retention.map(|keep| {
+            tokio::spawn(crate::retention::run(
+                self.pool.clone(),
+                self.queries.purge.clone(),
+                self.queries.table.clone(),
+                keep,
+                stop_background.clone(),
+            ))
+        });
+        let summary = tokio::spawn(crate::metrics::summarize(stop_background.clone()));
         let listener = self.cfg.listen.then(|| {
             tokio::spawn(listener::run(
                 self.cfg.database_url.clone(),
@@ -269,7 +279,10 @@ impl Relay {
         }
         stop_background.cancel();
         let _ = leases.await;
-        for task in [listener, tail].into_iter().flatten() {
+        for task in [listener, tail, retention, Some(summary)]
+            .into_iter()
+            .flatten()
+        {
             let _ = task.await;
         }
         tracing::info!("relay stopped");
@@ -379,6 +392,7 @@ impl Relay {
             let status: String = row.get(1);
             let id: String = row.get(0);
             if status == "FAILED" {
+                crate::metrics::dead_lettered();
                 tracing::warn!(event_id = %id, "dead-lettered after its last lease lapsed (the relay holding it died or hung)");
                 continue;
             }
@@ -392,6 +406,7 @@ impl Relay {
                 }
             }
         }
+        crate::metrics::claimed(events.len() as u64);
         // Oldest first, whatever order the UPDATE returned them in.
         events.sort_by_key(|e| e.created_us);
         for ev in events {
@@ -451,21 +466,35 @@ impl Relay {
     }
 }
 
+/// Logs an outcome and counts it. Failures name the event, attempt, every failing endpoint
+/// with its status or error (`name: HTTP 500: ...`), and when the next attempt is due.
 fn log_outcome(ev: &ClaimedEvent, outcome: &crate::deliver::Outcome) {
     use crate::deliver::Outcome::*;
     let event_type = ev.event_type.as_deref().unwrap_or("<NULL>");
     match outcome {
         Completed { .. } => {
+            let lag = chrono::Utc::now().timestamp_micros() - ev.created_us;
+            crate::metrics::completed(Duration::from_micros(lag.max(0) as u64));
             tracing::debug!(event_id = %ev.id, event_type, attempt = ev.attempt(), "delivered")
         }
-        Retry { delay, error, .. } => tracing::warn!(
-            event_id = %ev.id, event_type, attempt = ev.attempt(), %error,
-            retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "delivery failed; will retry"
-        ),
-        Dead { error, .. } => tracing::error!(
-            event_id = %ev.id, event_type, attempt = ev.attempt(), %error,
-            "delivery failed for good; event is FAILED (dead letter)"
-        ),
+        Retry { delay, error, .. } => {
+            crate::metrics::retried();
+            let next = chrono::Utc::now()
+                + chrono::Duration::from_std(*delay).unwrap_or_else(|_| chrono::Duration::zero());
+            tracing::warn!(
+                event_id = %ev.id, event_type, attempt = ev.attempt(), %error,
+                retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+                next_attempt_at = %next.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                "delivery failed; will retry"
+            )
+        }
+        Dead { error, .. } => {
+            crate::metrics::dead_lettered();
+            tracing::error!(
+                event_id = %ev.id, event_type, attempt = ev.attempt(), %error,
+                "delivery failed for good; event is FAILED (dead letter)"
+            )
+        }
         Release { .. } => tracing::debug!(event_id = %ev.id, "released without an attempt"),
     }
 }

@@ -159,6 +159,21 @@ pub fn with_free_port(toml: &str) -> String {
     }
 }
 
+/// A loopback address with a port free right now, for a child relay whose port the test
+/// must know in advance.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// GET `url`: (status, body).
+pub async fn http_get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
 /// TOML for one webhook pointing at `url`.
 pub fn webhook_toml(name: &str, url: &str) -> String {
     format!("[[webhook]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\ntimeout = \"5s\"\n")

@@ -1,0 +1,195 @@
+//! Prometheus metrics (contract section 6), via the `metrics` facade.
+//!
+//! Counters and histograms are recorded where things happen. The queue gauges come from the
+//! database, at most once per [`QUEUE_REFRESH`] however often (and by however many
+//! scrapers) `/metrics` is read, and never while nobody scrapes: an idle relay stays idle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::Mutex;
+
+pub const CLAIMED: &str = "outbox_events_claimed_total";
+pub const COMPLETED: &str = "outbox_events_completed_total";
+pub const FAILED: &str = "outbox_events_failed_total";
+pub const ATTEMPTS: &str = "outbox_delivery_attempts_total";
+pub const DURATION: &str = "outbox_delivery_duration_seconds";
+pub const LAG: &str = "outbox_event_lag_seconds";
+pub const PENDING: &str = "outbox_pending_events";
+pub const OLDEST_PENDING: &str = "outbox_oldest_pending_age_seconds";
+pub const DEAD_LETTERS: &str = "outbox_dead_letter_events";
+pub const SSE_SUBSCRIBERS: &str = "outbox_sse_subscribers";
+pub const RETENTION_DELETED: &str = "outbox_retention_deleted_total";
+pub const UP: &str = "outbox_database_up";
+
+/// The queue gauges are at most this old.
+pub const QUEUE_REFRESH: Duration = Duration::from_secs(5);
+
+/// Buckets for delivery durations and lag, in seconds: 1 ms to 1 h.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
+];
+
+/// The process-wide recorder (the `metrics` facade has one per process).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .expect("static buckets are valid")
+            .install_recorder()
+            .expect("no other metrics recorder is installed");
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(
+        CLAIMED,
+        "Events claimed for delivery (including re-claims of lapsed leases)."
+    );
+    describe_counter!(COMPLETED, "Events that reached COMPLETED.");
+    describe_counter!(FAILED, "Events dead-lettered (FAILED).");
+    describe_counter!(
+        ATTEMPTS,
+        "Delivery attempts per sink (webhook name, or sse) and outcome."
+    );
+    describe_histogram!(
+        DURATION,
+        Unit::Seconds,
+        "Duration of one delivery request, per sink."
+    );
+    describe_histogram!(
+        LAG,
+        Unit::Seconds,
+        "From the event's created_at to its completion."
+    );
+    describe_gauge!(
+        PENDING,
+        "Rows in PENDING (refreshed at most every 5 s, on scrape)."
+    );
+    describe_gauge!(
+        OLDEST_PENDING,
+        Unit::Seconds,
+        "Age of the oldest PENDING row."
+    );
+    describe_gauge!(DEAD_LETTERS, "Rows in FAILED, waiting for an operator.");
+    describe_gauge!(SSE_SUBSCRIBERS, "Connected Server-Sent Events subscribers.");
+    describe_counter!(RETENTION_DELETED, "COMPLETED rows deleted by retention.");
+    describe_gauge!(UP, "1 while the last database round trip succeeded.");
+}
+
+/// Totals since start, for the once-a-minute summary line.
+static TOTALS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+const T_CLAIMED: usize = 0;
+const T_COMPLETED: usize = 1;
+const T_FAILED: usize = 2;
+const T_RETRIED: usize = 3;
+
+pub fn claimed(n: u64) {
+    counter!(CLAIMED).increment(n);
+    TOTALS[T_CLAIMED].fetch_add(n, Ordering::Relaxed);
+}
+
+/// An event reached COMPLETED; `lag` from its created_at.
+pub fn completed(lag: Duration) {
+    counter!(COMPLETED).increment(1);
+    metrics::histogram!(LAG).record(lag.as_secs_f64());
+    TOTALS[T_COMPLETED].fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn dead_lettered() {
+    counter!(FAILED).increment(1);
+    TOTALS[T_FAILED].fetch_add(1, Ordering::Relaxed);
+}
+
+/// A failed attempt that will be retried.
+pub fn retried() {
+    TOTALS[T_RETRIED].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Logs one line a minute at info with what the last minute did, until `stop`.
+pub async fn summarize(stop: tokio_util::sync::CancellationToken) {
+    let every = Duration::from_secs(60);
+    let mut tick = tokio::time::interval(every);
+    tick.reset();
+    let mut prev = [0u64; 4];
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let now: [u64; 4] = std::array::from_fn(|i| TOTALS[i].load(Ordering::Relaxed));
+        let d: [u64; 4] = std::array::from_fn(|i| now[i] - prev[i]);
+        prev = now;
+        tracing::info!(
+            claimed = d[T_CLAIMED],
+            completed = d[T_COMPLETED],
+            retries_scheduled = d[T_RETRIED],
+            dead_lettered = d[T_FAILED],
+            per_second = format!("{:.1}", d[T_COMPLETED] as f64 / every.as_secs_f64()),
+            "last minute"
+        );
+    }
+}
+
+/// One delivery attempt to a sink. `outcome`: success, failure or timeout.
+pub fn attempt(sink: &str, outcome: &'static str, took: Duration) {
+    counter!(ATTEMPTS, "sink" => sink.to_owned(), "outcome" => outcome).increment(1);
+    metrics::histogram!(DURATION, "sink" => sink.to_owned()).record(took.as_secs_f64());
+}
+
+/// Refreshes the queue gauges when they are older than [`QUEUE_REFRESH`]: concurrent
+/// scrapes wait for one query instead of each running their own.
+pub struct QueueGauges {
+    last: Mutex<Option<Instant>>,
+}
+
+impl Default for QueueGauges {
+    fn default() -> Self {
+        Self {
+            last: Mutex::new(None),
+        }
+    }
+}
+
+impl QueueGauges {
+    pub async fn refresh(&self, pool: &deadpool_postgres::Pool, table: &str) {
+        let mut last = self.last.lock().await;
+        if last.is_some_and(|t| t.elapsed() < QUEUE_REFRESH) {
+            return;
+        }
+        match read_queue(pool, table).await {
+            Ok((pending, oldest, failed)) => {
+                gauge!(PENDING).set(pending as f64);
+                gauge!(OLDEST_PENDING).set(oldest);
+                gauge!(DEAD_LETTERS).set(failed as f64);
+                *last = Some(Instant::now());
+            }
+            Err(e) => tracing::debug!(error = format!("{e:#}"), "queue gauges not refreshed"),
+        }
+    }
+}
+
+/// (PENDING rows, oldest PENDING age in seconds, FAILED rows) in one statement, on the
+/// partial indexes.
+async fn read_queue(
+    pool: &deadpool_postgres::Pool,
+    table: &str,
+) -> anyhow::Result<(i64, f64, i64)> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM {table} WHERE status = 'PENDING'),
+                coalesce((SELECT extract(epoch FROM now() - min(created_at))::float8
+                            FROM {table} WHERE status = 'PENDING'), 0),
+                (SELECT count(*) FROM {table} WHERE status = 'FAILED')"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let row = client.query_one(&stmt, &[]).await?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}

@@ -1,0 +1,122 @@
+//! Retention: COMPLETED rows older than `retention` are deleted by the daemon.
+//!
+//! Small batches (each its own short statement, locking only the rows it deletes, skipping
+//! rows someone else holds) so it never blocks the app or the claim query and never keeps a
+//! long transaction open. One instance at a time: a session advisory lock per table, taken
+//! with `try`, so the others simply skip the round.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+
+/// Rows per DELETE.
+pub const BATCH: i64 = 1000;
+/// Pause between batches, so a large backlog of expired rows is deleted without hogging
+/// the database (about 50,000 rows a second at most).
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
+
+/// How often a relay looks for expired rows: a quarter of the retention, between 1 s and
+/// 1 minute.
+pub fn interval(retention: Duration) -> Duration {
+    (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// The advisory lock key for a table's retention, the same in every relay.
+pub const LOCK_KEY_SQL: &str = "hashtext('outbox_relay.retention.' || $1)";
+
+/// Runs until `stop`: every [`interval`], deletes expired rows if no other relay is.
+pub async fn run(
+    pool: Pool,
+    purge_sql: String,
+    table: String,
+    retention: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval(retention));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match purge_round(&pool, &purge_sql, &table, retention, &stop).await {
+            Ok(Some(n)) if n > 0 => {
+                tracing::info!(deleted = n, table = %table, "retention: deleted COMPLETED rows older than {}", humantime::format_duration(retention))
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "retention round failed; will try again"
+            ),
+        }
+    }
+}
+
+/// One round. Some(deleted) when this relay held the lock, None when another did.
+async fn purge_round(
+    pool: &Pool,
+    purge_sql: &str,
+    table: &str,
+    retention: Duration,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<u64>> {
+    let client = pool.get().await?;
+    let locked: bool = client
+        .query_one(
+            &format!("SELECT pg_try_advisory_lock({LOCK_KEY_SQL})"),
+            &[&table],
+        )
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(None);
+    }
+    let deleted = delete_expired(&client, purge_sql, retention, stop).await;
+    let unlocked = client
+        .query_one(
+            &format!("SELECT pg_advisory_unlock({LOCK_KEY_SQL})"),
+            &[&table],
+        )
+        .await;
+    if unlocked.is_err() {
+        // A session lock must not go back into the pool: drop the connection, which ends it.
+        let _ = deadpool_postgres::Object::take(client);
+    }
+    Ok(Some(deleted?))
+}
+
+async fn delete_expired(
+    client: &deadpool_postgres::Client,
+    purge_sql: &str,
+    retention: Duration,
+    stop: &CancellationToken,
+) -> anyhow::Result<u64> {
+    let stmt = client.prepare_cached(purge_sql).await?;
+    let secs = retention.as_secs_f64();
+    let mut total = 0;
+    loop {
+        let n = client.execute(&stmt, &[&secs, &BATCH]).await?;
+        total += n;
+        metrics::counter!(crate::metrics::RETENTION_DELETED).increment(n);
+        if n < BATCH as u64 || stop.is_cancelled() {
+            return Ok(total);
+        }
+        tokio::time::sleep(BATCH_PAUSE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_is_a_quarter_of_retention_within_bounds() {
+        assert_eq!(interval(Duration::from_secs(1)), Duration::from_secs(1));
+        assert_eq!(interval(Duration::from_secs(20)), Duration::from_secs(5));
+        assert_eq!(
+            interval(Duration::from_secs(7 * 86400)),
+            Duration::from_secs(60)
+        );
+    }
+}

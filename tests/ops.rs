@@ -1,0 +1,76 @@
+//! Operations in the daemon: retention.
+
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+/// Ids of rows left, by event type.
+async fn left(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT event_type FROM \"OutboxEvent\" ORDER BY event_type",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_only_old_completed_rows_one_relay_at_a_time() {
+    let db = TestDb::new().await;
+    // retention 4 s: relays look every second.
+    let cfg = db.config("retention = \"4s\"");
+    db.migrate(&cfg).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO \"OutboxEvent\" (event_type, payload, status, processed_at, next_attempt_at)
+             VALUES ('COMPLETED.OLD', '{}', 'COMPLETED', now() - interval '1 day', now()),
+                    ('COMPLETED.RECENT', '{}', 'COMPLETED', now() + interval '1 day', now()),
+                    ('FAILED.OLD', '{}', 'FAILED', now() - interval '1 day', now()),
+                    ('PENDING.LATER', '{}', 'PENDING', NULL, now() + interval '1 day')",
+        )
+        .await
+        .unwrap();
+
+    // Another relay is purging: this test holds the lock every relay takes first.
+    let holder = db.client().await;
+    let table = cfg.qualified_table();
+    let locked: bool = holder
+        .query_one(
+            &format!(
+                "SELECT pg_try_advisory_lock({})",
+                outbox_relay::retention::LOCK_KEY_SQL
+            ),
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(locked);
+    let a = InProcessRelay::start(cfg.clone()).await.ready().await;
+    let b = InProcessRelay::start(cfg).await.ready().await;
+    // Both relays have had several rounds (one a second); neither purged under the lock.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(left(&client).await.contains(&"COMPLETED.OLD".to_owned()));
+
+    holder
+        .batch_execute("SELECT pg_advisory_unlock_all()")
+        .await
+        .unwrap();
+    wait_until("the old COMPLETED row purged", || async {
+        !left(&client).await.contains(&"COMPLETED.OLD".to_owned())
+    })
+    .await;
+    assert_eq!(
+        left(&client).await,
+        ["COMPLETED.RECENT", "FAILED.OLD", "PENDING.LATER"],
+        "only COMPLETED rows past the cutoff go"
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
