@@ -25,6 +25,9 @@ const SCRUBBED_ENV: &[&str] = &[
     "OUTBOX_RELAY_CONFIG",
     "OUTBOX_RELAY_LOG_FORMAT",
     "RUST_LOG",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
 ];
 
 /// How long a process told to stop may take to exit: a hang guard, not a speed assertion.
