@@ -67,13 +67,19 @@ impl Daemon {
         let http_stop = CancellationToken::new();
         let server = tokio::spawn(http::serve(listener, http::router(app), http_stop.clone()));
         tracing::info!(listen = %http_addr, sse = cfg.sse.enabled, "HTTP listening");
-        crate::systemd::spawn(health.clone(), cfg.listen, shutdown.clone());
+        let notifier = crate::systemd::spawn(health.clone(), cfg.listen, shutdown.clone());
         let relay_hub = cfg.sse.enabled.then(|| hub.clone());
         let relay_health = health.clone();
+        let stopped = shutdown.clone();
         let task = tokio::spawn(async move {
             let result = crate::relay::run(cfg, pool, shutdown, relay_health, relay_hub).await;
+            stopped.cancel(); // the relay may also end on an error: stop the rest with it
             http_stop.cancel();
             let _ = server.await;
+            // Let it send STOPPING=1 before the process exits.
+            if let Some(n) = notifier {
+                let _ = n.await;
+            }
             result
         });
         Ok(Self {

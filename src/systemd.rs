@@ -33,11 +33,14 @@ const EXTEND_BY: Duration = Duration::from_secs(30);
 const EXTEND_EVERY: Duration = Duration::from_secs(10);
 
 /// Starts the notification task if `NOTIFY_SOCKET` is set; it ends when `shutdown` is
-/// cancelled, after sending `STOPPING=1`. `listen`: LISTEN is part of readiness.
-pub fn spawn(health: Arc<Health>, listen: bool, shutdown: CancellationToken) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return;
-    }
+/// cancelled, after sending `STOPPING=1` (await it before exiting, or that may be lost).
+/// `listen`: LISTEN is part of readiness.
+pub fn spawn(
+    health: Arc<Health>,
+    listen: bool,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    std::env::var_os("NOTIFY_SOCKET")?;
     // None unless WATCHDOG_USEC is set (and WATCHDOG_PID, when set, is this process).
     let watchdog = sd_notify::watchdog_enabled();
     if let Some(w) = watchdog {
@@ -50,7 +53,7 @@ pub fn spawn(health: Arc<Health>, listen: bool, shutdown: CancellationToken) {
             );
         }
     }
-    tokio::spawn(run(health, listen, watchdog, shutdown));
+    Some(tokio::spawn(run(health, listen, watchdog, shutdown)))
 }
 
 /// What the relay is doing, as `systemctl status` shows it.
