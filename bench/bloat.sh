@@ -47,7 +47,7 @@ done
 
 WORK=$(mktemp -d /tmp/outbox-bloat.XXXXXX)
 chmod 755 "$WORK"
-RELAY_PID= PGBENCH_PID= HOLD_PID= DB= CLUSTER= SERVER_URL=
+RELAY_PID='' PGBENCH_PID='' HOLD_PID='' DB='' CLUSTER='' SERVER_URL=''
 cleanup() {
     set +e
     [ -n "$PGBENCH_PID" ] && kill "$PGBENCH_PID" 2>/dev/null && wait "$PGBENCH_PID" 2>/dev/null
@@ -83,7 +83,7 @@ if [ -n "${BLOAT_DATABASE_URL:-}" ]; then
     SERVER_URL=$BLOAT_DATABASE_URL
     SERVER_DESC="$SERVER_URL (existing server)"
 else
-    PGBIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+    PGBIN=${PG_BIN:-$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -1)}
     [ -x "$PGBIN/initdb" ] || PGBIN=$(pg_config --bindir)
     CLUSTER=$WORK/pg
     mkdir -p "$CLUSTER"
@@ -174,7 +174,7 @@ EOF
     pgbench -n -c 1 -j 1 -R "$(awk -v r="$RATE" 'BEGIN { print r / 1000 }')" -t "$tx" \
         -f "$WORK/insert.sql" "$dburl" >"$WORK/pgbench-$mode.log" 2>&1 &
     PGBENCH_PID=$!
-    local inserted_at= drained_at= caught_up_at= peak_total=0 peak_heap=0 peak_dead=0 next_print=0 now el line
+    local inserted_at='' drained_at='' caught_up_at='' peak_total=0 peak_heap=0 peak_dead=0 next_print=0 now el line
     local last_upd=-1 last_progress; last_progress=$(date +%s)
     while :; do
         now=$(date +%s.%N)
