@@ -77,6 +77,13 @@ pub enum Command {
         #[arg(long = "type", value_name = "GLOB", requires = "failed")]
         event_type: Option<String>,
     },
+    /// Give up on FAILED events: they stay FAILED but no longer hold back the later events of
+    /// their entity (ordering = "entity").
+    Skip {
+        /// Event ids to skip.
+        #[arg(long = "id", value_name = "ID", num_args = 1.., required = true)]
+        ids: Vec<String>,
+    },
     /// Delete COMPLETED events older than a duration, in small batches.
     Purge {
         /// e.g. 7d, 12h.

@@ -36,6 +36,7 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9470";
 pub const DEFAULT_SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WEBHOOK_MAX_IN_FLIGHT: usize = 64;
+pub const DEFAULT_LONG_TRANSACTION_WARNING: Duration = Duration::from_secs(300);
 /// A database URL that works out of the box on a developer machine.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -63,7 +64,8 @@ pub enum Ordering {
     /// Events are delivered concurrently, in claim order.
     #[default]
     None,
-    /// Per (entity_type, entity_id) in commit order (not implemented yet: refused at load).
+    /// Per (entity_type, entity_id) in commit order: the next event of a key is not sent
+    /// until the previous one is accepted (or skipped).
     Entity,
 }
 
@@ -89,6 +91,8 @@ struct FileConfig {
     ordering: Option<Ordering>,
     #[serde(default, with = "humantime_serde")]
     shutdown_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    long_transaction_warning: Option<Duration>,
     #[serde(default)]
     http: FileHttp,
     #[serde(default)]
@@ -123,6 +127,7 @@ struct FileWebhook {
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
     max_in_flight: Option<usize>,
+    ordering: Option<Ordering>,
 }
 
 /// Overrides from the command line and the environment (clap already merged those two).
@@ -148,8 +153,12 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// `false` for poll-only mode (transaction-mode poolers cannot LISTEN).
     pub listen: bool,
+    /// The global `ordering`; a webhook may also ask for it alone ([`WebhookConfig::ordered`]).
     pub ordering: Ordering,
     pub shutdown_timeout: Duration,
+    /// Warn (and show in /metrics) when a transaction in the database has been open longer:
+    /// it holds back vacuum, so dead rows pile up and claims slow down.
+    pub long_transaction_warning: Duration,
     pub http: HttpConfig,
     pub sse: SseConfig,
     pub webhooks: Vec<WebhookConfig>,
@@ -179,6 +188,8 @@ pub struct WebhookConfig {
     pub keys: SigningKeys,
     pub timeout: Duration,
     pub max_in_flight: usize,
+    /// Entity-ordered delivery for this endpoint (its own `ordering`, or the global one).
+    pub ordered: bool,
 }
 
 impl Config {
@@ -233,6 +244,9 @@ impl Config {
             listen: f.listen.unwrap_or(true),
             ordering: f.ordering.unwrap_or_default(),
             shutdown_timeout: f.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+            long_transaction_warning: f
+                .long_transaction_warning
+                .unwrap_or(DEFAULT_LONG_TRANSACTION_WARNING),
             http: HttpConfig {
                 listen: f
                     .http
@@ -256,7 +270,7 @@ impl Config {
                 .webhook
                 .into_iter()
                 .enumerate()
-                .map(|(i, w)| webhook(i, w))
+                .map(|(i, w)| webhook(i, w, f.ordering.unwrap_or_default()))
                 .collect::<Result<_, _>>()?,
         };
         cfg.validate()?;
@@ -300,12 +314,7 @@ impl Config {
                  (e.g. token_secret = \"env:SSE_TOKEN_SECRET\")",
             ));
         }
-        if self.ordering == Ordering::Entity {
-            return Err(ConfigError::new(
-                "ordering",
-                "\"entity\" is not available in this version yet; use \"none\"",
-            ));
-        }
+        positive("long_transaction_warning", self.long_transaction_warning)?;
         let mut seen = std::collections::HashSet::new();
         for (i, w) in self.webhooks.iter().enumerate() {
             if !seen.insert(&w.name) {
@@ -319,6 +328,20 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// LIKE patterns on event_type selecting the events delivered in entity order: those an
+    /// ordered webhook wants. Empty when nothing is ordered.
+    pub fn ordered_types(&self) -> Vec<String> {
+        let mut patterns: Vec<String> = self
+            .webhooks
+            .iter()
+            .filter(|w| w.ordered)
+            .flat_map(|w| w.types.iter().map(|t| crate::db::queries::glob_to_like(t)))
+            .collect();
+        patterns.sort();
+        patterns.dedup();
+        patterns
     }
 
     /// `"public"."OutboxEvent"`, quoted and safe to splice into SQL.
@@ -371,7 +394,7 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-fn webhook(i: usize, w: FileWebhook) -> Result<WebhookConfig, ConfigError> {
+fn webhook(i: usize, w: FileWebhook, global: Ordering) -> Result<WebhookConfig, ConfigError> {
     let key = |k: &str| format!("webhook[{i}].{k}");
     if !valid_name(&w.name) {
         return Err(ConfigError::new(
@@ -393,9 +416,18 @@ fn webhook(i: usize, w: FileWebhook) -> Result<WebhookConfig, ConfigError> {
             "is empty: omit it to receive every type",
         ));
     }
+    let ordered = w.ordering.unwrap_or(global) == Ordering::Entity;
     for (j, t) in types.iter().enumerate() {
         globset::Glob::new(t)
             .map_err(|e| ConfigError::new(format!("webhook[{i}].types[{j}]"), e.to_string()))?;
+        // The claim query decides in SQL which events are ordered, so an ordered endpoint's
+        // globs must translate to LIKE: `*` and `?` only.
+        if ordered && t.contains(['[', ']', '{', '}', '\\']) {
+            return Err(ConfigError::new(
+                format!("webhook[{i}].types[{j}]"),
+                format!("{t:?}: an entity-ordered webhook's types may use only * and ? wildcards"),
+            ));
+        }
     }
     let secret = Secret::resolve(&w.secret).map_err(|m| ConfigError::new(key("secret"), m))?;
     let keys = SigningKeys::parse(&secret).map_err(|m| ConfigError::new(key("secret"), m))?;
@@ -420,6 +452,7 @@ fn webhook(i: usize, w: FileWebhook) -> Result<WebhookConfig, ConfigError> {
         keys,
         timeout,
         max_in_flight,
+        ordered,
     })
 }
 

@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => commands::retry(&cfg, &ids, event_type.as_deref())
             .await
             .map(drop),
+        Command::Skip { ids } => commands::skip(&cfg, &ids).await.map(drop),
         Command::Purge { older_than } => commands::purge(&cfg, older_than).await.map(drop),
         Command::Publish {
             event_type,

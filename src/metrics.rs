@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Mutex;
@@ -24,6 +25,7 @@ pub const DEAD_LETTERS: &str = "outbox_dead_letter_events";
 pub const SSE_SUBSCRIBERS: &str = "outbox_sse_subscribers";
 pub const RETENTION_DELETED: &str = "outbox_retention_deleted_total";
 pub const UP: &str = "outbox_database_up";
+pub const OLDEST_TRANSACTION: &str = "outbox_db_oldest_transaction_seconds";
 
 /// The queue gauges are at most this old.
 pub const QUEUE_REFRESH: Duration = Duration::from_secs(5);
@@ -82,6 +84,12 @@ fn describe() {
     describe_gauge!(SSE_SUBSCRIBERS, "Connected Server-Sent Events subscribers.");
     describe_counter!(RETENTION_DELETED, "COMPLETED rows deleted by retention.");
     describe_gauge!(UP, "1 while the last database round trip succeeded.");
+    describe_gauge!(
+        OLDEST_TRANSACTION,
+        Unit::Seconds,
+        "Age of the oldest open transaction holding a snapshot in this database (it holds \
+         back vacuum of the outbox table)."
+    );
 }
 
 /// Totals since start, for the once-a-minute summary line.
@@ -182,14 +190,13 @@ async fn read_queue(
     pool: &deadpool_postgres::Pool,
     table: &str,
 ) -> anyhow::Result<(i64, f64, i64)> {
-    let client = pool.get().await?;
     let sql = format!(
         "SELECT (SELECT count(*) FROM {table} WHERE status = 'PENDING'),
                 coalesce((SELECT extract(epoch FROM now() - min(created_at))::float8
                             FROM {table} WHERE status = 'PENDING'), 0),
                 (SELECT count(*) FROM {table} WHERE status = 'FAILED')"
     );
-    let stmt = client.prepare_cached(&sql).await?;
-    let row = client.query_one(&stmt, &[]).await?;
+    let rows = crate::db::query(pool, &sql, &[]).await?;
+    let row = rows.first().context("the queue query returned no row")?;
     Ok((row.get(0), row.get(1), row.get(2)))
 }

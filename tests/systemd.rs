@@ -7,18 +7,17 @@
 //! freeze it.
 
 mod common;
+use common::process::*;
 use common::*;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use outbox_relay::config::{Config, Overrides};
-use outbox_relay::pgtemp::TempCluster;
 use outbox_relay::secret::Secret;
 use tempfile::{NamedTempFile, TempDir};
 
@@ -152,115 +151,6 @@ fn relay_under_systemd(config: &NamedTempFile, notify: &NotifySocket) -> Proc {
     Proc::spawn("relay", cmd)
 }
 
-/// A child process with stderr captured; SIGKILLed and reaped on drop.
-struct Proc {
-    name: String,
-    child: std::process::Child,
-    stderr: NamedTempFile,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command) -> Self {
-        let stderr = NamedTempFile::new().unwrap();
-        cmd.stdout(Stdio::null()).stderr(stderr.reopen().unwrap());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self {
-            name: name.to_owned(),
-            child,
-            stderr,
-        }
-    }
-
-    fn signal(&self, sig: Signal) {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        kill(pid, sig).unwrap_or_else(|e| panic!("cannot send {sig} to {}: {e}", self.name));
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(self.stderr.path()).unwrap()).into_owned()
-    }
-
-    /// How many stderr lines contain `needle`.
-    fn log_count(&self, needle: &str) -> usize {
-        self.stderr().lines().filter(|l| l.contains(needle)).count()
-    }
-
-    async fn wait_log(&self, needle: &str, n: usize) {
-        wait_until(
-            &format!("{} to log {needle:?} {n} time(s)", self.name),
-            || {
-                let got = self.log_count(needle);
-                async move { got >= n }
-            },
-        )
-        .await;
-    }
-
-    async fn wait_exit(&mut self) -> ExitStatus {
-        let mut status = None;
-        wait_until(&format!("{} to exit", self.name), || {
-            status = self.child.try_wait().unwrap();
-            let done = status.is_some();
-            async move { done }
-        })
-        .await;
-        status.expect("exited")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            let err = self.stderr();
-            let tail: String = {
-                let chars: Vec<char> = err.chars().collect();
-                chars[chars.len().saturating_sub(6000)..].iter().collect()
-            };
-            eprintln!(
-                "--- stderr of {} (tail) ---\n{tail}\n--- end ---",
-                self.name
-            );
-        }
-    }
-}
-
-async fn new_cluster() -> Arc<TempCluster> {
-    Arc::new(
-        tokio::task::spawn_blocking(TempCluster::start)
-            .await
-            .unwrap()
-            .expect("starting a private PostgreSQL cluster"),
-    )
-}
-
-/// Stops (and deletes) a cluster off the async worker threads: pg_ctl blocks.
-async fn drop_cluster(cluster: Arc<TempCluster>) {
-    tokio::task::spawn_blocking(move || drop(cluster))
-        .await
-        .unwrap();
-}
-
-async fn migrate(url: &str) {
-    let overrides = Overrides {
-        database_url: Some(url.to_owned()),
-    };
-    let cfg = Config::from_toml("", &overrides).unwrap();
-    let mut c = outbox_relay::db::connect(&Secret::new(url.to_owned()))
-        .await
-        .unwrap();
-    outbox_relay::db::migrate::run(&mut c, &cfg).await.unwrap();
-}
-
 /// A config for the binary: this database, poll every second, HTTP on a free port.
 fn config_file(url: &str) -> NamedTempFile {
     let f = NamedTempFile::new().unwrap();
@@ -283,7 +173,7 @@ async fn ready_only_once_the_database_is_up_then_watchdog_then_stopping() {
 
     // The database is down: the relay retries, says what it waits for, keeps the start
     // deadline moving, and feeds the watchdog (waiting is no wedge); it is not READY.
-    relay.wait_log("relay not started yet", 3).await;
+    relay.wait_log_count("relay not started yet", 3).await;
     notify.wait_count("WATCHDOG=1", 2).await;
     assert!(
         notify.has_status("waiting for the database"),
@@ -299,7 +189,9 @@ async fn ready_only_once_the_database_is_up_then_watchdog_then_stopping() {
         notify.all()
     );
     let tries = relay.log_count("relay not started yet");
-    relay.wait_log("relay not started yet", tries + 1).await;
+    relay
+        .wait_log_count("relay not started yet", tries + 1)
+        .await;
     assert_eq!(notify.count("READY=1"), 0, "READY=1 with the database down");
     assert!(relay.is_running(), "{}", relay.stderr());
 
@@ -310,9 +202,9 @@ async fn ready_only_once_the_database_is_up_then_watchdog_then_stopping() {
             .unwrap()
             .expect("restarting the cluster on its port");
     }
-    migrate(&url).await;
+    migrate_url(&url, "").await;
     notify.wait_count("READY=1", 1).await;
-    relay.wait_log("listening for new events", 1).await;
+    relay.wait_log_count("listening for new events", 1).await;
     assert!(notify.has_status("relaying events"), "{:?}", notify.all());
 
     // Ready and idle: the claim loop beats, so the pings go on.
@@ -321,7 +213,7 @@ async fn ready_only_once_the_database_is_up_then_watchdog_then_stopping() {
 
     relay.signal(Signal::SIGTERM);
     notify.wait_count("STOPPING=1", 1).await;
-    let status = relay.wait_exit().await;
+    let status = relay.wait_exit(EXIT_PATIENCE).await;
     assert_eq!(status.code(), Some(0), "{status}");
     assert_eq!(notify.count("READY=1"), 1, "READY=1 is sent once");
     drop(relay);
@@ -382,7 +274,7 @@ impl Drop for Frozen {
 async fn a_wedged_claim_loop_starves_the_watchdog() {
     let cluster = new_cluster().await;
     let url = cluster.url("postgres");
-    migrate(&url).await;
+    migrate_url(&url, "").await;
     let notify = NotifySocket::bind();
     let file = config_file(&url);
     let mut relay = relay_under_systemd(&file, &notify);
@@ -393,7 +285,7 @@ async fn a_wedged_claim_loop_starves_the_watchdog() {
     // A hung database: the next claim (within poll_interval) never returns, so the claim
     // loop stops going round and the pings must stop.
     let frozen = Frozen::cluster(&url).await;
-    relay.wait_log("claim loop stalled", 1).await;
+    relay.wait_log_count("claim loop stalled", 1).await;
     // Datagrams arrive in order: once this STATUS is in, so is every ping sent before it.
     notify.wait_status("claim loop stalled").await;
     let starved = notify.count("WATCHDOG=1");
@@ -407,7 +299,9 @@ async fn a_wedged_claim_loop_starves_the_watchdog() {
 
     // The database answers again: the loop goes round and the pings come back.
     drop(frozen);
-    relay.wait_log("claim loop going round again", 1).await;
+    relay
+        .wait_log_count("claim loop going round again", 1)
+        .await;
     notify.wait_count("WATCHDOG=1", starved + 2).await;
     // The LISTEN heartbeat may have given up during the freeze: wait for it to come back.
     wait_until("STATUS=relaying events again", || {
@@ -418,7 +312,7 @@ async fn a_wedged_claim_loop_starves_the_watchdog() {
 
     relay.signal(Signal::SIGTERM);
     notify.wait_count("STOPPING=1", 1).await;
-    let status = relay.wait_exit().await;
+    let status = relay.wait_exit(EXIT_PATIENCE).await;
     assert_eq!(status.code(), Some(0), "{status} {:?}", status.signal());
     drop(relay);
     drop_cluster(cluster).await;

@@ -19,7 +19,7 @@ async fn open(cfg: &Config) -> anyhow::Result<(tokio_postgres::Client, Queries)>
     let client = db::connect(&cfg.database_url).await?;
     let table = cfg.qualified_table();
     let shape = shape::inspect(&client, &table).await?;
-    Ok((client, Queries::new(&table, &shape)))
+    Ok((client, Queries::new(&table, &shape, &cfg.ordered_types())))
 }
 
 /// Wakes every relay on this table (rows just became due without an INSERT).
@@ -57,7 +57,25 @@ pub struct StatusReport {
     pub counts: std::collections::BTreeMap<String, i64>,
     pub oldest_pending_age_seconds: Option<f64>,
     pub dead_letters: i64,
+    /// Entity keys held up by a FAILED event (ordered mode only; at most
+    /// [`BLOCKED_KEYS_SHOWN`]), oldest first.
+    pub blocked_keys: Vec<BlockedKey>,
 }
+
+/// An entity key whose next event waits for an operator (`retry` or `skip` its head).
+#[derive(Debug, Serialize)]
+pub struct BlockedKey {
+    pub entity_type: String,
+    pub entity_id: String,
+    /// The FAILED event holding it up.
+    pub event_id: String,
+    pub error_message: Option<String>,
+    /// Events of the key waiting behind it.
+    pub waiting: i64,
+}
+
+/// The most blocked keys `status` lists.
+pub const BLOCKED_KEYS_SHOWN: i64 = 100;
 
 /// Gathers the status report.
 pub async fn status_report(cfg: &Config) -> anyhow::Result<StatusReport> {
@@ -70,11 +88,28 @@ pub async fn status_report(cfg: &Config) -> anyhow::Result<StatusReport> {
         counts.insert(row.get(0), row.get(1));
     }
     let oldest: Option<f64> = client.query_one(&q.oldest_pending, &[]).await?.get(0);
+    let blocked_keys = if cfg.ordered_types().is_empty() {
+        Vec::new()
+    } else {
+        client
+            .query(&q.blocked_keys, &[&BLOCKED_KEYS_SHOWN])
+            .await?
+            .iter()
+            .map(|r| BlockedKey {
+                entity_type: r.get(0),
+                entity_id: r.get(1),
+                event_id: r.get(2),
+                error_message: r.get(3),
+                waiting: r.get(4),
+            })
+            .collect()
+    };
     Ok(StatusReport {
         table: cfg.qualified_table(),
         dead_letters: counts["FAILED"],
         counts,
         oldest_pending_age_seconds: oldest,
+        blocked_keys,
     })
 }
 
@@ -102,7 +137,41 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
         };
         println!("  {status:<12} {n:>10}{note}");
     }
+    if !r.blocked_keys.is_empty() {
+        println!(
+            "blocked entity keys (next event waits; `outbox-relay retry --id` or `skip --id` the head):"
+        );
+        for k in &r.blocked_keys {
+            println!(
+                "  {}/{}  head {}  {} waiting  {}",
+                k.entity_type,
+                k.entity_id,
+                k.event_id,
+                k.waiting,
+                k.error_message.as_deref().unwrap_or("")
+            );
+        }
+    }
     Ok(())
+}
+
+/// `skip --id ...`. Returns how many events were skipped.
+pub async fn skip(cfg: &Config, ids: &[String]) -> anyhow::Result<u64> {
+    let (client, q) = open(cfg).await?;
+    let rows = client
+        .query(&q.skip_ids, &[&ids])
+        .await
+        .context("skipping events (are the ids of the table's id type?)")?;
+    let done: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    for id in ids.iter().filter(|id| !done.contains(*id)) {
+        eprintln!("{id}: not skipped (no such event, or it is not FAILED, or already skipped)");
+    }
+    if !done.is_empty() {
+        // The events behind them are due now.
+        notify(&client, cfg).await?;
+    }
+    eprintln!("{} event(s) skipped", done.len());
+    Ok(done.len() as u64)
 }
 
 /// `retry --id ...` or `retry --failed [--type GLOB]`. Returns how many rows went back.

@@ -32,6 +32,10 @@ const STEPS: &[(&str, &str)] = &[
         "005_stream_columns.sql",
         include_str!("../../sql/005_stream_columns.sql"),
     ),
+    (
+        "006_entity_ordering.sql",
+        include_str!("../../sql/006_entity_ordering.sql"),
+    ),
 ];
 
 /// Session-level advisory lock key serialising concurrent `migrate` runs (several relays
@@ -73,6 +77,10 @@ pub fn render(cfg: &Config) -> Vec<(&'static str, String)> {
         (
             "{{completed_idx}}",
             quote_ident(&derived_name("", t, "_relay_completed_idx")),
+        ),
+        (
+            "{{ordering_idx}}",
+            quote_ident(&derived_name("", t, "_relay_ordering_idx")),
         ),
         (
             "{{failed_idx}}",

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 use crate::secret::Secret;
 
@@ -18,6 +19,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pooled connections per relay: claims, outcome writes, lease extension and housekeeping
 /// each need one at a time, never one per delivery.
 pub const POOL_SIZE: usize = 8;
+
+/// Session settings of every connection: timestamps read as UTC.
+const SESSION_OPTIONS: &str = "-c TimeZone=UTC";
 
 /// Parses the URL and sets what every relay connection needs: a recognisable
 /// application_name (visible in pg_stat_activity), UTC sessions (so a Prisma
@@ -31,13 +35,54 @@ pub fn pg_config(url: &Secret) -> anyhow::Result<tokio_postgres::Config> {
     if cfg.get_application_name().is_none() {
         cfg.application_name("outbox-relay");
     }
-    cfg.options("-c TimeZone=UTC");
+    cfg.options(SESSION_OPTIONS);
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(CONNECT_TIMEOUT);
     }
     cfg.keepalives(true);
     cfg.keepalives_idle(Duration::from_secs(30));
     Ok(cfg)
+}
+
+/// The server cancels any statement of a pooled relay connection that runs longer: the
+/// relay's statements take milliseconds, so one this slow is stuck (a lock, a sick server),
+/// and the loop that issued it must get control back to report and retry.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The client gives up waiting a little after the server would have cancelled: past this,
+/// the connection itself is dead or black-holed (a half-open TCP connection answers nothing
+/// and keepalives never fire while a middlebox still acknowledges).
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(35);
+
+/// Runs one statement (prepared once per connection) on a pooled connection, bounded by
+/// [`CLIENT_DEADLINE`]; past it, the connection is [`abandon`]ed.
+pub async fn query(
+    pool: &Pool,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> anyhow::Result<Vec<Row>> {
+    let client = pool.get().await.context("cannot connect to the database")?;
+    let result = tokio::time::timeout(CLIENT_DEADLINE, async {
+        let stmt = client.prepare_cached(sql).await?;
+        client.query(&stmt, params).await
+    })
+    .await;
+    match result {
+        Ok(rows) => Ok(rows?),
+        Err(_) => Err(abandon(pool, client)),
+    }
+}
+
+/// For a pooled connection that missed [`CLIENT_DEADLINE`]: takes it out of the pool, and
+/// drops the idle ones too (they went through the same network path and are likely dead as
+/// well; new ones cost a connect), so the next caller starts on a fresh connection instead
+/// of waiting out the deadline again. Returns the error to report.
+pub fn abandon(pool: &Pool, client: deadpool_postgres::Object) -> anyhow::Error {
+    drop(deadpool_postgres::Object::take(client));
+    pool.retain(|_, _| false);
+    anyhow::anyhow!(
+        "the database did not answer within {CLIENT_DEADLINE:?}; dropped the connection (a \
+         network partition or a half-open connection?)"
+    )
 }
 
 /// Connections SSE subscribers share for catching up from the database: a pool of their
@@ -56,6 +101,10 @@ pub fn pool_of(url: &Secret, size: usize, name: Option<&str>) -> anyhow::Result<
     if let Some(name) = name {
         cfg.application_name(name);
     }
+    cfg.options(format!(
+        "{SESSION_OPTIONS} -c statement_timeout={}",
+        STATEMENT_TIMEOUT.as_millis()
+    ));
     let mgr = Manager::from_config(
         cfg,
         NoTls,

@@ -4,7 +4,13 @@
 //! type, `text` or the app's enum). Status values are always literals cast to `{st}`, never
 //! parameters, because a text parameter does not implicitly convert to an enum.
 
+use crate::db::ident::quote_literal;
 use crate::db::shape::TableShape;
+
+/// The error_message of a row whose lease lapsed. Also how the claim recognises a row that
+/// lapses a second time in a row: a suspect (see [`CLAIM`]).
+pub const LAPSED_MESSAGE: &str = "lease expired: the relay delivering this event stopped \
+(crash, kill or hang) before recording an outcome";
 
 /// Claim a batch: PENDING rows that are due plus PROCESSING rows whose lease lapsed, oldest
 /// first. `FOR UPDATE SKIP LOCKED` lets any number of relays claim side by side without
@@ -12,17 +18,31 @@ use crate::db::shape::TableShape;
 /// not grow with the table. A lapsed lease counts as a failed attempt (the relay holding it
 /// died or hung mid-delivery), and one that exhausts `max_attempts` goes straight to FAILED,
 /// so a poison event that crashes every relay cannot loop forever.
-/// $1 limit, $2 lease seconds, $3 max_attempts, $4 claim token.
+///
+/// A row that lapses twice in a row is a suspect: perhaps it is what kills relays. Suspects
+/// are claimed at most $5 at a time (the relay asks for one only while it has none in
+/// flight), so a poison event takes down the relay with at most one suspect aboard, and the
+/// innocent rows that crashed alongside it are delivered apart from it instead of sharing
+/// its fate until they all end FAILED. The third column says which rows are suspects.
+/// $1 limit, $2 lease seconds, $3 max_attempts, $4 claim token, $5 suspects wanted (0 or 1).
 const CLAIM: &str = "
 WITH lapsed AS (
     SELECT id FROM {t}
      WHERE status = 'PROCESSING' AND lease_expires_at <= now()
+       AND error_message IS DISTINCT FROM {lapsed}
      ORDER BY lease_expires_at
      LIMIT $1
        FOR UPDATE SKIP LOCKED
-), due AS (
+), suspect AS (
     SELECT id FROM {t}
-     WHERE status = 'PENDING' AND next_attempt_at <= now()
+     WHERE status = 'PROCESSING' AND lease_expires_at <= now()
+       AND error_message = {lapsed}
+     ORDER BY lease_expires_at
+     LIMIT $5
+       FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM {t} AS c
+     WHERE status = 'PENDING' AND next_attempt_at <= now() {gate}
      ORDER BY next_attempt_at
      LIMIT $1
        FOR UPDATE SKIP LOCKED
@@ -31,17 +51,55 @@ UPDATE {t} AS e SET
     status = CASE WHEN e.status = 'PROCESSING' AND e.retry_count + 1 >= $3
                   THEN 'FAILED'::{st} ELSE 'PROCESSING'::{st} END,
     retry_count = e.retry_count + CASE WHEN e.status = 'PROCESSING' THEN 1 ELSE 0 END,
-    error_message = CASE WHEN e.status = 'PROCESSING'
-        THEN 'lease expired: the relay delivering this event stopped (crash, kill or hang) \
-before recording an outcome'
-        ELSE e.error_message END,
+    error_message = CASE WHEN e.status = 'PROCESSING' THEN {lapsed} ELSE e.error_message END,
     lease_expires_at = now() + make_interval(secs => $2),
     claim_token = $4
-  FROM (SELECT id FROM lapsed UNION ALL SELECT id FROM due) AS c
+  FROM (SELECT id, false AS suspect FROM lapsed
+        UNION ALL SELECT id, true FROM suspect
+        UNION ALL SELECT id, false FROM due) AS c
  WHERE e.id = c.id
 RETURNING e.id::text, e.status::text, e.event_type, e.org_id, e.entity_type, e.entity_id,
           e.payload::text, e.retry_count, (extract(epoch FROM e.created_at) * 1000000)::int8,
-          e.delivered_to, e.error_message";
+          e.delivered_to, e.error_message, c.suspect";
+
+/// Entity order: a due row waits while an earlier row of its (entity_type, entity_id) is
+/// unfinished (PENDING, in flight, or FAILED and not skipped), among rows that are ordered at
+/// all (`{ordered:x}`: the event types an ordered webhook wants). "Earlier" is stream_seq,
+/// taken at insert; rows from before the stream columns existed (NULL) come first. The
+/// probe walks the ordering index, which holds only unfinished rows. Spliced into [`CLAIM`]'s
+/// `due` branch when ordering is on; without it the claim has no gate at all.
+const GATE: &str = "
+       AND NOT (c.entity_type IS NOT NULL AND c.entity_id IS NOT NULL AND {ordered:c}
+                AND EXISTS (
+           SELECT 1 FROM {t} AS p
+            WHERE p.entity_type = c.entity_type AND p.entity_id = c.entity_id
+              AND p.status IN ('PENDING', 'PROCESSING', 'FAILED') AND p.skipped_at IS NULL
+              AND (p.stream_seq < c.stream_seq
+                   OR (p.stream_seq IS NULL AND c.stream_seq IS NOT NULL))
+              AND {ordered:p}))";
+
+/// `status`: entity keys held up by a FAILED event (ordered mode), with how many events wait
+/// behind it. The head is the key's earliest unskipped FAILED row.
+const BLOCKED_KEYS: &str = "
+SELECT f.entity_type, f.entity_id, f.id::text, f.error_message,
+       (SELECT count(*) FROM {t} AS w
+         WHERE w.entity_type = f.entity_type AND w.entity_id = f.entity_id
+           AND w.status IN ('PENDING', 'PROCESSING') AND w.skipped_at IS NULL
+           AND {ordered:w})::int8
+  FROM (SELECT DISTINCT ON (entity_type, entity_id) *
+          FROM {t} AS x
+         WHERE x.status = 'FAILED' AND x.skipped_at IS NULL
+           AND x.entity_type IS NOT NULL AND x.entity_id IS NOT NULL AND {ordered:x}
+         ORDER BY entity_type, entity_id, stream_seq NULLS FIRST) AS f
+ ORDER BY f.created_at
+ LIMIT $1";
+
+/// `skip --id`: a FAILED event is given up; it stays FAILED (it was never delivered) but no
+/// longer holds back its entity key.
+const SKIP_IDS: &str = "
+UPDATE {t} SET skipped_at = now()
+ WHERE id = ANY($1::text[]::{id}[]) AND status = 'FAILED' AND skipped_at IS NULL
+RETURNING id::text";
 
 /// Record a batch of outcomes in one statement. Fenced by the claim token: a relay whose
 /// lease lapsed (and whose rows another relay re-claimed) updates nothing. Delays are
@@ -68,7 +126,8 @@ RETURNING e.id::text";
 const EXTEND: &str = "
 UPDATE {t} AS e SET lease_expires_at = now() + make_interval(secs => $3)
   FROM unnest($1::text[], $2::uuid[]) AS u(id, token)
- WHERE e.id = u.id::{id} AND e.claim_token = u.token AND e.status = 'PROCESSING'";
+ WHERE e.id = u.id::{id} AND e.claim_token = u.token AND e.status = 'PROCESSING'
+RETURNING e.id::text";
 
 /// Seconds until something becomes claimable (a retry falls due or a lease lapses); NULL when
 /// nothing waits. Two index-only min() lookups on the partial indexes.
@@ -79,16 +138,19 @@ SELECT extract(epoch FROM least(
 
 /// Dead-letter rows whose status the relay does not know (NULL, a typo, an extra enum value):
 /// they would otherwise sit unnoticed forever. Uses the partial "unknown" index.
+/// `= ANY (ARRAY(...))`, not `IN (SELECT ...)`: the subquery runs once and the rows are then
+/// fetched by key; with `IN`, stale statistics once made the planner re-run the locking
+/// subquery per row, and the statement crawled for minutes.
 const FAIL_UNKNOWN: &str = "
 UPDATE {t} SET
     status = 'FAILED'::{st},
     error_message = 'unknown status ' || coalesce(quote_literal(status::text), 'NULL')
         || ': the relay only sends PENDING rows; fix the row or run outbox-relay retry --id',
     lease_expires_at = NULL, claim_token = NULL
- WHERE id IN (SELECT id FROM {t}
-               WHERE status IS NULL
-                  OR status NOT IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED')
-               LIMIT 1000 FOR UPDATE SKIP LOCKED)
+ WHERE id = ANY (ARRAY(SELECT id FROM {t}
+                      WHERE status IS NULL
+                         OR status NOT IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED')
+                      LIMIT 1000 FOR UPDATE SKIP LOCKED))
 RETURNING id::text";
 
 /// `status`: counts by status, and the oldest PENDING row's age in seconds.
@@ -101,24 +163,25 @@ SELECT extract(epoch FROM now() - min(created_at))::float8 FROM {t} WHERE status
 /// that already accepted are not sent the event again.
 const RETRY_IDS: &str = "
 UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, next_attempt_at = now(),
-       lease_expires_at = NULL, claim_token = NULL
+       lease_expires_at = NULL, claim_token = NULL, skipped_at = NULL
  WHERE id = ANY($1::text[]::{id}[]) AND status = 'FAILED'
 RETURNING id::text";
 
 /// `retry --failed [--type GLOB]`, in batches of $2 rows; $1 is a LIKE pattern.
 const RETRY_FAILED: &str = "
 UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, next_attempt_at = now(),
-       lease_expires_at = NULL, claim_token = NULL
- WHERE id IN (SELECT id FROM {t} WHERE status = 'FAILED' AND event_type LIKE $1
-               LIMIT $2 FOR UPDATE SKIP LOCKED)";
+       lease_expires_at = NULL, claim_token = NULL, skipped_at = NULL
+ WHERE id = ANY (ARRAY(SELECT id FROM {t} WHERE status = 'FAILED' AND event_type LIKE $1
+                      LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
 /// `purge`: delete COMPLETED rows processed before the cutoff ($1 seconds ago), $2 at a time,
-/// so no statement holds locks or bloats WAL for long.
+/// so no statement holds locks or bloats WAL for long. `= ANY (ARRAY(...))` as in
+/// [`FAIL_UNKNOWN`].
 const PURGE: &str = "
-DELETE FROM {t} WHERE id IN (
+DELETE FROM {t} WHERE id = ANY (ARRAY(
     SELECT id FROM {t}
      WHERE status = 'COMPLETED' AND processed_at < now() - make_interval(secs => $1)
-     LIMIT $2 FOR UPDATE SKIP LOCKED)";
+     LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
 /// `publish` when the database fills in the id. $1 type, $2 org, $3 entity type, $4 entity
 /// id, $5 payload as JSON text.
@@ -163,6 +226,8 @@ pub struct Queries {
     pub oldest_pending: String,
     pub retry_ids: String,
     pub retry_failed: String,
+    pub skip_ids: String,
+    pub blocked_keys: String,
     pub purge: String,
     pub publish: String,
     pub stream_read: String,
@@ -171,8 +236,27 @@ pub struct Queries {
 }
 
 impl Queries {
-    pub fn new(qualified_table: &str, shape: &TableShape) -> Self {
+    /// `ordered_types`: LIKE patterns of the event types delivered in entity order
+    /// ([`crate::config::Config::ordered_types`]); empty for none.
+    pub fn new(qualified_table: &str, shape: &TableShape, ordered_types: &[String]) -> Self {
+        let ordered = |alias: &str| {
+            if ordered_types.is_empty() {
+                "false".to_owned()
+            } else if ordered_types.iter().any(|p| p == "%") {
+                "true".to_owned()
+            } else {
+                let list: Vec<String> = ordered_types.iter().map(|p| quote_literal(p)).collect();
+                format!("{alias}.event_type LIKE ANY (ARRAY[{}])", list.join(", "))
+            }
+        };
+        let gate = if ordered_types.is_empty() { "" } else { GATE };
         let r = |sql: &str| {
+            let mut sql = sql
+                .replace("{gate}", gate)
+                .replace("{lapsed}", &quote_literal(LAPSED_MESSAGE));
+            for alias in ["c", "p", "w", "x"] {
+                sql = sql.replace(&format!("{{ordered:{alias}}}"), &ordered(alias));
+            }
             sql.replace("{t}", qualified_table)
                 .replace("{id}", shape.id_type)
                 .replace("{st}", &shape.status_type)
@@ -187,6 +271,8 @@ impl Queries {
             oldest_pending: r(OLDEST_PENDING),
             retry_ids: r(RETRY_IDS),
             retry_failed: r(RETRY_FAILED),
+            skip_ids: r(SKIP_IDS),
+            blocked_keys: r(BLOCKED_KEYS),
             purge: r(PURGE),
             publish: r(if shape.id_has_default {
                 PUBLISH
@@ -233,19 +319,30 @@ mod tests {
 
     #[test]
     fn templates_are_fully_rendered() {
-        let q = Queries::new(r#""public"."OutboxEvent""#, &TableShape::standard());
-        for sql in [
-            &q.claim,
-            &q.record,
-            &q.extend,
-            &q.next_due,
-            &q.fail_unknown,
-            &q.publish,
-            &q.stream_read,
+        for ordered in [
+            vec![],
+            vec!["%".to_owned()],
+            vec!["A.%".to_owned(), "B_".into()],
         ] {
-            for placeholder in ["{t}", "{id}", "{st}"] {
-                assert!(!sql.contains(placeholder), "{sql}");
+            let q = Queries::new(
+                r#""public"."OutboxEvent""#,
+                &TableShape::standard(),
+                &ordered,
+            );
+            for sql in [
+                &q.claim,
+                &q.record,
+                &q.extend,
+                &q.next_due,
+                &q.fail_unknown,
+                &q.publish,
+                &q.stream_read,
+                &q.blocked_keys,
+                &q.skip_ids,
+            ] {
+                assert!(!sql.contains('{'), "unrendered placeholder in {sql}");
             }
+            assert_eq!(q.claim.contains("EXISTS"), !ordered.is_empty());
         }
     }
 }

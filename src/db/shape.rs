@@ -17,6 +17,8 @@ pub const RELAY_COLUMNS: &[&str] = &[
     "lease_expires_at",
     "claim_token",
     "delivered_to",
+    "stream_seq",
+    "skipped_at",
     "event_type",
     "payload",
     "created_at",

@@ -8,6 +8,7 @@
 //! - the recorder ([`recorder::run`]) ends when the last delivery task drops its sender;
 //! - the lease keeper and the listener stop on `stop_background`, after the recorder.
 
+pub mod housekeeping;
 pub mod listener;
 pub mod recorder;
 
@@ -72,8 +73,10 @@ impl Health {
     }
 }
 
-/// Pause after a claim finds rows due but all locked by other relays, so the loop does not
-/// spin while they finish claiming.
+/// Pause after a claim finds rows due but claims none: they are locked by other relays, or
+/// (ordered mode) held back behind an earlier event of their key. Doubles each time in a row,
+/// up to the poll interval, so a key parked behind a dead letter does not keep the loop
+/// spinning; a wake-up (NOTIFY, a recorded outcome) claims at once whatever the pause.
 const CONTENDED_PAUSE: Duration = Duration::from_millis(20);
 
 /// A running relay's shared state.
@@ -93,6 +96,9 @@ pub struct Relay {
     health: Arc<Health>,
     /// The SSE fan-out, fed by a tail reader this relay runs (None: SSE disabled).
     hub: Option<Arc<Hub>>,
+    /// A suspect (a row that lapsed twice in a row, see the claim query) is being delivered;
+    /// no second one is claimed until it is done.
+    suspect_in_flight: Arc<AtomicBool>,
 }
 
 /// Runs the daemon until `shutdown` is cancelled, then drains: in-flight deliveries get
@@ -132,7 +138,7 @@ async fn wait_for_table(
             Ok(shape) => {
                 health.database.store(true, Ordering::Release);
                 tracing::info!(table = %table, id_type = shape.id_type, status_type = %shape.status_type, "outbox table found");
-                return Some(Queries::new(&table, &shape));
+                return Some(Queries::new(&table, &shape, &cfg.ordered_types()));
             }
             Err(e) => {
                 health.database.store(false, Ordering::Release);
@@ -172,6 +178,7 @@ impl Relay {
             capacity_freed: Arc::default(),
             health,
             hub,
+            suspect_in_flight: Arc::default(),
         })
     }
 
@@ -197,8 +204,11 @@ impl Relay {
             self.pool.clone(),
             self.queries.clone(),
             self.inflight.clone(),
-            self.wake.clone(),
-            self.capacity_freed.clone(),
+            recorder::Signals {
+                wake: self.wake.clone(),
+                capacity_freed: self.capacity_freed.clone(),
+                wake_on_completion: !self.cfg.ordered_types().is_empty(),
+            },
             rx,
             give_up.clone(),
         ));
@@ -232,6 +242,13 @@ impl Relay {
             ))
         });
         let summary = tokio::spawn(crate::metrics::summarize(stop_background.clone()));
+        let housekeeping = tokio::spawn(housekeeping::run(
+            self.pool.clone(),
+            self.queries.fail_unknown.clone(),
+            self.cfg.poll_interval,
+            self.cfg.long_transaction_warning,
+            stop_background.clone(),
+        ));
         let listener = self.cfg.listen.then(|| {
             tokio::spawn(listener::run(
                 self.cfg.database_url.clone(),
@@ -279,7 +296,7 @@ impl Relay {
         }
         stop_background.cancel();
         let _ = leases.await;
-        for task in [listener, tail, retention, Some(summary)]
+        for task in [listener, tail, retention, Some(summary), Some(housekeeping)]
             .into_iter()
             .flatten()
         {
@@ -301,8 +318,8 @@ impl Relay {
         // Claim in chunks worth a transaction: under a backlog, wait until half the window
         // is free rather than claim one row per freed slot.
         let worth_claiming = batch.min(self.capacity_total / 2).max(1);
-        let mut last_sweep: Option<Instant> = None;
         let mut failures: u32 = 0;
+        let mut contended: u32 = 0;
         loop {
             self.health.beat();
             if shutdown.is_cancelled() {
@@ -315,23 +332,27 @@ impl Relay {
                     _ = shutdown.cancelled() => return,
                 }
             }
-            if last_sweep.is_none_or(|t| t.elapsed() >= poll) {
-                self.sweep_unknown().await;
-                last_sweep = Some(Instant::now());
-            }
             let limit = self.capacity.available_permits().min(batch);
             let wait = match self.run_once(limit, tracker, tx, hard).await {
                 Ok(claimed) if claimed >= limit => {
-                    failures = 0;
+                    (failures, contended) = (0, 0);
                     continue; // more may be due right now
                 }
                 Ok(claimed) => {
                     failures = 0;
                     match self.next_due().await {
-                        Ok(Some(due)) if due <= Duration::ZERO && claimed == 0 => CONTENDED_PAUSE,
-                        Ok(Some(due)) => due.min(poll),
-                        Ok(None) => poll,
-                        Err(_) => poll,
+                        Ok(Some(due)) if due <= Duration::ZERO && claimed == 0 => {
+                            contended = (contended + 1).min(16);
+                            (CONTENDED_PAUSE * 2u32.pow(contended - 1)).min(poll)
+                        }
+                        Ok(Some(due)) => {
+                            contended = 0;
+                            due.min(poll)
+                        }
+                        Ok(None) | Err(_) => {
+                            contended = 0;
+                            poll
+                        }
                     }
                 }
                 Err(e) => {
@@ -368,26 +389,27 @@ impl Relay {
         hard: &CancellationToken,
     ) -> anyhow::Result<usize> {
         let token = Uuid::new_v4();
-        let rows = {
-            let client = self
-                .pool
-                .get()
-                .await
-                .context("cannot connect to the database")?;
-            let stmt = client.prepare_cached(&self.queries.claim).await?;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+        let suspects_wanted: i64 = if self.suspect_in_flight.load(Ordering::Acquire) {
+            0
+        } else {
+            1
+        };
+        let rows = crate::db::query(
+            &self.pool,
+            &self.queries.claim,
+            &[
                 &(limit as i64),
                 &self.cfg.lease.as_secs_f64(),
                 &(self.cfg.max_attempts as i32),
                 &token,
-            ];
-            client
-                .query(&stmt, &params)
-                .await
-                .context("claiming events")?
-        };
+                &suspects_wanted,
+            ],
+        )
+        .await
+        .context("claiming events")?;
         self.health.database.store(true, Ordering::Release);
         let mut events = Vec::with_capacity(rows.len());
+        let mut suspect = None;
         for row in &rows {
             let status: String = row.get(1);
             let id: String = row.get(0);
@@ -399,6 +421,11 @@ impl Relay {
             match ClaimedEvent::try_from(row) {
                 Ok(mut ev) => {
                     ev.claim_token = token;
+                    if row.get::<_, bool>(11) {
+                        tracing::warn!(event_id = %id, attempt = ev.attempt(), "delivering a suspect on its own: its lease lapsed twice in a row (does it crash or hang the relay?)");
+                        self.suspect_in_flight.store(true, Ordering::Release);
+                        suspect = Some(id.clone());
+                    }
                     events.push(ev);
                 }
                 Err(e) => {
@@ -423,8 +450,13 @@ impl Relay {
             let dispatcher = self.dispatcher.clone();
             let tx = tx.clone();
             let hard = hard.clone();
+            let suspect_done =
+                (suspect.as_ref() == Some(&ev.id)).then(|| self.suspect_in_flight.clone());
             tracker.spawn(async move {
                 let outcome = dispatcher.deliver(&ev, &hard).await;
+                if let Some(flag) = suspect_done {
+                    flag.store(false, Ordering::Release);
+                }
                 log_outcome(&ev, &outcome);
                 let rec = Recorded {
                     id: ev.id,
@@ -441,28 +473,9 @@ impl Relay {
 
     /// How long until a retry falls due or a lease lapses (None: nothing waits).
     async fn next_due(&self) -> anyhow::Result<Option<Duration>> {
-        let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(&self.queries.next_due).await?;
-        let secs: Option<f64> = client.query_one(&stmt, &[]).await?.get(0);
+        let rows = crate::db::query(&self.pool, &self.queries.next_due, &[]).await?;
+        let secs: Option<f64> = rows.first().and_then(|r| r.get(0));
         Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
-    }
-
-    /// Dead-letters rows whose status the relay does not know; runs once per poll interval.
-    async fn sweep_unknown(&self) {
-        let result = async {
-            let client = self.pool.get().await?;
-            let stmt = client.prepare_cached(&self.queries.fail_unknown).await?;
-            anyhow::Ok(client.query(&stmt, &[]).await?)
-        };
-        match result.await {
-            Ok(rows) => {
-                for r in rows {
-                    let id: String = r.get(0);
-                    tracing::warn!(event_id = %id, "row had an unknown status; marked FAILED");
-                }
-            }
-            Err(e) => tracing::debug!(error = format!("{e:#}"), "unknown-status sweep skipped"),
-        }
     }
 }
 

@@ -65,6 +65,16 @@ impl InFlight {
     }
 }
 
+/// Whom the recorder tells once outcomes are durable.
+pub struct Signals {
+    /// The claim loop, when a retry was scheduled (or, with `wake_on_completion`, always).
+    pub wake: Arc<Notify>,
+    /// The claim loop waiting for room in the in-flight window.
+    pub capacity_freed: Arc<Notify>,
+    /// Entity order: a finished event may release the next one of its key.
+    pub wake_on_completion: bool,
+}
+
 /// The recorder task. Ends when every sender is gone and the queue is written. `give_up`
 /// (the end of the shutdown grace) stops retrying a write the database keeps refusing;
 /// those rows fall back to their leases, so they are redelivered, never lost.
@@ -72,8 +82,7 @@ pub async fn run(
     pool: Pool,
     queries: Arc<Queries>,
     inflight: Arc<InFlight>,
-    wake: Arc<Notify>,
-    capacity_freed: Arc<Notify>,
+    signals: Signals,
     mut rx: mpsc::Receiver<Recorded>,
     give_up: CancellationToken,
 ) {
@@ -114,10 +123,10 @@ pub async fn run(
             .iter()
             .any(|r| !matches!(r.outcome, Outcome::Completed { .. }));
         batch.clear(); // drops the permits
-        capacity_freed.notify_one();
-        if rescheduled {
+        signals.capacity_freed.notify_one();
+        if rescheduled || signals.wake_on_completion {
             // A retry now waits in the table: let the claimer recompute when to wake.
-            wake.notify_one();
+            signals.wake.notify_one();
         }
     }
 }
@@ -157,16 +166,14 @@ async fn write(pool: &Pool, q: &Queries, batch: &[Recorded]) -> anyhow::Result<u
         delays.push(d);
         delivered.push(to.join(","));
     }
-    let client = pool.get().await?;
-    let stmt = client.prepare_cached(&q.record).await?;
-    let rows = client
-        .query(
-            &stmt,
-            &[
-                &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered,
-            ],
-        )
-        .await?;
+    let rows = crate::db::query(
+        pool,
+        &q.record,
+        &[
+            &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered,
+        ],
+    )
+    .await?;
     Ok(rows.len())
 }
 
@@ -191,17 +198,9 @@ pub async fn keep_leases(
         if ids.is_empty() {
             continue;
         }
-        let result = async {
-            let client = pool.get().await?;
-            let stmt = client.prepare_cached(&queries.extend).await?;
-            anyhow::Ok(
-                client
-                    .execute(&stmt, &[&ids, &tokens, &lease.as_secs_f64()])
-                    .await?,
-            )
-        };
-        match result.await {
-            Ok(n) => tracing::debug!(extended = n, "leases extended"),
+        let secs = lease.as_secs_f64();
+        match crate::db::query(&pool, &queries.extend, &[&ids, &tokens, &secs]).await {
+            Ok(rows) => tracing::debug!(extended = rows.len(), "leases extended"),
             Err(e) => tracing::warn!(error = %e, "cannot extend leases"),
         }
     }

@@ -60,11 +60,17 @@ async fn step(
     hub: &Hub,
 ) -> anyhow::Result<bool> {
     let client = pool.get().await?;
-    let current = match cursor {
-        Some(c) => c.clone(),
-        None => read::now(&client).await?,
+    let read = async {
+        let current = match cursor {
+            Some(c) => c.clone(),
+            None => read::now(&client).await?,
+        };
+        read::next_page(&client, sql, &current, None, PAGE).await
     };
-    let page = read::next_page(&client, sql, &current, None, PAGE).await?;
+    let page = match tokio::time::timeout(crate::db::CLIENT_DEADLINE, read).await {
+        Ok(page) => page?,
+        Err(_) => return Err(crate::db::abandon(pool, client)),
+    };
     hub.publish(&page.events);
     *cursor = Some(page.cursor);
     Ok(page.more)

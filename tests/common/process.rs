@@ -1,0 +1,241 @@
+//! The relay binary as a child process, and private PostgreSQL clusters a test may stop and
+//! start: for crash, signal and outage tests.
+
+use std::collections::HashSet;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use outbox_relay::config::{Config, Overrides};
+use outbox_relay::pgtemp::TempCluster;
+use outbox_relay::secret::Secret;
+use tempfile::NamedTempFile;
+
+use super::{relay_bin, wait_until, PATIENCE, SECRET};
+
+/// Variables the child must not inherit from the test run: a DATABASE_URL exported for the
+/// harness would beat every config file these tests write.
+pub const SCRUBBED_ENV: &[&str] = &[
+    "DATABASE_URL",
+    "OUTBOX_RELAY_CONFIG",
+    "OUTBOX_RELAY_LOG_FORMAT",
+    "RUST_LOG",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+/// How long a process told to stop may take to exit: a hang guard, not a speed assertion.
+pub const EXIT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A command running the relay binary with a clean environment and verbose relay logs.
+pub fn relay_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(relay_bin());
+    cmd.args(args).stdin(Stdio::null());
+    for v in SCRUBBED_ENV {
+        cmd.env_remove(v);
+    }
+    cmd.env("RUST_LOG", "info,outbox_relay=debug");
+    cmd
+}
+
+pub fn path_str(f: &NamedTempFile) -> &str {
+    f.path().to_str().expect("temp paths are UTF-8")
+}
+
+/// A config file with exactly `text` (no database_url added).
+pub fn write_config(text: &str) -> NamedTempFile {
+    let f = NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+/// A child process with stdout and stderr captured to files. Dropping it SIGKILLs and reaps
+/// the process if it is still running, so no test leaves a relay behind, even on panic.
+pub struct Proc {
+    name: String,
+    child: std::process::Child,
+    stdout: NamedTempFile,
+    stderr: NamedTempFile,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Self {
+        let stdout = NamedTempFile::new().unwrap();
+        let stderr = NamedTempFile::new().unwrap();
+        cmd.stdout(stdout.reopen().unwrap())
+            .stderr(stderr.reopen().unwrap());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).unwrap_or_else(|e| panic!("cannot send {sig} to {}: {e}", self.name));
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.stdout.path()).unwrap()).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.stderr.path()).unwrap()).into_owned()
+    }
+
+    /// Waits for the process to exit (polling), at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} did not exit within {limit:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// How many stderr lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.stderr().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `n` stderr lines contain `needle`.
+    pub async fn wait_log_count(&self, needle: &str, n: usize) {
+        wait_until(
+            &format!("{} to log {needle:?} {n} time(s)", self.name),
+            || {
+                let got = self.log_count(needle);
+                async move { got >= n }
+            },
+        )
+        .await;
+    }
+
+    /// Waits until stderr contains any of `needles`.
+    pub async fn wait_log(&self, needles: &[&str]) {
+        wait_until(&format!("{} to log one of {needles:?}", self.name), || {
+            let err = self.stderr();
+            let found = needles.iter().any(|n| err.contains(n));
+            async move { found }
+        })
+        .await;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill(); // SIGKILL
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let err = self.stderr();
+            let tail: String = {
+                let chars: Vec<char> = err.chars().collect();
+                chars[chars.len().saturating_sub(6000)..].iter().collect()
+            };
+            eprintln!(
+                "--- stderr of {} (tail) ---\n{tail}\n--- end ---",
+                self.name
+            );
+        }
+    }
+}
+
+/// Runs a one-shot command to its end (bounded); returns (status, stdout, stderr).
+pub async fn run_to_end(name: &str, cmd: Command) -> (ExitStatus, String, String) {
+    let mut p = Proc::spawn(name, cmd);
+    let status = p.wait_exit(PATIENCE).await;
+    (status, p.stdout(), p.stderr())
+}
+
+/// The secret as configured and its base64 key part: neither may appear in any output.
+pub fn assert_no_secret(who: &str, text: &str) {
+    let key = SECRET.trim_start_matches("whsec_");
+    assert!(
+        !text.contains(SECRET) && !text.contains(key),
+        "{who} wrote the webhook secret to its output"
+    );
+}
+
+pub async fn ids_with_status(client: &tokio_postgres::Client, status: &str) -> HashSet<String> {
+    client
+        .query(
+            "SELECT id::text FROM \"OutboxEvent\" WHERE status::text = $1",
+            &[&status],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    outbox_relay::db::connect(&Secret::new(url.to_owned()))
+        .await
+        .unwrap()
+}
+
+/// Stops a cluster off the async worker threads (pg_ctl blocks).
+pub async fn stop_cluster(cluster: &Arc<TempCluster>) {
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop()).await.unwrap();
+}
+
+pub async fn start_cluster_again(cluster: &Arc<TempCluster>) {
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.start_again())
+        .await
+        .unwrap()
+        .expect("restarting the cluster on its port");
+}
+
+pub async fn new_cluster() -> Arc<TempCluster> {
+    Arc::new(
+        tokio::task::spawn_blocking(TempCluster::start)
+            .await
+            .unwrap()
+            .expect("starting a private PostgreSQL cluster"),
+    )
+}
+
+/// Drops (stops and deletes) a cluster off the async worker threads.
+pub async fn drop_cluster(cluster: Arc<TempCluster>) {
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}
+
+pub async fn migrate_url(url: &str, extra: &str) {
+    let cfg = Config::from_toml(
+        extra,
+        &Overrides {
+            database_url: Some(url.to_owned()),
+        },
+    )
+    .unwrap();
+    let mut c = connect(url).await;
+    outbox_relay::db::migrate::run(&mut c, &cfg).await.unwrap();
+}
