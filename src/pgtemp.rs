@@ -121,11 +121,22 @@ impl TempCluster {
         cmd
     }
 
-    /// Stops the server (fast, no checkpoint needed for a disposable cluster).
+    /// Stops the server at once, as a crash would (no checkpoint: it is disposable).
+    /// Transactions committed in the last moments may be lost (synchronous_commit is off).
     pub fn stop(&self) {
+        self.pg_ctl_stop("immediate");
+    }
+
+    /// Stops the server as `pg_ctlcluster stop` does: clients are disconnected, every
+    /// committed transaction is kept.
+    pub fn stop_fast(&self) {
+        self.pg_ctl_stop("fast");
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) {
         let _ = self
             .pg("pg_ctl")
-            .args(["-D", &self.data_dir(), "-m", "immediate", "-w", "stop"])
+            .args(["-D", &self.data_dir(), "-m", mode, "-w", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

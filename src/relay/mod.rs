@@ -450,12 +450,14 @@ impl Relay {
             let dispatcher = self.dispatcher.clone();
             let tx = tx.clone();
             let hard = hard.clone();
-            let suspect_done =
-                (suspect.as_ref() == Some(&ev.id)).then(|| self.suspect_in_flight.clone());
+            let suspect_done = (suspect.as_ref() == Some(&ev.id))
+                .then(|| (self.suspect_in_flight.clone(), self.wake.clone()));
             tracker.spawn(async move {
                 let outcome = dispatcher.deliver(&ev, &hard).await;
-                if let Some(flag) = suspect_done {
+                if let Some((flag, wake)) = suspect_done {
+                    // The next suspect may go now.
                     flag.store(false, Ordering::Release);
+                    wake.notify_one();
                 }
                 log_outcome(&ev, &outcome);
                 let rec = Recorded {

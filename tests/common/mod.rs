@@ -2,7 +2,10 @@
 //! fresh database per test, real HTTP receivers, and the relay in-process or as a process.
 #![allow(dead_code)]
 
+pub mod fault;
+pub mod load;
 pub mod process;
+pub mod proxy;
 pub mod receiver;
 pub mod sse;
 

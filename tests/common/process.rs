@@ -78,6 +78,10 @@ impl Proc {
         }
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
@@ -196,6 +200,15 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     outbox_relay::db::connect(&Secret::new(url.to_owned()))
         .await
         .unwrap()
+}
+
+/// Stops a cluster the way `pg_ctlcluster restart` does (fast: committed work is kept), off
+/// the async worker threads (pg_ctl blocks).
+pub async fn stop_cluster_fast(cluster: &Arc<TempCluster>) {
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop_fast())
+        .await
+        .unwrap();
 }
 
 /// Stops a cluster off the async worker threads (pg_ctl blocks).

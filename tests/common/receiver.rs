@@ -1,18 +1,19 @@
 //! A real HTTP webhook receiver on 127.0.0.1:0 that records every request, verifies its
 //! signature with the `standardwebhooks` crate (the reference implementation, not our own
-//! signing code), and answers as the test's script says.
+//! signing code), and answers as the test's script says: any status, late, or not at all
+//! (the connection is closed without an answer). It can also go down (its port refuses
+//! connections) and come back on the same port.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
+use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// One request as received.
 #[derive(Debug, Clone)]
@@ -24,13 +25,14 @@ pub struct Delivery {
     pub headers: HeaderMap,
     /// The signature verified with the reference library.
     pub verified: bool,
-    /// The status this receiver answered.
+    /// The status this receiver answered (0: it closed the connection instead).
     pub answered: u16,
 }
 
 /// What to answer.
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// 0: close the connection without answering (the sender sees a reset).
     pub status: u16,
     pub delay: Duration,
     pub retry_after: Option<String>,
@@ -51,6 +53,14 @@ impl Reply {
         self.delay = d;
         self
     }
+    /// Closes the connection without an answer.
+    pub fn reset() -> Self {
+        Self::status(0)
+    }
+    pub fn retry_after(mut self, value: &str) -> Self {
+        self.retry_after = Some(value.to_owned());
+        self
+    }
 }
 
 /// `script(id, nth)`: the reply to the nth (1-based) request for event `id`.
@@ -68,6 +78,9 @@ struct Inner {
 pub struct Receiver {
     inner: Arc<Inner>,
     pub url: String,
+    addr: std::net::SocketAddr,
+    /// Cancels the accept loop and every open connection (see [`Receiver::stop`]).
+    serving: Arc<Mutex<CancellationToken>>,
 }
 
 impl Receiver {
@@ -85,14 +98,30 @@ impl Receiver {
             arrived: Notify::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let app = Router::new()
-            .route("/hook", post(handle))
-            // Tests send 5 MB payloads; axum refuses bodies over 2 MB by default.
-            .layer(axum::extract::DefaultBodyLimit::disable())
-            .with_state(inner.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { inner, url }
+        let addr = listener.local_addr().unwrap();
+        let serving = CancellationToken::new();
+        tokio::spawn(serve(listener, inner.clone(), serving.clone()));
+        Self {
+            inner,
+            url: format!("http://{addr}/hook"),
+            addr,
+            serving: Arc::new(Mutex::new(serving)),
+        }
+    }
+
+    /// Goes down: the port refuses connections and open ones are closed.
+    pub fn stop(&self) {
+        self.serving.lock().unwrap().cancel();
+    }
+
+    /// Comes back on the same port.
+    pub async fn resume(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebinding the receiver's port");
+        let serving = CancellationToken::new();
+        tokio::spawn(serve(listener, self.inner.clone(), serving.clone()));
+        *self.serving.lock().unwrap() = serving;
     }
 
     /// Changes how it answers from now on.
@@ -147,7 +176,45 @@ impl Receiver {
     }
 }
 
-async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Accepts until `stop`, serving each connection with HTTP/1.1 until `stop` too.
+async fn serve(listener: tokio::net::TcpListener, inner: Arc<Inner>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let inner = inner.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let inner = inner.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = axum::body::to_bytes(Body::new(body), usize::MAX)
+                        .await
+                        .unwrap_or_default();
+                    handle(inner, parts.headers, body).await
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Answers one request; an Err makes hyper close the connection without an answer.
+async fn handle(
+    inner: Arc<Inner>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, std::io::Error> {
     let verified = inner.verifier.verify(&body, &headers).is_ok();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let id = headers
@@ -176,10 +243,13 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         answered: reply.status,
     });
     inner.arrived.notify_waiters();
+    if reply.status == 0 {
+        return Err(std::io::Error::other("scripted reset"));
+    }
     let mut resp = StatusCode::from_u16(reply.status).unwrap().into_response();
     if let Some(ra) = reply.retry_after {
         resp.headers_mut()
             .insert("retry-after", ra.parse().unwrap());
     }
-    resp
+    Ok(resp)
 }
