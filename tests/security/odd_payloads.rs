@@ -4,7 +4,7 @@
 
 use crate::common::sse::{connect, sse_toml, token};
 use crate::common::*;
-use crate::fuzz::{nested, Received};
+use crate::envelope_fuzz::{nested, Received};
 
 /// The event id and the `data` of an envelope, `data` exactly as sent (read without
 /// serde_json's recursion limit, which a `Value` would hit).
