@@ -4,6 +4,11 @@
 //! that slips into a log line or an error message leaks nothing.
 
 use std::fmt;
+use std::io::Read;
+
+/// Largest secret file read. Far above any key or URL; a path such as `/dev/zero`, or a big
+/// file named by mistake, is refused at once instead of being read until memory runs out.
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 /// A resolved secret. Read it with [`Secret::expose`] only where it is used.
 #[derive(Clone, PartialEq, Eq)]
@@ -25,8 +30,7 @@ impl Secret {
                 Err(_) => Err(format!("environment variable {name} is not set")),
             }
         } else if let Some(path) = reference.strip_prefix("file:") {
-            let v = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read secret file {path}: {e}"))?;
+            let v = read_secret_file(path)?;
             let v = v.trim_end_matches(['\n', '\r']).to_owned();
             if v.is_empty() {
                 return Err(format!("secret file {path} is empty"));
@@ -55,6 +59,24 @@ impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
     }
+}
+
+/// Reads at most [`MAX_SECRET_FILE_BYTES`]; errors name the file, never its content.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    let cannot = |e: std::io::Error| format!("cannot read secret file {path}: {e}");
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(format!(
+            "secret file {path} is larger than {} KiB: not a secret",
+            MAX_SECRET_FILE_BYTES / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("secret file {path} is not UTF-8 text"))
 }
 
 /// A database URL with its password replaced, for logs and `status` output.
@@ -100,6 +122,22 @@ mod tests {
         std::fs::write(f.path(), "from-file\n").unwrap();
         let r = format!("file:{}", f.path().display());
         assert_eq!(Secret::resolve(&r).unwrap().expose(), "from-file");
+    }
+
+    #[test]
+    fn endless_huge_or_binary_files_are_refused() {
+        let err = Secret::resolve("file:/dev/zero").unwrap_err();
+        assert!(
+            err.contains("/dev/zero") && err.contains("larger than"),
+            "{err}"
+        );
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), [0xff, 0xfe, b'k']).unwrap();
+        let err = Secret::resolve(&format!("file:{}", f.path().display())).unwrap_err();
+        assert!(err.contains("not UTF-8"), "{err}");
+        std::fs::write(f.path(), "k".repeat(MAX_SECRET_FILE_BYTES as usize)).unwrap();
+        let r = format!("file:{}", f.path().display());
+        assert_eq!(Secret::resolve(&r).unwrap().expose().len(), 64 * 1024);
     }
 
     #[test]

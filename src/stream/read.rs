@@ -148,7 +148,11 @@ fn stream_event(ev: &ClaimedEvent, xid: u64, seq: i64, cursor: Cursor) -> Option
     })
 }
 
-/// One SSE message. `data` is compact JSON: it has no line breaks.
+/// One SSE message. `data` is JSON, but not always on one line: a payload column of type
+/// `json` or `text` keeps the line breaks the app wrote (jsonb does not). In JSON they can
+/// only be whitespace between tokens, so each line goes on a `data:` line of its own; a
+/// client joins them with "\n" and reads the same JSON. (One `data:` line holding a line
+/// break would end the field there and lose the rest.)
 fn frame(cursor: &Cursor, event_type: &str, data: &[u8]) -> Bytes {
     let id = cursor.encode();
     let mut out = Vec::with_capacity(id.len() + event_type.len() + data.len() + 24);
@@ -156,8 +160,18 @@ fn frame(cursor: &Cursor, event_type: &str, data: &[u8]) -> Bytes {
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(b"\nevent: ");
     out.extend_from_slice(event_type.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data);
+    let mut rest = data;
+    loop {
+        out.extend_from_slice(b"\ndata: ");
+        let Some(at) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            out.extend_from_slice(rest);
+            break;
+        };
+        out.extend_from_slice(&rest[..at]);
+        // CR, LF and CRLF each end a line in SSE.
+        let crlf = rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n');
+        rest = &rest[at + if crlf { 2 } else { 1 }..];
+    }
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
 }
@@ -173,6 +187,17 @@ mod tests {
         let text = std::str::from_utf8(&f).unwrap();
         assert!(text.starts_with(&format!("id: {}\nevent: PROJECT.UPDATED\n", c.encode())));
         assert!(text.ends_with("\ndata: {\"a\":1}\n\n"));
+    }
+
+    #[test]
+    fn line_breaks_in_data_become_data_lines() {
+        let c = Cursor::at_snapshot(Snapshot::empty(), 1);
+        let f = frame(&c, "T", b"{\"a\":\n1,\r\n\"b\":\r2}");
+        let text = std::str::from_utf8(&f).unwrap();
+        assert!(
+            text.ends_with("\nevent: T\ndata: {\"a\":\ndata: 1,\ndata: \"b\":\ndata: 2}\n\n"),
+            "{text:?}"
+        );
     }
 
     #[test]

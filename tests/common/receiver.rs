@@ -21,7 +21,10 @@ pub struct Delivery {
     pub id: String,
     pub attempt: u64,
     pub event_type: String,
+    /// The body parsed; `Null` when it is not JSON serde_json can read (e.g. nested deeper
+    /// than its recursion limit): `raw` has it as sent.
     pub body: serde_json::Value,
+    pub raw: Bytes,
     pub headers: HeaderMap,
     /// The signature verified with the reference library.
     pub verified: bool,
@@ -238,6 +241,7 @@ async fn handle(
         event_type: json["type"].as_str().unwrap_or("").to_owned(),
         id,
         body: json,
+        raw: body,
         headers,
         verified,
         answered: reply.status,

@@ -1,0 +1,28 @@
+//! Security and bad input (issue 5), against real PostgreSQL and real HTTP:
+//! - [`identifiers`]: schema and table names that try to smuggle SQL are refused by every
+//!   command before anything reaches the database;
+//! - [`sse_tokens`]: forged, foreign, expired, malformed and oversized SSE tokens are refused,
+//!   and under load no subscriber sees another org's events;
+//! - [`config_fuzz`] and [`envelope_fuzz`]: property tests over the config parser and the
+//!   envelope and signature builder;
+//! - [`odd_payloads`]: payloads PostgreSQL stores (10 000 levels deep, 5 MB, line breaks in
+//!   a text column, text that is not JSON) through the relay to webhooks and streams.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod config_fuzz;
+mod envelope_fuzz;
+mod identifiers;
+mod odd_payloads;
+mod sse_tokens;
+
+/// Proptest settings: `n` cases (modest, so the suite stays quick on a small machine).
+fn cases(n: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: n,
+        // Shrunk failures are printed; nothing is written into the source tree.
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
