@@ -37,6 +37,8 @@ pub const DEFAULT_SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WEBHOOK_MAX_IN_FLIGHT: usize = 64;
 pub const DEFAULT_LONG_TRANSACTION_WARNING: Duration = Duration::from_secs(300);
+/// The longest duration any key accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// A database URL that works out of the box on a developer machine.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -289,6 +291,34 @@ impl Config {
         positive("lease", self.lease)?;
         positive("backoff_initial", self.backoff_initial)?;
         positive("sse.heartbeat", self.sse.heartbeat)?;
+        // Beyond this, clock arithmetic overflows (a timer's deadline, a PostgreSQL interval)
+        // and no deployment means it.
+        let durations = [
+            ("poll_interval", Some(self.poll_interval)),
+            ("lease", Some(self.lease)),
+            ("backoff_initial", Some(self.backoff_initial)),
+            ("backoff_max", Some(self.backoff_max)),
+            ("retention", self.retention),
+            ("shutdown_timeout", Some(self.shutdown_timeout)),
+            (
+                "long_transaction_warning",
+                Some(self.long_transaction_warning),
+            ),
+            ("sse.heartbeat", Some(self.sse.heartbeat)),
+        ];
+        for (key, d) in durations {
+            if d.is_some_and(|d| d > MAX_DURATION) {
+                return Err(ConfigError::new(key, "must be at most 100 years"));
+            }
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if w.timeout > MAX_DURATION {
+                return Err(ConfigError::new(
+                    format!("webhook[{i}].timeout"),
+                    "must be at most 100 years",
+                ));
+            }
+        }
         if self.lease < Duration::from_secs(1) {
             return Err(ConfigError::new("lease", "must be at least 1s"));
         }
@@ -464,6 +494,18 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, &Overrides::default())
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_by_name() {
+        for (toml, key) in [
+            ("lease = \"584942417355y\"", "lease"),
+            ("poll_interval = \"101y\"", "poll_interval"),
+            ("retention = \"1000y\"", "retention"),
+        ] {
+            assert_eq!(load(toml).unwrap_err().key, key, "{toml}");
+        }
+        assert!(load("retention = \"99y\"").is_ok());
     }
 
     #[test]

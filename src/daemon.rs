@@ -55,6 +55,7 @@ impl Daemon {
             }),
         };
         crate::metrics::handle(); // install the recorder before anything counts
+        crate::metrics::register_zeroes(cfg.webhooks.iter().map(|w| w.name.as_str()));
         let app = Arc::new(App {
             health: health.clone(),
             listen: cfg.listen,

@@ -146,7 +146,24 @@ pub async fn summarize(stop: tokio_util::sync::CancellationToken) {
     }
 }
 
-/// One delivery attempt to a sink. `outcome`: success, failure or timeout.
+/// The outcomes of [`attempt`].
+pub const OUTCOMES: [&str; 3] = ["success", "failure", "timeout"];
+
+/// Shows every counter at 0 from the start (one series per sink and outcome), so that
+/// `rate()` and `increase()` see the first event instead of a series appearing mid-window,
+/// and dashboards do not show "no data" for a relay that has delivered nothing yet.
+pub fn register_zeroes<'a>(sinks: impl IntoIterator<Item = &'a str>) {
+    for name in [CLAIMED, COMPLETED, FAILED, RETENTION_DELETED] {
+        counter!(name).increment(0);
+    }
+    for sink in sinks {
+        for outcome in OUTCOMES {
+            counter!(ATTEMPTS, "sink" => sink.to_owned(), "outcome" => outcome).increment(0);
+        }
+    }
+}
+
+/// One delivery attempt to a sink. `outcome`: one of [`OUTCOMES`].
 pub fn attempt(sink: &str, outcome: &'static str, took: Duration) {
     counter!(ATTEMPTS, "sink" => sink.to_owned(), "outcome" => outcome).increment(1);
     metrics::histogram!(DURATION, "sink" => sink.to_owned()).record(took.as_secs_f64());

@@ -52,12 +52,13 @@ fn assert_entity_order(deliveries: &[Delivery], by_key: &HashMap<String, Vec<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_relays_keep_entity_order_through_kills_and_failing_receivers() {
     let db = TestDb::new().await;
-    // A fifth of first and second attempts fail in one way or another.
+    // A quarter of first and second attempts fail in one way or another.
     let rx = Receiver::with_script(Arc::new(|id, nth| match (nth, dice(id, nth)) {
         (3.., _) => Reply::ok(),
         (_, 0..8) => Reply::status(500),
         (_, 8..14) => Reply::reset(),
         (_, 14..20) => Reply::status(429).retry_after("1"),
+        (_, 20..25) => Reply::ok().delayed(Duration::from_secs(3)), // past the 1 s timeout
         _ => Reply::ok(),
     }))
     .await;
@@ -93,8 +94,8 @@ async fn three_relays_keep_entity_order_through_kills_and_failing_receivers() {
         "entity order under faults",
         &format!(
             "ordering = \"entity\", 3 relays, 200 keys; one relay SIGKILLed every 3 s \
-             ({kills} kills) while the receiver fails 20% of first and second attempts \
-             (500, reset, 429); order checked for {checked} events"
+             ({kills} kills) while the receiver fails 25% of first and second attempts \
+             (500, reset, 429, timeout); order checked for {checked} events"
         ),
         &t,
     );
@@ -107,11 +108,21 @@ async fn three_relays_keep_entity_order_through_kills_and_failing_receivers() {
 
 /// Inserts one event of `event_type` for Item/`key`; returns its id.
 async fn publish(client: &tokio_postgres::Client, event_type: &str, key: &str) -> String {
+    publish_as(client, &uuid::Uuid::new_v4().to_string(), event_type, key).await
+}
+
+/// Inserts one event with a chosen id (so a receiver can be told about it first).
+async fn publish_as(
+    client: &tokio_postgres::Client,
+    id: &str,
+    event_type: &str,
+    key: &str,
+) -> String {
     client
         .query_one(
-            "INSERT INTO \"OutboxEvent\" (event_type, entity_type, entity_id, payload)
-             VALUES ($1, 'Item', $2, '{}') RETURNING id::text",
-            &[&event_type, &key],
+            "INSERT INTO \"OutboxEvent\" (id, event_type, entity_type, entity_id, payload)
+             VALUES ($1::text::uuid, $2, 'Item', $3, '{}') RETURNING id::text",
+            &[&id, &event_type, &key],
         )
         .await
         .unwrap()
@@ -217,8 +228,10 @@ async fn a_failed_head_blocks_only_its_key_until_it_is_skipped_or_retried() {
 
     // Retry: a new failing head on key c; once the receiver is fixed, retry delivers it and
     // then what waited behind it.
-    let head_c = publish(&client, "ITEM.UPDATED", "c").await;
+    // The receiver must refuse it from its first attempt: the relay is running.
+    let head_c = uuid::Uuid::new_v4().to_string();
     failing.lock().unwrap().insert(head_c.clone());
+    publish_as(&client, &head_c, "ITEM.UPDATED", "c").await;
     let behind_c = publish(&client, "ITEM.UPDATED", "c").await;
     wait_until("c's head FAILED", || {
         let (c, h) = (&client, &head_c);
