@@ -51,19 +51,30 @@
 //! - `inserts`: the app side ([`app`]): `WRITERS` connections committing single-row
 //!   inserts, with and without the NOTIFY trigger.
 //!
-//! Knobs (environment, `RELAY_BENCH_` prefix; defaults keep the whole run near 10 minutes
-//! on a 2-core machine): `REPS` (3), `SCENARIOS` (all), `DRAIN` events, a list
-//! (`50000,200000`), `RATES` events/s (`500,2000`), `RATE_SECS` (20), `IDLE_SECS` (10),
-//! `LOADERS` connections of the rate load (4), `FANOUT` events (50000),
-//! `CEILING_EVENTS` (50000), `CEILING_BATCH` rows a claim (100, the relay's default
-//! batch_size), `CEILING_CONNECTIONS` (2), `RECEIVER_REQUESTS` (200000),
-//! `RECEIVER_CONCURRENCY` (64), `WRITERS` (16), `INSERT_SECS` (5), `PAYLOAD_PAD` bytes of
-//! padding in each payload (200; bodies are then about 415 bytes), `ANALYZE` (1: ANALYZE
-//! the table after a burst, as autovacuum would have), `DRAIN_LIMIT_SECS` (300),
-//! `RELAY_BIN` (another relay binary), `RELAY_CONFIG` (extra top-level config lines, e.g.
-//! `batch_size = 500`), `WEBHOOK_CONFIG` (extra lines in every `[[webhook]]`, e.g.
-//! `max_in_flight = 128`), `PG_OPTS` (the throwaway cluster's extra server options); and
-//! `DATABASE_URL`.
+//! Knobs (environment, `RELAY_BENCH_` prefix; the defaults keep the whole run under 10
+//! minutes on a 2-core machine):
+//!
+//! | knob | default | meaning |
+//! |---|---|---|
+//! | `REPS` | 3 | repetitions of every scenario |
+//! | `SCENARIOS` | all | a comma-separated subset of the names above |
+//! | `DRAIN` | `50000,200000` | backlog sizes of `drain` |
+//! | `RATES` | `500,2000` | events/s of `latency` |
+//! | `RATE_SECS`, `IDLE_SECS` | 20, 10 | its load and idle windows |
+//! | `LOADERS` | 16 | connections of the rate load (at 2,000/s, 8 ms each per durable commit) |
+//! | `FANOUT` | 50000 | events of `fanout` |
+//! | `CEILING_EVENTS`, `CEILING_BATCH`, `CEILING_CONNECTIONS` | 50000, 100, 2 | `db_ceiling` (100 = the relay's default `batch_size`) |
+//! | `RECEIVER_REQUESTS`, `RECEIVER_CONCURRENCY` | 200000, 64 | `receiver_ceiling` |
+//! | `WRITERS`, `INSERT_SECS` | 16, 5 | `inserts` |
+//! | `PAYLOAD_PAD` | 200 | padding bytes in each payload; bodies are then about 415 bytes |
+//! | `ANALYZE` | 1 | ANALYZE the table after a burst, as autovacuum would have |
+//! | `DRAIN_LIMIT_SECS` | 300 | a drain that takes longer is cut off (`"end": "timed_out"`) |
+//! | `RELAY_BIN` | cargo's | another relay binary, e.g. a build to compare with |
+//! | `RELAY_CONFIG` | empty | extra top-level config lines, e.g. `batch_size = 500` |
+//! | `WEBHOOK_CONFIG` | empty | extra lines in every `[[webhook]]`, e.g. `max_in_flight = 128` |
+//! | `PG_OPTS` | see [`PG_OPTS`] | the throwaway cluster's extra server options |
+//!
+//! and `DATABASE_URL` (no `RELAY_BENCH_` prefix) to use that server instead.
 //!
 //! Output (stdout): `#` lines saying how it ran, one JSON line per scenario run, and a final
 //! summary line: median, min and max of the main figures over the repetitions. Progress
@@ -152,7 +163,7 @@ impl Params {
             rates: list("RELAY_BENCH_RATES", "500,2000")?,
             rate_secs: num("RATE_SECS", 20)?,
             idle_secs: num("IDLE_SECS", 10)?,
-            loaders: num("LOADERS", 4)? as usize,
+            loaders: num("LOADERS", 16)? as usize,
             fanout: num("FANOUT", 50_000)? as usize,
             ceiling_events: num("CEILING_EVENTS", 50_000)? as usize,
             ceiling_batch: num("CEILING_BATCH", 100)? as usize,
@@ -269,6 +280,8 @@ fn summary_keys(label: &str) -> &'static [&'static [&'static str]] {
             &["latency_ms", "max"],
             &["latency_from_insert_sent_ms", "p50"],
             &["latency_from_insert_sent_ms", "p99"],
+            &["achieved_rate_per_s"],
+            &["generator_max_behind_ms"],
             &["missing"],
             &["duplicates"],
             &["relay_cpu_s_per_10k"],
