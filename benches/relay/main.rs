@@ -31,7 +31,7 @@
 //!   sent is reported as the upper bound.
 //! - CPU is read for the relay, PostgreSQL (postmaster and all its processes), the receiver
 //!   thread, the rest of this bench, and the machine; what none of them used is `rest`
-//!   (loopback softirq, other processes). A run where `rest` exceeds 5% of the machine is
+//!   (loopback softirq, other processes). A run where `rest` exceeds 10% of the machine is
 //!   flagged `disturbed`: the machine was shared.
 //!
 //! Scenarios (`RELAY_BENCH_SCENARIOS`, comma-separated, in this order each repetition):
@@ -440,7 +440,7 @@ fn main() -> anyhow::Result<()> {
         println!("# receiver: hyper HTTP/1.1 on its own thread, HMAC-SHA256 check of every request, unique/duplicate by payload number; load: burst = 1,000-row transactions before the relay starts, rate = single-row autocommit INSERTs from {} connections", p.loaders);
         println!("# latency = receipt - INSERT commit returned (one clock; slight underestimate), latency_from_insert_sent = the upper bound; idle statements counted by {}",
             match query_count { QueryCount::Statements => "pg_stat_statements", QueryCount::XactCommit => "pg_stat_database.xact_commit (pg_stat_statements not loaded)" });
-        println!("# CPU seconds: relay, postgres (postmaster and children), receiver (its thread), bench_other (the rest of this process), rest (machine busy minus those; > 5% of the machine flags the run disturbed)");
+        println!("# CPU seconds: relay, postgres (postmaster and children), receiver (its thread), bench_other (the rest of this process), rest (machine busy minus those, +-8% is /proc/stat noise; > 10% of the machine flags the run disturbed)");
         let mut runs: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         let mut order = Vec::new();
         for rep in 1..=p.reps {
