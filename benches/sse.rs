@@ -8,7 +8,7 @@
 //! What one repetition does, and why:
 //!
 //! - A fresh database (on `DATABASE_URL`'s server if set, else a throwaway cluster from
-//!   [`TempCluster`]), migrated with the relay's own migration.
+//!   [`TempCluster`](outbox_relay::pgtemp::TempCluster)), migrated with the relay's own migration.
 //! - The relay runs as a separate process (the `outbox-relay` binary cargo built for this
 //!   bench, with the bench profile, i.e. release settings), so its memory (`VmHWM`, `VmRSS`)
 //!   and CPU (`utime + stime`) can be read from `/proc/<pid>` without the bench mixed in.
@@ -46,10 +46,10 @@
 //!
 //! Output: a `#` header saying how it ran, then one JSON line (stdout); progress on stderr.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -57,13 +57,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use memchr::memmem;
 use outbox_relay::config::{Config, Overrides};
-use outbox_relay::pgtemp::TempCluster;
-use outbox_relay::secret::Secret;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use common::db::DbServer;
+use common::load::{run_load, RateLoad};
+use common::proc::{cpu_mark, proc_mem, CpuMark, RelayProcess};
+use common::stats::{cpu_model, mib, pct_index, round2, spread};
+use common::{env_num, number_after};
 
 /// The HMAC key the relay checks subscriber tokens with, and the bench mints them with.
 const TOKEN_SECRET: &str = "sse-bench-token-secret-0123456789";
@@ -125,9 +129,7 @@ impl Params {
             rate: env_num("SSE_BENCH_RATE", 1000)?,
             secs: env_num("SSE_BENCH_SECS", 20)?,
             loaders: env_num("SSE_BENCH_LOADERS", 4)?,
-            relay_bin: std::env::var_os("SSE_BENCH_RELAY_BIN")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay"))),
+            relay_bin: common::relay_bin("SSE_BENCH_RELAY_BIN")?,
         };
         if p.reps == 0 || p.orgs == 0 || p.subs_per_org == 0 || p.rate == 0 || p.secs == 0 {
             bail!("SSE_BENCH_* values must be positive");
@@ -149,359 +151,6 @@ impl Params {
     fn org_name(&self, i: usize) -> String {
         format!("org_{i:02}")
     }
-}
-
-fn env_num<T: FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The database
-
-/// Where databases are created: `DATABASE_URL`'s server, or a throwaway cluster kept for
-/// the whole run.
-struct DbServer {
-    admin_url: String,
-    /// Kept alive (stopped on drop) when this process started it.
-    cluster: Option<TempCluster>,
-    /// The server's postmaster, when it runs on this machine (its CPU is then measured).
-    postmaster: Option<u32>,
-}
-
-impl DbServer {
-    fn start() -> anyhow::Result<Self> {
-        if let Ok(url) = std::env::var("DATABASE_URL") {
-            return Ok(Self {
-                admin_url: url,
-                cluster: None,
-                postmaster: None,
-            });
-        }
-        let cluster = TempCluster::start().context("starting a throwaway PostgreSQL cluster")?;
-        Ok(Self {
-            admin_url: cluster.url("postgres"),
-            cluster: Some(cluster),
-            postmaster: None,
-        })
-    }
-
-    /// Finds the postmaster through `postmaster.pid` in the data directory, when the server
-    /// is local and the file readable (a remote `DATABASE_URL`: no PostgreSQL CPU figure).
-    async fn find_postmaster(&mut self) -> anyhow::Result<()> {
-        let dir: String = self
-            .admin()
-            .await?
-            .query_one("SELECT current_setting('data_directory')", &[])
-            .await?
-            .get(0);
-        self.postmaster = std::fs::read_to_string(format!("{dir}/postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next()?.trim().parse().ok())
-            .filter(|pid: &u32| proc_stat(&pid.to_string()).is_ok());
-        Ok(())
-    }
-
-    async fn admin(&self) -> anyhow::Result<tokio_postgres::Client> {
-        outbox_relay::db::connect(&Secret::new(self.admin_url.clone())).await
-    }
-
-    /// A new empty database; returns (name, url).
-    async fn create_db(&self) -> anyhow::Result<(String, String)> {
-        let name = format!("outbox_bench_{}", uuid::Uuid::new_v4().simple());
-        self.admin()
-            .await?
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await?;
-        let mut url = url::Url::parse(&self.admin_url).context("DATABASE_URL is not a URL")?;
-        url.set_path(&format!("/{name}"));
-        Ok((name, url.to_string()))
-    }
-
-    async fn drop_db(&self, name: &str) -> anyhow::Result<()> {
-        self.admin()
-            .await?
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await?;
-        Ok(())
-    }
-
-    /// "15.20 (throwaway cluster: fsync=off, synchronous_commit=off)" and the like.
-    async fn describe(&self) -> anyhow::Result<String> {
-        let c = self.admin().await?;
-        let show = |name: &'static str| {
-            let c = &c;
-            async move {
-                let row = c.query_one(&format!("SHOW {name}"), &[]).await?;
-                anyhow::Ok(row.get::<_, String>(0))
-            }
-        };
-        let version = show("server_version").await?;
-        let settings = format!(
-            "fsync={}, synchronous_commit={}, shared_buffers={}",
-            show("fsync").await?,
-            show("synchronous_commit").await?,
-            show("shared_buffers").await?
-        );
-        let origin = if self.cluster.is_some() {
-            "throwaway local cluster"
-        } else {
-            "DATABASE_URL"
-        };
-        Ok(format!("PostgreSQL {version} ({origin}: {settings})"))
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The relay process and /proc
-
-/// A running `outbox-relay run`; killed on drop if still alive.
-struct RelayProcess {
-    child: Child,
-    addr: SocketAddr,
-    /// Its stderr, read after the run for warnings (slow consumers, database errors).
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl RelayProcess {
-    /// Writes the config file and starts the binary on it.
-    fn start(bin: &PathBuf, config_toml: &str, addr: SocketAddr) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("outbox-relay-bench-")
-            .tempdir()?;
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, config_toml)?;
-        let log = dir.path().join("relay.log");
-        let child = Command::new(bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            // The config file names the bench database; an inherited DATABASE_URL would
-            // override it (flag > environment > file).
-            .env_remove("DATABASE_URL")
-            .env_remove("OUTBOX_RELAY_CONFIG")
-            // Warnings only: what matters is visible, and logging costs no CPU otherwise.
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Self {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for `/readyz` to answer 200 (database reachable, LISTEN active).
-    async fn ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "the relay exited ({status}) at start-up: {}",
-                    self.log_text()
-                );
-            }
-            if http_status(self.addr, "/readyz").await.ok() == Some(200) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the relay was not ready within 30 s: {}", self.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited within 30 s.
-    fn stop(&mut self) -> anyhow::Result<()> {
-        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                eprintln!("  relay ignored SIGTERM for 30 s; killing it");
-                self.child.kill()?;
-                self.child.wait()?;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// One GET with `Connection: close`; the status code.
-async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await?;
-    let text = String::from_utf8_lossy(&resp);
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    Ok(code)
-}
-
-/// Resident memory of a process, KiB: now (`VmRSS`) and peak since start (`VmHWM`).
-#[derive(Debug, Clone, Copy, Default)]
-struct Mem {
-    rss_kib: u64,
-    hwm_kib: u64,
-}
-
-fn proc_mem(pid: u32) -> anyhow::Result<Mem> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
-        Ok(line[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()?)
-    };
-    Ok(Mem {
-        rss_kib: field("VmRSS:")?,
-        hwm_kib: field("VmHWM:")?,
-    })
-}
-
-/// Clock ticks per second of `/proc`'s CPU times.
-fn clk_tck() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64
-}
-
-/// CPU seconds (user + system, all threads) a process has used: `pid` or "self".
-fn proc_cpu_secs(pid: &str) -> anyhow::Result<f64> {
-    let f = proc_stat(pid)?;
-    Ok((f.utime + f.stime) as f64 / clk_tck())
-}
-
-/// The fields of `/proc/<pid>/stat` this bench uses, in clock ticks.
-struct ProcStat {
-    ppid: u32,
-    utime: u64,
-    stime: u64,
-    /// CPU of children that exited and were waited for.
-    cutime: u64,
-    cstime: u64,
-}
-
-fn proc_stat(pid: &str) -> anyhow::Result<ProcStat> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces: count fields after its closing paren.
-    let rest = &stat[stat.rfind(')').context("odd /proc stat")? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Field k (1-based, man proc) is at k - 3 after the paren: ppid 4, utime 14 .. cstime 17.
-    let num = |k: usize| -> anyhow::Result<u64> {
-        Ok(f.get(k - 3).context("short /proc stat")?.parse()?)
-    };
-    Ok(ProcStat {
-        ppid: num(4)? as u32,
-        utime: num(14)?,
-        stime: num(15)?,
-        cutime: num(16)?,
-        cstime: num(17)?,
-    })
-}
-
-/// CPU seconds of a PostgreSQL server: the postmaster, its live processes, and (through the
-/// postmaster's cutime/cstime) those that have exited.
-fn postgres_cpu_secs(postmaster: u32) -> anyhow::Result<f64> {
-    let pm = proc_stat(&postmaster.to_string())?;
-    let mut ticks = pm.utime + pm.stime + pm.cutime + pm.cstime;
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        // A process may exit between the listing and the read: skip it.
-        if let Ok(st) = proc_stat(pid) {
-            if st.ppid == postmaster {
-                ticks += st.utime + st.stime;
-            }
-        }
-    }
-    Ok(ticks as f64 / clk_tck())
-}
-
-/// (busy, total) CPU seconds of the whole machine, from `/proc/stat`.
-fn machine_cpu_secs() -> anyhow::Result<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().context("empty /proc/stat")?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8) // user nice system idle iowait irq softirq steal (guest is inside user)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let total: u64 = v.iter().sum();
-    let idle = v[3] + v[4];
-    let t = clk_tck();
-    Ok(((total - idle) as f64 / t, total as f64 / t))
-}
-
-/// CPU counters at one instant: relay, this bench, the machine.
-#[derive(Debug, Clone, Copy)]
-struct CpuMark {
-    relay: f64,
-    bench: f64,
-    /// None when the server's processes are not visible here.
-    postgres: Option<f64>,
-    machine_busy: f64,
-    machine_total: f64,
-}
-
-fn cpu_mark(relay_pid: u32, postmaster: Option<u32>) -> anyhow::Result<CpuMark> {
-    let (machine_busy, machine_total) = machine_cpu_secs()?;
-    Ok(CpuMark {
-        relay: proc_cpu_secs(&relay_pid.to_string())?,
-        bench: proc_cpu_secs("self")?,
-        postgres: postmaster.and_then(|pm| postgres_cpu_secs(pm).ok()),
-        machine_busy,
-        machine_total,
-    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -584,19 +233,6 @@ impl SubState {
             self.receipts.push((n, now));
         }
     }
-}
-
-/// The decimal number after `key` in `hay` (JSON: `"bench_n": 123`).
-fn number_after(hay: &[u8], key: &memmem::Finder<'_>) -> Option<u32> {
-    let at = key.find(hay)? + key.needle().len();
-    let digits = hay[at..].iter().skip_while(|b| **b == b' ');
-    let mut n: u32 = 0;
-    let mut any = false;
-    for b in digits.take_while(|b| b.is_ascii_digit()) {
-        n = n.checked_mul(10)?.checked_add((b - b'0') as u32)?;
-        any = true;
-    }
-    any.then_some(n)
 }
 
 /// An HTTP/1.1 chunked body, decoded incrementally into lines.
@@ -803,111 +439,6 @@ async fn session(
 }
 
 // ---------------------------------------------------------------------------------------
-// Load
-
-/// What the load generator did.
-struct LoadOutcome {
-    /// Commit-returned time of each event, ns since the epoch; 0 if its insert failed.
-    commit_ns: Vec<u64>,
-    /// When each event's INSERT was sent, ns since the epoch: the row cannot be visible
-    /// before, so latency from here is an upper bound (commit-returned gives the lower one).
-    sent_ns: Vec<u64>,
-    /// Ns since the epoch of event 0's due time.
-    start_ns: u64,
-    /// Ns since the epoch when the last commit returned.
-    end_ns: u64,
-    failed: usize,
-    /// Worst delay between an insert's due time and its sending (the generator keeping up).
-    max_behind_ms: f64,
-    /// Round trip of the INSERT (autocommit), p50 and p99, ms.
-    insert_rtt_ms: (f64, f64),
-}
-
-/// Inserts `p.events()` events at `p.rate`, event `i` for org `i % orgs`, over the clients.
-async fn run_load(
-    p: &Params,
-    clients: &[Arc<tokio_postgres::Client>],
-    epoch: Instant,
-) -> anyhow::Result<LoadOutcome> {
-    let total = p.events();
-    let commit: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
-    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
-    let next = Arc::new(AtomicUsize::new(0));
-    let orgs: Arc<Vec<String>> = Arc::new((0..p.orgs).map(|i| p.org_name(i)).collect());
-    let period = Duration::from_nanos(1_000_000_000 / p.rate);
-    // A little ahead, so every loader is waiting on its first due time already.
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let start_ns = (start.into_std() - epoch).as_nanos() as u64;
-    let mut tasks = Vec::new();
-    for client in clients {
-        let (client, commit, sent_at, next, orgs) = (
-            client.clone(),
-            commit.clone(),
-            sent_at.clone(),
-            next.clone(),
-            orgs.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let stmt = client.prepare(INSERT_EVENT).await?;
-            let (mut failed, mut behind, mut rtts) = (0usize, Duration::ZERO, Vec::new());
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let due = start + period * i as u32;
-                tokio::time::sleep_until(due).await;
-                let sent = tokio::time::Instant::now();
-                behind = behind.max(sent - due);
-                sent_at[i].store(
-                    (sent.into_std() - epoch).as_nanos() as u64,
-                    Ordering::Relaxed,
-                );
-                match client
-                    .execute(&stmt, &[&orgs[i % orgs.len()], &(i as i64)])
-                    .await
-                {
-                    Ok(_) => {
-                        let done = Instant::now();
-                        commit[i].store((done - epoch).as_nanos() as u64, Ordering::Relaxed);
-                        rtts.push(done - sent.into_std());
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        if failed <= 3 {
-                            eprintln!("  insert {i} failed: {e}");
-                        }
-                    }
-                }
-            }
-            anyhow::Ok((failed, behind, rtts))
-        }));
-    }
-    let (mut failed, mut behind, mut rtts) = (0, Duration::ZERO, Vec::new());
-    for t in tasks {
-        let (f, b, r) = t.await??;
-        failed += f;
-        behind = behind.max(b);
-        rtts.extend(r);
-    }
-    rtts.sort();
-    let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
-    let commit_ns: Vec<u64> = commit.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-    Ok(LoadOutcome {
-        end_ns: commit_ns.iter().copied().max().unwrap_or(start_ns),
-        commit_ns,
-        sent_ns: sent_at.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
-        start_ns,
-        failed,
-        max_behind_ms: behind.as_secs_f64() * 1e3,
-        insert_rtt_ms: (
-            ms(rtts.get(pct_index(rtts.len(), 0.50))),
-            ms(rtts.get(pct_index(rtts.len(), 0.99))),
-        ),
-    })
-}
-
-// ---------------------------------------------------------------------------------------
 // One repetition
 
 /// Runs one repetition on a fresh database and relay process; returns its JSON figures.
@@ -1028,8 +559,15 @@ async fn repetition_on(
             max_rss
         }
     });
-    let cpu0 = cpu_mark(pid, postmaster)?;
-    let load = run_load(p, &clients, shared.epoch).await?;
+    let cpu0 = cpu_mark(Some(pid), postmaster)?;
+    let orgs: Vec<String> = (0..p.orgs).map(|i| p.org_name(i)).collect();
+    let rate_load = RateLoad {
+        sql: INSERT_EVENT,
+        orgs: &orgs,
+        rate: p.rate,
+        total: p.events(),
+    };
+    let load = run_load(&rate_load, &clients, shared.epoch).await?;
     let committed = load.commit_ns.iter().filter(|&&c| c != 0).count();
     let expected = (committed * p.subs_per_org) as u64;
     let drain_start = Instant::now();
@@ -1049,7 +587,7 @@ async fn repetition_on(
     }
     let drain_s = drain_start.elapsed().as_secs_f64();
     let window_s = shared.now_ns().saturating_sub(load.start_ns) as f64 / 1e9;
-    let cpu1 = cpu_mark(pid, postmaster)?;
+    let cpu1 = cpu_mark(Some(pid), postmaster)?;
     sampling.cancel();
     let max_rss_sampled = sampler.await?;
     let mem_end = proc_mem(pid)?;
@@ -1219,64 +757,12 @@ async fn wait_for(counter: &AtomicUsize, target: usize, limit: Duration) {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Statistics and output
-
-/// Nearest-rank percentile index into a sorted slice of `len`.
-fn pct_index(len: usize, q: f64) -> usize {
-    ((q * len as f64).ceil() as usize).clamp(1, len.max(1)) - 1
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
-fn mib(kib: u64) -> f64 {
-    round2(kib as f64 / 1024.0)
-}
-
-/// `{"median", "min", "max"}` of the figure at `path` across repetitions.
-fn spread(reps: &[Value], path: &[&str]) -> Value {
-    let mut v: Vec<f64> = reps
-        .iter()
-        .filter_map(|r| path.iter().try_fold(r, |r, k| r.get(k))?.as_f64())
-        .collect();
-    if v.is_empty() {
-        return Value::Null;
-    }
-    v.sort_by(f64::total_cmp);
-    // Lower median for an even count: always a measured value.
-    json!({"median": v[(v.len() - 1) / 2], "min": v[0], "max": v[v.len() - 1]})
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`. Without it this was started by `cargo test
-    // --all-targets` (which runs bench targets as tests): a minute of saturated CPU has no
-    // place in a test run.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("sse: a benchmark; run it with `cargo bench --bench sse`");
+    if !common::started_by_cargo_bench("sse") {
         return Ok(());
     }
     // Settings come from the environment (module docs).
     let p = Params::from_env()?;
-    if !p.relay_bin.is_file() {
-        bail!(
-            "relay binary {} not found (build with `cargo build --release` or set SSE_BENCH_RELAY_BIN)",
-            p.relay_bin.display()
-        );
-    }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
 
     // Subscribers get a thread of their own; the load generator and orchestration run here.
@@ -1295,7 +781,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
 
-    let mut server = DbServer::start()?;
+    let mut server = DbServer::start("")?;
     let result = control.block_on(async {
         server.find_postmaster().await?;
         let server = &server;

@@ -25,6 +25,13 @@ pub struct TempCluster {
 impl TempCluster {
     /// initdb + pg_ctl start; takes a second or two.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with("")
+    }
+
+    /// As [`TempCluster::start`], with `extra_opts` (`-c name=value ...`) appended to the
+    /// server options above, so they win: the benchmarks run with durable commits and
+    /// `pg_stat_statements` preloaded.
+    pub fn start_with(extra_opts: &str) -> anyhow::Result<Self> {
         let bindir = find_bindir()?;
         let dir = tempfile::Builder::new()
             .prefix("outbox-relay-pg-")
@@ -66,7 +73,7 @@ impl TempCluster {
             cluster.port = free_port()?;
             cluster.opts = format!(
                 "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB",
+                 -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB {extra_opts}",
                 cluster.port,
                 cluster.dir.path().display()
             );

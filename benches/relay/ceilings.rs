@@ -1,0 +1,231 @@
+//! What the machine allows, measured in the same run, so the relay's figures read as a
+//! fraction of it: the database side alone (the relay's own claim and record statements,
+//! no HTTP) and the receiver alone (signed requests from a fast keep-alive client).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use outbox_relay::db::queries::Queries;
+use outbox_relay::deliver::signature::SigningKeys;
+use outbox_relay::event::ClaimedEvent;
+use outbox_relay::secret::Secret;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::common::stats::round2;
+use crate::load::{burst, ORG};
+use crate::receiver::Behaviour;
+use crate::setup::{cpu_figures, status_counts, Ctx};
+
+/// The relay's defaults (src/config.rs) for the claim's lease and attempt parameters.
+const LEASE_SECS: f64 = 30.0;
+const MAX_ATTEMPTS: i32 = 12;
+
+/// What one database worker did.
+#[derive(Default)]
+struct Worker {
+    rows: u64,
+    claims: u64,
+    claim: Duration,
+    records: u64,
+    record: Duration,
+}
+
+/// `events` pending rows claimed and recorded COMPLETED as fast as the statements go, from
+/// `p.ceiling_connections` connections, `p.ceiling_batch` rows a claim.
+pub async fn db_ceiling(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
+    let db = ctx.fresh_db().await?;
+    let result = async {
+        burst(&db.url, events, ctx.p.payload_pad).await?;
+        let client = outbox_relay::db::connect(&db.cfg.database_url).await?;
+        if ctx.p.analyze {
+            client.batch_execute(r#"ANALYZE "OutboxEvent""#).await?;
+        }
+        let table = db.cfg.qualified_table();
+        let shape = outbox_relay::db::shape::inspect(&client, &table).await?;
+        let q = Arc::new(Queries::new(&table, &shape, &db.cfg.ordered_types()));
+        let mut clients = Vec::new();
+        for _ in 0..ctx.p.ceiling_connections {
+            clients.push(outbox_relay::db::connect(&db.cfg.database_url).await?);
+        }
+
+        ctx.checkpoint().await?;
+        let m0 = ctx.marks(None)?;
+        let t0 = Instant::now();
+        let batch = ctx.p.ceiling_batch as i64;
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .map(|c| tokio::spawn(db_worker(c, q.clone(), batch)))
+            .collect();
+        let mut total = Worker::default();
+        for t in tasks {
+            let w = t.await??;
+            total.rows += w.rows;
+            total.claims += w.claims;
+            total.claim += w.claim;
+            total.records += w.records;
+            total.record += w.record;
+        }
+        let elapsed = t0.elapsed().as_secs_f64();
+        let m1 = ctx.marks(None)?;
+        let mean_ms = |d: Duration, n: u64| round2(d.as_secs_f64() * 1e3 / n.max(1) as f64);
+        let r = json!({
+            "events": events,
+            "connections": ctx.p.ceiling_connections,
+            "batch": batch,
+            "rows": total.rows,
+            "elapsed_s": round2(elapsed),
+            "rows_per_s": round2(total.rows as f64 / elapsed),
+            "claims": total.claims,
+            "claim_ms_mean": mean_ms(total.claim, total.claims),
+            "record_ms_mean": mean_ms(total.record, total.records),
+            "cpu_s": cpu_figures(&m0, &m1),
+            "rows_by_status_after": status_counts(&db).await?,
+        });
+        eprintln!(
+            "  database ceiling: {} rows/s (claim {} ms, record {} ms mean)",
+            r["rows_per_s"], r["claim_ms_mean"], r["record_ms_mean"]
+        );
+        anyhow::Ok(r)
+    }
+    .await;
+    ctx.drop_db(&db).await;
+    result
+}
+
+/// Claim a batch, record it COMPLETED, until a claim finds nothing.
+async fn db_worker(
+    client: tokio_postgres::Client,
+    q: Arc<Queries>,
+    batch: i64,
+) -> anyhow::Result<Worker> {
+    let claim = client.prepare(&q.claim).await?;
+    let record = client.prepare(&q.record).await?;
+    let mut w = Worker::default();
+    loop {
+        let token = Uuid::new_v4();
+        let t = Instant::now();
+        let rows = client
+            .query(&claim, &[&batch, &LEASE_SECS, &MAX_ATTEMPTS, &token, &1i64])
+            .await?;
+        w.claim += t.elapsed();
+        w.claims += 1;
+        if rows.is_empty() {
+            return Ok(w);
+        }
+        let n = rows.len();
+        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let tokens = vec![token; n];
+        let statuses = vec!["COMPLETED"; n];
+        let failed = vec![0i32; n];
+        let errors: Vec<Option<&str>> = vec![None; n];
+        let delays: Vec<Option<f64>> = vec![None; n];
+        let delivered = vec!["hook1"; n];
+        let t = Instant::now();
+        client
+            .query(
+                &record,
+                &[
+                    &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered,
+                ],
+            )
+            .await?;
+        w.record += t.elapsed();
+        w.records += 1;
+        w.rows += n as u64;
+    }
+}
+
+/// `requests` signed POSTs of the relay's body size to one endpoint, from
+/// `p.receiver_concurrency` keep-alive connections of a hyper client on this thread.
+pub async fn receiver_ceiling(ctx: &Ctx<'_>, requests: usize) -> anyhow::Result<Value> {
+    let hook = ctx
+        .receiver
+        .endpoint(&ctx.key, Behaviour::Healthy, requests)?;
+    let keys =
+        Arc::new(SigningKeys::parse(&Secret::new(ctx.secret.clone())).map_err(anyhow::Error::msg)?);
+    let pad: Arc<str> = "x".repeat(ctx.p.payload_pad).into();
+    let next = Arc::new(AtomicUsize::new(0));
+    let m0 = ctx.marks(None)?;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..ctx.p.receiver_concurrency {
+        let (keys, pad, next, addr) = (keys.clone(), pad.clone(), next.clone(), hook.addr);
+        tasks.push(tokio::spawn(async move {
+            let sock = tokio::net::TcpStream::connect(addr).await?;
+            sock.set_nodelay(true)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(sock)).await?;
+            tokio::spawn(conn);
+            let mut failures = 0u64;
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= requests {
+                    return anyhow::Ok(failures);
+                }
+                let (id, body) = envelope(n, &pad);
+                let ts = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+                let req = Request::post("/hook")
+                    .header(HOST, addr.to_string())
+                    .header(CONTENT_TYPE, "application/json")
+                    .header("user-agent", outbox_relay::deliver::webhook::USER_AGENT)
+                    .header("webhook-id", &id)
+                    .header("webhook-timestamp", ts.to_string())
+                    .header("webhook-signature", keys.sign(&id, ts, &body))
+                    .body(Full::new(Bytes::from(body)))?;
+                let resp = sender.send_request(req).await?;
+                if !resp.status().is_success() {
+                    failures += 1;
+                }
+                resp.into_body().collect().await?;
+            }
+        }));
+    }
+    let mut failures = 0;
+    for t in tasks {
+        failures += t.await??;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let m1 = ctx.marks(None)?;
+    let cpu = cpu_figures(&m0, &m1);
+    let receiver_cpu = cpu["receiver"].as_f64().unwrap_or(f64::NAN);
+    let r = json!({
+        "requests": requests,
+        "concurrency": ctx.p.receiver_concurrency,
+        "elapsed_s": round2(elapsed),
+        "requests_per_s": round2(requests as f64 / elapsed),
+        "failures": failures,
+        "receiver_cpu_us_per_request": round2(receiver_cpu / requests as f64 * 1e6),
+        "endpoint": hook.counts.figures(),
+        "cpu_s": cpu,
+    });
+    eprintln!(
+        "  receiver ceiling: {} requests/s, {} us receiver CPU per request",
+        r["requests_per_s"], r["receiver_cpu_us_per_request"]
+    );
+    Ok(r)
+}
+
+/// Event `n`'s id and body as the relay would send them (its own envelope code).
+fn envelope(n: usize, pad: &str) -> (String, Vec<u8>) {
+    let ev = ClaimedEvent {
+        id: Uuid::new_v4().to_string(),
+        event_type: Some("BENCH.EVENT".into()),
+        org_id: Some(ORG.into()),
+        entity_type: Some("Bench".into()),
+        entity_id: Some(n.to_string()),
+        // jsonb's text form of the bench payload.
+        payload: Some(format!(r#"{{"pad": "{pad}", "bench_n": {n}}}"#)),
+        created_us: chrono::Utc::now().timestamp_micros(),
+        ..ClaimedEvent::default()
+    };
+    let (event_type, data) = ev.validate().expect("a valid bench event");
+    let body = ev.envelope(event_type, &data, Some(1));
+    (ev.id, body)
+}

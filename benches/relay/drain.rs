@@ -1,0 +1,144 @@
+//! Draining a backlog: `N` events committed before the relay starts, timed from its spawn to
+//! the last first-delivery. `drain` sends them to one endpoint; `fanout` to three, once all
+//! healthy and once with the third failing half its requests, on a fresh database each.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::proc::proc_mem;
+use crate::common::stats::{mib, round2};
+use crate::load::burst;
+use crate::receiver::{ns_at, Behaviour, Endpoint};
+use crate::setup::{cpu_figures, finish_relay, status_counts, wait_deliveries, Ctx, WaitEnd};
+
+/// A drain that stops making progress for this long is given up.
+const STALL: Duration = Duration::from_secs(15);
+
+/// The drain scenario: `events` to one healthy endpoint.
+pub async fn drain(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
+    let run = drain_run(ctx, events, &[Behaviour::Healthy]).await?;
+    eprintln!(
+        "  drain {events}: {} ev/s, {} relay CPU-s per 10k, peak RSS {} MiB ({})",
+        run["events_per_s"], run["relay_cpu_s_per_10k"], run["relay_peak_rss_mib"], run["end"]
+    );
+    Ok(run)
+}
+
+/// The fan-out scenario: the same burst to 3 healthy endpoints, then to 2 healthy and one
+/// failing half its requests; what the failing one costs the healthy ones.
+pub async fn fanout(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
+    use Behaviour::*;
+    let healthy = drain_run(ctx, events, &[Healthy, Healthy, Healthy]).await?;
+    let failing = drain_run(ctx, events, &[Healthy, Healthy, FailHalf]).await?;
+    // The first two endpoints, healthy in both runs.
+    let rate = |run: &Value| {
+        let r: Vec<f64> = (0..2)
+            .filter_map(|i| run["endpoints"][i]["events_per_s"].as_f64())
+            .collect();
+        (r.len() == 2).then(|| round2((r[0] + r[1]) / 2.0))
+    };
+    let (a, b) = (rate(&healthy), rate(&failing));
+    let cost = a
+        .zip(b)
+        .map(|(a, b)| round2(100.0 * (1.0 - b / a.max(f64::MIN_POSITIVE))));
+    eprintln!(
+        "  fanout {events} x 3: healthy endpoints {a:?} ev/s each with 3 healthy, {b:?} with one failing half: cost {cost:?}%"
+    );
+    Ok(json!({
+        "events": events,
+        "healthy_events_per_s_all_healthy": a,
+        "healthy_events_per_s_one_failing": b,
+        "cost_pct": cost,
+        "all_healthy": healthy,
+        "one_failing": failing,
+    }))
+}
+
+/// One drain on a fresh database: burst, start the relay, wait until every healthy endpoint
+/// has every event.
+async fn drain_run(ctx: &Ctx<'_>, events: usize, hooks: &[Behaviour]) -> anyhow::Result<Value> {
+    let db = ctx.fresh_db().await?;
+    let result = async {
+        let burst_s = burst(&db.url, events, ctx.p.payload_pad).await?;
+        if ctx.p.analyze {
+            let client = outbox_relay::db::connect(&db.cfg.database_url).await?;
+            client.batch_execute(r#"ANALYZE "OutboxEvent""#).await?;
+        }
+        ctx.checkpoint().await?;
+        let endpoints: Vec<Endpoint> = hooks
+            .iter()
+            .map(|b| ctx.receiver.endpoint(&ctx.key, *b, events))
+            .collect::<anyhow::Result<_>>()?;
+        let healthy: Vec<&Endpoint> = endpoints
+            .iter()
+            .filter(|e| e.counts.behaviour == Behaviour::Healthy)
+            .collect();
+
+        let m0 = ctx.marks(None)?;
+        let mut relay = ctx.start_relay(&db, &endpoints)?;
+        let start_ns = ns_at(relay.started);
+        let end = wait_deliveries(
+            &mut relay,
+            || healthy.iter().all(|e| e.counts.unique() as usize >= events),
+            || endpoints.iter().map(|e| e.counts.unique()).sum(),
+            STALL,
+            ctx.p.drain_limit,
+        )
+        .await?;
+        let m1 = ctx.marks(Some(relay.pid()))?;
+        let mem = proc_mem(relay.pid())?;
+        let relay_log = finish_relay(&mut relay)?;
+
+        let secs_to = |ns: u64| round2(ns.saturating_sub(start_ns) as f64 / 1e9);
+        let last_ns = healthy
+            .iter()
+            .map(|e| e.counts.last_ns.load(std::sync::atomic::Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        let first_ns = endpoints
+            .iter()
+            .map(|e| e.counts.first_ns.load(std::sync::atomic::Ordering::Relaxed))
+            .min()
+            .unwrap_or(u64::MAX);
+        let elapsed = last_ns.saturating_sub(start_ns) as f64 / 1e9;
+        let delivered: u64 = healthy.iter().map(|e| e.counts.unique()).sum::<u64>()
+            / healthy.len().max(1) as u64;
+        let cpu = cpu_figures(&m0, &m1);
+        let relay_cpu = cpu["relay"].as_f64().unwrap_or(f64::NAN);
+        let per_endpoint: Vec<Value> = endpoints
+            .iter()
+            .map(|e| {
+                let mut f = e.counts.figures();
+                let last = e.counts.last_ns.load(std::sync::atomic::Ordering::Relaxed);
+                let s = last.saturating_sub(start_ns) as f64 / 1e9;
+                f["last_delivery_s"] = json!(round2(s));
+                f["events_per_s"] = json!(round2(e.counts.unique() as f64 / s.max(1e-9)));
+                f
+            })
+            .collect();
+        anyhow::Ok(json!({
+            "events": events,
+            "endpoints_n": hooks.len(),
+            "end": end.name(),
+            "complete": end == WaitEnd::Done,
+            "burst_insert_s": round2(burst_s),
+            "first_delivery_s": if first_ns == u64::MAX { Value::Null } else { json!(secs_to(first_ns)) },
+            "last_delivery_s": round2(elapsed),
+            "events_per_s": round2(delivered as f64 / elapsed.max(1e-9)),
+            "events_per_s_after_first": round2(
+                delivered as f64 / (last_ns.saturating_sub(first_ns) as f64 / 1e9).max(1e-9)
+            ),
+            "relay_cpu_s_per_10k": round2(relay_cpu / delivered.max(1) as f64 * 1e4),
+            "relay_peak_rss_mib": mib(mem.hwm_kib),
+            "relay_rss_end_mib": mib(mem.rss_kib),
+            "cpu_s": cpu,
+            "endpoints": per_endpoint,
+            "relay": relay_log,
+            "rows_by_status_after_stop": status_counts(&db).await?,
+        }))
+    }
+    .await;
+    ctx.drop_db(&db).await;
+    result
+}
