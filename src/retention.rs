@@ -8,6 +8,8 @@
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+
+use crate::relay::rounds::Rounds;
 use tokio_util::sync::CancellationToken;
 
 /// Rows per DELETE.
@@ -25,21 +27,18 @@ pub fn interval(retention: Duration) -> Duration {
 /// The advisory lock key for a table's retention, the same in every relay.
 pub const LOCK_KEY_SQL: &str = "hashtext('outbox_relay.retention.' || $1)";
 
-/// Runs until `stop`: every [`interval`], deletes expired rows if no other relay is.
+/// Runs until `stop`: every [`interval`], right after a claim round, deletes expired rows if
+/// no other relay is.
 pub async fn run(
     pool: Pool,
     purge_sql: String,
     table: String,
     retention: Duration,
+    mut rounds: Rounds,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(interval(retention));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
+    let mut last = None;
+    while rounds.next(interval(retention), &mut last, &stop).await {
         match purge_round(&pool, &purge_sql, &table, retention, &stop).await {
             Ok(Some(n)) if n > 0 => {
                 tracing::info!(deleted = n, table = %table, "retention: deleted COMPLETED rows older than {}", humantime::format_duration(retention))

@@ -22,8 +22,8 @@ async fn left(client: &tokio_postgres::Client) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_only_old_completed_rows_one_relay_at_a_time() {
     let db = TestDb::new().await;
-    // retention 4 s: relays look every second.
-    let cfg = db.config("retention = \"4s\"");
+    // retention 4 s: relays look every second (at most once per claim round, so a 1 s poll).
+    let cfg = db.config("retention = \"4s\"\npoll_interval = \"1s\"");
     db.migrate(&cfg).await;
     let client = db.client().await;
     client

@@ -18,6 +18,12 @@ use crate::deliver::signature::SigningKeys;
 pub const USER_AGENT: &str = concat!("outbox-relay/", env!("CARGO_PKG_VERSION"));
 /// How much of a failing response's body goes into error_message.
 const ERROR_BODY_EXCERPT: usize = 200;
+/// Deliveries that may wait for one of an endpoint's `max_in_flight` request slots, per slot.
+/// Waiting rows keep the pipeline full (the next request starts the moment one ends, while
+/// the claim and the outcome writes of others proceed); past this the endpoint is saturated
+/// and takes no more of the relay's window ([`Attempt::Busy`]).
+pub const QUEUE_PER_SLOT: usize = 7;
+
 /// Most of a response body read (and discarded) so the connection can be reused.
 const MAX_DRAIN: usize = 64 * 1024;
 
@@ -31,7 +37,8 @@ pub enum Attempt {
         error: String,
         retry_after: Option<Duration>,
     },
-    /// The endpoint is saturated (`max_in_flight` busy and as many queued): not sent, not an
+    /// The endpoint is saturated (`max_in_flight` busy and [`QUEUE_PER_SLOT`] times as many
+    /// queued): not sent, not an
     /// attempt. The event is put back briefly so a slow endpoint cannot hold the relay's whole
     /// in-flight window hostage.
     Busy,
@@ -48,7 +55,7 @@ pub struct Endpoint {
     client: reqwest::Client,
     /// `max_in_flight` permits: requests on the wire to this endpoint.
     permits: Arc<Semaphore>,
-    /// Deliveries waiting for a permit; bounded by `max_in_flight`.
+    /// Deliveries waiting for a permit; bounded by `max_in_flight * QUEUE_PER_SLOT`.
     queued: AtomicUsize,
     max_in_flight: usize,
     timeout: Duration,
@@ -89,7 +96,8 @@ impl Endpoint {
     /// POSTs one signed envelope. Never panics and never returns an error: every way it can
     /// go wrong is an [`Attempt`].
     pub async fn send(&self, id: &str, body: Bytes, cancel: &CancellationToken) -> Attempt {
-        let Some(_queued) = QueueSlot::take(&self.queued, self.max_in_flight) else {
+        let Some(_queued) = QueueSlot::take(&self.queued, self.max_in_flight * QUEUE_PER_SLOT)
+        else {
             return Attempt::Busy;
         };
         let permit = tokio::select! {

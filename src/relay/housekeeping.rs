@@ -8,6 +8,7 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
+use crate::relay::rounds::Rounds;
 
 /// Runs at most this often, however short the poll interval.
 const MIN_EVERY: Duration = Duration::from_secs(5);
@@ -24,21 +25,18 @@ SELECT extract(epoch FROM now() - xact_start)::float8, pid, coalesce(state, ''),
  ORDER BY xact_start
  LIMIT 1";
 
-/// Until `stop`: every `every` (at least [`MIN_EVERY`]), one round of checks.
+/// Until `stop`: every `every` (at least [`MIN_EVERY`]), right after a claim round, one
+/// round of checks.
 pub async fn run(
     pool: Pool,
     fail_unknown: String,
     every: Duration,
     warn_after: Duration,
+    mut rounds: Rounds,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every.max(MIN_EVERY));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
+    let mut last = None;
+    while rounds.next(every.max(MIN_EVERY), &mut last, &stop).await {
         sweep_unknown(&pool, &fail_unknown).await;
         watch_horizon(&pool, warn_after).await;
     }

@@ -11,6 +11,7 @@
 pub mod housekeeping;
 pub mod listener;
 pub mod recorder;
+pub mod rounds;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -164,7 +165,10 @@ impl Relay {
         let dispatcher = Dispatcher::new(&cfg)?;
         // Room for each endpoint's in-flight requests plus as many queued behind them, so a
         // saturated endpoint never takes the whole window from the healthy ones.
-        let window: usize = cfg.webhooks.iter().map(|w| 2 * w.max_in_flight).sum();
+        let per_endpoint = |w: &crate::config::WebhookConfig| {
+            w.max_in_flight * (1 + crate::deliver::webhook::QUEUE_PER_SLOT)
+        };
+        let window: usize = cfg.webhooks.iter().map(per_endpoint).sum();
         let capacity_total = window.max(cfg.batch_size as usize);
         Ok(Self {
             cfg,
@@ -199,6 +203,7 @@ impl Relay {
         let give_up = CancellationToken::new();
         let tracker = TaskTracker::new();
         let (tx, rx) = mpsc::channel::<Recorded>(self.capacity_total);
+        let (announcer, rounds) = rounds::channel();
 
         let recorder = tokio::spawn(recorder::run(
             self.pool.clone(),
@@ -228,6 +233,7 @@ impl Relay {
                 self.queries.stream_read.clone(),
                 hub,
                 wake,
+                rounds.clone(),
                 self.cfg.poll_interval,
                 stop_background.clone(),
             ))
@@ -238,6 +244,7 @@ impl Relay {
                 self.queries.purge.clone(),
                 self.queries.table.clone(),
                 keep,
+                rounds.clone(),
                 stop_background.clone(),
             ))
         });
@@ -247,6 +254,7 @@ impl Relay {
             self.queries.fail_unknown.clone(),
             self.cfg.poll_interval,
             self.cfg.long_transaction_warning,
+            rounds,
             stop_background.clone(),
         ));
         let listener = self.cfg.listen.then(|| {
@@ -266,7 +274,8 @@ impl Relay {
             "relay running"
         );
 
-        self.claim_loop(&shutdown, &tracker, &tx, &hard).await;
+        self.claim_loop(&shutdown, &tracker, &tx, &hard, &announcer)
+            .await;
 
         // Drain: stop claiming (done), let deliveries finish, then cut them off.
         let in_flight = self.inflight.len();
@@ -312,6 +321,7 @@ impl Relay {
         tracker: &TaskTracker,
         tx: &mpsc::Sender<Recorded>,
         hard: &CancellationToken,
+        announcer: &rounds::Announcer,
     ) {
         let poll = self.cfg.poll_interval;
         let batch = self.cfg.batch_size as usize;
@@ -325,6 +335,7 @@ impl Relay {
             if shutdown.is_cancelled() {
                 return;
             }
+            announcer.round();
             if self.capacity.available_permits() < worth_claiming {
                 tokio::select! {
                     _ = self.capacity_freed.notified() => continue,

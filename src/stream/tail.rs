@@ -5,12 +5,13 @@
 //! it starts: subscribers that need older rows read them themselves.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::relay::rounds::Rounds;
 use crate::stream::cursor::Cursor;
 use crate::stream::read;
 use crate::stream::Hub;
@@ -18,36 +19,42 @@ use crate::stream::Hub;
 /// Rows per read.
 pub const PAGE: usize = 1000;
 
-/// Runs until `stop`.
+/// Runs until `stop`. The safety net for a lost NOTIFY is the claim loop's poll: a read
+/// follows its first round at least `poll` after the last read.
 pub async fn run(
     pool: Pool,
     sql: String,
     hub: Arc<Hub>,
     wake: Arc<Notify>,
+    mut rounds: Rounds,
     poll: Duration,
     stop: CancellationToken,
 ) {
     let mut cursor: Option<Cursor> = None;
     let mut failures: u32 = 0;
     loop {
-        let wait = match step(&pool, &sql, &mut cursor, &hub).await {
+        let result = step(&pool, &sql, &mut cursor, &hub).await;
+        let mut last_read = Some(Instant::now());
+        match result {
             Ok(true) => {
                 failures = 0;
                 continue; // a full page: more is visible already
             }
             Ok(false) => {
                 failures = 0;
-                poll
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    more = rounds.next(poll, &mut last_read, &stop) => if !more { return },
+                }
             }
             Err(e) => {
                 failures += 1;
-                backoff(failures, &e)
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(backoff(failures, &e)) => {}
+                    _ = stop.cancelled() => return,
+                }
             }
-        };
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return,
         }
     }
 }
