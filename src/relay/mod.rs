@@ -12,6 +12,7 @@ pub mod housekeeping;
 pub mod listener;
 pub mod recorder;
 pub mod rounds;
+pub mod warn_budget;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -492,6 +493,10 @@ impl Relay {
     }
 }
 
+/// "Delivery failed" lines at warn per second; a failing endpoint can fail thousands of
+/// attempts a second, and the rest go to debug (see [`warn_budget`]).
+static FAILURE_WARNINGS: warn_budget::WarnBudget = warn_budget::WarnBudget::new(10);
+
 /// Logs an outcome and counts it. Failures name the event, attempt, every failing endpoint
 /// with its status or error (`name: HTTP 500: ...`), and when the next attempt is due.
 fn log_outcome(ev: &ClaimedEvent, outcome: &crate::deliver::Outcome) {
@@ -505,14 +510,25 @@ fn log_outcome(ev: &ClaimedEvent, outcome: &crate::deliver::Outcome) {
         }
         Retry { delay, error, .. } => {
             crate::metrics::retried();
-            let next = chrono::Utc::now()
+            let now = chrono::Utc::now();
+            let next = now
                 + chrono::Duration::from_std(*delay).unwrap_or_else(|_| chrono::Duration::zero());
-            tracing::warn!(
-                event_id = %ev.id, event_type, attempt = ev.attempt(), %error,
-                retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
-                next_attempt_at = %next.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-                "delivery failed; will retry"
-            )
+            macro_rules! failed {
+                ($level:ident $(, $extra:ident = $value:expr)?) => {
+                    tracing::$level!(
+                        event_id = %ev.id, event_type, attempt = ev.attempt(), %error,
+                        retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+                        next_attempt_at = %next.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                        $($extra = $value,)?
+                        "delivery failed; will retry"
+                    )
+                };
+            }
+            match FAILURE_WARNINGS.take(now.timestamp() as u64) {
+                Some(0) => failed!(warn),
+                Some(n) => failed!(warn, failures_logged_at_debug_since_last_warning = n),
+                None => failed!(debug),
+            }
         }
         Dead { error, .. } => {
             crate::metrics::dead_lettered();
