@@ -121,15 +121,26 @@ pub fn retried() {
     TOTALS[T_RETRIED].fetch_add(1, Ordering::Relaxed);
 }
 
-/// Logs one line a minute at info with what the last minute did, until `stop`.
+/// How often histogram samples are folded into their buckets. The recorder keeps every raw
+/// sample until then (or until a scrape): without this an unscraped relay's memory grew by
+/// about 2 MB a minute at 1,000 events/s.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Until `stop`: folds histogram samples every [`UPKEEP_EVERY`], and logs one line a minute
+/// at info with what the last minute did.
 pub async fn summarize(stop: tokio_util::sync::CancellationToken) {
     let every = Duration::from_secs(60);
     let mut tick = tokio::time::interval(every);
     tick.reset();
+    let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
     let mut prev = [0u64; 4];
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = upkeep.tick() => {
+                handle().run_upkeep();
+                continue;
+            }
             _ = stop.cancelled() => return,
         }
         let now: [u64; 4] = std::array::from_fn(|i| TOTALS[i].load(Ordering::Relaxed));
