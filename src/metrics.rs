@@ -158,7 +158,10 @@ pub async fn summarize(stop: tokio_util::sync::CancellationToken) {
 }
 
 /// The outcomes of [`attempt`].
-pub const OUTCOMES: [&str; 3] = ["success", "failure", "timeout"];
+pub const SUCCESS: &str = "success";
+pub const FAILURE: &str = "failure";
+pub const TIMEOUT: &str = "timeout";
+pub const OUTCOMES: [&str; 3] = [SUCCESS, FAILURE, TIMEOUT];
 
 /// Shows every counter at 0 from the start (one series per sink and outcome), so that
 /// `rate()` and `increase()` see the first event instead of a series appearing mid-window,

@@ -12,7 +12,7 @@ use common::*;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,18 +26,6 @@ const WATCHDOG_USEC: &str = "2000000";
 /// How long a negative check ("nothing arrives") looks: three ping periods. A window for an
 /// absence, not a speed limit.
 const QUIET_WINDOW: Duration = Duration::from_secs(3);
-
-/// The environment the child must not inherit: a DATABASE_URL would beat the config file,
-/// and a NOTIFY_SOCKET from whatever runs the tests would get our notifications.
-const SCRUBBED_ENV: &[&str] = &[
-    "DATABASE_URL",
-    "OUTBOX_RELAY_CONFIG",
-    "OUTBOX_RELAY_LOG_FORMAT",
-    "RUST_LOG",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-];
 
 /// What systemd's notification socket would receive: one entry per datagram.
 struct NotifySocket {
@@ -140,13 +128,11 @@ fn relay_under_systemd(config: &NamedTempFile, notify: &NotifySocket) -> Proc {
         "run",
         "--config",
         config.path().to_str().unwrap(),
-    ])
-    .stdin(Stdio::null());
-    for v in SCRUBBED_ENV {
-        cmd.env_remove(v);
-    }
-    cmd.env("RUST_LOG", "info,outbox_relay=debug")
-        .env("NOTIFY_SOCKET", &notify.path)
+    ]);
+    // Scrubbed first: a NOTIFY_SOCKET from whatever runs the tests would get our
+    // notifications; then this test's own socket.
+    clean_env(&mut cmd);
+    cmd.env("NOTIFY_SOCKET", &notify.path)
         .env("WATCHDOG_USEC", WATCHDOG_USEC);
     Proc::spawn("relay", cmd)
 }
@@ -163,10 +149,7 @@ fn config_file(url: &str) -> NamedTempFile {
 async fn ready_only_once_the_database_is_up_then_watchdog_then_stopping() {
     let cluster = new_cluster().await;
     let url = cluster.url("postgres");
-    {
-        let c = cluster.clone();
-        tokio::task::spawn_blocking(move || c.stop()).await.unwrap();
-    }
+    stop_cluster(&cluster).await;
     let notify = NotifySocket::bind();
     let file = config_file(&url);
     let mut relay = relay_under_systemd(&file, &notify);

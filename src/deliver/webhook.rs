@@ -115,9 +115,11 @@ impl Endpoint {
         };
         drop(permit);
         let outcome = match &result {
-            Attempt::Accepted => Some("success"),
-            Attempt::Failed { error, .. } if error.starts_with(TIMED_OUT) => Some("timeout"),
-            Attempt::Failed { .. } => Some("failure"),
+            Attempt::Accepted => Some(crate::metrics::SUCCESS),
+            Attempt::Failed { error, .. } if error.starts_with(TIMED_OUT) => {
+                Some(crate::metrics::TIMEOUT)
+            }
+            Attempt::Failed { .. } => Some(crate::metrics::FAILURE),
             Attempt::Busy | Attempt::Cancelled => None,
         };
         if let Some(outcome) = outcome {

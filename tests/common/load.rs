@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
-use tokio_util::sync::CancellationToken;
 
 /// The event type every load event has.
 pub const LOAD_TYPE: &str = "LOAD.EVENT";
@@ -27,7 +26,6 @@ pub struct Published {
 
 pub struct Load {
     task: tokio::task::JoinHandle<(Published, Vec<Batch>)>,
-    stop: CancellationToken,
     url: String,
 }
 
@@ -38,14 +36,12 @@ type Batch = Vec<(String, String, i64)>;
 const TICK: Duration = Duration::from_millis(20);
 
 impl Load {
-    /// Publishes `rate` events/s for `duration` (or until [`Load::finish`]), over `keys`
-    /// entity keys (Item/k0 ...) in turn. Table `"OutboxEvent"` in `url`'s database.
+    /// Publishes `rate` events/s for `duration`, over `keys` entity keys (Item/k0 ...) in
+    /// turn. Table `"OutboxEvent"` in `url`'s database.
     pub fn start(url: &str, rate: u32, duration: Duration, keys: usize) -> Self {
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(publish(url.to_owned(), rate, duration, keys, stop.clone()));
+        let task = tokio::spawn(publish(url.to_owned(), rate, duration, keys));
         Self {
             task,
-            stop,
             url: url.to_owned(),
         }
     }
@@ -82,11 +78,6 @@ impl Load {
         }
         published
     }
-
-    /// Stops early (e.g. to end a run when a test has seen enough).
-    pub fn stop(&self) {
-        self.stop.cancel();
-    }
 }
 
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
@@ -117,7 +108,6 @@ async fn publish(
     rate: u32,
     duration: Duration,
     keys: usize,
-    stop: CancellationToken,
 ) -> (Published, Vec<Batch>) {
     let per_tick = (rate as usize * TICK.as_millis() as usize / 1000).max(1);
     let mut published = Published::default();
@@ -127,7 +117,7 @@ async fn publish(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let end = tokio::time::Instant::now() + duration;
     let mut n: i64 = 0;
-    while tokio::time::Instant::now() < end && !stop.is_cancelled() {
+    while tokio::time::Instant::now() < end {
         tick.tick().await;
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             client = connect(&url).await.ok();

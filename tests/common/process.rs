@@ -33,12 +33,18 @@ pub const EXIT_PATIENCE: Duration = Duration::from_secs(30);
 /// A command running the relay binary with a clean environment and verbose relay logs.
 pub fn relay_cmd(args: &[&str]) -> Command {
     let mut cmd = Command::new(relay_bin());
-    cmd.args(args).stdin(Stdio::null());
+    cmd.args(args);
+    clean_env(&mut cmd);
+    cmd
+}
+
+/// No stdin, none of [`SCRUBBED_ENV`], verbose relay logs: how every relay child starts.
+pub fn clean_env(cmd: &mut Command) {
+    cmd.stdin(Stdio::null());
     for v in SCRUBBED_ENV {
         cmd.env_remove(v);
     }
     cmd.env("RUST_LOG", "info,outbox_relay=debug");
-    cmd
 }
 
 pub fn path_str(f: &NamedTempFile) -> &str {
