@@ -1,0 +1,482 @@
+//! The built-in web dashboard, end to end: the real relay binary, real PostgreSQL, a real
+//! webhook receiver, and headless Chromium (tests/common/browser.rs) clicking through the
+//! pages as a person would. Screenshots land in target/dashboard-screenshots/.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them).
+
+mod common;
+use common::browser::*;
+use common::process::*;
+use common::*;
+
+use std::sync::Arc;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+/// The CSP the dashboard is served with (dash-spec): no inline script or style.
+const CSP: &str = "default-src 'self'";
+
+const SELFTEST_HTML: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>harness self-test</title><script src="/app.js" defer></script></head>
+<body><h1 data-testid="greeting">hello</h1>
+<label>Name <input data-testid="name" name="name"></label>
+<button data-testid="change" type="button">Change</button>
+<p data-testid="echo" data-state="idle"></p></body></html>"#;
+
+const SELFTEST_JS: &str = r#"
+document.querySelector('[data-testid=change]').addEventListener('click', () => {
+  document.querySelector('[data-testid=greeting]').textContent = 'clicked';
+  const echo = document.querySelector('[data-testid=echo]');
+  echo.textContent = 'hi ' + document.querySelector('[data-testid=name]').value;
+  echo.dataset.state = 'done';
+});
+"#;
+
+/// A page that breaks both rules the dashboard's tests watch for: an inline script (a CSP
+/// violation) and an uncaught exception.
+const BROKEN_HTML: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>broken</title>
+<script>window.inlineRan = true;</script><script src="/throw.js"></script></head>
+<body><p data-testid="broken">broken</p></body></html>"#;
+
+const THROW_JS: &str = "throw new Error('selftest-boom');";
+
+/// Serves the self-test pages on 127.0.0.1:0 with the dashboard's CSP; returns the base URL.
+async fn selftest_server() -> String {
+    fn page(ctype: &'static str, body: &'static str) -> impl IntoResponse {
+        (
+            [
+                (header::CONTENT_TYPE, ctype),
+                (header::CONTENT_SECURITY_POLICY, CSP),
+            ],
+            body,
+        )
+    }
+    let app = axum::Router::new()
+        .route(
+            "/",
+            get(|| async { page("text/html; charset=utf-8", SELFTEST_HTML) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { page("text/javascript", SELFTEST_JS) }),
+        )
+        .route(
+            "/broken",
+            get(|| async { page("text/html; charset=utf-8", BROKEN_HTML) }),
+        )
+        .route(
+            "/throw.js",
+            get(|| async { page("text/javascript", THROW_JS) }),
+        )
+        // Chromium asks for it by itself; answer so that no 404 lands in the console.
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// The harness itself, without the dashboard: both window sizes, a click that changes the
+/// page, typing, attributes, screenshots, and the console collector (clean page: no
+/// errors; broken page: its CSP violation and its exception are both caught).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_harness_self_test() {
+    let base = selftest_server().await;
+    for viewport in [LAPTOP, PHONE] {
+        let b = Browser::start(viewport).await;
+        b.goto(&format!("{base}/")).await;
+        assert_eq!(b.text(&tid("greeting")).await, "hello");
+        let size = b
+            .eval("return [window.innerWidth, window.innerHeight];", vec![])
+            .await;
+        assert_eq!(
+            size,
+            serde_json::json!([viewport.width, viewport.height]),
+            "{} viewport",
+            viewport.name
+        );
+
+        b.fill(&tid("name"), "Ada").await;
+        assert_eq!(
+            b.attr(&tid("echo"), "data-state").await.as_deref(),
+            Some("idle")
+        );
+        b.click(&tid("change")).await;
+        b.wait_text(&tid("greeting"), "clicked").await;
+        assert_eq!(b.text(&tid("echo")).await, "hi Ada");
+        assert_eq!(
+            b.attr(&tid("echo"), "data-state").await.as_deref(),
+            Some("done")
+        );
+        assert_eq!(b.attr(&tid("echo"), "data-missing").await, None);
+        b.wait_js(
+            "the script saw the click",
+            "document.querySelector('[data-testid=echo]').dataset.state === 'done'",
+        )
+        .await;
+
+        let shot = b.screenshot(&format!("selftest-{}", viewport.name)).await;
+        let png = std::fs::read(&shot).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{} is a PNG", shot.display());
+        b.assert_no_errors().await;
+
+        if viewport == LAPTOP {
+            b.goto(&format!("{base}/broken")).await;
+            b.wait(&tid("broken")).await;
+            b.wait_js("throw.js ran", "document.readyState === 'complete'")
+                .await;
+            let ran = b.eval("return window.inlineRan === true;", vec![]).await;
+            assert_eq!(
+                ran,
+                serde_json::json!(false),
+                "the CSP blocked the inline script"
+            );
+            let errors = b.errors().await;
+            let says = |needle: &str| errors.iter().any(|e| e.message.contains(needle));
+            assert!(
+                says("Content Security Policy") && says("selftest-boom"),
+                "the collector sees CSP violations and exceptions: {errors:#?}"
+            );
+        }
+        b.close().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The dashboard itself (dash-spec): the relay binary serving it on a loopback port.
+
+/// The relay binary with one webhook to `rx`, two attempts with a short backoff, and the
+/// dashboard on a free loopback port; `http_extra` adds lines to `[http]`.
+struct Dashboard {
+    relay: Proc,
+    /// `http://127.0.0.1:port`
+    base: String,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Dashboard {
+    async fn start(db: &TestDb, rx: &Receiver, http_extra: &str) -> Self {
+        let addr = free_addr();
+        let extra = format!(
+            "max_attempts = 2\nbackoff_initial = \"50ms\"\nbackoff_max = \"200ms\"\n{}\n\
+             [http]\nlisten = \"{addr}\"\n{http_extra}\n",
+            webhook_toml("main", &rx.url)
+        );
+        db.migrate(&db.config(&extra)).await;
+        let config = db.config_file(&extra);
+        let relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&config)]));
+        let base = format!("http://{addr}");
+        let readyz = format!("{base}/readyz");
+        wait_until("the relay's /readyz to answer 200", || async {
+            http_get(&readyz).await.0 == 200
+        })
+        .await;
+        Self {
+            relay,
+            base,
+            _config: config,
+        }
+    }
+
+    /// The page at `hash` ("" for the overview, "#/events?status=FAILED", ...).
+    fn page(&self, hash: &str) -> String {
+        format!("{}/{hash}", self.base)
+    }
+}
+
+/// Events inserted one by one every 100 ms until stopped (at most 3000): deliveries for
+/// the chart to show. Returns the ids inserted.
+struct Traffic {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Traffic {
+    async fn start(db: &TestDb) -> Self {
+        let client = db.client().await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..3000 {
+                ids.extend(insert_events(&client, 1, "DASH.TRAFFIC").await);
+                tokio::select! {
+                    _ = s.cancelled() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                }
+            }
+            ids
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> Vec<String> {
+        self.stop.cancel();
+        self.task.await.unwrap()
+    }
+}
+
+/// A CSS selector as a JS string literal.
+fn js_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// Console errors the dashboard tests accept: Chromium's own request for /favicon.ico (the
+/// spec serves no icon), noted so that it stays visible.
+fn favicon_404(e: &LogEntry) -> bool {
+    let is = e.source == "network" && e.message.contains("/favicon.ico");
+    if is {
+        println!("note: the dashboard serves no favicon: {}", e.message);
+    }
+    is
+}
+
+async fn wait_status(client: &tokio_postgres::Client, id: &str, status: &str) {
+    wait_until(
+        &format!("event {id} to be {status} in the database"),
+        || async { row_state(client, id).await.0 == status },
+    )
+    .await;
+}
+
+/// Overview with a moving chart, a dead letter found in the list, retried from its page
+/// and delivered; the same overview on a phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dashboard backend"]
+async fn dashboard_overview_dead_letter_and_retry() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let dash = Dashboard::start(&db, &rx, "").await;
+    let client = db.client().await;
+    let traffic = Traffic::start(&db).await;
+
+    // Overview: the chart counts deliveries and moves between two polls.
+    let b = Browser::start(LAPTOP).await;
+    b.goto(&dash.page("")).await;
+    let chart = js_str(&tid("chart"));
+    let delivered = format!("Number(document.querySelector({chart})?.dataset.deliveredTotal)");
+    b.wait_js("the chart to count deliveries", &format!("{delivered} > 0"))
+        .await;
+    let first: u64 = b
+        .attr(&tid("chart"), "data-delivered-total")
+        .await
+        .unwrap()
+        .parse()
+        .expect("data-delivered-total is a count");
+    b.wait_js(
+        "the chart to move (data-delivered-total grows)",
+        &format!("{delivered} > {first}"),
+    )
+    .await;
+    for card in [
+        "queue-pending",
+        "queue-processing",
+        "oldest-pending",
+        "queue-failed",
+        "sse-subscribers",
+        "instances",
+    ] {
+        b.wait(&tid(card)).await;
+    }
+    let row = format!("{}[data-name=\"main\"]", tid("endpoint-row"));
+    b.wait_text(&format!("{row} {}", tid("endpoint-state")), "active")
+        .await;
+    b.screenshot("overview").await;
+
+    // Quiet the traffic, and let it all land before the receiver starts failing.
+    let sent = traffic.stop().await;
+    rx.wait_accepted(&sent).await;
+    for id in &sent {
+        wait_status(&client, id, "COMPLETED").await;
+    }
+
+    // A dead letter: both attempts answered 500.
+    rx.set_script(Arc::new(|_, _| Reply::status(500)));
+    let id = insert_events(&client, 1, "DASH.DOOMED").await.remove(0);
+    wait_status(&client, &id, "FAILED").await;
+    b.goto(&dash.page("#/events?status=FAILED")).await;
+    let dead_row = format!("{}[data-id=\"{id}\"]", tid("event-row"));
+    b.wait(&dead_row).await;
+    assert_eq!(
+        b.attr(&dead_row, "data-status").await.as_deref(),
+        Some("FAILED")
+    );
+    b.screenshot("dead-letters").await;
+
+    // Retried from its page once the receiver accepts again.
+    rx.set_script(Arc::new(|_, _| Reply::ok()));
+    b.goto(&dash.page(&format!("#/events/{id}"))).await;
+    b.wait_text(&tid("event-status"), "FAILED").await;
+    b.click(&tid("event-retry")).await;
+    b.wait(&tid("confirm-dialog")).await;
+    b.click(&tid("confirm-ok")).await;
+    rx.wait_accepted(std::slice::from_ref(&id)).await;
+    wait_status(&client, &id, "COMPLETED").await;
+    b.wait_text(&tid("event-status"), "COMPLETED").await;
+    b.screenshot("event").await;
+    b.assert_no_errors_except(favicon_404).await;
+    b.close().await;
+
+    // The overview on a phone: usable without scrolling the whole page sideways.
+    let p = Browser::start(PHONE).await;
+    p.goto(&dash.page("")).await;
+    p.wait(&tid("chart")).await;
+    p.wait_js("the overview to have loaded", &format!("{delivered} > 0"))
+        .await;
+    let widths = p
+        .eval(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await;
+    assert!(
+        widths[0].as_i64() <= widths[1].as_i64(),
+        "the overview is wider than the phone (scrollWidth, innerWidth) = {widths}"
+    );
+    p.screenshot("overview-phone").await;
+    p.assert_no_errors_except(favicon_404).await;
+    p.close().await;
+    drop(dash.relay);
+}
+
+/// With `http.admin_token` set, actions need it; the page logs in with it and never shows
+/// it (neither in the DOM nor in the URL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dashboard backend"]
+async fn dashboard_admin_token_guards_actions_and_stays_out_of_the_page() {
+    let db = TestDb::new().await;
+    let rx = Receiver::with_script(Arc::new(|_, _| Reply::status(500))).await;
+    let token = format!("dash-admin-{}", uuid::Uuid::new_v4().simple());
+    let token_file = write_config(&format!("{token}\n"));
+    let dash = Dashboard::start(
+        &db,
+        &rx,
+        &format!("admin_token = \"file:{}\"", path_str(&token_file)),
+    )
+    .await;
+    let client = db.client().await;
+    let id = insert_events(&client, 1, "DASH.GUARDED").await.remove(0);
+    wait_status(&client, &id, "FAILED").await;
+
+    // The API: no token, a wrong one, the right one.
+    let retry = format!("{}/api/events/retry", dash.base);
+    let body = serde_json::json!({"ids": [uuid::Uuid::new_v4().to_string()]});
+    let post = |bearer: Option<String>| {
+        let (retry, body) = (retry.clone(), body.clone());
+        async move {
+            let mut req = reqwest::Client::new().post(&retry).json(&body);
+            if let Some(t) = bearer {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.expect("POST /api/events/retry");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    let (status, text) = post(None).await;
+    assert_eq!(status, 401, "no token: {text}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v["error"].is_string()),
+        "errors are {{\"error\": ...}}: {text}"
+    );
+    let (status, text) = post(Some(format!("{token}x"))).await;
+    assert_eq!(status, 401, "wrong token: {text}");
+    let (status, text) = post(Some(token.clone())).await;
+    assert_eq!(status, 200, "the token: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        v["done"].is_array() && v["not_done"].is_array(),
+        "retry answers done/not_done: {text}"
+    );
+    assert_no_token(&text, &token, "the retry answer");
+
+    // The browser: log in, retry the dead letter from its page.
+    let b = Browser::start(LAPTOP).await;
+    b.goto(&dash.page(&format!("#/events/{id}"))).await;
+    b.wait_text(&tid("event-status"), "FAILED").await;
+    open_login(&b).await;
+    b.fill(&tid("token-input"), &token).await;
+    b.click(&tid("token-submit")).await;
+    b.wait_js(
+        "the token to be kept in sessionStorage",
+        &format!(
+            "sessionStorage.getItem('outbox-relay-token') === {}",
+            js_str(&token)
+        ),
+    )
+    .await;
+    let page_has_no_token = |when: &'static str| {
+        let b = &b;
+        let token = token.clone();
+        async move {
+            let html = b
+                .eval("return document.documentElement.outerHTML;", vec![])
+                .await;
+            assert_no_token(html.as_str().unwrap(), &token, &format!("the DOM {when}"));
+            assert_no_token(&b.current_url().await, &token, &format!("the URL {when}"));
+            let input = b
+                .eval(
+                    &format!(
+                        "const i = document.querySelector({}); return i ? i.value : '';",
+                        js_str(&tid("token-input"))
+                    ),
+                    vec![],
+                )
+                .await;
+            assert_eq!(input, "", "the token input is cleared after use ({when})");
+        }
+    };
+    page_has_no_token("after logging in").await;
+
+    rx.set_script(Arc::new(|_, _| Reply::ok()));
+    b.click(&tid("event-retry")).await;
+    b.click(&tid("confirm-ok")).await;
+    rx.wait_accepted(std::slice::from_ref(&id)).await;
+    wait_status(&client, &id, "COMPLETED").await;
+    b.wait_text(&tid("event-status"), "COMPLETED").await;
+    page_has_no_token("after a retry").await;
+    b.goto(&dash.page("")).await;
+    b.wait(&tid("chart")).await;
+    page_has_no_token("on the overview").await;
+    b.screenshot("logged-in").await;
+    // Requests answered 401 before the login are expected; nothing else may be logged.
+    b.assert_no_errors_except(|e| {
+        favicon_404(e) || (e.source == "network" && e.message.contains("401"))
+    })
+    .await;
+    b.close().await;
+    drop(dash.relay);
+}
+
+fn assert_no_token(text: &str, token: &str, where_: &str) {
+    assert!(!text.contains(token), "the admin token appears in {where_}");
+}
+
+/// Shows the login form: the page may show it by itself (a 401) or behind the nav's
+/// login control, which the spec gives no test id: found by its text.
+async fn open_login(b: &Browser) {
+    let input = js_str(&tid("token-input"));
+    let shown = format!(
+        "(() => {{ const i = document.querySelector({input}); \
+         return !!i && i.offsetParent !== null; }})()"
+    );
+    b.eval(
+        &format!(
+            "if ({shown}) return true;
+             const c = [...document.querySelectorAll('a, button')]
+               .find(e => /^\\s*(log ?in|sign ?in)\\b/i.test(e.textContent) && !e.disabled);
+             if (c) c.click();
+             return !!c;"
+        ),
+        vec![],
+    )
+    .await;
+    b.wait_js("the login form to show", &shown).await;
+}
