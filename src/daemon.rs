@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::http::{self, sse::SseState, App};
-use crate::relay::Health;
+use crate::relay::{Health, Shared};
 use crate::stream::Hub;
 
 /// A started daemon.
@@ -30,8 +30,9 @@ impl Daemon {
         let listener = http::bind(cfg.http.listen).await?;
         let http_addr = http::local_addr(&listener);
         let pool = crate::db::pool(&cfg.database_url)?;
-        let health = Arc::new(Health::default());
         let hub = Arc::new(Hub::default());
+        let shared = Arc::new(Shared::new(&cfg, cfg.sse.enabled.then(|| hub.clone()))?);
+        let health = shared.health.clone();
         let sse = match cfg.sse.enabled {
             false => None,
             true => Some(SseState {
@@ -39,7 +40,7 @@ impl Daemon {
                 pool: crate::db::pool_of(
                     &cfg.database_url,
                     crate::db::SSE_POOL_SIZE,
-                    Some("outbox-relay sse"),
+                    Some("sse"),
                 )?,
                 stream_sql: crate::db::queries::stream_read(&cfg.qualified_table()),
                 key: DecodingKey::from_secret(
@@ -64,16 +65,15 @@ impl Daemon {
             table: cfg.qualified_table(),
             hub: hub.clone(),
             queue: Default::default(),
+            dashboard: http::dashboard::Dashboard::new(&cfg, shared.clone()),
         });
         let http_stop = CancellationToken::new();
         let server = tokio::spawn(http::serve(listener, http::router(app), http_stop.clone()));
         tracing::info!(listen = %http_addr, sse = cfg.sse.enabled, "HTTP listening");
         let notifier = crate::systemd::spawn(health.clone(), cfg.listen, shutdown.clone());
-        let relay_hub = cfg.sse.enabled.then(|| hub.clone());
-        let relay_health = health.clone();
         let stopped = shutdown.clone();
         let task = tokio::spawn(async move {
-            let result = crate::relay::run(cfg, pool, shutdown, relay_health, relay_hub).await;
+            let result = crate::relay::run(cfg, pool, shutdown, shared).await;
             stopped.cancel(); // the relay may also end on an error: stop the rest with it
             http_stop.cancel();
             let _ = server.await;

@@ -14,6 +14,7 @@
 //! - [`pgtemp`]: a throwaway PostgreSQL cluster for `dev` and the tests.
 //! - [`systemd`]: `Type=notify` readiness, status and the watchdog, when run by systemd.
 
+pub mod activity;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -184,9 +184,19 @@ pub fn attempt(sink: &str, outcome: &'static str, took: Duration) {
 }
 
 /// Refreshes the queue gauges when they are older than [`QUEUE_REFRESH`]: concurrent
-/// scrapes wait for one query instead of each running their own.
+/// scrapes (and dashboards) wait for one query instead of each running their own.
 pub struct QueueGauges {
-    last: Mutex<Option<Instant>>,
+    last: Mutex<Option<(Instant, Queue)>>,
+}
+
+/// The queue as the last refresh saw it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Queue {
+    pub pending: i64,
+    pub processing: i64,
+    pub failed: i64,
+    /// None when nothing is PENDING.
+    pub oldest_pending_age_seconds: Option<f64>,
 }
 
 impl Default for QueueGauges {
@@ -198,36 +208,46 @@ impl Default for QueueGauges {
 }
 
 impl QueueGauges {
-    pub async fn refresh(&self, pool: &deadpool_postgres::Pool, table: &str) {
+    /// Refreshes the gauges unless they are fresh; returns the queue (None: the database
+    /// has not answered yet).
+    pub async fn refresh(&self, pool: &deadpool_postgres::Pool, table: &str) -> Option<Queue> {
         let mut last = self.last.lock().await;
-        if last.is_some_and(|t| t.elapsed() < QUEUE_REFRESH) {
-            return;
+        if let Some((at, q)) = *last {
+            if at.elapsed() < QUEUE_REFRESH {
+                return Some(q);
+            }
         }
         match read_queue(pool, table).await {
-            Ok((pending, oldest, failed)) => {
-                gauge!(PENDING).set(pending as f64);
-                gauge!(OLDEST_PENDING).set(oldest);
-                gauge!(DEAD_LETTERS).set(failed as f64);
-                *last = Some(Instant::now());
+            Ok(q) => {
+                gauge!(PENDING).set(q.pending as f64);
+                gauge!(OLDEST_PENDING).set(q.oldest_pending_age_seconds.unwrap_or(0.0));
+                gauge!(DEAD_LETTERS).set(q.failed as f64);
+                *last = Some((Instant::now(), q));
+                Some(q)
             }
-            Err(e) => tracing::debug!(error = format!("{e:#}"), "queue gauges not refreshed"),
+            Err(e) => {
+                tracing::debug!(error = format!("{e:#}"), "queue gauges not refreshed");
+                None
+            }
         }
     }
 }
 
-/// (PENDING rows, oldest PENDING age in seconds, FAILED rows) in one statement, on the
-/// partial indexes.
-async fn read_queue(
-    pool: &deadpool_postgres::Pool,
-    table: &str,
-) -> anyhow::Result<(i64, f64, i64)> {
+/// The queue in one statement, on the partial indexes.
+async fn read_queue(pool: &deadpool_postgres::Pool, table: &str) -> anyhow::Result<Queue> {
     let sql = format!(
         "SELECT (SELECT count(*) FROM {table} WHERE status = 'PENDING'),
-                coalesce((SELECT extract(epoch FROM now() - min(created_at))::float8
-                            FROM {table} WHERE status = 'PENDING'), 0),
-                (SELECT count(*) FROM {table} WHERE status = 'FAILED')"
+                (SELECT count(*) FROM {table} WHERE status = 'PROCESSING'),
+                (SELECT count(*) FROM {table} WHERE status = 'FAILED'),
+                (SELECT extract(epoch FROM now() - min(created_at))::float8
+                   FROM {table} WHERE status = 'PENDING')"
     );
     let rows = crate::db::query(pool, &sql, &[]).await?;
     let row = rows.first().context("the queue query returned no row")?;
-    Ok((row.get(0), row.get(1), row.get(2)))
+    Ok(Queue {
+        pending: row.get(0),
+        processing: row.get(1),
+        failed: row.get(2),
+        oldest_pending_age_seconds: row.get(3),
+    })
 }

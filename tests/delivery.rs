@@ -542,7 +542,7 @@ async fn a_killed_listen_connection_is_replaced_without_waiting_for_the_poll() {
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity
                       WHERE datname = current_database()
-                        AND application_name = 'outbox-relay listener'",
+                        AND application_name LIKE 'outbox-relay listener %'",
                     &[],
                 )
                 .await
@@ -555,7 +555,7 @@ async fn a_killed_listen_connection_is_replaced_without_waiting_for_the_poll() {
             .query_one(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                   WHERE datname = current_database()
-                    AND application_name = 'outbox-relay listener'",
+                    AND application_name LIKE 'outbox-relay listener %'",
                 &[],
             )
             .await

@@ -119,7 +119,7 @@ async fn f3_terminate_backend_storm_on_every_relay_connection() {
         let row = admin
             .query_one(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)),
-                        count(*) FILTER (WHERE application_name = 'outbox-relay listener')
+                        count(*) FILTER (WHERE application_name LIKE 'outbox-relay listener %')
                    FROM pg_stat_activity
                   WHERE datname = current_database() AND pid <> pg_backend_pid()
                     AND application_name LIKE 'outbox-relay%'",
@@ -460,7 +460,7 @@ async fn f9_poll_only_mode_for_transaction_poolers_delivers_everything_without_l
         .query_one(
             "SELECT count(*) FROM pg_stat_activity
               WHERE datname = current_database()
-                AND (application_name = 'outbox-relay listener'
+                AND (application_name LIKE 'outbox-relay listener %'
                      OR query ILIKE 'LISTEN%')",
             &[],
         )

@@ -49,7 +49,7 @@ pub async fn db_ceiling(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
         }
         let table = db.cfg.qualified_table();
         let shape = outbox_relay::db::shape::inspect(&client, &table).await?;
-        let q = Arc::new(Queries::new(&table, &shape, &db.cfg.ordered_types()));
+        let q = Arc::new(Queries::for_config(&db.cfg, &shape));
         let mut clients = Vec::new();
         for _ in 0..ctx.p.ceiling_connections {
             clients.push(outbox_relay::db::connect(&db.cfg.database_url).await?);

@@ -134,7 +134,7 @@ pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
     eprintln!("Ctrl-C to stop.\n");
 
     let shape = crate::db::shape::inspect(&client, &cfg.qualified_table()).await?;
-    let q = crate::db::queries::Queries::new(&cfg.qualified_table(), &shape, &cfg.ordered_types());
+    let q = crate::db::queries::Queries::for_config(&cfg, &shape);
     let samples = [
         ("PROJECT.CREATED", "org_acme", "p_1", r#"{"name":"Apollo"}"#),
         (

@@ -19,7 +19,7 @@ async fn open(cfg: &Config) -> anyhow::Result<(tokio_postgres::Client, Queries)>
     let client = db::connect(&cfg.database_url).await?;
     let table = cfg.qualified_table();
     let shape = shape::inspect(&client, &table).await?;
-    Ok((client, Queries::new(&table, &shape, &cfg.ordered_types())))
+    Ok((client, Queries::for_config(cfg, &shape)))
 }
 
 /// Wakes every relay on this table (rows just became due without an INSERT).
@@ -63,7 +63,7 @@ pub struct StatusReport {
 }
 
 /// An entity key whose next event waits for an operator (`retry` or `skip` its head).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct BlockedKey {
     pub entity_type: String,
     pub entity_id: String,
@@ -72,6 +72,19 @@ pub struct BlockedKey {
     pub error_message: Option<String>,
     /// Events of the key waiting behind it.
     pub waiting: i64,
+}
+
+impl From<&tokio_postgres::Row> for BlockedKey {
+    /// A row of the blocked-keys query.
+    fn from(r: &tokio_postgres::Row) -> Self {
+        Self {
+            entity_type: r.get(0),
+            entity_id: r.get(1),
+            event_id: r.get(2),
+            error_message: r.get(3),
+            waiting: r.get(4),
+        }
+    }
 }
 
 /// The most blocked keys `status` lists.
@@ -95,13 +108,7 @@ pub async fn status_report(cfg: &Config) -> anyhow::Result<StatusReport> {
             .query(&q.blocked_keys, &[&BLOCKED_KEYS_SHOWN])
             .await?
             .iter()
-            .map(|r| BlockedKey {
-                entity_type: r.get(0),
-                entity_id: r.get(1),
-                event_id: r.get(2),
-                error_message: r.get(3),
-                waiting: r.get(4),
-            })
+            .map(BlockedKey::from)
             .collect()
     };
     Ok(StatusReport {

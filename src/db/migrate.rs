@@ -8,7 +8,7 @@
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::db::ident::{derived_name, quote_ident, quote_literal};
+use crate::db::ident::{derived_name, quote_ident, quote_literal, Ident};
 
 /// The migration steps in order: (file name, template).
 const STEPS: &[(&str, &str)] = &[
@@ -36,6 +36,10 @@ const STEPS: &[(&str, &str)] = &[
         "006_entity_ordering.sql",
         include_str!("../../sql/006_entity_ordering.sql"),
     ),
+    (
+        "007_dashboard.sql",
+        include_str!("../../sql/007_dashboard.sql"),
+    ),
 ];
 
 /// Session-level advisory lock key serialising concurrent `migrate` runs (several relays
@@ -54,6 +58,16 @@ pub fn channel(cfg: &Config) -> String {
 }
 
 /// The SQL of each step with this config's names filled in.
+/// The table of paused endpoints beside an outbox table `t` (unquoted, in the same schema).
+pub fn paused_table(t: &Ident) -> String {
+    derived_name("", t, "_relay_paused")
+}
+
+/// `paused_table`, schema-qualified and quoted.
+pub fn qualified_paused_table(cfg: &Config) -> String {
+    format!("{}.{}", cfg.schema, quote_ident(&paused_table(&cfg.table)))
+}
+
 pub fn render(cfg: &Config) -> Vec<(&'static str, String)> {
     let table = cfg.qualified_table();
     let t = &cfg.table;
@@ -92,6 +106,7 @@ pub fn render(cfg: &Config) -> Vec<(&'static str, String)> {
         ),
         ("{{channel_literal}}", quote_literal(&channel(cfg))),
         ("{{stream_seq}}", quote_ident(&stream_seq)),
+        ("{{paused_table}}", quote_ident(&paused_table(t))),
         (
             "{{stream_seq_literal}}",
             quote_literal(&format!("{}.{}", cfg.schema, quote_ident(&stream_seq))),

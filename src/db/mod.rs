@@ -1,5 +1,6 @@
 //! Everything that talks SQL: connections, the migration, the table's shape and the queries.
 
+pub mod browse;
 pub mod ident;
 pub mod migrate;
 pub mod queries;
@@ -23,6 +24,29 @@ pub const POOL_SIZE: usize = 8;
 /// Session settings of every connection: timestamps read as UTC.
 const SESSION_OPTIONS: &str = "-c TimeZone=UTC";
 
+/// This process as the dashboard lists relay instances: `host/pid`. Every connection of the
+/// daemon carries it in its application_name, so `pg_stat_activity` tells instances apart.
+pub fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
+        let host = if host.is_empty() { "localhost".into() } else { host };
+        format!("{host}/{}", std::process::id())
+    })
+}
+
+/// The application_name of a daemon connection in `role` ("" for the main pool,
+/// "listener", "sse"): `outbox-relay [role ]host/pid`.
+pub fn application_name(role: &str) -> String {
+    let sep = if role.is_empty() { "" } else { " " };
+    format!("outbox-relay {role}{sep}{}", instance())
+}
+
+/// application_name of one-shot commands (not an instance).
+const COMMAND_APPLICATION_NAME: &str = "outbox-relay command";
+
 /// Parses the URL and sets what every relay connection needs: a recognisable
 /// application_name (visible in pg_stat_activity), UTC sessions (so a Prisma
 /// `timestamp(3)` column reads as the UTC it holds), a connect timeout and TCP keepalives
@@ -33,7 +57,7 @@ pub fn pg_config(url: &Secret) -> anyhow::Result<tokio_postgres::Config> {
         .parse()
         .context("database_url is not a valid PostgreSQL URL")?;
     if cfg.get_application_name().is_none() {
-        cfg.application_name("outbox-relay");
+        cfg.application_name(application_name(""));
     }
     cfg.options(SESSION_OPTIONS);
     if cfg.get_connect_timeout().is_none() {
@@ -95,15 +119,26 @@ pub fn pool(url: &Secret) -> anyhow::Result<Pool> {
 }
 
 /// A pool whose `get()` fails within a few seconds while the database is down, instead of
-/// hanging, so callers can log, back off and try again. `name` overrides application_name.
-pub fn pool_of(url: &Secret, size: usize, name: Option<&str>) -> anyhow::Result<Pool> {
+/// hanging, so callers can log, back off and try again. `role` names the pool in
+/// application_name (see [`application_name`]).
+pub fn pool_of(url: &Secret, size: usize, role: Option<&str>) -> anyhow::Result<Pool> {
+    pool_with(url, size, role, STATEMENT_TIMEOUT)
+}
+
+/// [`pool_of`] with its own server-side statement timeout.
+pub fn pool_with(
+    url: &Secret,
+    size: usize,
+    role: Option<&str>,
+    statement_timeout: Duration,
+) -> anyhow::Result<Pool> {
     let mut cfg = pg_config(url)?;
-    if let Some(name) = name {
-        cfg.application_name(name);
+    if let Some(role) = role {
+        cfg.application_name(application_name(role));
     }
     cfg.options(format!(
         "{SESSION_OPTIONS} -c statement_timeout={}",
-        STATEMENT_TIMEOUT.as_millis()
+        statement_timeout.as_millis()
     ));
     let mgr = Manager::from_config(
         cfg,
@@ -126,7 +161,11 @@ pub fn pool_of(url: &Secret, size: usize, name: Option<&str>) -> anyhow::Result<
 
 /// One dedicated connection (CLI commands, LISTEN), its driver task spawned.
 pub async fn connect(url: &Secret) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = pg_config(url)?
+    let mut cfg = pg_config(url)?;
+    if cfg.get_application_name() == Some(application_name("").as_str()) {
+        cfg.application_name(COMMAND_APPLICATION_NAME);
+    }
+    let (client, conn) = cfg
         .connect(NoTls)
         .await
         .context("cannot connect to the database (check database_url and that it is up)")?;

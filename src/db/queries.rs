@@ -52,6 +52,11 @@ UPDATE {t} AS e SET
                   THEN 'FAILED'::{st} ELSE 'PROCESSING'::{st} END,
     retry_count = e.retry_count + CASE WHEN e.status = 'PROCESSING' THEN 1 ELSE 0 END,
     error_message = CASE WHEN e.status = 'PROCESSING' THEN {lapsed} ELSE e.error_message END,
+    attempts = CASE WHEN e.status = 'PROCESSING'
+                    THEN {keep_latest:coalesce(e.attempts, '[]') || jsonb_build_array(
+                        jsonb_build_object('at', now(), 'endpoint', NULL, 'ok', false,
+                                           'status', NULL, 'error', {lapsed}, 'ms', NULL))}
+                    ELSE e.attempts END,
     lease_expires_at = now() + make_interval(secs => $2),
     claim_token = $4
   FROM (SELECT id, false AS suspect FROM lapsed
@@ -103,24 +108,61 @@ RETURNING id::text";
 
 /// Record a batch of outcomes in one statement. Fenced by the claim token: a relay whose
 /// lease lapsed (and whose rows another relay re-claimed) updates nothing. Delays are
-/// computed on the database clock, so relay hosts with skewed clocks agree.
+/// computed on the database clock, so relay hosts with skewed clocks agree. An infinite
+/// delay holds the row for a paused endpoint (next_attempt_at = 'infinity', out of every
+/// claim's reach until a resume releases it).
 /// Arrays: $1 id, $2 token, $3 status, $4 failed attempts to add, $5 error, $6 delay seconds
-/// (NULL keeps next_attempt_at), $7 comma-joined delivered_to.
+/// (NULL keeps next_attempt_at), $7 comma-joined delivered_to, $8 the attempts made (a JSON
+/// array, NULL for none) to append to the row's history.
 const RECORD: &str = "
 UPDATE {t} AS e SET
     status = u.status::{st},
     retry_count = e.retry_count + u.failed,
     error_message = COALESCE(u.error, e.error_message),
     next_attempt_at = CASE WHEN u.delay IS NULL THEN e.next_attempt_at
+                           WHEN u.delay = 'Infinity' THEN 'infinity'
                            ELSE now() + make_interval(secs => u.delay) END,
     processed_at = CASE WHEN u.status = 'COMPLETED' THEN now() ELSE e.processed_at END,
     delivered_to = string_to_array(u.delivered, ','),
+    attempts = CASE WHEN u.log IS NULL THEN e.attempts
+                    ELSE {keep_latest:coalesce(e.attempts, '[]') || u.log::jsonb} END,
     lease_expires_at = NULL,
     claim_token = NULL
   FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::float8[],
-              $7::text[]) AS u(id, token, status, failed, error, delay, delivered)
+              $7::text[], $8::text[]) AS u(id, token, status, failed, error, delay, delivered,
+                                            log)
  WHERE e.id = u.id::{id} AND e.claim_token = u.token AND e.status = 'PROCESSING'
 RETURNING e.id::text";
+
+/// How many attempts an event's history keeps (the latest).
+pub const ATTEMPTS_KEPT: usize = 100;
+
+/// `{keep_latest:EXPR}`: the JSON array EXPR cut to its last [`ATTEMPTS_KEPT`] elements.
+fn keep_latest(expr: &str) -> String {
+    format!(
+        "(SELECT CASE WHEN jsonb_array_length(a) > {n} \
+                THEN jsonb_path_query_array(a, '$[last - {m} to last]') ELSE a END \
+            FROM (SELECT {expr} AS a) AS h)",
+        n = ATTEMPTS_KEPT,
+        m = ATTEMPTS_KEPT - 1
+    )
+}
+
+/// Endpoints an operator paused (the table migration 007 creates beside the outbox).
+const PAUSED_LIST: &str = "SELECT endpoint FROM {paused} ORDER BY endpoint";
+/// $1 endpoint, $2 who (the dashboard's peer address). Pausing twice keeps the first time.
+const PAUSE: &str = "
+INSERT INTO {paused} (endpoint, paused_by) VALUES ($1, $2) ON CONFLICT (endpoint) DO NOTHING";
+const RESUME: &str = "DELETE FROM {paused} WHERE endpoint = $1";
+/// Held rows (next_attempt_at = 'infinity', see [`RECORD`]) become due, $1 at a time. Rows
+/// still owed to an endpoint that stays paused are simply held again when claimed. A range
+/// of the PENDING index, `= ANY (ARRAY(...))` as in [`FAIL_UNKNOWN`].
+const RELEASE_HELD: &str = "
+UPDATE {t} SET next_attempt_at = now()
+ WHERE id = ANY (ARRAY(SELECT id FROM {t}
+                        WHERE status = 'PENDING' AND next_attempt_at = 'infinity'
+                        LIMIT $1 FOR UPDATE SKIP LOCKED))
+RETURNING 1";
 
 /// Extend the leases of work in progress. $1 ids, $2 tokens, $3 lease seconds.
 const EXTEND: &str = "
@@ -130,10 +172,12 @@ UPDATE {t} AS e SET lease_expires_at = now() + make_interval(secs => $3)
 RETURNING e.id::text";
 
 /// Seconds until something becomes claimable (a retry falls due or a lease lapses); NULL when
-/// nothing waits. Two index-only min() lookups on the partial indexes.
+/// nothing waits. Two index-only min() lookups on the partial indexes. Held rows
+/// ('infinity') never fall due by themselves.
 const NEXT_DUE: &str = "
 SELECT extract(epoch FROM least(
-    (SELECT min(next_attempt_at) FROM {t} WHERE status = 'PENDING'),
+    (SELECT min(next_attempt_at) FROM {t}
+      WHERE status = 'PENDING' AND next_attempt_at < 'infinity'),
     (SELECT min(lease_expires_at) FROM {t} WHERE status = 'PROCESSING')) - now())::float8";
 
 /// Dead-letter rows whose status the relay does not know (NULL, a typo, an extra enum value):
@@ -231,14 +275,35 @@ pub struct Queries {
     pub purge: String,
     pub publish: String,
     pub stream_read: String,
+    pub paused_list: String,
+    pub pause: String,
+    pub resume: String,
+    pub release_held: String,
     /// Quoted `schema.table`, for messages.
     pub table: String,
+    pub shape: TableShape,
 }
 
 impl Queries {
-    /// `ordered_types`: LIKE patterns of the event types delivered in entity order
-    /// ([`crate::config::Config::ordered_types`]); empty for none.
-    pub fn new(qualified_table: &str, shape: &TableShape, ordered_types: &[String]) -> Self {
+    /// The statements for the configured table.
+    pub fn for_config(cfg: &crate::config::Config, shape: &TableShape) -> Self {
+        Self::new(
+            &cfg.qualified_table(),
+            &crate::db::migrate::qualified_paused_table(cfg),
+            shape,
+            &cfg.ordered_types(),
+        )
+    }
+
+    /// `paused_table`: quoted and qualified. `ordered_types`: LIKE patterns of the event
+    /// types delivered in entity order ([`crate::config::Config::ordered_types`]); empty for
+    /// none.
+    pub fn new(
+        qualified_table: &str,
+        paused_table: &str,
+        shape: &TableShape,
+        ordered_types: &[String],
+    ) -> Self {
         let ordered = |alias: &str| {
             if ordered_types.is_empty() {
                 "false".to_owned()
@@ -257,7 +322,14 @@ impl Queries {
             for alias in ["c", "p", "w", "x"] {
                 sql = sql.replace(&format!("{{ordered:{alias}}}"), &ordered(alias));
             }
+            // {keep_latest:EXPR}, EXPR free of braces.
+            while let Some(start) = sql.find("{keep_latest:") {
+                let end = start + sql[start..].find('}').expect("closed placeholder");
+                let expr = sql[start + "{keep_latest:".len()..end].to_owned();
+                sql.replace_range(start..=end, &keep_latest(&expr));
+            }
             sql.replace("{t}", qualified_table)
+                .replace("{paused}", paused_table)
                 .replace("{id}", shape.id_type)
                 .replace("{st}", &shape.status_type)
         };
@@ -280,7 +352,12 @@ impl Queries {
                 PUBLISH_WITH_ID
             }),
             stream_read: r(STREAM_READ),
+            paused_list: r(PAUSED_LIST),
+            pause: r(PAUSE),
+            resume: r(RESUME),
+            release_held: r(RELEASE_HELD),
             table: qualified_table.to_owned(),
+            shape: shape.clone(),
         }
     }
 }
@@ -326,6 +403,7 @@ mod tests {
         ] {
             let q = Queries::new(
                 r#""public"."OutboxEvent""#,
+                r#""public"."OutboxEvent_relay_paused""#,
                 &TableShape::standard(),
                 &ordered,
             );
@@ -339,6 +417,8 @@ mod tests {
                 &q.stream_read,
                 &q.blocked_keys,
                 &q.skip_ids,
+                &q.release_held,
+                &q.pause,
             ] {
                 assert!(!sql.contains('{'), "unrendered placeholder in {sql}");
             }

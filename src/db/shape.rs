@@ -19,6 +19,7 @@ pub const RELAY_COLUMNS: &[&str] = &[
     "delivered_to",
     "stream_seq",
     "skipped_at",
+    "attempts",
     "event_type",
     "payload",
     "created_at",

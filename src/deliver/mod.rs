@@ -5,6 +5,7 @@
 //! pure function so every branch is tested without a network.
 
 pub mod backoff;
+pub mod pause;
 pub mod routing;
 pub mod signature;
 pub mod webhook;
@@ -15,9 +16,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::Timeline;
 use crate::config::Config;
 use crate::event::ClaimedEvent;
-use webhook::{Attempt, Endpoint};
+use webhook::{Attempt, AttemptLog, Endpoint};
 
 /// Longest error_message written to a row (the contract asks for a bounded length).
 pub const MAX_ERROR_LEN: usize = 1000;
@@ -45,6 +47,15 @@ pub enum Outcome {
         delay: Duration,
         delivered: Vec<String>,
     },
+    /// Only paused endpoints still want it: PENDING, held until one of them is resumed.
+    Hold { delivered: Vec<String> },
+}
+
+/// A delivery's outcome and the attempts it made on the way.
+#[derive(Debug)]
+pub struct Delivery {
+    pub outcome: Outcome,
+    pub log: Vec<AttemptLog>,
 }
 
 impl Outcome {
@@ -52,7 +63,7 @@ impl Outcome {
     pub fn status(&self) -> &'static str {
         match self {
             Outcome::Completed { .. } => "COMPLETED",
-            Outcome::Retry { .. } | Outcome::Release { .. } => "PENDING",
+            Outcome::Retry { .. } | Outcome::Release { .. } | Outcome::Hold { .. } => "PENDING",
             Outcome::Dead { .. } => "FAILED",
         }
     }
@@ -73,11 +84,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(cfg: &Config) -> anyhow::Result<Self> {
+    /// `timeline` counts this instance's failed attempts for the dashboard.
+    pub fn new(cfg: &Config, timeline: Arc<Timeline>) -> anyhow::Result<Self> {
         let endpoints = cfg
             .webhooks
             .iter()
-            .map(|w| Endpoint::new(w, cfg.backoff_max).map(Arc::new))
+            .map(|w| Endpoint::new(w, cfg.backoff_max, timeline.clone()).map(Arc::new))
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             endpoints,
@@ -89,16 +101,29 @@ impl Dispatcher {
         })
     }
 
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// The endpoint called `name`.
+    pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints.iter().find(|e| e.name == name)
+    }
+
     /// Delivers one event to every endpoint still owed it. `cancel` is the hard shutdown: it
     /// abandons requests in flight, and the event is released untouched.
-    pub async fn deliver(&self, ev: &ClaimedEvent, cancel: &CancellationToken) -> Outcome {
+    pub async fn deliver(&self, ev: &ClaimedEvent, cancel: &CancellationToken) -> Delivery {
         let (event_type, data) = match ev.validate() {
             Ok(v) => v,
             Err(e) => {
-                return Outcome::Dead {
+                let outcome = Outcome::Dead {
                     error: e.to_string(),
                     delivered: ev.delivered_to.clone(),
-                }
+                };
+                return Delivery {
+                    outcome,
+                    log: Vec::new(),
+                };
             }
         };
         let targets: Vec<&Arc<Endpoint>> = self
@@ -107,15 +132,25 @@ impl Dispatcher {
             .filter(|e| e.wants(event_type) && !ev.delivered_to.contains(&e.name))
             .collect();
         if targets.is_empty() {
-            return Outcome::Completed {
+            let outcome = Outcome::Completed {
                 delivered: ev.delivered_to.clone(),
+            };
+            return Delivery {
+                outcome,
+                log: Vec::new(),
             };
         }
         let body = Bytes::from(ev.envelope(event_type, &data, Some(ev.attempt())));
         let sends = targets.iter().map(|e| e.send(&ev.id, body.clone(), cancel));
-        let attempts = futures_util::future::join_all(sends).await;
+        let (attempts, log): (Vec<_>, Vec<_>) = futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .unzip();
         let results = targets.iter().map(|e| e.name.as_str()).zip(attempts);
-        decide(ev, results, &self.policy, rand::random::<f64>())
+        Delivery {
+            outcome: decide(ev, results, &self.policy, rand::random::<f64>()),
+            log: log.into_iter().flatten().collect(),
+        }
     }
 }
 
@@ -131,7 +166,7 @@ pub fn decide<'a>(
     // The longest Retry-After, and whether every failing endpoint sent one.
     let mut retry_after: Option<Duration> = None;
     let mut all_said_when = true;
-    let (mut busy, mut cancelled) = (false, false);
+    let (mut busy, mut cancelled, mut paused) = (false, false, false);
     for (name, attempt) in results {
         match attempt {
             Attempt::Accepted => delivered.push(name.to_owned()),
@@ -145,6 +180,7 @@ pub fn decide<'a>(
             }
             Attempt::Busy => busy = true,
             Attempt::Cancelled => cancelled = true,
+            Attempt::Paused => paused = true,
         }
     }
     if !errors.is_empty() {
@@ -179,6 +215,9 @@ pub fn decide<'a>(
             delay: BUSY_DELAY,
             delivered,
         };
+    }
+    if paused {
+        return Outcome::Hold { delivered };
     }
     Outcome::Completed { delivered }
 }
@@ -339,6 +378,30 @@ mod tests {
                 delivered: vec![]
             }
         );
+    }
+
+    #[test]
+    fn a_paused_endpoint_holds_the_event_after_the_others_accept() {
+        let o = decide(
+            &ev(0, &[]),
+            [("a", Attempt::Accepted), ("b", Attempt::Paused)],
+            &POLICY,
+            0.0,
+        );
+        assert_eq!(
+            o,
+            Outcome::Hold {
+                delivered: vec!["a".into()]
+            }
+        );
+        // A failure elsewhere is still an attempt, retried as usual.
+        let o = decide(
+            &ev(0, &[]),
+            [("a", failed("HTTP 500")), ("b", Attempt::Paused)],
+            &POLICY,
+            1.0,
+        );
+        assert!(matches!(o, Outcome::Retry { .. }), "{o:?}");
     }
 
     #[test]

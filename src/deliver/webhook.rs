@@ -1,6 +1,6 @@
 //! One `[[webhook]]` endpoint: its HTTP client, signing keys and concurrency limit.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +9,7 @@ use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::{EndpointStats, Timeline};
 use crate::config::WebhookConfig;
 use crate::deliver::backoff::retry_after;
 use crate::deliver::routing::TypeFilter;
@@ -44,6 +45,22 @@ pub enum Attempt {
     Busy,
     /// Shutdown cut the delivery short: not an attempt.
     Cancelled,
+    /// An operator paused the endpoint: not sent, not an attempt; the event is held until
+    /// the endpoint is resumed.
+    Paused,
+}
+
+/// One attempt as the event's history keeps it (the `attempts` column, the dashboard).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttemptLog {
+    /// RFC 3339, when the request started.
+    pub at: String,
+    pub endpoint: String,
+    pub ok: bool,
+    /// The HTTP status, when there was a response.
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub ms: f64,
 }
 
 /// A webhook endpoint, shared by every delivery task.
@@ -60,10 +77,19 @@ pub struct Endpoint {
     max_in_flight: usize,
     timeout: Duration,
     backoff_max: Duration,
+    /// Set from the paused-endpoints table (see [`crate::deliver::pause`]).
+    paused: AtomicBool,
+    /// This instance's recent attempts, for the dashboard.
+    pub stats: EndpointStats,
+    timeline: Arc<Timeline>,
 }
 
 impl Endpoint {
-    pub fn new(cfg: &WebhookConfig, backoff_max: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: &WebhookConfig,
+        backoff_max: Duration,
+        timeline: Arc<Timeline>,
+    ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .timeout(cfg.timeout)
@@ -85,7 +111,34 @@ impl Endpoint {
             max_in_flight: cfg.max_in_flight,
             timeout: cfg.timeout,
             backoff_max,
+            paused: AtomicBool::new(false),
+            stats: EndpointStats::default(),
+            timeline,
         })
+    }
+
+    /// The URL without credentials, query or fragment: safe to show.
+    pub fn display_url(&self) -> String {
+        let mut u = self.url.clone();
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        u.set_query(None);
+        u.set_fragment(None);
+        u.to_string()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Returns whether it changed.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        self.paused.swap(paused, Ordering::AcqRel) != paused
+    }
+
+    /// Requests on the wire to this endpoint now.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.permits.available_permits()
     }
 
     /// Whether this endpoint subscribes to the event type.
@@ -94,41 +147,63 @@ impl Endpoint {
     }
 
     /// POSTs one signed envelope. Never panics and never returns an error: every way it can
-    /// go wrong is an [`Attempt`].
-    pub async fn send(&self, id: &str, body: Bytes, cancel: &CancellationToken) -> Attempt {
+    /// go wrong is an [`Attempt`]. A real attempt (a response, a transport error or a
+    /// timeout) also comes with its [`AttemptLog`].
+    pub async fn send(
+        &self,
+        id: &str,
+        body: Bytes,
+        cancel: &CancellationToken,
+    ) -> (Attempt, Option<AttemptLog>) {
+        if self.is_paused() {
+            return (Attempt::Paused, None);
+        }
         let Some(_queued) = QueueSlot::take(&self.queued, self.max_in_flight * QUEUE_PER_SLOT)
         else {
-            return Attempt::Busy;
+            return (Attempt::Busy, None);
         };
         let permit = tokio::select! {
             p = tokio::time::timeout(self.timeout, self.permits.acquire()) => match p {
                 Ok(Ok(p)) => p,
-                _ => return Attempt::Busy,
+                _ => return (Attempt::Busy, None),
             },
-            _ = cancel.cancelled() => return Attempt::Cancelled,
+            _ = cancel.cancelled() => return (Attempt::Cancelled, None),
         };
         drop(_queued);
+        let at = chrono::Utc::now();
         let started = std::time::Instant::now();
-        let result = tokio::select! {
+        let (result, status) = tokio::select! {
             r = self.post(id, body) => r,
-            _ = cancel.cancelled() => Attempt::Cancelled,
+            _ = cancel.cancelled() => (Attempt::Cancelled, None),
         };
         drop(permit);
-        let outcome = match &result {
-            Attempt::Accepted => Some(crate::metrics::SUCCESS),
+        let took = started.elapsed();
+        let (outcome, error) = match &result {
+            Attempt::Accepted => (crate::metrics::SUCCESS, None),
             Attempt::Failed { error, .. } if error.starts_with(TIMED_OUT) => {
-                Some(crate::metrics::TIMEOUT)
+                (crate::metrics::TIMEOUT, Some(error))
             }
-            Attempt::Failed { .. } => Some(crate::metrics::FAILURE),
-            Attempt::Busy | Attempt::Cancelled => None,
+            Attempt::Failed { error, .. } => (crate::metrics::FAILURE, Some(error)),
+            Attempt::Busy | Attempt::Cancelled | Attempt::Paused => return (result, None),
         };
-        if let Some(outcome) = outcome {
-            crate::metrics::attempt(&self.name, outcome, started.elapsed());
+        crate::metrics::attempt(&self.name, outcome, took);
+        self.stats.record(took, error.map(String::as_str));
+        if error.is_some() {
+            self.timeline.failed();
         }
-        result
+        let log = AttemptLog {
+            at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            endpoint: self.name.clone(),
+            ok: error.is_none(),
+            status,
+            error: error.cloned(),
+            ms: (took.as_secs_f64() * 1e6).round() / 1e3,
+        };
+        (result, Some(log))
     }
 
-    async fn post(&self, id: &str, body: Bytes) -> Attempt {
+    /// The attempt, and the response's status when there was one.
+    async fn post(&self, id: &str, body: Bytes) -> (Attempt, Option<u16>) {
         let now = SystemTime::now();
         let ts = now
             .duration_since(UNIX_EPOCH)
@@ -146,10 +221,11 @@ impl Endpoint {
         let mut response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
-                return Attempt::Failed {
+                let failed = Attempt::Failed {
                     error: describe(&e, self.timeout),
                     retry_after: None,
-                }
+                };
+                return (failed, None);
             }
         };
         let status = response.status();
@@ -162,7 +238,7 @@ impl Endpoint {
             _ => None,
         };
         let excerpt = read_excerpt(&mut response).await;
-        if status.is_success() {
+        let attempt = if status.is_success() {
             Attempt::Accepted
         } else {
             let mut error = format!("HTTP {}", status.as_u16());
@@ -171,7 +247,8 @@ impl Endpoint {
                 error.push_str(&excerpt);
             }
             Attempt::Failed { error, retry_after }
-        }
+        };
+        (attempt, Some(status.as_u16()))
     }
 }
 

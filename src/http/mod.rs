@@ -1,10 +1,12 @@
-//! The HTTP side on `http.listen`: SSE ([`sse`]), `/healthz` and `/readyz`.
+//! The HTTP side on `http.listen`: SSE ([`sse`]), `/healthz`, `/readyz`, `/metrics` and the
+//! dashboard ([`dashboard`]) at `/`.
 //!
 //! Connections are served by hand (hyper, one task each) rather than by `axum::serve` so a
 //! handler can cut its own connection: a subscriber that stops reading never polls its
 //! response body again, and only dropping the connection frees it.
 
 pub mod auth;
+pub mod dashboard;
 pub mod sse;
 
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ pub struct App {
     pub table: String,
     pub hub: Arc<crate::stream::Hub>,
     pub queue: crate::metrics::QueueGauges,
+    pub dashboard: dashboard::Dashboard,
 }
 
 /// Cancelling it drops the connection the request came on.
@@ -45,6 +48,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/events", get(sse::events))
+        .merge(dashboard::routes())
         .with_state(app)
 }
 
@@ -129,6 +133,7 @@ async fn serve_connection(
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(handle.clone());
+            req.extensions_mut().insert(dashboard::Peer(peer));
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
     let conn =

@@ -15,6 +15,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::ident::quote_ident;
+use crate::deliver::pause::ENDPOINTS_CHANGED;
 use crate::relay::Health;
 use crate::secret::Secret;
 
@@ -22,21 +23,23 @@ use crate::secret::Secret;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// How long the heartbeat may take before the connection is declared dead.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
-/// application_name of the LISTEN connection.
-pub const LISTENER_APPLICATION_NAME: &str = "outbox-relay listener";
+/// The LISTEN connection's role in its application_name (`outbox-relay listener host/pid`).
+pub const LISTENER_ROLE: &str = "listener";
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 
-/// Runs until `stop`: listen, forward notifies to every waker, reconnect on any failure.
+/// Runs until `stop`: listen, forward notifies to every waker (and the paused-endpoints
+/// announcements to `endpoints_changed`), reconnect on any failure.
 pub async fn run(
     url: Secret,
     channel: String,
     wake: Vec<Arc<Notify>>,
+    endpoints_changed: Arc<Notify>,
     health: Arc<Health>,
     stop: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(100);
     loop {
-        let session = listen_once(&url, &channel, &wake, &health, &stop);
+        let session = listen_once(&url, &channel, &wake, &endpoints_changed, &health, &stop);
         match session.await {
             Ok(()) => return, // stopped
             Err(e) => {
@@ -57,21 +60,26 @@ async fn listen_once(
     url: &Secret,
     channel: &str,
     wake: &[Arc<Notify>],
+    endpoints_changed: &Arc<Notify>,
     health: &Health,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut cfg = crate::db::pg_config(url)?;
     // Named apart from the pool's connections, so operators (and tests) can tell it apart
     // in pg_stat_activity.
-    cfg.application_name(LISTENER_APPLICATION_NAME);
+    cfg.application_name(crate::db::application_name(LISTENER_ROLE));
     let (client, mut conn) = cfg.connect(NoTls).await?;
     // The connection must be polled for the client to make progress and for notifications
     // to arrive; this task does both and ends when the connection does.
     let notified = wake.to_vec();
+    let endpoints_changed = endpoints_changed.clone();
     let mut driver: tokio::task::JoinHandle<anyhow::Result<()>> = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(msg) = messages.next().await {
             match msg {
+                Ok(AsyncMessage::Notification(n)) if n.payload() == ENDPOINTS_CHANGED => {
+                    endpoints_changed.notify_one()
+                }
                 Ok(AsyncMessage::Notification(_)) => notified.iter().for_each(|w| w.notify_one()),
                 Ok(_) => {}
                 Err(e) => return Err(anyhow::Error::from(e)),

@@ -15,7 +15,7 @@ pub mod rounds;
 pub mod warn_budget;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::activity::Timeline;
 use crate::config::Config;
 use crate::db::queries::Queries;
 use crate::db::shape;
@@ -43,6 +44,35 @@ pub struct Health {
     /// When the claim loop last went round, in ms since [`Health::epoch`]; 0 before it starts.
     loop_beat_ms: AtomicU64,
     epoch: std::sync::OnceLock<Instant>,
+}
+
+/// What the relay shares with the HTTP side (`/readyz`, SSE, the dashboard). The daemon
+/// makes it before the relay starts, so the dashboard works while the database is down.
+pub struct Shared {
+    pub health: Arc<Health>,
+    /// The SSE fan-out, fed by a tail reader the relay runs (None: SSE disabled).
+    pub hub: Option<Arc<Hub>>,
+    pub dispatcher: Arc<Dispatcher>,
+    /// Delivered events and failed attempts per second, for the dashboard.
+    pub timeline: Arc<Timeline>,
+    /// The statements for the table's shape, once the relay has found the table.
+    pub queries: OnceLock<Arc<Queries>>,
+    /// Wakes the claim loop (as a NOTIFY would): for a dashboard retry in poll-only mode.
+    pub wake: Arc<Notify>,
+}
+
+impl Shared {
+    pub fn new(cfg: &Config, hub: Option<Arc<Hub>>) -> anyhow::Result<Self> {
+        let timeline = Arc::new(Timeline::default());
+        Ok(Self {
+            health: Arc::default(),
+            hub,
+            dispatcher: Arc::new(Dispatcher::new(cfg, timeline.clone())?),
+            timeline,
+            queries: OnceLock::new(),
+            wake: Arc::default(),
+        })
+    }
 }
 
 /// The claim loop proves it is alive at least this often, even when idle (without a query).
@@ -98,6 +128,7 @@ pub struct Relay {
     health: Arc<Health>,
     /// The SSE fan-out, fed by a tail reader this relay runs (None: SSE disabled).
     hub: Option<Arc<Hub>>,
+    timeline: Arc<Timeline>,
     /// A suspect (a row that lapsed twice in a row, see the claim query) is being delivered;
     /// no second one is claimed until it is done.
     suspect_in_flight: Arc<AtomicBool>,
@@ -106,18 +137,35 @@ pub struct Relay {
 /// Runs the daemon until `shutdown` is cancelled, then drains: in-flight deliveries get
 /// `shutdown_timeout` to finish, the rest are released to PENDING. Returns Ok after a clean
 /// drain. Keeps retrying while the database is unreachable.
-/// With a `hub`, it also runs the SSE tail reader feeding it.
+/// With a hub in `shared`, it also runs the SSE tail reader feeding it.
 pub async fn run(
     cfg: Config,
     pool: Pool,
     shutdown: CancellationToken,
-    health: Arc<Health>,
-    hub: Option<Arc<Hub>>,
+    shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
-    let Some(queries) = wait_for_table(&cfg, &pool, &health, &shutdown).await else {
+    let Some(queries) = wait_for_table(&cfg, &pool, &shared.health, &shutdown).await else {
         return Ok(());
     };
-    let relay = Arc::new(Relay::new(cfg, pool, queries, health, hub)?);
+    let queries = Arc::new(queries);
+    let _ = shared.queries.set(queries.clone());
+    // Before the first claim: a relay that does not know an endpoint is paused would send.
+    while let Err(e) = crate::deliver::pause::load(&pool, &queries, &shared.dispatcher).await {
+        tracing::warn!(error = format!("{e:#}"), "cannot read the paused endpoints; retrying (run `outbox-relay migrate` if the table is missing)");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    // Rows held for an endpoint that is no longer paused (or no longer configured) would
+    // otherwise wait for a resume that never comes; those still owed to a paused endpoint
+    // are held again when claimed.
+    match crate::deliver::pause::release_held(&pool, &queries).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(released = n, "held events released at start"),
+        Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot release held events"),
+    }
+    let relay = Arc::new(Relay::new(cfg, pool, queries, &shared));
     relay.run(shutdown).await
 }
 
@@ -140,7 +188,7 @@ async fn wait_for_table(
             Ok(shape) => {
                 health.database.store(true, Ordering::Release);
                 tracing::info!(table = %table, id_type = shape.id_type, status_type = %shape.status_type, "outbox table found");
-                return Some(Queries::new(&table, &shape, &cfg.ordered_types()));
+                return Some(Queries::for_config(cfg, &shape));
             }
             Err(e) => {
                 health.database.store(false, Ordering::Release);
@@ -156,14 +204,7 @@ async fn wait_for_table(
 }
 
 impl Relay {
-    pub fn new(
-        cfg: Config,
-        pool: Pool,
-        queries: Queries,
-        health: Arc<Health>,
-        hub: Option<Arc<Hub>>,
-    ) -> anyhow::Result<Self> {
-        let dispatcher = Dispatcher::new(&cfg)?;
+    pub fn new(cfg: Config, pool: Pool, queries: Arc<Queries>, shared: &Shared) -> Self {
         // Room for each endpoint's in-flight requests plus as many queued behind them, so a
         // saturated endpoint never takes the whole window from the healthy ones.
         let per_endpoint = |w: &crate::config::WebhookConfig| {
@@ -171,20 +212,21 @@ impl Relay {
         };
         let window: usize = cfg.webhooks.iter().map(per_endpoint).sum();
         let capacity_total = window.max(cfg.batch_size as usize);
-        Ok(Self {
+        Self {
             cfg,
             pool,
-            queries: Arc::new(queries),
-            dispatcher: Arc::new(dispatcher),
+            queries,
+            dispatcher: shared.dispatcher.clone(),
             inflight: Arc::default(),
-            wake: Arc::default(),
+            wake: shared.wake.clone(),
             capacity: Arc::new(Semaphore::new(capacity_total)),
             capacity_total,
             capacity_freed: Arc::default(),
-            health,
-            hub,
+            health: shared.health.clone(),
+            hub: shared.hub.clone(),
+            timeline: shared.timeline.clone(),
             suspect_in_flight: Arc::default(),
-        })
+        }
     }
 
     /// A handle that wakes the claim loop (as a NOTIFY would).
@@ -214,6 +256,7 @@ impl Relay {
                 wake: self.wake.clone(),
                 capacity_freed: self.capacity_freed.clone(),
                 wake_on_completion: !self.cfg.ordered_types().is_empty(),
+                timeline: self.timeline.clone(),
             },
             rx,
             give_up.clone(),
@@ -250,6 +293,15 @@ impl Relay {
             ))
         });
         let summary = tokio::spawn(crate::metrics::summarize(stop_background.clone()));
+        let endpoints_changed = Arc::new(Notify::new());
+        let paused = tokio::spawn(crate::deliver::pause::watch(
+            self.pool.clone(),
+            self.queries.clone(),
+            self.dispatcher.clone(),
+            endpoints_changed.clone(),
+            rounds.clone(),
+            stop_background.clone(),
+        ));
         let housekeeping = tokio::spawn(housekeeping::run(
             self.pool.clone(),
             self.queries.fail_unknown.clone(),
@@ -263,6 +315,7 @@ impl Relay {
                 self.cfg.database_url.clone(),
                 crate::db::migrate::channel(&self.cfg),
                 wakers,
+                endpoints_changed,
                 self.health.clone(),
                 stop_background.clone(),
             ))
@@ -306,7 +359,14 @@ impl Relay {
         }
         stop_background.cancel();
         let _ = leases.await;
-        for task in [listener, tail, retention, Some(summary), Some(housekeeping)]
+        for task in [
+            listener,
+            tail,
+            retention,
+            Some(summary),
+            Some(housekeeping),
+            Some(paused),
+        ]
             .into_iter()
             .flatten()
         {
@@ -465,7 +525,7 @@ impl Relay {
             let suspect_done = (suspect.as_ref() == Some(&ev.id))
                 .then(|| (self.suspect_in_flight.clone(), self.wake.clone()));
             tracker.spawn(async move {
-                let outcome = dispatcher.deliver(&ev, &hard).await;
+                let crate::deliver::Delivery { outcome, log } = dispatcher.deliver(&ev, &hard).await;
                 if let Some((flag, wake)) = suspect_done {
                     // The next suspect may go now.
                     flag.store(false, Ordering::Release);
@@ -476,6 +536,7 @@ impl Relay {
                     id: ev.id,
                     token,
                     outcome,
+                    log,
                     permit,
                 };
                 // The recorder lives until every sender is gone, so this cannot fail.
@@ -538,5 +599,6 @@ fn log_outcome(ev: &ClaimedEvent, outcome: &crate::deliver::Outcome) {
             )
         }
         Release { .. } => tracing::debug!(event_id = %ev.id, "released without an attempt"),
+        Hold { .. } => tracing::debug!(event_id = %ev.id, "held for a paused endpoint"),
     }
 }

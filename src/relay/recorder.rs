@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::activity::Timeline;
 use crate::db::queries::Queries;
+use crate::deliver::webhook::AttemptLog;
 use crate::deliver::Outcome;
 
 /// Most outcomes written by one statement.
@@ -27,6 +29,8 @@ pub struct Recorded {
     pub id: String,
     pub token: Uuid,
     pub outcome: Outcome,
+    /// The attempts made, appended to the row's history.
+    pub log: Vec<AttemptLog>,
     /// The in-flight slot this event held; freed after the write.
     pub permit: OwnedSemaphorePermit,
 }
@@ -73,6 +77,8 @@ pub struct Signals {
     pub capacity_freed: Arc<Notify>,
     /// Entity order: a finished event may release the next one of its key.
     pub wake_on_completion: bool,
+    /// The dashboard's count of delivered events, once durable.
+    pub timeline: Arc<Timeline>,
 }
 
 /// The recorder task. Ends when every sender is gone and the queue is written. `give_up`
@@ -92,13 +98,24 @@ pub async fn run(
         loop {
             match write(&pool, &queries, &batch).await {
                 Ok(written) => {
-                    if written < batch.len() {
+                    let completed = |r: &&Recorded| matches!(r.outcome, Outcome::Completed { .. });
+                    let delivered = if written.len() < batch.len() {
                         tracing::warn!(
-                            lost = batch.len() - written,
+                            lost = batch.len() - written.len(),
                             "outcomes not recorded: the lease lapsed and another relay \
                              re-claimed those events (they may be delivered twice)"
                         );
-                    }
+                        let written: std::collections::HashSet<String> =
+                            written.into_iter().collect();
+                        batch
+                            .iter()
+                            .filter(completed)
+                            .filter(|r| written.contains(&r.id))
+                            .count()
+                    } else {
+                        batch.iter().filter(completed).count()
+                    };
+                    signals.timeline.delivered(delivered as u32);
                     break;
                 }
                 Err(e) if give_up.is_cancelled() => {
@@ -131,15 +148,16 @@ pub async fn run(
     }
 }
 
-/// One UPDATE for the whole batch; returns how many rows it changed.
-async fn write(pool: &Pool, q: &Queries, batch: &[Recorded]) -> anyhow::Result<usize> {
+/// One UPDATE for the whole batch; returns the ids of the rows it changed.
+async fn write(pool: &Pool, q: &Queries, batch: &[Recorded]) -> anyhow::Result<Vec<String>> {
     let n = batch.len();
     let (mut ids, mut tokens, mut statuses) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut failed, mut errors, mut delays, mut delivered) = (
+    let (mut failed, mut errors, mut delays, mut delivered, mut logs) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -160,21 +178,27 @@ async fn write(pool: &Pool, q: &Queries, batch: &[Recorded]) -> anyhow::Result<u
             Outcome::Release { delay, delivered } => {
                 (0, None, Some(delay.as_secs_f64()), delivered)
             }
+            Outcome::Hold { delivered } => (0, None, Some(f64::INFINITY), delivered),
         };
         failed.push(f);
         errors.push(e);
         delays.push(d);
         delivered.push(to.join(","));
+        logs.push(if r.log.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&r.log)?)
+        });
     }
     let rows = crate::db::query(
         pool,
         &q.record,
         &[
-            &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered,
+            &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered, &logs,
         ],
     )
     .await?;
-    Ok(rows.len())
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Extends the lease of every in-flight row every `lease / 3`, so a live relay never loses a

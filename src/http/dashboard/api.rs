@@ -1,0 +1,477 @@
+//! The dashboard's JSON API (shapes in the README, "Dashboard").
+//!
+//! Reads that any number of open pages poll (`/api/overview`) are served from memory and
+//! from results cached for [`CACHE_FOR`], so the queries the dashboard adds do not grow with
+//! the pages open or with how often they poll. Searches and event pages query on demand, on
+//! the dashboard's own pool. Actions are logged with the peer that asked.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use super::{Access, ApiError, Peer};
+use crate::commands::BlockedKey;
+use crate::db::browse::{self, Search};
+use crate::db::queries::Queries;
+use crate::event::ClaimedEvent;
+use crate::http::App;
+
+/// How long instances and blocked keys are reused between polls.
+pub const CACHE_FOR: Duration = Duration::from_secs(5);
+/// Most ids one action takes.
+const MAX_IDS: usize = 1000;
+
+/// A value refreshed at most every [`CACHE_FOR`]; concurrent readers wait for one query.
+pub struct Cached<T>(Mutex<Option<(Instant, T)>>);
+
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<T: Clone> Cached<T> {
+    async fn get<F, Fut>(&self, refresh: F) -> Option<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let mut slot = self.0.lock().await;
+        if let Some((at, v)) = &*slot {
+            if at.elapsed() < CACHE_FOR {
+                return Some(v.clone());
+            }
+        }
+        match refresh().await {
+            Ok(v) => {
+                *slot = Some((Instant::now(), v.clone()));
+                Some(v)
+            }
+            Err(e) => {
+                tracing::debug!(error = format!("{e:#}"), "dashboard query failed");
+                None
+            }
+        }
+    }
+}
+
+/// The overview's cached database reads.
+#[derive(Default)]
+pub struct Cache {
+    instances: Cached<Vec<Instance>>,
+    blocked: Cached<Vec<BlockedKey>>,
+}
+
+/// A relay daemon connected to the database.
+#[derive(Debug, Clone, Serialize)]
+pub struct Instance {
+    /// `host/pid`.
+    pub name: String,
+    pub connections: i64,
+    /// Its oldest connection's start.
+    pub since: String,
+}
+
+fn unavailable(what: &str) -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{what}: the relay has not reached the database yet"),
+    )
+}
+
+fn pool(app: &App) -> Result<&deadpool_postgres::Pool, ApiError> {
+    app.dashboard
+        .pool
+        .as_ref()
+        .ok_or_else(|| unavailable("no database pool"))
+}
+
+fn queries(app: &App) -> Result<&Arc<Queries>, ApiError> {
+    app.dashboard
+        .shared
+        .queries
+        .get()
+        .ok_or_else(|| unavailable("the outbox table is not known yet"))
+}
+
+fn internal(e: anyhow::Error) -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))
+}
+
+fn json_response<T: Serialize>(v: &T) -> Response {
+    ([(axum::http::header::CACHE_CONTROL, "no-store")], Json(v)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Since {
+    since: Option<u64>,
+}
+
+/// `GET /api/overview?since=`: everything the overview page shows.
+pub async fn overview(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<Since>,
+) -> Result<Response, ApiError> {
+    let d = &app.dashboard;
+    d.allow(&headers, Access::Read)?;
+    let up = app
+        .health
+        .database
+        .load(std::sync::atomic::Ordering::Acquire);
+    let queue = if up {
+        app.queue.refresh(&app.pool, &app.table).await
+    } else {
+        None
+    };
+    let instances = match &d.pool {
+        Some(pool) if up => d.cache.instances.get(|| read_instances(pool)).await,
+        _ => None,
+    };
+    let blocked = match (&d.pool, d.shared.queries.get()) {
+        (Some(pool), Some(q)) if up && d.ordering => {
+            d.cache.blocked.get(|| read_blocked(pool, q)).await
+        }
+        _ => None,
+    };
+    let endpoints: Vec<Value> = d
+        .shared
+        .dispatcher
+        .endpoints()
+        .iter()
+        .map(|e| {
+            let h = e.stats.health();
+            json!({
+                "name": e.name,
+                "url": e.display_url(),
+                "paused": e.is_paused(),
+                "window_seconds": h.window_seconds,
+                "attempts": h.attempts,
+                "succeeded": h.succeeded,
+                "success_rate": h.success_rate,
+                "p99_ms": h.p99_ms,
+                "in_flight": e.in_flight(),
+                "last_error": e.stats.last_error(),
+            })
+        })
+        .collect();
+    let body = json!({
+        "relay": {
+            "instance": crate::db::instance(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": d.started_at,
+            "table": app.table,
+            "ordering": d.ordering,
+            "now": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "database_up": up,
+        },
+        "admin": d.may_act(&headers),
+        "queue": queue.map_or(json!({
+            "pending": null, "processing": null, "failed": null,
+            "oldest_pending_age_seconds": null,
+        }), |q| json!(q)),
+        "timeline": d.shared.timeline.series(q.since),
+        "endpoints": endpoints,
+        "sse": { "enabled": app.sse.is_some(), "subscribers": app.hub.subscribers() },
+        "instances": instances.unwrap_or_default(),
+        "blocked_keys": blocked.unwrap_or_default(),
+    });
+    Ok(json_response(&body))
+}
+
+async fn read_instances(pool: &deadpool_postgres::Pool) -> anyhow::Result<Vec<Instance>> {
+    let rows = crate::db::query(pool, browse::INSTANCES, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Instance {
+            name: r.get(0),
+            connections: r.get(1),
+            since: r.get(2),
+        })
+        .collect())
+}
+
+async fn read_blocked(
+    pool: &deadpool_postgres::Pool,
+    q: &Queries,
+) -> anyhow::Result<Vec<BlockedKey>> {
+    let rows = crate::db::query(
+        pool,
+        &q.blocked_keys,
+        &[&crate::commands::BLOCKED_KEYS_SHOWN],
+    )
+    .await?;
+    Ok(rows.iter().map(BlockedKey::from).collect())
+}
+
+/// `GET /api/events?...`: a page of events, newest first.
+pub async fn events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(search): Query<Search>,
+) -> Result<Response, ApiError> {
+    app.dashboard.allow(&headers, Access::Read)?;
+    let (pool, q) = (pool(&app)?, queries(&app)?);
+    let sql = search
+        .to_sql(&q.table, &q.shape)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.0))?;
+    let rows = browse::search(pool, &sql).await.map_err(|e| {
+        let timed_out = e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+            .any(|c| c.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED));
+        if timed_out {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the search took too long: narrow it by status, type or time".into(),
+            )
+        } else {
+            internal(e)
+        }
+    })?;
+    let more = rows.len() as i64 > sql.limit;
+    let page = &rows[..rows.len().min(sql.limit as usize)];
+    let next = match (more, page.last()) {
+        (true, Some(last)) => Some(browse::encode_cursor(
+            &last.get::<_, String>(1),
+            &last.get::<_, String>(2),
+        )),
+        _ => None,
+    };
+    let events: Vec<Box<RawValue>> = page
+        .iter()
+        .map(|r| RawValue::from_string(r.get(0)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| internal(e.into()))?;
+    Ok(json_response(&json!({ "events": events, "next": next })))
+}
+
+/// One event with its payload, envelope, history and endpoints.
+#[derive(Serialize)]
+struct Detail {
+    #[serde(flatten)]
+    fields: serde_json::Map<String, Value>,
+    payload: Box<RawValue>,
+    envelope: Option<Box<RawValue>>,
+    endpoints: Vec<Value>,
+}
+
+/// `GET /api/events/{id}`.
+pub async fn event(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    app.dashboard.allow(&headers, Access::Read)?;
+    let (pool, q) = (pool(&app)?, queries(&app)?);
+    let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no event with id {id:?}"));
+    let rows = match crate::db::query(pool, &browse::event_sql(&q.table, &q.shape), &[&id]).await
+    {
+        Ok(rows) => rows,
+        Err(e) if browse::is_bad_id(&e) => return Err(not_found()),
+        Err(e) => return Err(internal(e)),
+    };
+    let row = rows.first().ok_or_else(not_found)?;
+    let ev = ClaimedEvent::try_from(row).map_err(|e| internal(e.into()))?;
+    let fields: serde_json::Map<String, Value> =
+        serde_json::from_str(&row.get::<_, String>(10)).map_err(|e| internal(e.into()))?;
+    let raw = |s: String| RawValue::from_string(s).ok();
+    let payload = match &ev.payload {
+        Some(p) => raw(p.clone()).or_else(|| raw(json!(p).to_string())),
+        None => None,
+    }
+    .unwrap_or_else(|| raw("null".into()).expect("null is JSON"));
+    let envelope = ev.validate().ok().and_then(|(t, data)| {
+        raw(String::from_utf8(ev.envelope(t, &data, None)).expect("JSON is UTF-8"))
+    });
+    let endpoints = app
+        .dashboard
+        .shared
+        .dispatcher
+        .endpoints()
+        .iter()
+        .map(|e| {
+            json!({
+                "name": e.name,
+                "wants": ev.event_type.as_deref().is_some_and(|t| e.wants(t)),
+                "accepted": ev.delivered_to.contains(&e.name),
+                "paused": e.is_paused(),
+            })
+        })
+        .collect();
+    let detail = Detail {
+        fields,
+        payload,
+        envelope,
+        endpoints,
+    };
+    Ok(json_response(&json!({ "event": detail })))
+}
+
+#[derive(Debug, Deserialize)]
+struct Ids {
+    ids: Vec<String>,
+}
+
+/// Parses an action's body after the caller was allowed to act.
+fn ids(body: &Bytes) -> Result<Vec<String>, ApiError> {
+    let Ids { ids } = serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"ids\": [\"...\"]}}: {e}"),
+        )
+    })?;
+    if ids.is_empty() || ids.len() > MAX_IDS {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("give between 1 and {MAX_IDS} ids"),
+        ));
+    }
+    Ok(ids)
+}
+
+fn peer(p: &Option<Extension<Peer>>) -> String {
+    p.as_ref()
+        .map_or_else(|| "unknown".into(), |Extension(Peer(a))| a.to_string())
+}
+
+/// Runs an id action (`sql` takes `$1::text[]` and returns the ids it changed), wakes the
+/// relays, logs it and answers `{done, not_done}`.
+async fn id_action(
+    app: &App,
+    headers: &HeaderMap,
+    who: &Option<Extension<Peer>>,
+    body: &Bytes,
+    action: &'static str,
+    sql: impl Fn(&Queries) -> &str,
+) -> Result<Response, ApiError> {
+    app.dashboard.allow(headers, Access::Act)?;
+    let ids = ids(body)?;
+    let (pool, q) = (pool(app)?, queries(app)?);
+    let rows = match crate::db::query(pool, sql(q), &[&ids]).await {
+        Ok(rows) => rows,
+        Err(e) if browse::is_bad_id(&e) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("an id is not of the table's id type ({})", q.shape.id_type),
+            ))
+        }
+        Err(e) => return Err(internal(e)),
+    };
+    let done: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let not_done: Vec<&String> = ids.iter().filter(|i| !done.contains(i)).collect();
+    if !done.is_empty() {
+        wake(app, pool).await;
+    }
+    tracing::info!(
+        action,
+        peer = %peer(who),
+        done = done.len(),
+        not_done = not_done.len(),
+        ids = ?done,
+        "dashboard action"
+    );
+    Ok(json_response(
+        &json!({ "done": done, "not_done": not_done }),
+    ))
+}
+
+/// Rows became due without an INSERT: wake every relay on the table, this one directly (it
+/// may run poll-only).
+async fn wake(app: &App, pool: &deadpool_postgres::Pool) {
+    let channel = &app.dashboard.channel;
+    if let Err(e) = crate::db::query(pool, "SELECT pg_notify($1, '')", &[channel]).await {
+        tracing::debug!(error = format!("{e:#}"), "cannot notify the other relays");
+    }
+    app.dashboard.shared.wake.notify_one();
+}
+
+/// `POST /api/events/retry {"ids": [...]}`: FAILED events back to PENDING.
+pub async fn retry(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    who: Option<Extension<Peer>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    id_action(&app, &headers, &who, &body, "retry", |q| &q.retry_ids).await
+}
+
+/// `POST /api/events/skip {"ids": [...]}`: FAILED events given up, unblocking their keys.
+pub async fn skip(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    who: Option<Extension<Peer>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    id_action(&app, &headers, &who, &body, "skip", |q| &q.skip_ids).await
+}
+
+async fn set_paused(
+    app: &App,
+    headers: &HeaderMap,
+    who: &Option<Extension<Peer>>,
+    name: &str,
+    paused: bool,
+) -> Result<Response, ApiError> {
+    app.dashboard.allow(headers, Access::Act)?;
+    let d = &app.dashboard;
+    if d.shared.dispatcher.endpoint(name).is_none() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no webhook named {name:?}"),
+        ));
+    }
+    let (pool, q) = (pool(app)?, queries(app)?);
+    let by = peer(who);
+    let changed = crate::deliver::pause::set(
+        pool,
+        q,
+        &d.channel,
+        &d.shared.dispatcher,
+        name,
+        paused,
+        &by,
+    )
+    .await
+    .map_err(internal)?;
+    if !paused {
+        d.shared.wake.notify_one();
+    }
+    tracing::info!(
+        action = if paused { "pause" } else { "resume" },
+        endpoint = name,
+        peer = %by,
+        changed,
+        "dashboard action"
+    );
+    Ok(json_response(&json!({ "name": name, "paused": paused })))
+}
+
+/// `POST /api/endpoints/{name}/pause`.
+pub async fn pause(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    who: Option<Extension<Peer>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(&app, &headers, &who, &name, true).await
+}
+
+/// `POST /api/endpoints/{name}/resume`.
+pub async fn resume(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    who: Option<Extension<Peer>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(&app, &headers, &who, &name, false).await
+}
