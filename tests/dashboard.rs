@@ -515,3 +515,66 @@ async fn dashboard_admin_token_guards_actions_and_stays_out_of_the_page() {
 fn assert_no_token(text: &str, token: &str, where_: &str) {
     assert!(!text.contains(token), "the admin token appears in {where_}");
 }
+
+/// Untrusted text from the database (type, org, entity, payload) is shown as text: no
+/// element of it reaches the DOM, no script of it runs, and the CSP reports nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dashboard backend"]
+async fn dashboard_shows_untrusted_text_as_text() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let dash = Dashboard::start(&db, &rx, "").await;
+    let client = db.client().await;
+    let markup =
+        |what: &str| format!("<img src=x data-xss=\"{what}\" onerror=\"window.xss='{what}'\">");
+    let payload = serde_json::json!({ "html": markup("payload") });
+    let id: String = client
+        .query_one(
+            "INSERT INTO \"OutboxEvent\" (event_type, org_id, entity_type, entity_id, payload)
+             VALUES ($1, $2, $3, $4, $5::text::jsonb) RETURNING id::text",
+            &[
+                &format!("XSS.{}", markup("type")),
+                &markup("org"),
+                &markup("entity_type"),
+                &markup("entity_id"),
+                &payload.to_string(),
+            ],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    rx.wait_accepted(std::slice::from_ref(&id)).await;
+    wait_status(&client, &id, "COMPLETED").await;
+
+    let b = Browser::start(LAPTOP).await;
+    let injected = "document.querySelector('[data-xss]') === null && window.xss === undefined";
+    b.goto(&dash.page("#/events?status=COMPLETED")).await;
+    b.wait(&format!("{}[data-id=\"{id}\"]", tid("event-row")))
+        .await;
+    b.wait_js(
+        "the list to show the markup as text",
+        &format!(
+            "document.body.textContent.includes({}) && {injected}",
+            js_str(&markup("org"))
+        ),
+    )
+    .await;
+    b.goto(&dash.page(&format!("#/events/{id}"))).await;
+    b.wait_text(&tid("event-status"), "COMPLETED").await;
+    let shown = b.text(&tid("event-payload")).await;
+    assert!(
+        shown.contains("data-xss=\\\"payload\\\""),
+        "the payload is shown as JSON text: {shown}"
+    );
+    b.wait_js(
+        "the event page to show the markup as text",
+        &format!(
+            "document.body.textContent.includes({}) && {injected}",
+            js_str(&markup("entity_id"))
+        ),
+    )
+    .await;
+    b.assert_no_errors_except(favicon_404).await;
+    b.close().await;
+    drop(dash.relay);
+}
