@@ -73,7 +73,7 @@ pub struct LogEntry {
     #[serde(default)]
     pub source: String,
     #[serde(default)]
-    pub timestamp: i64,
+    pub timestamp: f64,
 }
 
 impl LogEntry {
