@@ -150,6 +150,18 @@ async fn browser_harness_self_test() {
     }
 }
 
+/// Without Chromium or chromedriver the browser tests fail and say what to install.
+#[test]
+fn a_missing_browser_is_a_failure_that_says_what_to_install() {
+    assert_eq!(missing_browser(&[CHROMIUM, CHROMEDRIVER]), None);
+    let msg = missing_browser(&[CHROMIUM, "/nonexistent/chromedriver"]).unwrap();
+    assert!(
+        msg.contains("/nonexistent/chromedriver is missing")
+            && msg.contains("`chromium chromium-driver`"),
+        "{msg}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // The dashboard itself (dash-spec): the relay binary serving it on a loopback port.
 

@@ -85,21 +85,26 @@ impl LogEntry {
 /// Fails the test, with what to install, when Chromium or chromedriver is missing: CI
 /// installs both, so a missing one is a broken machine, not a reason to skip.
 pub fn require_installed() {
-    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
-        .into_iter()
+    if let Some(msg) = missing_browser(&[CHROMIUM, CHROMEDRIVER]) {
+        panic!("{msg}");
+    }
+}
+
+/// What to tell when any of `paths` does not exist.
+pub fn missing_browser(paths: &[&str]) -> Option<String> {
+    let missing: Vec<String> = paths
+        .iter()
         .filter(|p| !Path::new(p).exists())
+        .map(|p| format!("{p} is missing"))
         .collect();
-    assert!(
-        missing.is_empty(),
-        "the browser tests need headless Chromium and chromedriver, but {} missing: \
-         install the Debian packages `chromium chromium-driver` \
-         (apt-get install chromium chromium-driver; .ci/run does this)",
-        missing
-            .iter()
-            .map(|p| format!("{p} is"))
-            .collect::<Vec<_>>()
-            .join(" and ")
-    );
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the browser tests need headless Chromium and chromedriver, but {}: install the \
+             Debian packages `chromium chromium-driver` (apt-get install chromium \
+             chromium-driver; .ci/run does this)",
+            missing.join(" and ")
+        )
+    })
 }
 
 /// Where screenshots go: `<target dir>/dashboard-screenshots`.
