@@ -8,7 +8,11 @@
 //! - [`relay`]: the daemon. The claim loop wakes on NOTIFY ([`relay::listener`]) or a timer,
 //!   claims with `FOR UPDATE SKIP LOCKED`, spawns deliveries, and [`relay::recorder`] writes
 //!   outcomes back in batches and keeps leases alive.
-//! - [`deliver`]: routing, Standard Webhooks signing, backoff and the outcome of an attempt.
+//! - [`deliver`]: routing, Standard Webhooks signing, backoff and the outcome of an attempt;
+//!   [`deliver::pause`] pauses an endpoint on every relay sharing the table.
+//! - [`http`]: SSE, health, `/metrics` and the dashboard ([`http::dashboard`]: an embedded
+//!   page and its JSON API; its reads are in [`db::browse`], its in-memory figures in
+//!   [`activity`]).
 //! - [`event`]: a claimed row and its JSON envelope.
 //! - [`commands`]: `migrate`, `status`, `retry`, `purge`, `publish` and the `dev` demo.
 //! - [`pgtemp`]: a throwaway PostgreSQL cluster for `dev` and the tests.

@@ -114,7 +114,8 @@ pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
     eprintln!("  database   {}", crate::secret::redact_url(&url));
     eprintln!("  table      {}", cfg.qualified_table());
     eprintln!("  receiver   {hook_url}");
-    eprintln!("  http       http://{http}  (/healthz, /readyz, /v1/events)");
+    eprintln!("  dashboard  http://{http}/");
+    eprintln!("  http       http://{http}  (/healthz, /readyz, /metrics, /v1/events)");
     eprintln!();
     eprintln!("Server-Sent Events for org_acme (token valid 24h), from the first event:");
     eprintln!(

@@ -215,6 +215,8 @@ pub fn routes() -> Router<Arc<App>> {
             "/assets/app.css",
             get(|| asset(APP_CSS, "text/css; charset=utf-8")),
         )
+        // Browsers ask for it on every page; the page has no icon, so no 404 in the console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/overview", get(api::overview))
         .route("/api/events", get(api::events))
         .route("/api/events/:id", get(api::event))

@@ -1,0 +1,318 @@
+//! The dashboard's JSON API against real PostgreSQL and real HTTP (issue 7): pausing an
+//! endpoint across relays, an event's history, search paging, the admin token, and the load
+//! that open dashboards put on the database. The browser end-to-end tests are in
+//! tests/dashboard.rs.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::receiver::{Receiver, Reply};
+use common::{insert_events, wait_until, webhook_toml, TestDb};
+use serde_json::{json, Value};
+
+async fn get(url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(url: &str, body: Value, token: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(url).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Ids of rows held for a paused endpoint.
+async fn held(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM \"OutboxEvent\"
+              WHERE status = 'PENDING' AND next_attempt_at = 'infinity'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_pause_holds_events_on_every_relay_and_a_resume_delivers_each_once() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let toml = webhook_toml("hook", &rx.url);
+    let (_, a) = db.start_relay(&toml).await;
+    let (_, b) = db.start_relay(&toml).await;
+    let client = db.client().await;
+
+    let (s, body) = post(
+        &format!("{}/api/endpoints/hook/pause", a.http_url()),
+        json!({}),
+        None,
+    )
+    .await;
+    assert_eq!((s, body["paused"].clone()), (200, json!(true)), "{body}");
+    // Relay B hears of it through the NOTIFY.
+    let b_url = b.http_url();
+    wait_until("relay B sees the pause", || {
+        let url = format!("{b_url}/api/overview");
+        async move { get(&url, None).await.1["endpoints"][0]["paused"] == json!(true) }
+    })
+    .await;
+
+    let ids = insert_events(&client, 50, "ORDER.CREATED").await;
+    wait_until("all 50 held", || async { held(&client).await == 50 }).await;
+    assert!(rx.deliveries().is_empty(), "a paused endpoint got requests");
+    let (_, page) = get(&format!("{}/api/events?id={}", b.http_url(), ids[0]), None).await;
+    assert_eq!(page["events"][0]["held"], json!(true), "{page}");
+    assert_eq!(page["events"][0]["retry_count"], json!(0), "holding is not an attempt");
+
+    let (s, _) = post(
+        &format!("{}/api/endpoints/hook/resume", b.http_url()),
+        json!({}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    rx.wait_accepted(&ids).await;
+    wait_until("all COMPLETED", || async {
+        common::count_status(&client, "COMPLETED").await == 50
+    })
+    .await;
+    let counts = rx.accepted_counts();
+    assert!(counts.values().all(|&n| n == 1), "duplicates: {counts:?}");
+    let paused: i64 = client
+        .query_one("SELECT count(*) FROM \"OutboxEvent_relay_paused\"", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(paused, 0);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_page_shows_each_attempt_and_search_pages_without_gaps() {
+    let db = TestDb::new().await;
+    // The first attempt of every event fails with a 500, the second is accepted.
+    let rx = Receiver::with_script(Arc::new(|_, nth| {
+        if nth == 1 {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    }))
+    .await;
+    let toml = format!(
+        "backoff_initial = \"50ms\"\nbackoff_max = \"100ms\"\n{}",
+        webhook_toml("hook", &rx.url)
+    );
+    let (_, relay) = db.start_relay(&toml).await;
+    let client = db.client().await;
+    let base = relay.http_url();
+
+    let ids = insert_events(&client, 1, "ORDER.CREATED").await;
+    let id = &ids[0];
+    wait_until("the event COMPLETED", || async {
+        common::row_state(&client, id).await.0 == "COMPLETED"
+    })
+    .await;
+    let (s, body) = get(&format!("{base}/api/events/{id}"), None).await;
+    assert_eq!(s, 200, "{body}");
+    let ev = &body["event"];
+    let attempts = ev["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(
+        (&attempts[0]["ok"], &attempts[0]["status"], &attempts[0]["endpoint"]),
+        (&json!(false), &json!(500), &json!("hook"))
+    );
+    assert_eq!((&attempts[1]["ok"], &attempts[1]["status"]), (&json!(true), &json!(200)));
+    assert!(attempts.iter().all(|a| a["ms"].as_f64().is_some()));
+    assert_eq!(ev["envelope"]["id"], json!(id));
+    assert_eq!(ev["envelope"]["type"], json!("ORDER.CREATED"));
+    assert_eq!(ev["payload"], json!({"n": 1}));
+    assert_eq!(
+        ev["endpoints"],
+        json!([{"name": "hook", "wants": true, "accepted": true, "paused": false}])
+    );
+
+    // 120 more in three types; page through all 121 at 50 a page.
+    let mut all: Vec<String> = ids.clone();
+    for t in ["A.ONE", "B.TWO", "C.THREE"] {
+        all.extend(insert_events(&client, 40, t).await);
+    }
+    let mut seen = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let url = match &next {
+            Some(c) => format!("{base}/api/events?limit=50&before={c}"),
+            None => format!("{base}/api/events?limit=50"),
+        };
+        let (s, page) = get(&url, None).await;
+        assert_eq!(s, 200, "{page}");
+        for e in page["events"].as_array().unwrap() {
+            seen.push(e["id"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(c) => next = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a row came twice across pages");
+    assert_eq!(unique, all.iter().collect::<HashSet<_>>());
+
+    let count = |q: &'static str| {
+        let base = base.clone();
+        async move {
+            let (s, page) = get(&format!("{base}/api/events?{q}"), None).await;
+            assert_eq!(s, 200, "{q}: {page}");
+            page["events"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(count("type=ORDER.*").await, 1);
+    assert_eq!(count("type=B.*&limit=200").await, 40);
+    assert_eq!(count("org=org_1&status=FAILED").await, 0);
+    assert_eq!(count("id=not-a-uuid").await, 0);
+    let (s, _) = get(&format!("{base}/api/events?status=DONE"), None).await;
+    assert_eq!(s, 400);
+    let (s, _) = get(&format!("{base}/api/events/not-a-uuid"), None).await;
+    assert_eq!(s, 404);
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn actions_need_the_admin_token_which_is_never_echoed() {
+    let db = TestDb::new().await;
+    let rx = Receiver::with_script(Arc::new(|_, _| Reply::status(500))).await;
+    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let toml = format!(
+        "max_attempts = 1\n{}\n[http]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{token}\"\n",
+        webhook_toml("hook", &rx.url)
+    );
+    let (_, relay) = db.start_relay(&toml).await;
+    let client = db.client().await;
+    let base = relay.http_url();
+    let ids = insert_events(&client, 1, "ORDER.CREATED").await;
+    wait_until("dead letter", || async {
+        common::row_state(&client, &ids[0]).await.0 == "FAILED"
+    })
+    .await;
+
+    let retry = format!("{base}/api/events/retry");
+    let body = json!({ "ids": ids });
+    assert_eq!(post(&retry, body.clone(), None).await.0, 401);
+    assert_eq!(post(&retry, body.clone(), Some("wrong")).await.0, 401);
+    let pause = format!("{base}/api/endpoints/hook/pause");
+    assert_eq!(post(&pause, json!({}), None).await.0, 401);
+    assert_eq!(common::row_state(&client, &ids[0]).await.0, "FAILED");
+    // Cross-site, even with the token (a page that somehow had it): refused.
+    let cross = reqwest::Client::new()
+        .post(&retry)
+        .bearer_auth(&token)
+        .header("origin", "https://evil.example")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status().as_u16(), 403);
+
+    // Reads stay open on loopback; `admin` tells the page whether it may act.
+    let (s, overview) = get(&format!("{base}/api/overview"), None).await;
+    assert_eq!((s, &overview["admin"]), (200, &json!(false)));
+    let (_, overview) = get(&format!("{base}/api/overview"), Some(&token)).await;
+    assert_eq!(overview["admin"], json!(true));
+    let page = reqwest::get(&base).await.unwrap().text().await.unwrap();
+    for text in [overview.to_string(), page] {
+        assert!(!text.contains(&token), "the admin token was echoed");
+    }
+
+    rx.set_script(Arc::new(|_, _| Reply::ok()));
+    let (s, done) = post(&retry, body, Some(&token)).await;
+    assert_eq!((s, &done["done"]), (200, &json!(ids)), "{done}");
+    rx.wait_accepted(&ids).await;
+    relay.stop().await.unwrap();
+}
+
+/// Transactions committed in the test's database so far (all sessions).
+async fn commits(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database
+              WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Ten dashboards polling every 2 s for a minute cost the database what one does: the
+/// overview's database reads are shared and cached for 5 s.
+#[tokio::test]
+async fn open_dashboards_add_a_bounded_number_of_queries() {
+    const PAGES: usize = 10;
+    const WINDOW: Duration = Duration::from_secs(60);
+    // Backends report their counts when idle, at most ~10 s late (PostgreSQL 15).
+    const STATS_SETTLE: Duration = Duration::from_secs(12);
+    let db = TestDb::new().await;
+    let (_, relay) = db
+        .start_relay("poll_interval = \"1h\"\n[sse]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n")
+        .await;
+    let admin = db.client().await;
+    let url = format!("{}/api/overview", relay.http_url());
+    assert_eq!(get(&url, None).await.0, 200); // connections made, caches warm
+    tokio::time::sleep(STATS_SETTLE).await;
+    let before = commits(&admin).await;
+
+    let stop = tokio::time::Instant::now() + WINDOW;
+    let mut polls = 0usize;
+    let pages: Vec<_> = (0..PAGES)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut since: Option<u64> = None;
+                let mut n = 0;
+                while tokio::time::Instant::now() < stop {
+                    let u = match since {
+                        Some(s) => format!("{url}?since={s}"),
+                        None => url.clone(),
+                    };
+                    let (s, body) = get(&u, None).await;
+                    assert_eq!(s, 200);
+                    since = body["timeline"]["end"].as_u64();
+                    n += 1;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                n
+            })
+        })
+        .collect();
+    for p in pages {
+        polls += p.await.unwrap();
+    }
+    tokio::time::sleep(STATS_SETTLE).await;
+    let used = commits(&admin).await - before;
+    // The overview reads the queue and the instances, each at most once per 5 s window;
+    // the idle relay adds its LISTEN heartbeat (every 15 s) over the 84 s measured, and
+    // this test its own reads of pg_stat_database.
+    let measured = WINDOW + STATS_SETTLE;
+    let bound = 2 * (WINDOW.as_secs() / 5 + 2) + measured.as_secs() / 15 + 4;
+    println!("{polls} overview polls from {PAGES} pages in {WINDOW:?}: {used} transactions (bound {bound})");
+    assert!(polls >= PAGES * 20, "the pages polled only {polls} times");
+    assert!(
+        used <= bound as i64,
+        "{used} transactions for {polls} polls (bound {bound})"
+    );
+    relay.stop().await.unwrap();
+}
