@@ -98,12 +98,18 @@ impl Ring {
 impl Timeline {
     /// `n` events became COMPLETED (counted once their outcome is durable).
     pub fn delivered(&self, n: u32) {
-        self.ring.lock().expect("timeline lock").add(unix_now(), n, 0);
+        self.ring
+            .lock()
+            .expect("timeline lock")
+            .add(unix_now(), n, 0);
     }
 
     /// One delivery attempt failed.
     pub fn failed(&self) {
-        self.ring.lock().expect("timeline lock").add(unix_now(), 0, 1);
+        self.ring
+            .lock()
+            .expect("timeline lock")
+            .add(unix_now(), 0, 1);
     }
 
     /// The seconds after `since` (unix seconds; None: the whole hour), up to now.
@@ -296,6 +302,9 @@ mod tests {
         let p99 = h.p99_ms.unwrap();
         assert!((900.0..=1250.0).contains(&p99), "{p99}");
         let gone = s.health_at(10_000 + HEALTH_WINDOW.as_secs() + BUCKET_SECONDS);
-        assert_eq!((gone.attempts, gone.success_rate, gone.p99_ms), (0, None, None));
+        assert_eq!(
+            (gone.attempts, gone.success_rate, gone.p99_ms),
+            (0, None, None)
+        );
     }
 }

@@ -37,11 +37,7 @@ impl Daemon {
             false => None,
             true => Some(SseState {
                 hub: hub.clone(),
-                pool: crate::db::pool_of(
-                    &cfg.database_url,
-                    crate::db::SSE_POOL_SIZE,
-                    Some("sse"),
-                )?,
+                pool: crate::db::pool_of(&cfg.database_url, crate::db::SSE_POOL_SIZE, Some("sse"))?,
                 stream_sql: crate::db::queries::stream_read(&cfg.qualified_table()),
                 key: DecodingKey::from_secret(
                     cfg.sse

@@ -75,7 +75,11 @@ async fn a_pause_holds_events_on_every_relay_and_a_resume_delivers_each_once() {
     assert!(rx.deliveries().is_empty(), "a paused endpoint got requests");
     let (_, page) = get(&format!("{}/api/events?id={}", b.http_url(), ids[0]), None).await;
     assert_eq!(page["events"][0]["held"], json!(true), "{page}");
-    assert_eq!(page["events"][0]["retry_count"], json!(0), "holding is not an attempt");
+    assert_eq!(
+        page["events"][0]["retry_count"],
+        json!(0),
+        "holding is not an attempt"
+    );
 
     let (s, _) = post(
         &format!("{}/api/endpoints/hook/resume", b.http_url()),
@@ -133,10 +137,17 @@ async fn an_event_page_shows_each_attempt_and_search_pages_without_gaps() {
     let attempts = ev["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert_eq!(
-        (&attempts[0]["ok"], &attempts[0]["status"], &attempts[0]["endpoint"]),
+        (
+            &attempts[0]["ok"],
+            &attempts[0]["status"],
+            &attempts[0]["endpoint"]
+        ),
         (&json!(false), &json!(500), &json!("hook"))
     );
-    assert_eq!((&attempts[1]["ok"], &attempts[1]["status"]), (&json!(true), &json!(200)));
+    assert_eq!(
+        (&attempts[1]["ok"], &attempts[1]["status"]),
+        (&json!(true), &json!(200))
+    );
     assert!(attempts.iter().all(|a| a["ms"].as_f64().is_some()));
     assert_eq!(ev["envelope"]["id"], json!(id));
     assert_eq!(ev["envelope"]["type"], json!("ORDER.CREATED"));
@@ -267,7 +278,9 @@ async fn open_dashboards_add_a_bounded_number_of_queries() {
     const STATS_SETTLE: Duration = Duration::from_secs(12);
     let db = TestDb::new().await;
     let (_, relay) = db
-        .start_relay("poll_interval = \"1h\"\n[sse]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n")
+        .start_relay(
+            "poll_interval = \"1h\"\n[sse]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        )
         .await;
     let admin = db.client().await;
     let url = format!("{}/api/overview", relay.http_url());

@@ -86,7 +86,11 @@ pub struct SearchSql {
 fn time(name: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, BadSearch> {
     chrono::DateTime::parse_from_rfc3339(v)
         .map(|t| t.with_timezone(&chrono::Utc))
-        .map_err(|_| BadSearch(format!("{name} must be an RFC 3339 time, e.g. 2026-11-25T10:00:00Z")))
+        .map_err(|_| {
+            BadSearch(format!(
+                "{name} must be an RFC 3339 time, e.g. 2026-11-25T10:00:00Z"
+            ))
+        })
 }
 
 /// The keyset cursor: the last row's created_at (as PostgreSQL printed it) and id.
@@ -114,7 +118,7 @@ impl Search {
         let mut conds: Vec<String> = Vec::new();
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
         let bind = |params: &mut Vec<Box<dyn ToSql + Sync + Send>>,
-                        v: Box<dyn ToSql + Sync + Send>| {
+                    v: Box<dyn ToSql + Sync + Send>| {
             params.push(v);
             format!("${}", params.len())
         };
@@ -123,7 +127,10 @@ impl Search {
             // search; one that is uses the primary key.
             let fits = match shape.id_type {
                 "uuid" => uuid::Uuid::parse_str(id).is_ok(),
-                "bigint" | "integer" => id.parse::<i32>().is_ok() || (shape.id_type == "bigint" && id.parse::<i64>().is_ok()),
+                "bigint" | "integer" => {
+                    id.parse::<i32>().is_ok()
+                        || (shape.id_type == "bigint" && id.parse::<i64>().is_ok())
+                }
                 _ => true,
             };
             if fits {
@@ -243,7 +250,9 @@ mod tests {
             from: Some("2026-11-25T10:00:00Z".into()),
             ..Default::default()
         };
-        let q = s.to_sql("\"public\".\"OutboxEvent\"", &TableShape::standard()).unwrap();
+        let q = s
+            .to_sql("\"public\".\"OutboxEvent\"", &TableShape::standard())
+            .unwrap();
         assert!(!q.sql.contains("DROP"), "{}", q.sql);
         assert!(q.sql.contains("e.status = 'FAILED'"));
         // Not a uuid: matches nothing, binds nothing.

@@ -32,7 +32,11 @@ pub fn instance() -> &'static str {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_default();
-        let host = if host.is_empty() { "localhost".into() } else { host };
+        let host = if host.is_empty() {
+            "localhost".into()
+        } else {
+            host
+        };
         format!("{host}/{}", std::process::id())
     })
 }

@@ -87,7 +87,12 @@ pub async fn set(
         crate::db::query(pool, &q.resume, &[&name]).await?;
         endpoint.set_paused(false)
     };
-    crate::db::query(pool, "SELECT pg_notify($1, $2)", &[&channel, &ENDPOINTS_CHANGED]).await?;
+    crate::db::query(
+        pool,
+        "SELECT pg_notify($1, $2)",
+        &[&channel, &ENDPOINTS_CHANGED],
+    )
+    .await?;
     if !paused {
         let released = release_held(pool, q).await?;
         tracing::info!(endpoint = name, released, "held events released");

@@ -367,8 +367,8 @@ impl Relay {
             Some(housekeeping),
             Some(paused),
         ]
-            .into_iter()
-            .flatten()
+        .into_iter()
+        .flatten()
         {
             let _ = task.await;
         }
@@ -525,7 +525,8 @@ impl Relay {
             let suspect_done = (suspect.as_ref() == Some(&ev.id))
                 .then(|| (self.suspect_in_flight.clone(), self.wake.clone()));
             tracker.spawn(async move {
-                let crate::deliver::Delivery { outcome, log } = dispatcher.deliver(&ev, &hard).await;
+                let crate::deliver::Delivery { outcome, log } =
+                    dispatcher.deliver(&ev, &hard).await;
                 if let Some((flag, wake)) = suspect_done {
                     // The next suspect may go now.
                     flag.store(false, Ordering::Release);

@@ -274,8 +274,7 @@ pub async fn event(
     app.dashboard.allow(&headers, Access::Read)?;
     let (pool, q) = (pool(&app)?, queries(&app)?);
     let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no event with id {id:?}"));
-    let rows = match crate::db::query(pool, &browse::event_sql(&q.table, &q.shape), &[&id]).await
-    {
+    let rows = match crate::db::query(pool, &browse::event_sql(&q.table, &q.shape), &[&id]).await {
         Ok(rows) => rows,
         Err(e) if browse::is_bad_id(&e) => return Err(not_found()),
         Err(e) => return Err(internal(e)),
@@ -432,17 +431,10 @@ async fn set_paused(
     }
     let (pool, q) = (pool(app)?, queries(app)?);
     let by = peer(who);
-    let changed = crate::deliver::pause::set(
-        pool,
-        q,
-        &d.channel,
-        &d.shared.dispatcher,
-        name,
-        paused,
-        &by,
-    )
-    .await
-    .map_err(internal)?;
+    let changed =
+        crate::deliver::pause::set(pool, q, &d.channel, &d.shared.dispatcher, name, paused, &by)
+            .await
+            .map_err(internal)?;
     if !paused {
         d.shared.wake.notify_one();
     }

@@ -140,7 +140,10 @@ impl Dashboard {
         }
         let presented = headers.contains_key(header::AUTHORIZATION);
         if presented && self.admin_token.is_some() && !self.has_token(headers) {
-            return Err(ApiError(StatusCode::UNAUTHORIZED, "wrong admin token".into()));
+            return Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "wrong admin token".into(),
+            ));
         }
         let needs_token = self.admin_token.is_some() && (access == Access::Act || !self.loopback);
         if needs_token && !self.has_token(headers) {
@@ -268,21 +271,35 @@ mod tests {
     async fn loopback_without_a_token_is_open_but_only_to_localhost_hosts() {
         let d = dash("127.0.0.1:0", None);
         let json = ("content-type", "application/json");
-        assert!(d.allow(&headers(&[("host", "127.0.0.1:9470")]), Access::Read).is_ok());
-        assert!(d.allow(&headers(&[("host", "localhost:9470"), json]), Access::Act).is_ok());
-        assert!(d.allow(&headers(&[("host", "[::1]:9470"), json]), Access::Act).is_ok());
+        assert!(d
+            .allow(&headers(&[("host", "127.0.0.1:9470")]), Access::Read)
+            .is_ok());
+        assert!(d
+            .allow(&headers(&[("host", "localhost:9470"), json]), Access::Act)
+            .is_ok());
+        assert!(d
+            .allow(&headers(&[("host", "[::1]:9470"), json]), Access::Act)
+            .is_ok());
         let rebound = d.allow(&headers(&[("host", "evil.example:9470")]), Access::Read);
         assert_eq!(rebound.unwrap_err().0, StatusCode::FORBIDDEN);
         // A cross-site form post: no JSON, or another origin.
         let form = d.allow(&headers(&[("host", "127.0.0.1:9470")]), Access::Act);
         assert_eq!(form.unwrap_err().0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let cross = d.allow(
-            &headers(&[("host", "127.0.0.1:9470"), json, ("origin", "https://evil.example")]),
+            &headers(&[
+                ("host", "127.0.0.1:9470"),
+                json,
+                ("origin", "https://evil.example"),
+            ]),
             Access::Act,
         );
         assert_eq!(cross.unwrap_err().0, StatusCode::FORBIDDEN);
         let same = d.allow(
-            &headers(&[("host", "127.0.0.1:9470"), json, ("origin", "http://127.0.0.1:9470")]),
+            &headers(&[
+                ("host", "127.0.0.1:9470"),
+                json,
+                ("origin", "http://127.0.0.1:9470"),
+            ]),
             Access::Act,
         );
         assert!(same.is_ok());
@@ -300,7 +317,10 @@ mod tests {
             headers(&v)
         };
         assert!(d.allow(&h(None), Access::Read).is_ok());
-        assert_eq!(d.allow(&h(None), Access::Act).unwrap_err().0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            d.allow(&h(None), Access::Act).unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
         let wrong = d.allow(&h(Some("Bearer nope")), Access::Act);
         assert_eq!(wrong.unwrap_err().0, StatusCode::UNAUTHORIZED);
         assert!(d.allow(&h(Some("Bearer s3cret")), Access::Act).is_ok());
@@ -314,11 +334,19 @@ mod tests {
             }
             headers(&v)
         };
-        assert_eq!(open.allow(&any(None), Access::Read).unwrap_err().0, StatusCode::UNAUTHORIZED);
-        assert!(open.allow(&any(Some("Bearer s3cret")), Access::Read).is_ok());
+        assert_eq!(
+            open.allow(&any(None), Access::Read).unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert!(open
+            .allow(&any(Some("Bearer s3cret")), Access::Read)
+            .is_ok());
 
         let off = dash("0.0.0.0:0", None);
-        assert_eq!(off.allow(&any(None), Access::Read).unwrap_err().0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            off.allow(&any(None), Access::Read).unwrap_err().0,
+            StatusCode::FORBIDDEN
+        );
         assert!(!off.may_act(&any(None)));
     }
 }
