@@ -51,7 +51,7 @@ async fn a_pause_holds_events_on_every_relay_and_a_resume_delivers_each_once() {
     let db = TestDb::new().await;
     let rx = Receiver::start().await;
     let toml = webhook_toml("hook", &rx.url);
-    let (_, a) = db.start_relay(&toml).await;
+    let (cfg, a) = db.start_relay(&toml).await;
     let (_, b) = db.start_relay(&toml).await;
     let client = db.client().await;
 
@@ -69,6 +69,9 @@ async fn a_pause_holds_events_on_every_relay_and_a_resume_delivers_each_once() {
         async move { get(&url, None).await.1["endpoints"][0]["paused"] == json!(true) }
     })
     .await;
+
+    let status = outbox_relay::commands::status_report(&cfg).await.unwrap();
+    assert_eq!(status.paused_endpoints, vec!["hook".to_owned()]);
 
     let ids = insert_events(&client, 50, "ORDER.CREATED").await;
     wait_until("all 50 held", || async { held(&client).await == 50 }).await;

@@ -60,6 +60,8 @@ pub struct StatusReport {
     /// Entity keys held up by a FAILED event (ordered mode only; at most
     /// [`BLOCKED_KEYS_SHOWN`]), oldest first.
     pub blocked_keys: Vec<BlockedKey>,
+    /// Webhook endpoints paused from the dashboard (their events are held).
+    pub paused_endpoints: Vec<String>,
 }
 
 /// An entity key whose next event waits for an operator (`retry` or `skip` its head).
@@ -111,7 +113,14 @@ pub async fn status_report(cfg: &Config) -> anyhow::Result<StatusReport> {
             .map(BlockedKey::from)
             .collect()
     };
+    let paused_endpoints = client
+        .query(&q.paused_list, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     Ok(StatusReport {
+        paused_endpoints,
         table: cfg.qualified_table(),
         dead_letters: counts["FAILED"],
         counts,
@@ -143,6 +152,12 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
             _ => String::new(),
         };
         println!("  {status:<12} {n:>10}{note}");
+    }
+    if !r.paused_endpoints.is_empty() {
+        println!(
+            "paused endpoints (their events are held; resume them in the dashboard): {}",
+            r.paused_endpoints.join(", ")
+        );
     }
     if !r.blocked_keys.is_empty() {
         println!(

@@ -307,15 +307,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_guards_actions_and_on_an_open_listener_reads_too() {
-        let json = ("content-type", "application/json");
-        let d = dash("127.0.0.1:0", Some("s3cret"));
-        let h = |auth: Option<&str>| {
-            let mut v = vec![("host", "127.0.0.1:1"), json];
-            if let Some(a) = auth {
-                v.push(("authorization", a));
+        // A JSON request to `host`, with an Authorization header when given.
+        let to = |host: &'static str| {
+            move |auth: Option<&'static str>| {
+                let mut v = vec![("host", host), ("content-type", "application/json")];
+                v.extend(auth.map(|a| ("authorization", a)));
+                headers(&v)
             }
-            headers(&v)
         };
+        let d = dash("127.0.0.1:0", Some("s3cret"));
+        let h = to("127.0.0.1:1");
         assert!(d.allow(&h(None), Access::Read).is_ok());
         assert_eq!(
             d.allow(&h(None), Access::Act).unwrap_err().0,
@@ -327,13 +328,7 @@ mod tests {
         assert!(d.may_act(&h(Some("Bearer s3cret"))) && !d.may_act(&h(None)));
 
         let open = dash("0.0.0.0:0", Some("s3cret"));
-        let any = |auth: Option<&str>| {
-            let mut v = vec![("host", "relay.internal:9470"), json];
-            if let Some(a) = auth {
-                v.push(("authorization", a));
-            }
-            headers(&v)
-        };
+        let any = to("relay.internal:9470");
         assert_eq!(
             open.allow(&any(None), Access::Read).unwrap_err().0,
             StatusCode::UNAUTHORIZED
