@@ -30,7 +30,7 @@ struct Ring {
     slots: Vec<(u32, u32)>,
 }
 
-/// The seconds after `since` (at most the last hour), oldest first, ending at `end`.
+/// The seconds from `since` on (at most the last hour), oldest first, ending at `end`.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Series {
     pub end: u64,
@@ -79,7 +79,9 @@ impl Ring {
     fn series(&mut self, now: u64, since: Option<u64>) -> Series {
         self.advance(now);
         let oldest = (self.head_second + 1).saturating_sub(TIMELINE_SECONDS as u64);
-        let first = since.map_or(oldest, |s| (s + 1).max(oldest));
+        // `since` itself again: it may have been the current second, still counting, when
+        // the caller last asked.
+        let first = since.map_or(oldest, |s| s.max(oldest));
         let n = (self.head_second + 1).saturating_sub(first) as usize;
         let (mut delivered, mut failed) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for k in (0..n).rev() {
@@ -112,7 +114,8 @@ impl Timeline {
             .add(unix_now(), 0, 1);
     }
 
-    /// The seconds after `since` (unix seconds; None: the whole hour), up to now.
+    /// The seconds from `since` (unix seconds; None: the whole hour) up to now. `since` is
+    /// included: pass the previous `end`, whose count may have grown since.
     pub fn series(&self, since: Option<u64>) -> Series {
         self.ring
             .lock()
@@ -265,7 +268,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timeline_returns_only_new_seconds_and_zeroes_gaps() {
+    fn timeline_returns_the_seconds_since_and_zeroes_gaps() {
         let t0 = 100_000;
         let mut r = Ring {
             head_second: t0,
@@ -277,12 +280,14 @@ mod tests {
         r.add(t0 - 1, 5, 0); // late, still within the hour
         let s = r.series(t0 + 3, Some(t0 - 2));
         assert_eq!(s.end, t0 + 3);
-        assert_eq!(s.delivered, vec![5, 2, 0, 1, 0]);
-        assert_eq!(s.failed, vec![0, 0, 0, 1, 0]);
-        assert_eq!(r.series(t0 + 3, Some(t0 + 3)).delivered, Vec::<u32>::new());
+        assert_eq!(s.delivered, vec![0, 5, 2, 0, 1, 0]);
+        assert_eq!(s.failed, vec![0, 0, 0, 0, 1, 0]);
+        // The last second asked for again, with what it counted meanwhile.
+        r.add(t0 + 3, 4, 0);
+        assert_eq!(r.series(t0 + 3, Some(t0 + 3)).delivered, vec![4]);
         let whole = r.series(t0 + 3, None);
         assert_eq!(whole.delivered.len(), TIMELINE_SECONDS);
-        assert_eq!(whole.delivered.iter().sum::<u32>(), 8);
+        assert_eq!(whole.delivered.iter().sum::<u32>(), 12);
         // An hour later everything has rolled off.
         let later = r.series(t0 + 3 + TIMELINE_SECONDS as u64, None);
         assert_eq!(later.delivered.iter().sum::<u32>(), 0);

@@ -176,9 +176,14 @@ struct Dashboard {
 
 impl Dashboard {
     async fn start(db: &TestDb, rx: &Receiver, http_extra: &str) -> Self {
+        Self::start_with(db, rx, "", http_extra).await
+    }
+
+    /// `top_extra`: top-level config keys (before the webhook).
+    async fn start_with(db: &TestDb, rx: &Receiver, top_extra: &str, http_extra: &str) -> Self {
         let addr = free_addr();
         let extra = format!(
-            "max_attempts = 2\nbackoff_initial = \"50ms\"\nbackoff_max = \"200ms\"\n{}\n\
+            "max_attempts = 2\nbackoff_initial = \"50ms\"\nbackoff_max = \"200ms\"\n{top_extra}\n{}\n\
              [http]\nlisten = \"{addr}\"\n{http_extra}\n",
             webhook_toml("main", &rx.url)
         );
@@ -320,10 +325,11 @@ async fn dashboard_overview_dead_letter_and_retry() {
         wait_status(&client, id, "COMPLETED").await;
     }
 
-    // A dead letter: both attempts answered 500.
+    // A dead letter: both attempts answered 500. It appears on the overview, and in the list.
     rx.set_script(Arc::new(|_, _| Reply::status(500)));
     let id = insert_events(&client, 1, "DASH.DOOMED").await.remove(0);
     wait_status(&client, &id, "FAILED").await;
+    b.wait_text(&tid("queue-failed"), "1").await;
     b.goto(&dash.page("#/events?status=FAILED")).await;
     let dead_row = format!("{}[data-id=\"{id}\"]", tid("event-row"));
     b.wait(&dead_row).await;
@@ -584,6 +590,144 @@ async fn dashboard_shows_untrusted_text_as_text() {
             "document.body.textContent.includes({}) && {injected}",
             js_str(&markup("entity_id"))
         ),
+    )
+    .await;
+    b.assert_no_errors().await;
+    b.close().await;
+    drop(dash.relay);
+}
+
+/// Keys pressed through WebDriver (the W3C key codes).
+const ENTER: &str = "\u{E007}";
+const ESCAPE: &str = "\u{E00C}";
+
+/// Presses `key` on the element `css` (focusing it, as a keyboard user tabbing there would).
+async fn press(b: &Browser, css: &str, key: &str) {
+    b.wait(css)
+        .await
+        .send_keys(key)
+        .await
+        .unwrap_or_else(|e| panic!("pressing a key on {css}: {e}"));
+}
+
+/// Rows of the outbox held for a paused endpoint.
+async fn held(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM \"OutboxEvent\"
+              WHERE status = 'PENDING' AND next_attempt_at = 'infinity'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// By keyboard alone: pause an endpoint (Escape cancels the confirmation, Enter confirms),
+/// see an event held, resume it and see the event delivered; then skip the dead letter that
+/// blocks an entity key (ordered mode) and see the next event of the key go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_pause_resume_and_skip_by_keyboard() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let dash = Dashboard::start_with(&db, &rx, "ordering = \"entity\"", "").await;
+    let client = db.client().await;
+    let b = Browser::start(LAPTOP).await;
+    b.goto(&dash.page("")).await;
+    let row = format!("{}[data-name=\"main\"]", tid("endpoint-row"));
+    let state = format!("{row} {}", tid("endpoint-state"));
+    let toggle = format!("{row} {}", tid("endpoint-toggle"));
+    b.wait_text(&state, "active").await;
+
+    // Escape backs out of the confirmation: nothing is paused.
+    let dialog_open = format!(
+        "document.querySelector({}).open",
+        js_str(&tid("confirm-dialog"))
+    );
+    press(&b, &toggle, ENTER).await;
+    b.wait_js("the confirmation to open", &dialog_open).await;
+    press(&b, &tid("confirm-ok"), ESCAPE).await;
+    b.wait_js(
+        "Escape to close the confirmation",
+        &format!("!{dialog_open}"),
+    )
+    .await;
+    let paused: i64 = client
+        .query_one("SELECT count(*) FROM \"OutboxEvent_relay_paused\"", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(paused, 0, "Escape must not pause");
+
+    press(&b, &toggle, ENTER).await;
+    press(&b, &tid("confirm-ok"), ENTER).await;
+    b.wait_text(&state, "paused").await;
+    let id = insert_events(&client, 1, "DASH.HELD").await.remove(0);
+    wait_until("the event held for the paused endpoint", || async {
+        held(&client).await == 1
+    })
+    .await;
+    assert!(
+        rx.deliveries().is_empty(),
+        "a paused endpoint was sent an event"
+    );
+    b.screenshot("endpoint-paused").await;
+
+    press(&b, &toggle, ENTER).await;
+    press(&b, &tid("confirm-ok"), ENTER).await;
+    b.wait_text(&state, "active").await;
+    rx.wait_accepted(std::slice::from_ref(&id)).await;
+    wait_status(&client, &id, "COMPLETED").await;
+
+    // Ordered mode: a dead letter blocks its key; the next event of the key waits.
+    rx.set_script(Arc::new(|_, _| Reply::status(500)));
+    let insert = |event_type: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "INSERT INTO \"OutboxEvent\" (event_type, org_id, entity_type, entity_id, payload)
+                     VALUES ($1, 'org_1', 'Order', 'o_1', '{}') RETURNING id::text",
+                    &[&event_type],
+                )
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    let head = insert("DASH.HEAD").await;
+    wait_status(&client, &head, "FAILED").await;
+    rx.set_script(Arc::new(|_, _| Reply::ok()));
+    let next = insert("DASH.NEXT").await;
+    let blocked = format!("{}", tid("blocked-row"));
+    b.wait(&blocked).await;
+    b.screenshot("blocked-key").await;
+    assert_eq!(
+        row_state(&client, &next).await.0,
+        "PENDING",
+        "the next event must wait"
+    );
+    press(&b, &format!("{blocked} {}", tid("blocked-skip")), ENTER).await;
+    press(&b, &tid("confirm-ok"), ENTER).await;
+    rx.wait_accepted(std::slice::from_ref(&next)).await;
+    wait_status(&client, &next, "COMPLETED").await;
+    let skipped: bool = client
+        .query_one(
+            "SELECT skipped_at IS NOT NULL FROM \"OutboxEvent\" WHERE id::text = $1",
+            &[&head],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(skipped, "the head was skipped, not retried");
+    assert_eq!(row_state(&client, &head).await.0, "FAILED");
+    b.wait_gone(&blocked).await;
+    // The chart counted every delivery (the held event, the next one) and every failed
+    // attempt (the head's two), however the polls fell against the seconds.
+    let chart = format!("document.querySelector({}).dataset", js_str(&tid("chart")));
+    b.wait_js(
+        "the chart's hour totals to be 2 delivered and 2 failed",
+        &format!("{chart}.deliveredTotal === '2' && {chart}.failedTotal === '2'"),
     )
     .await;
     b.assert_no_errors().await;

@@ -10,6 +10,20 @@
 
 const TOKEN_KEY = 'outbox-relay-token';
 const HOUR = 3600;
+/** "Project/p_42", or "-" for an event without an entity. */
+function entityKey(ev) {
+  if (ev.entity_type == null && ev.entity_id == null) return '-';
+  return `${ev.entity_type ?? '-'}/${ev.entity_id ?? '-'}`;
+}
+
+/** The row's last error; once the event is COMPLETED it is history, not a failure. */
+function errorFact(ev) {
+  const done = ev.status === 'COMPLETED';
+  return h('div', { class: 'fact wide' },
+    h('dt', {}, done ? 'Last error (before it was delivered)' : 'Error'),
+    h('dd', { class: done ? 'muted pre' : 'err pre' }, ev.error_message));
+}
+
 const SEARCH_FIELDS = ['id', 'type', 'org', 'entity_type', 'entity_id', 'status', 'from', 'to'];
 const $ = (id) => document.getElementById(id);
 const tid = (name) => document.querySelector(`[data-testid="${name}"]`);
@@ -789,10 +803,10 @@ function eventRow(ev) {
     h('td', { class: 'nowrap' }, timeCell(ev.created_at, true)),
     h('td', { class: 'mono small' }, ev.event_type),
     h('td', {}, ev.org_id),
-    h('td', { class: 'small' }, `${ev.entity_type}/${ev.entity_id}`),
+    h('td', { class: 'small' }, entityKey(ev)),
     h('td', { class: 'nowrap' }, statusBadges(ev)),
     h('td', { class: 'num' }, fmtInt(ev.retry_count)),
-    h('td', {}, ev.error_message ? h('span', { class: 'trunc err', title: ev.error_message }, ev.error_message) : ''));
+    h('td', {}, ev.error_message ? h('span', { class: ev.status === 'COMPLETED' ? 'trunc muted' : 'trunc err', title: ev.error_message }, ev.error_message) : ''));
 }
 
 function updateSelection() {
@@ -874,13 +888,13 @@ function renderEvent(ev) {
   $('event-facts').replaceChildren(
     fact('Type', h('span', { class: 'mono' }, ev.event_type)),
     fact('Org', ev.org_id),
-    fact('Entity', `${ev.entity_type}/${ev.entity_id}`),
+    fact('Entity', entityKey(ev)),
     fact('Created', timeCell(ev.created_at)),
     fact('Processed', timeCell(ev.processed_at)),
     fact('Next attempt', next),
     fact('Retries', fmtInt(ev.retry_count)),
     fact('Delivered to', (ev.delivered_to || []).join(', ') || 'none yet'),
-    ev.error_message ? h('div', { class: 'fact wide' }, h('dt', {}, 'Error'), h('dd', { class: 'err pre' }, ev.error_message)) : '');
+    ev.error_message ? errorFact(ev) : '');
 
   const retry = $('event-retry'), skip = $('event-skip');
   retry.hidden = !failed;
