@@ -699,7 +699,7 @@ async fn dashboard_pause_resume_and_skip_by_keyboard() {
     wait_status(&client, &head, "FAILED").await;
     rx.set_script(Arc::new(|_, _| Reply::ok()));
     let next = insert("DASH.NEXT").await;
-    let blocked = format!("{}", tid("blocked-row"));
+    let blocked = tid("blocked-row");
     b.wait(&blocked).await;
     b.screenshot("blocked-key").await;
     assert_eq!(
