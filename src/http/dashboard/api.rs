@@ -173,6 +173,7 @@ pub async fn overview(
             "ordering": d.ordering,
             "now": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "database_up": up,
+            "admin_token": d.has_admin_token(),
         },
         "admin": d.may_act(&headers),
         "queue": queue.map_or(json!({

@@ -112,6 +112,11 @@ impl Dashboard {
         })
     }
 
+    /// Whether `http.admin_token` is set (the page offers a login only then).
+    pub fn has_admin_token(&self) -> bool {
+        self.admin_token.is_some()
+    }
+
     /// Whether this request may act (the `admin` flag the page shows).
     pub fn may_act(&self, headers: &HeaderMap) -> bool {
         match &self.admin_token {

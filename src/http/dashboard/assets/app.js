@@ -333,6 +333,8 @@ function applyAdmin() {
       : '');
   }
   $('auth-toggle').textContent = S.token ? 'Log out' : 'Log in';
+  // Without a token configured there is nothing to log in with.
+  $('auth-toggle').hidden = !S.token && S.overview?.relay?.admin_token === false;
 }
 
 function showLogin(msg, voluntary = false) {
