@@ -252,8 +252,11 @@ async fn a_transaction_committing_after_a_later_one_is_not_lost_on_resume() {
         .await
         .remove(0);
 
-    // T2's event is visible and streamed while T1 is still open.
+    // T2's event is visible and streamed while T1 is still open. (Both subscribers must
+    // have it before T1 commits: one whose first read came after that would get both
+    // events together, in insert order, T1's first.)
     assert_eq!(ids(&resumer.take(1).await), vec![e2.clone()]);
+    assert_eq!(ids(&steady.take(1).await), vec![e2.clone()]);
     let cursor = resumer.last_id.clone().unwrap();
     drop(resumer);
     t1.commit().await.unwrap();
@@ -265,13 +268,100 @@ async fn a_transaction_committing_after_a_later_one_is_not_lost_on_resume() {
         "T1's event after T2's cursor"
     );
     assert_eq!(
-        ids(&steady.take(2).await),
-        vec![e2, e1],
+        ids(&steady.take(1).await),
+        vec![e1],
         "in commit order, once each"
     );
     let marker = publish(&c2, &[(Some("org_a"), "MARKER")], "{}").await;
     assert_eq!(ids(&back.take(1).await), marker);
     assert_eq!(ids(&steady.take(1).await), marker);
+    relay.stop().await.unwrap();
+}
+
+/// A subscriber's catch-up ends at a snapshot of its own, which can fall between the two the
+/// tail is walking when the tail is behind (a busy relay). Here T1 takes the smaller sequence
+/// number and commits after T2; a resuming subscriber's catch-up sends T2's event while T1 is
+/// open, then the tail reads T1's and T2's events in one snapshot difference, T1's first.
+/// T2's event must not be sent again, and the id after T1's event must resume without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_whose_catch_up_is_ahead_of_the_tail_gets_each_event_once_and_resumes_exactly()
+{
+    let db = TestDb::new().await;
+    // The tail reads when a NOTIFY wakes it: its safety-net poll is an hour away.
+    let relay = sse_relay(&db, "poll_interval = \"1h\"").await;
+    let base = relay.http_url();
+    let tok = token("org_a", None);
+    let mut c1 = db.client().await;
+    let c2 = db.client().await;
+
+    // The tail is reading: a subscriber already live (it got `warm`) gets `warmer` from it.
+    let mut steady = connect(&base, Some(&tok), "", None).await.unwrap();
+    let warm = publish(&c2, &[(Some("org_a"), "WARM.UP")], "{}").await;
+    assert_eq!(ids(&steady.take(1).await), warm);
+    let warmer = publish(&c2, &[(Some("org_a"), "WARM.UP")], "{}").await;
+    assert_eq!(ids(&steady.take(1).await), warmer);
+    let after_warmer = steady.last_id.clone().unwrap();
+    // Room for a read a NOTIFY may still owe the tail. (A tail that read T2's event below
+    // before the subscriber's catch-up would only keep this test from seeing the bug.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Neither T1 nor T2 wakes the tail.
+    let quiet = |on: bool| {
+        format!(
+            "ALTER TABLE \"OutboxEvent\" {} TRIGGER outbox_relay_notify",
+            if on { "ENABLE" } else { "DISABLE" }
+        )
+    };
+    c2.batch_execute(&quiet(false)).await.unwrap();
+    let t1 = c1.transaction().await.unwrap();
+    let e1: String = t1
+        .query_one(
+            "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload)
+             VALUES ('T1.EARLY', 'org_a', '{}') RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let e2 = publish(&c2, &[(Some("org_a"), "T2.LATE")], "{}")
+        .await
+        .remove(0);
+    // A client resuming from before T2 (a new stream would start after it): its catch-up
+    // sends T2's event, T1 being still open.
+    let mut sub = connect(&base, Some(&tok), "", Some(&after_warmer))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&sub.take(1).await),
+        vec![e2.clone()],
+        "from the catch-up"
+    );
+    t1.commit().await.unwrap();
+    c2.batch_execute(&quiet(true)).await.unwrap();
+
+    // The marker wakes the tail, which reads T1's, T2's and the marker's events together.
+    let marker = publish(&c2, &[(Some("org_a"), "MARKER")], "{}").await;
+    let got = sub.take(2).await;
+    assert_eq!(
+        ids(&got),
+        vec![e1.clone(), marker[0].clone()],
+        "T2's event once"
+    );
+    let mut all = ids(&steady.take(3).await);
+    all.sort();
+    let mut want = vec![e1, e2, marker[0].clone()];
+    want.sort();
+    assert_eq!(all, want, "a subscriber that was live gets each once");
+
+    // Resuming after T1's event: the marker, and not T2's event again.
+    let after_t1 = got[0].id.clone().unwrap();
+    let mut back = connect(&base, Some(&tok), "", Some(&after_t1))
+        .await
+        .unwrap();
+    assert_eq!(ids(&back.take(1).await), marker, "resumed after T1's event");
+    let last = publish(&c2, &[(Some("org_a"), "LAST")], "{}").await;
+    assert_eq!(ids(&back.take(1).await), last);
+    assert_eq!(ids(&sub.take(1).await), last);
     relay.stop().await.unwrap();
 }
 

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{authorize, Denied, Grant};
 use super::{App, ConnKill};
-use crate::stream::cursor::{Cursor, Snapshot};
-use crate::stream::{read, Hub, OrgPage, Subscribed};
+use crate::stream::cursor::{Advance, Cursor, Snapshot};
+use crate::stream::{read, Hub, OrgPage, StreamEvent, Subscribed};
 
 /// Bytes buffered per subscriber between its forwarder and its socket (beyond what the
 /// kernel's socket buffers hold). A single larger message still goes through, alone.
@@ -256,18 +256,13 @@ impl Forwarder<'_> {
                 };
                 match page {
                     Ok(page) => {
-                        let mut frames = Vec::new();
-                        for e in page.iter() {
-                            if cursor.covers(e.xid, e.seq) {
-                                continue;
-                            }
-                            if self.grant.wants(&e.event_type) {
-                                frames.push(&e.frame);
-                            }
-                            cursor = (*e.cursor).clone();
-                        }
+                        let (frames, lost) = self.join(&mut cursor, &page);
+                        let frames: Vec<&Bytes> = frames.iter().collect();
                         if let Some(stop) = self.send_all(&frames).await {
                             return Ok(stop);
+                        }
+                        if lost {
+                            break; // read the rest from the database
                         }
                     }
                     // This task fell behind the tail (not the client): read the gap from
@@ -277,6 +272,36 @@ impl Forwarder<'_> {
                 }
             }
         }
+    }
+
+    /// The frames of a tail page this subscriber has not been sent, moving `cursor` past
+    /// them; true when the page cannot be followed from `cursor` (then the frames before
+    /// that point are returned and the rest is for a database read).
+    ///
+    /// The catch-up ends at a snapshot of its own, which may fall between the two snapshots
+    /// of the difference the tail is walking. Rows of that difference the catch-up already
+    /// sent are skipped; the others are sent with this subscriber's own position as their id
+    /// until it is level with the tail (see [`Cursor::advance`]).
+    fn join(&self, cursor: &mut Cursor, page: &[StreamEvent]) -> (Vec<Bytes>, bool) {
+        let mut frames = Vec::new();
+        for e in page {
+            if cursor.covers(e.xid, e.seq) {
+                continue;
+            }
+            let own = match cursor.advance(&e.cursor) {
+                Advance::Tail => None,
+                Advance::Ahead(c) => Some(c),
+                Advance::Unknown => return (frames, true),
+            };
+            if self.grant.wants(&e.event_type) {
+                frames.push(match &own {
+                    None => e.frame.clone(),
+                    Some(c) => e.frame_at(c),
+                });
+            }
+            *cursor = own.unwrap_or_else(|| (*e.cursor).clone());
+        }
+        (frames, false)
     }
 
     /// Sends this org's rows after `cursor` from the database until level with now.

@@ -10,6 +10,12 @@
 //! `stream_seq` is at most `seq` (a reader walks each such difference in `stream_seq` order).
 //! Resuming asks the database for exactly the rows outside that set, so nothing is missed
 //! or repeated, on whichever relay instance the client reaches.
+//!
+//! A subscriber that caught up from the database stands at a snapshot of its own, then
+//! follows the tail reader's pages, whose positions are the tail's. When the tail is behind,
+//! that snapshot can fall between the two the tail is walking: then the tail's position does
+//! not cover everything already sent, and [`Cursor::advance`] keeps the subscriber's own base
+//! until it is level with the tail.
 
 use std::fmt;
 
@@ -38,6 +44,18 @@ impl Snapshot {
     /// aborted transactions have no rows to see).
     pub fn sees(&self, xid: u64) -> bool {
         xid < self.xmin || (xid < self.xmax && !self.xip.contains(&xid))
+    }
+
+    /// Whether every transaction visible in `earlier` is visible in this snapshot too, as in
+    /// any snapshot taken after it. (False in a few odd cases where it holds, which callers
+    /// treat as "cannot tell".)
+    pub fn includes(&self, earlier: &Snapshot) -> bool {
+        self == earlier
+            || earlier.xmax <= self.xmax
+                && self
+                    .xip
+                    .iter()
+                    .all(|x| *x >= earlier.xmax || earlier.xip.contains(x))
     }
 
     /// Parses PostgreSQL's text form `xmin:xmax:xip,xip,...`.
@@ -84,6 +102,22 @@ pub struct Cursor {
     pub at: i64,
 }
 
+/// Where a subscriber stands after sending a tail event its cursor did not cover
+/// ([`Cursor::advance`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advance {
+    /// The tail's position after the event covers everything the subscriber's did: it is the
+    /// subscriber's position too (the usual case, and the one the shared frame's id names).
+    Tail,
+    /// The subscriber is ahead of the tail's base, inside the difference the tail is walking:
+    /// its catch-up read a snapshot taken between the tail's two, so some rows of the
+    /// difference were sent already and the rest follow in the tail's order. Its position is
+    /// its own base with the tail's next snapshot and seq.
+    Ahead(Cursor),
+    /// Neither can be told from the snapshots: read from the database instead.
+    Unknown,
+}
+
 /// Why a `Last-Event-ID` was not accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("not a cursor this relay issued")]
@@ -106,6 +140,45 @@ impl Cursor {
                 .next
                 .as_ref()
                 .is_some_and(|(next, upto)| next.sees(xid) && seq <= *upto)
+    }
+
+    /// The position after sending an event of the tail's walk that this cursor does not
+    /// cover, `tail` being the tail's position after that event. The tail walks its own
+    /// snapshots, not this cursor's: adopting its position as is would forget the rows of a
+    /// difference this cursor's base already saw and the tail reads only later (a
+    /// transaction that took its sequence numbers first and committed last comes first in
+    /// the difference), and they would be sent again. Assumes every tail event since this
+    /// cursor's snapshot was taken has been seen, as a subscriber of the hub has.
+    pub fn advance(&self, tail: &Cursor) -> Advance {
+        if let (Some((mine, _)), Some((theirs, _))) = (&self.next, &tail.next) {
+            if self.base == tail.base && mine == theirs {
+                return Advance::Tail; // following the tail through a difference
+            }
+        }
+        let upper = self.next.as_ref().map_or(&self.base, |(next, _)| next);
+        if tail.base.includes(upper) {
+            return Advance::Tail;
+        }
+        // Otherwise both must be inside the difference the tail is walking.
+        let Some((next, seq)) = &tail.next else {
+            return Advance::Unknown;
+        };
+        let inside =
+            next.includes(&self.base) && self.next.as_ref().is_none_or(|(mine, _)| mine == next);
+        if !inside {
+            Advance::Unknown
+        } else if tail.base.includes(&self.base) {
+            // Level with the tail (or behind it): the rows of the difference come in order.
+            Advance::Tail
+        } else if self.base.includes(&tail.base) {
+            Advance::Ahead(Cursor {
+                base: self.base.clone(),
+                next: Some((next.clone(), *seq)),
+                at: tail.at,
+            })
+        } else {
+            Advance::Unknown
+        }
     }
 
     /// The opaque text clients echo back in `Last-Event-ID`.
@@ -190,6 +263,106 @@ mod tests {
         assert!(!c.covers(110, 1), "after next");
         let plain = Cursor::at_snapshot(snap("5:9:6"), 1);
         assert_eq!(Cursor::decode(&plain.encode()).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_later_snapshot_includes_an_earlier_one() {
+        // 101 and 103 in progress, then 101 commits and 110 starts, then 103 commits.
+        let (a, b, c) = (
+            snap("101:105:101,103"),
+            snap("103:111:103,110"),
+            snap("110:112:110"),
+        );
+        for (later, earlier) in [(&b, &a), (&c, &b), (&c, &a), (&a, &a)] {
+            assert!(later.includes(earlier), "{later} includes {earlier}");
+        }
+        for (earlier, later) in [(&a, &b), (&b, &c), (&a, &c)] {
+            assert!(
+                !earlier.includes(later),
+                "{earlier} does not include {later}"
+            );
+        }
+        assert!(a.includes(&Snapshot::empty()));
+    }
+
+    /// The tail walks the difference 100:100: -> 100:103: (rows of 100 first, by seq), while
+    /// a subscriber's catch-up read at 100:102:100, where 101 had committed and 100 had not.
+    #[test]
+    fn a_subscriber_between_the_tails_snapshots_keeps_what_it_sent() {
+        let (tail_base, tail_next) = (snap("100:100:"), snap("103:103:"));
+        let mine = Cursor::at_snapshot(snap("100:102:100"), 7);
+        let after = |seq| Cursor {
+            base: tail_base.clone(),
+            next: Some((tail_next.clone(), seq)),
+            at: 8,
+        };
+        // 100's row (seq 1) is new to the subscriber; 101's (seq 2) it sent already.
+        assert!(!mine.covers(100, 1) && mine.covers(101, 2));
+        let Advance::Ahead(pos) = mine.advance(&after(1)) else {
+            panic!("the tail's position would drop 101");
+        };
+        assert!(
+            !after(1).covers(101, 2),
+            "the tail's own position would send it again"
+        );
+        assert_eq!(pos.base, mine.base);
+        assert_eq!(pos.next, Some((tail_next.clone(), 1)));
+        assert_eq!(pos.at, 8);
+        assert!(pos.covers(100, 1) && pos.covers(101, 2));
+        assert!(!pos.covers(102, 3), "102's row is still to come");
+        assert_eq!(Cursor::decode(&pos.encode()).unwrap(), pos);
+        // Then 102's row (seq 3), inside the same difference: still its own position.
+        let Advance::Ahead(pos) = pos.advance(&after(3)) else {
+            panic!("inside the same difference");
+        };
+        assert_eq!(pos.next, Some((tail_next.clone(), 3)));
+        // The end of the difference, or the next one, is the tail's position again.
+        let done = Cursor::at_snapshot(tail_next.clone(), 8);
+        assert_eq!(pos.advance(&done), Advance::Tail);
+        let beyond = Cursor {
+            base: tail_next.clone(),
+            next: Some((snap("104:106:104"), 9)),
+            at: 9,
+        };
+        assert_eq!(pos.advance(&beyond), Advance::Tail);
+        assert_eq!(mine.advance(&beyond), Advance::Tail);
+    }
+
+    #[test]
+    fn a_subscriber_behind_or_level_with_the_tail_takes_its_position() {
+        let mine = Cursor::at_snapshot(snap("100:100:"), 1);
+        let tail = Cursor {
+            base: snap("100:102:100"),
+            next: Some((snap("103:103:"), 5)),
+            at: 2,
+        };
+        assert_eq!(mine.advance(&tail), Advance::Tail);
+        // Following the tail inside a difference, event after event.
+        let later = Cursor {
+            next: Some((snap("103:103:"), 9)),
+            ..tail.clone()
+        };
+        assert_eq!(tail.advance(&later), Advance::Tail);
+        // A position the subscriber cannot be inside of: read from the database.
+        let elsewhere = Cursor {
+            base: snap("100:102:100"),
+            next: Some((snap("104:104:"), 5)),
+            at: 2,
+        };
+        let inside = Cursor {
+            base: snap("100:102:100"),
+            next: Some((snap("103:103:"), 1)),
+            at: 2,
+        };
+        assert_eq!(
+            Cursor::at_snapshot(snap("100:101:100"), 1).advance(&elsewhere),
+            Advance::Tail
+        );
+        let Advance::Ahead(ahead) = Cursor::at_snapshot(snap("100:102:"), 1).advance(&inside)
+        else {
+            panic!("inside the tail's difference");
+        };
+        assert_eq!(ahead.advance(&elsewhere), Advance::Unknown);
     }
 
     #[test]

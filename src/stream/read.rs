@@ -24,6 +24,25 @@ pub struct StreamEvent {
     pub frame: Bytes,
 }
 
+impl StreamEvent {
+    /// The frame with `cursor` as its id instead of the tail's position, for a subscriber
+    /// whose position differs ([`crate::stream::cursor::Advance::Ahead`]).
+    pub fn frame_at(&self, cursor: &Cursor) -> Bytes {
+        // The frame starts with the `id:` line; the id never holds a line break.
+        let rest = self
+            .frame
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(&self.frame[..], |at| &self.frame[at..]);
+        let id = cursor.encode();
+        let mut out = Vec::with_capacity(4 + id.len() + rest.len());
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(rest);
+        Bytes::from(out)
+    }
+}
+
 /// A page of events and the cursor after it.
 #[derive(Debug)]
 pub struct Page {
@@ -187,6 +206,22 @@ mod tests {
         let text = std::str::from_utf8(&f).unwrap();
         assert!(text.starts_with(&format!("id: {}\nevent: PROJECT.UPDATED\n", c.encode())));
         assert!(text.ends_with("\ndata: {\"a\":1}\n\n"));
+    }
+
+    #[test]
+    fn a_frame_can_carry_another_id() {
+        let ev = ClaimedEvent {
+            id: "1".into(),
+            event_type: Some("A.B".into()),
+            org_id: Some("o".into()),
+            payload: Some("{\"x\":\n1}".into()),
+            ..ClaimedEvent::default()
+        };
+        let tail = Cursor::at_snapshot(Snapshot::empty(), 1);
+        let mine = Cursor::at_snapshot(Snapshot::parse("5:9:6").unwrap(), 2);
+        let e = stream_event(&ev, 5, 1, tail).unwrap();
+        let again = stream_event(&ev, 5, 1, mine.clone()).unwrap();
+        assert_eq!(e.frame_at(&mine), again.frame);
     }
 
     #[test]
