@@ -386,7 +386,15 @@ fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
         let key = e.path().to_string();
         let inner = e.into_inner();
         // toml's message carries the line and a caret; keep its first line of substance.
-        let message = inner.message().to_owned();
+        let message = match inner.message().trim() {
+            // Some syntax errors (`A=`) come with an empty message; the full text's first
+            // line still says where.
+            "" => match inner.to_string().lines().next().map(str::trim) {
+                Some(line) if !line.is_empty() => format!("invalid TOML syntax ({line})"),
+                _ => "invalid TOML syntax".to_owned(),
+            },
+            m => m.to_owned(),
+        };
         let key = if key == "." || key.is_empty() {
             "(file)".to_owned()
         } else {
@@ -564,6 +572,7 @@ mod tests {
             ("table = 'x\"; DROP TABLE y; --'", "table"),
             ("retention = \"forever\"", "retention"),
             ("batch_size = 0", "batch_size"),
+            ("A=", "(file)"),
             ("[http]\nlisten = \"nowhere\"", "http.listen"),
             ("[sse]\nenabled = true", "sse.token_secret"),
             (
@@ -589,6 +598,7 @@ mod tests {
         ];
         for (text, key) in cases {
             let err = load(text).expect_err(text);
+            assert!(!err.message.trim().is_empty(), "{text}: an empty message");
             assert!(
                 err.key.starts_with(key),
                 "{text}: got key {} ({})",
