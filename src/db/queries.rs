@@ -124,8 +124,13 @@ UPDATE {t} AS e SET
                            ELSE now() + make_interval(secs => u.delay) END,
     processed_at = CASE WHEN u.status = 'COMPLETED' THEN now() ELSE e.processed_at END,
     delivered_to = string_to_array(u.delivered, ','),
+    -- The common case, a first attempt, only parses the new entries; the cap is worked out
+    -- only for a long history.
     attempts = CASE WHEN u.log IS NULL THEN e.attempts
-                    ELSE {keep_latest:coalesce(e.attempts, '[]') || u.log::jsonb} END,
+                    WHEN e.attempts IS NULL THEN u.log::jsonb
+                    WHEN jsonb_array_length(e.attempts) < {kept_minus_batch}
+                    THEN e.attempts || u.log::jsonb
+                    ELSE {keep_latest:e.attempts || u.log::jsonb} END,
     lease_expires_at = NULL,
     claim_token = NULL
   FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::float8[],
@@ -136,6 +141,9 @@ RETURNING e.id::text";
 
 /// How many attempts an event's history keeps (the latest).
 pub const ATTEMPTS_KEPT: usize = 100;
+/// A delivery appends one entry per endpoint it tried; the cheap path of [`RECORD`] assumes
+/// no more than this many (more is still correct, just cut later).
+const MAX_ENDPOINTS: usize = 20;
 
 /// `{keep_latest:EXPR}`: the JSON array EXPR cut to its last [`ATTEMPTS_KEPT`] elements.
 fn keep_latest(expr: &str) -> String {
@@ -330,6 +338,11 @@ impl Queries {
             }
             sql.replace("{t}", qualified_table)
                 .replace("{paused}", paused_table)
+                // One delivery adds at most one entry per endpoint; below this, no cut.
+                .replace(
+                    "{kept_minus_batch}",
+                    &(ATTEMPTS_KEPT - MAX_ENDPOINTS).to_string(),
+                )
                 .replace("{id}", shape.id_type)
                 .replace("{st}", &shape.status_type)
         };
