@@ -188,11 +188,14 @@ impl Search {
         } else {
             format!("WHERE {}", conds.join(" AND "))
         };
+        // The page is chosen on the bare rows and only its rows are turned into JSON: with
+        // the JSON in the scan's output, a parallel scan built it for every row it read
+        // (3.1 s instead of 0.3 s for the newest page of 1M rows).
+        let order = "ORDER BY e.created_at::timestamptz DESC, e.id::text DESC";
         let sql = format!(
             "SELECT {EVENT_FIELDS}::text, e.created_at::timestamptz::text, e.id::text
-               FROM {table} AS e {filter}
-              ORDER BY e.created_at::timestamptz DESC, e.id::text DESC
-              LIMIT {lp}"
+               FROM (SELECT * FROM {table} AS e {filter} {order} LIMIT {lp}) AS e
+              {order}"
         );
         Ok(SearchSql { sql, params, limit })
     }
