@@ -610,19 +610,6 @@ async fn press(b: &Browser, css: &str, key: &str) {
         .unwrap_or_else(|e| panic!("pressing a key on {css}: {e}"));
 }
 
-/// Rows of the outbox held for a paused endpoint.
-async fn held(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one(
-            "SELECT count(*) FROM \"OutboxEvent\"
-              WHERE status = 'PENDING' AND next_attempt_at = 'infinity'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// By keyboard alone: pause an endpoint (Escape cancels the confirmation, Enter confirms),
 /// see an event held, resume it and see the event delivered; then skip the dead letter that
 /// blocks an entity key (ordered mode) and see the next event of the key go out.
@@ -664,7 +651,7 @@ async fn dashboard_pause_resume_and_skip_by_keyboard() {
     b.wait_text(&state, "paused").await;
     let id = insert_events(&client, 1, "DASH.HELD").await.remove(0);
     wait_until("the event held for the paused endpoint", || async {
-        held(&client).await == 1
+        count_held(&client).await == 1
     })
     .await;
     assert!(

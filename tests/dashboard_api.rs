@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::receiver::{Receiver, Reply};
-use common::{insert_events, wait_until, webhook_toml, TestDb};
+use common::{count_held, insert_events, wait_until, webhook_toml, TestDb};
 use serde_json::{json, Value};
 
 async fn get(url: &str, token: Option<&str>) -> (u16, Value) {
@@ -31,19 +31,6 @@ async fn post(url: &str, body: Value, token: Option<&str>) -> (u16, Value) {
     let r = req.send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Ids of rows held for a paused endpoint.
-async fn held(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one(
-            "SELECT count(*) FROM \"OutboxEvent\"
-              WHERE status = 'PENDING' AND next_attempt_at = 'infinity'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test]
@@ -74,7 +61,7 @@ async fn a_pause_holds_events_on_every_relay_and_a_resume_delivers_each_once() {
     assert_eq!(status.paused_endpoints, vec!["hook".to_owned()]);
 
     let ids = insert_events(&client, 50, "ORDER.CREATED").await;
-    wait_until("all 50 held", || async { held(&client).await == 50 }).await;
+    wait_until("all 50 held", || async { count_held(&client).await == 50 }).await;
     assert!(rx.deliveries().is_empty(), "a paused endpoint got requests");
     let (_, page) = get(&format!("{}/api/events?id={}", b.http_url(), ids[0]), None).await;
     assert_eq!(page["events"][0]["held"], json!(true), "{page}");

@@ -238,19 +238,7 @@ async fn a_transaction_committing_after_a_later_one_is_not_lost_on_resume() {
     // T1 starts first (smaller xid, smaller sequence number) and commits last.
     let mut c1 = db.client().await;
     let c2 = db.client().await;
-    let t1 = c1.transaction().await.unwrap();
-    let e1: String = t1
-        .query_one(
-            "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload)
-             VALUES ('T1.EARLY', 'org_a', '{}') RETURNING id::text",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let e2 = publish(&c2, &[(Some("org_a"), "T2.LATE")], "{}")
-        .await
-        .remove(0);
+    let (t1, e1, e2) = t1_open_t2_committed(&mut c1, &c2).await;
 
     // T2's event is visible and streamed while T1 is still open. (Both subscribers must
     // have it before T1 commits: one whose first read came after that would get both
@@ -313,19 +301,7 @@ async fn a_subscriber_whose_catch_up_is_ahead_of_the_tail_gets_each_event_once_a
         )
     };
     c2.batch_execute(&quiet(false)).await.unwrap();
-    let t1 = c1.transaction().await.unwrap();
-    let e1: String = t1
-        .query_one(
-            "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload)
-             VALUES ('T1.EARLY', 'org_a', '{}') RETURNING id::text",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let e2 = publish(&c2, &[(Some("org_a"), "T2.LATE")], "{}")
-        .await
-        .remove(0);
+    let (t1, e1, e2) = t1_open_t2_committed(&mut c1, &c2).await;
     // A client resuming from before T2 (a new stream would start after it): its catch-up
     // sends T2's event, T1 being still open.
     let mut sub = connect(&base, Some(&tok), "", Some(&after_warmer))
@@ -547,4 +523,26 @@ async fn a_new_stream_gets_every_event_committed_after_its_response_arrived() {
         assert_eq!(ids(&sub.take(1).await), sent, "round {round}");
     }
     relay.stop().await.unwrap();
+}
+
+/// T1 inserts an event of org_a and stays open; T2, started after it (a larger xid and
+/// sequence number), inserts one and commits. Returns T1 and both event ids.
+async fn t1_open_t2_committed<'a>(
+    c1: &'a mut tokio_postgres::Client,
+    c2: &tokio_postgres::Client,
+) -> (tokio_postgres::Transaction<'a>, String, String) {
+    let t1 = c1.transaction().await.unwrap();
+    let e1: String = t1
+        .query_one(
+            "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload)
+             VALUES ('T1.EARLY', 'org_a', '{}') RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let e2 = publish(c2, &[(Some("org_a"), "T2.LATE")], "{}")
+        .await
+        .remove(0);
+    (t1, e1, e2)
 }

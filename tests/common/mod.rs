@@ -280,6 +280,19 @@ pub async fn count_status(client: &tokio_postgres::Client, status: &str) -> i64 
         .get(0)
 }
 
+/// Rows held for a paused endpoint (PENDING with next_attempt_at = 'infinity').
+pub async fn count_held(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM \"OutboxEvent\"
+              WHERE status = 'PENDING' AND next_attempt_at = 'infinity'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// (status, retry_count, error_message, processed_at is set) of one row.
 pub async fn row_state(
     client: &tokio_postgres::Client,
