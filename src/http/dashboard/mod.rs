@@ -8,10 +8,11 @@
 //!   listener reads need it too (payloads are data);
 //! - on a non-loopback listener without a token the API is refused altogether.
 //!
-//! A browser page from another site could still aim requests at a loopback relay, so the
-//! API also checks the `Host` on a loopback listener (DNS rebinding), and actions require a
-//! JSON body and a same-origin `Origin` when one is sent (cross-site forms cannot do either
-//! without a CORS preflight, which is never granted).
+//! A browser page from another site could still aim requests at a loopback relay, so
+//! requests without the token also have their `Host` checked on a loopback listener (DNS
+//! rebinding), and actions need a JSON body and, without the token, a same-origin `Origin`
+//! when one is sent (cross-site forms cannot do either without a CORS preflight, which is
+//! never granted; nor can they send an Authorization header).
 
 pub mod api;
 
@@ -125,14 +126,22 @@ impl Dashboard {
         }
     }
 
-    /// Refuses a request that may not `access` (see the module docs).
+    /// Refuses a request that may not `access` (see the module docs). The Host and Origin
+    /// checks guard what a browser may do without a credential; a request carrying the
+    /// admin token is the operator's (a reverse proxy in front changes both headers).
     pub fn allow(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
-        if self.loopback && !loopback_host(headers) {
+        let authed = self.has_token(headers);
+        if self.loopback && !authed && !loopback_host(headers) {
+            let (status, hint) = match self.admin_token {
+                Some(_) => (StatusCode::UNAUTHORIZED, ": log in with the admin token"),
+                None => (StatusCode::FORBIDDEN, ""),
+            };
             return Err(ApiError(
-                StatusCode::FORBIDDEN,
-                "the dashboard on a loopback listener answers only to localhost, 127.0.0.1 \
-                 or [::1] in the Host header"
-                    .into(),
+                status,
+                format!(
+                    "the dashboard on a loopback listener answers only to localhost, \
+                     127.0.0.1 or [::1] in the Host header{hint}"
+                ),
             ));
         }
         if !self.loopback && self.admin_token.is_none() {
@@ -151,14 +160,14 @@ impl Dashboard {
             ));
         }
         let needs_token = self.admin_token.is_some() && (access == Access::Act || !self.loopback);
-        if needs_token && !self.has_token(headers) {
+        if needs_token && !authed {
             return Err(ApiError(
                 StatusCode::UNAUTHORIZED,
                 "this needs the admin token (http.admin_token)".into(),
             ));
         }
         if access == Access::Act {
-            check_same_origin(headers)?;
+            check_same_origin(headers, authed)?;
         }
         Ok(())
     }
@@ -180,8 +189,9 @@ fn loopback_host(headers: &HeaderMap) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Actions come with a JSON body, and from this origin when the browser says where from.
-fn check_same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+/// Actions come with a JSON body, and, without the token, from this origin when the
+/// browser says where from.
+fn check_same_origin(headers: &HeaderMap, authed: bool) -> Result<(), ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -191,6 +201,9 @@ fn check_same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "actions take a JSON body (Content-Type: application/json)".into(),
         ));
+    }
+    if authed {
+        return Ok(()); // a cross-site form cannot send the Authorization header
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
@@ -331,6 +344,23 @@ mod tests {
         assert_eq!(wrong.unwrap_err().0, StatusCode::UNAUTHORIZED);
         assert!(d.allow(&h(Some("Bearer s3cret")), Access::Act).is_ok());
         assert!(d.may_act(&h(Some("Bearer s3cret"))) && !d.may_act(&h(None)));
+        // Through a reverse proxy (another Host, its Origin): the token is what counts.
+        let proxied = |auth: Option<&'static str>| {
+            let mut v = vec![
+                ("host", "relay.example.com"),
+                ("origin", "https://relay.example.com"),
+                ("content-type", "application/json"),
+            ];
+            v.extend(auth.map(|a| ("authorization", a)));
+            headers(&v)
+        };
+        assert!(d
+            .allow(&proxied(Some("Bearer s3cret")), Access::Act)
+            .is_ok());
+        assert_eq!(
+            d.allow(&proxied(None), Access::Read).unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
 
         let open = dash("0.0.0.0:0", Some("s3cret"));
         let any = to("relay.internal:9470");
