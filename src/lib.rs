@@ -19,6 +19,7 @@
 //! - [`systemd`]: `Type=notify` readiness, status and the watchdog, when run by systemd.
 
 pub mod activity;
+pub mod cached;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -6,12 +6,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::sync::Mutex;
 
 pub const CLAIMED: &str = "outbox_events_claimed_total";
 pub const COMPLETED: &str = "outbox_events_completed_total";
@@ -185,9 +184,8 @@ pub fn attempt(sink: &str, outcome: &'static str, took: Duration) {
 
 /// Refreshes the queue gauges when they are older than [`QUEUE_REFRESH`]: concurrent
 /// scrapes (and dashboards) wait for one query instead of each running their own.
-pub struct QueueGauges {
-    last: Mutex<Option<(Instant, Queue)>>,
-}
+#[derive(Default)]
+pub struct QueueGauges(crate::cached::Cached<Queue>);
 
 /// The queue as the last refresh saw it.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -199,37 +197,19 @@ pub struct Queue {
     pub oldest_pending_age_seconds: Option<f64>,
 }
 
-impl Default for QueueGauges {
-    fn default() -> Self {
-        Self {
-            last: Mutex::new(None),
-        }
-    }
-}
-
 impl QueueGauges {
     /// Refreshes the gauges unless they are fresh; returns the queue (None: the database
     /// has not answered yet).
     pub async fn refresh(&self, pool: &deadpool_postgres::Pool, table: &str) -> Option<Queue> {
-        let mut last = self.last.lock().await;
-        if let Some((at, q)) = *last {
-            if at.elapsed() < QUEUE_REFRESH {
-                return Some(q);
-            }
-        }
-        match read_queue(pool, table).await {
-            Ok(q) => {
+        self.0
+            .get(QUEUE_REFRESH, "queue gauges", || async {
+                let q = read_queue(pool, table).await?;
                 gauge!(PENDING).set(q.pending as f64);
                 gauge!(OLDEST_PENDING).set(q.oldest_pending_age_seconds.unwrap_or(0.0));
                 gauge!(DEAD_LETTERS).set(q.failed as f64);
-                *last = Some((Instant::now(), q));
-                Some(q)
-            }
-            Err(e) => {
-                tracing::debug!(error = format!("{e:#}"), "queue gauges not refreshed");
-                None
-            }
-        }
+                Ok(q)
+            })
+            .await
     }
 }
 

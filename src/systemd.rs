@@ -148,7 +148,7 @@ async fn run(
             }
             _ = check.tick() => {
                 let phase = Phase::of(
-                    health.database.load(Ordering::Acquire),
+                    health.database_up(),
                     health.listening.load(Ordering::Acquire),
                     listen,
                     ready_sent,

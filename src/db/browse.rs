@@ -211,13 +211,14 @@ pub fn event_sql(table: &str, shape: &TableShape) -> String {
 
 /// Whether a database error says the id was not of the table's type (`abc` for a uuid id).
 pub fn is_bad_id(e: &anyhow::Error) -> bool {
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
-        .filter_map(|e| e.code())
-        .any(|c| {
-            *c == tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION
-                || *c == tokio_postgres::error::SqlState::NUMERIC_VALUE_OUT_OF_RANGE
-        })
+    use tokio_postgres::error::SqlState;
+    crate::db::has_sql_state(
+        e,
+        &[
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+        ],
+    )
 }
 
 /// The statement timeout of the dashboard's pool: a search over a huge table without a

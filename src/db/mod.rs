@@ -117,6 +117,21 @@ pub fn abandon(pool: &Pool, client: deadpool_postgres::Object) -> anyhow::Error 
 /// own, so a crowd reconnecting at once cannot starve the claim loop.
 pub const SSE_POOL_SIZE: usize = 4;
 
+/// `NOTIFY channel, payload` through the pool: '' wakes every relay on the table (rows
+/// became due without an INSERT); see [`crate::deliver::pause`] for the other payload.
+pub async fn notify(pool: &Pool, channel: &str, payload: &str) -> anyhow::Result<()> {
+    query(pool, "SELECT pg_notify($1, $2)", &[&channel, &payload]).await?;
+    Ok(())
+}
+
+/// Whether a database error in `e`'s chain carries one of `states`.
+pub fn has_sql_state(e: &anyhow::Error, states: &[tokio_postgres::error::SqlState]) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .filter_map(|e| e.code())
+        .any(|c| states.contains(c))
+}
+
 /// The relay's pool (see [`pool_of`]).
 pub fn pool(url: &Secret) -> anyhow::Result<Pool> {
     pool_of(url, POOL_SIZE, None)

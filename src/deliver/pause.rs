@@ -87,16 +87,11 @@ pub async fn set(
         crate::db::query(pool, &q.resume, &[&name]).await?;
         endpoint.set_paused(false)
     };
-    crate::db::query(
-        pool,
-        "SELECT pg_notify($1, $2)",
-        &[&channel, &ENDPOINTS_CHANGED],
-    )
-    .await?;
+    crate::db::notify(pool, channel, ENDPOINTS_CHANGED).await?;
     if !paused {
         let released = release_held(pool, q).await?;
         tracing::info!(endpoint = name, released, "held events released");
-        crate::db::query(pool, "SELECT pg_notify($1, '')", &[&channel]).await?;
+        crate::db::notify(pool, channel, "").await?;
     }
     Ok(changed)
 }

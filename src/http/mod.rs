@@ -55,11 +55,7 @@ pub fn router(app: Arc<App>) -> Router {
 async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
     if app.health.ready(app.listen) {
         (StatusCode::OK, "ready\n")
-    } else if !app
-        .health
-        .database
-        .load(std::sync::atomic::Ordering::Acquire)
-    {
+    } else if !app.health.database_up() {
         (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "LISTEN connection down\n")
@@ -69,17 +65,10 @@ async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
 /// Prometheus text. The queue gauges are refreshed here, at most every few seconds.
 async fn metrics(State(app): State<Arc<App>>) -> impl axum::response::IntoResponse {
     let handle = crate::metrics::handle();
-    if app
-        .health
-        .database
-        .load(std::sync::atomic::Ordering::Acquire)
-    {
+    if app.health.database_up() {
         app.queue.refresh(&app.pool, &app.table).await;
     }
-    let up = app
-        .health
-        .database
-        .load(std::sync::atomic::Ordering::Acquire);
+    let up = app.health.database_up();
     ::metrics::gauge!(crate::metrics::UP).set(if up { 1.0 } else { 0.0 });
     ::metrics::gauge!(crate::metrics::SSE_SUBSCRIBERS).set(app.hub.subscribers() as f64);
     (

@@ -81,7 +81,12 @@ pub const LOOP_BEAT: Duration = Duration::from_secs(5);
 impl Health {
     /// Ready: the database answers and, unless poll-only, LISTEN is active.
     pub fn ready(&self, listen: bool) -> bool {
-        self.database.load(Ordering::Acquire) && (!listen || self.listening.load(Ordering::Acquire))
+        self.database_up() && (!listen || self.listening.load(Ordering::Acquire))
+    }
+
+    /// The last database round trip succeeded.
+    pub fn database_up(&self) -> bool {
+        self.database.load(Ordering::Acquire)
     }
 
     fn epoch(&self) -> Instant {

@@ -6,7 +6,7 @@
 //! the dashboard's own pool. Actions are logged with the peer that asked.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -16,9 +16,10 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
+use tokio_postgres::error::SqlState;
 
 use super::{Access, ApiError, Peer};
+use crate::cached::Cached;
 use crate::commands::BlockedKey;
 use crate::db::browse::{self, Search};
 use crate::db::queries::Queries;
@@ -29,40 +30,6 @@ use crate::http::App;
 pub const CACHE_FOR: Duration = Duration::from_secs(5);
 /// Most ids one action takes.
 const MAX_IDS: usize = 1000;
-
-/// A value refreshed at most every [`CACHE_FOR`]; concurrent readers wait for one query.
-pub struct Cached<T>(Mutex<Option<(Instant, T)>>);
-
-impl<T> Default for Cached<T> {
-    fn default() -> Self {
-        Self(Mutex::new(None))
-    }
-}
-
-impl<T: Clone> Cached<T> {
-    async fn get<F, Fut>(&self, refresh: F) -> Option<T>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = anyhow::Result<T>>,
-    {
-        let mut slot = self.0.lock().await;
-        if let Some((at, v)) = &*slot {
-            if at.elapsed() < CACHE_FOR {
-                return Some(v.clone());
-            }
-        }
-        match refresh().await {
-            Ok(v) => {
-                *slot = Some((Instant::now(), v.clone()));
-                Some(v)
-            }
-            Err(e) => {
-                tracing::debug!(error = format!("{e:#}"), "dashboard query failed");
-                None
-            }
-        }
-    }
-}
 
 /// The overview's cached database reads.
 #[derive(Default)]
@@ -124,22 +91,27 @@ pub async fn overview(
 ) -> Result<Response, ApiError> {
     let d = &app.dashboard;
     d.allow(&headers, Access::Read)?;
-    let up = app
-        .health
-        .database
-        .load(std::sync::atomic::Ordering::Acquire);
+    let up = app.health.database_up();
     let queue = if up {
         app.queue.refresh(&app.pool, &app.table).await
     } else {
         None
     };
     let instances = match &d.pool {
-        Some(pool) if up => d.cache.instances.get(|| read_instances(pool)).await,
+        Some(pool) if up => {
+            d.cache
+                .instances
+                .get(CACHE_FOR, "instances", || read_instances(pool))
+                .await
+        }
         _ => None,
     };
     let blocked = match (&d.pool, d.shared.queries.get()) {
         (Some(pool), Some(q)) if up && d.ordering => {
-            d.cache.blocked.get(|| read_blocked(pool, q)).await
+            d.cache
+                .blocked
+                .get(CACHE_FOR, "blocked keys", || read_blocked(pool, q))
+                .await
         }
         _ => None,
     };
@@ -226,11 +198,7 @@ pub async fn events(
         .to_sql(&q.table, &q.shape)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.0))?;
     let rows = browse::search(pool, &sql).await.map_err(|e| {
-        let timed_out = e
-            .chain()
-            .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
-            .any(|c| c.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED));
-        if timed_out {
+        if crate::db::has_sql_state(&e, &[SqlState::QUERY_CANCELED]) {
             ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the search took too long: narrow it by status, type or time".into(),
@@ -388,8 +356,7 @@ async fn id_action(
 /// Rows became due without an INSERT: wake every relay on the table, this one directly (it
 /// may run poll-only).
 async fn wake(app: &App, pool: &deadpool_postgres::Pool) {
-    let channel = &app.dashboard.channel;
-    if let Err(e) = crate::db::query(pool, "SELECT pg_notify($1, '')", &[channel]).await {
+    if let Err(e) = crate::db::notify(pool, &app.dashboard.channel, "").await {
         tracing::debug!(error = format!("{e:#}"), "cannot notify the other relays");
     }
     app.dashboard.shared.wake.notify_one();
