@@ -234,11 +234,6 @@ impl Relay {
         }
     }
 
-    /// A handle that wakes the claim loop (as a NOTIFY would).
-    pub fn waker(&self) -> Arc<Notify> {
-        self.wake.clone()
-    }
-
     /// The claim loop and its helpers, until `shutdown`; then the drain.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
         if self.cfg.webhooks.is_empty() {
