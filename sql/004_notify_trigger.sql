@@ -1,9 +1,17 @@
--- Wake relays when events are inserted: one NOTIFY per statement (not per row), delivered
--- when the inserting transaction commits, and never for one that rolls back.
+-- Wake a sleeping relay when events are inserted, without taxing commits while relays are
+-- awake. Every inserting statement takes the wake-up lock in shared mode (transaction-level,
+-- so held until commit; shared holders never wait for each other). A relay that runs out of
+-- work takes that lock exclusively before its last claim and sleeps holding it (see
+-- src/relay/doze.rs). The shared lock is then unavailable, and only then does the insert
+-- NOTIFY: one per statement, delivered at commit, never for a rollback. While every relay is
+-- busy (or none listens) inserts send nothing, so they do not queue behind the cluster-wide
+-- lock PostgreSQL takes to commit a NOTIFY.
 CREATE OR REPLACE FUNCTION {{schema}}.{{notify_fn}}() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify({{channel_literal}}, '');
+    IF NOT pg_try_advisory_xact_lock_shared({{wake_lock_class}}, {{wake_lock_key}}) THEN
+        PERFORM pg_notify({{channel_literal}}, '');
+    END IF;
     RETURN NULL;
 END
 $$;

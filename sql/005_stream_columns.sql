@@ -11,6 +11,4 @@ CREATE SEQUENCE IF NOT EXISTS {{schema}}.{{stream_seq}} OWNED BY {{table}}.strea
 ALTER TABLE {{table}}
     ALTER COLUMN stream_xid SET DEFAULT pg_current_xact_id(),
     ALTER COLUMN stream_seq SET DEFAULT nextval({{stream_seq_literal}});
--- A reader asks for rows of transactions it has not seen: stream_xid past a snapshot's xmax,
--- or one of the few it listed as in progress.
-CREATE INDEX IF NOT EXISTS {{stream_idx}} ON {{table}} (stream_xid);
+-- The index SSE reads with is optional: sql/optional/stream_index.sql.

@@ -572,3 +572,334 @@ async fn a_killed_listen_connection_is_replaced_without_waiting_for_the_poll() {
     relay.stop().await.unwrap();
     assert_eq!(rx.deliveries().len(), 5);
 }
+
+// The wake-up handshake (src/relay/doze.rs): inserts notify only while a relay sleeps, and
+// no event is left waiting for the poll when relays fall asleep.
+
+/// Counts the NOTIFYs sent on a table's channel.
+struct Notifications {
+    count: Arc<std::sync::atomic::AtomicU64>,
+    markers: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
+    client: tokio_postgres::Client,
+    channel: String,
+}
+
+impl Notifications {
+    async fn listen(url: &str, cfg: &outbox_relay::config::Config) -> Self {
+        use futures_util::StreamExt;
+        let channel = outbox_relay::db::migrate::channel(cfg);
+        let secret = outbox_relay::secret::Secret::new(url.to_owned());
+        let (client, mut conn) = outbox_relay::db::pg_config(&secret)
+            .unwrap()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (tx, markers) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn({
+            let count = count.clone();
+            async move {
+                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                while let Some(Ok(msg)) = messages.next().await {
+                    if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                        if n.payload().is_empty() {
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        } else {
+                            let _ = tx.send(n.payload().to_owned());
+                        }
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!(
+                "LISTEN {}",
+                outbox_relay::db::ident::quote_ident(&channel)
+            ))
+            .await
+            .unwrap();
+        Self {
+            count,
+            markers: tokio::sync::Mutex::new(markers),
+            client,
+            channel,
+        }
+    }
+
+    /// The count, once every notification committed before this call has arrived: a marker
+    /// sent now arrives after them (a listener receives notifications in commit order).
+    async fn settle(&self) -> u64 {
+        let marker = uuid::Uuid::new_v4().to_string();
+        self.client
+            .execute("SELECT pg_notify($1, $2)", &[&self.channel, &marker])
+            .await
+            .unwrap();
+        let mut markers = self.markers.lock().await;
+        loop {
+            let got = tokio::time::timeout(PATIENCE, markers.recv())
+                .await
+                .expect("the marker notification arrives")
+                .unwrap();
+            if got == marker {
+                return self.count.load(std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Whether a session waits for (`granted` false) or holds the table's wake lock exclusively.
+async fn wake_lock_exclusive(
+    client: &tokio_postgres::Client,
+    cfg: &outbox_relay::config::Config,
+    granted: bool,
+) -> bool {
+    let (class, key) = outbox_relay::db::migrate::wake_lock(cfg);
+    // pg_locks shows the two int4 keys as oids (unsigned).
+    let (class, key) = (class as u32 as i64, key as u32 as i64);
+    client
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_locks
+              WHERE locktype = 'advisory' AND objsubid = 2 AND mode = 'ExclusiveLock'
+                AND classid::int8 = $1 AND objid::int8 = $2 AND granted = $3",
+            &[&class, &key, &granted],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_notify_only_while_a_relay_holds_or_awaits_the_wake_lock() {
+    let db = TestDb::new().await;
+    let cfg = db.config("");
+    db.migrate(&cfg).await;
+    let notes = Notifications::listen(&db.url, &cfg).await;
+    let mut app = db.client().await;
+    let (class, key) = outbox_relay::db::migrate::wake_lock(&cfg);
+
+    for _ in 0..10 {
+        insert_events(&app, 1, "NOBODY.ASLEEP").await;
+    }
+    assert_eq!(notes.settle().await, 0, "no relay asleep: no NOTIFY");
+
+    // A relay asleep holds the lock exclusively: every inserting statement notifies once.
+    let sleeper = db.client().await;
+    sleeper
+        .execute("SELECT pg_advisory_lock($1, $2)", &[&class, &key])
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        insert_events(&app, 1, "RELAY.ASLEEP").await;
+    }
+    insert_events(&app, 50, "ONE.STATEMENT").await;
+    assert_eq!(
+        notes.settle().await,
+        6,
+        "one NOTIFY per inserting statement"
+    );
+    let rolled_back = app.transaction().await.unwrap();
+    insert_events(&rolled_back, 1, "ROLLED.BACK").await;
+    rolled_back.rollback().await.unwrap();
+    assert_eq!(
+        notes.settle().await,
+        6,
+        "a rolled-back insert notifies nobody"
+    );
+
+    sleeper
+        .execute("SELECT pg_advisory_unlock_all()", &[])
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        insert_events(&app, 1, "RELAY.AWAKE").await;
+    }
+    assert_eq!(notes.settle().await, 6, "relay awake again: no NOTIFY");
+
+    // An app transaction holds the lock shared; a relay going to sleep waits for it, and
+    // its waiting request alone makes other inserts notify (a try does not jump the queue).
+    let open = app.transaction().await.unwrap();
+    insert_events(&open, 1, "OPEN.TRANSACTION").await;
+    let waiting = tokio::spawn(async move {
+        sleeper
+            .execute("SELECT pg_advisory_lock($1, $2)", &[&class, &key])
+            .await
+            .unwrap();
+        sleeper
+    });
+    let other = db.client().await;
+    wait_until("the exclusive request to wait", || async {
+        wake_lock_exclusive(&other, &cfg, false).await
+    })
+    .await;
+    insert_events(&other, 1, "WHILE.A.RELAY.WAITS").await;
+    assert_eq!(
+        notes.settle().await,
+        7,
+        "an insert while a relay waits notifies"
+    );
+    assert!(
+        !waiting.is_finished(),
+        "granted while the app held it shared"
+    );
+    open.commit().await.unwrap();
+    waiting.await.unwrap();
+    assert_eq!(
+        notes.settle().await,
+        7,
+        "the open transaction took its lock before anyone wanted it: no NOTIFY"
+    );
+}
+
+/// A relay config in which no timer delivers what the handshake should: no poll, and no
+/// lease lapsing soon (a relay also wakes when the lease of a row in flight would lapse).
+fn no_timers(rx: &Receiver) -> String {
+    format!(
+        "poll_interval = \"1h\"\nlease = \"10m\"\n{}",
+        webhook_toml("main", &rx.url)
+    )
+}
+
+/// Whether a relay's lock connection has been waiting for the wake lock for longer than
+/// `at_least` (well past its grace after a wake-up: no wake-up is being acted on).
+async fn relay_waits_for_wake_lock(client: &tokio_postgres::Client, at_least: Duration) -> bool {
+    client
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_stat_activity
+              WHERE datname = current_database()
+                AND application_name LIKE 'outbox-relay waker %'
+                AND state = 'active' AND wait_event_type = 'Lock'
+                AND now() - query_start > make_interval(secs => $1)",
+            &[&at_least.as_secs_f64()],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_in_flight_while_the_relay_falls_asleep_is_not_left_to_the_poll() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let toml = no_timers(&rx);
+    let cfg = db.config(&toml);
+    db.migrate(&cfg).await;
+    // Inserted before the relay starts, so it took the wake lock shared and will not notify.
+    let mut app = db.client().await;
+    let open = app.transaction().await.unwrap();
+    let late = insert_events(&open, 1, "COMMITTED.LATE").await;
+
+    let relay = InProcessRelay::start(cfg.clone()).await.ready().await;
+    let other = db.client().await;
+    // With nothing visible to claim, the relay goes to sleep: it waits for the open
+    // transaction before its last claim.
+    let waiting = || async { relay_waits_for_wake_lock(&other, Duration::from_millis(300)).await };
+    wait_until("the relay to wait for the wake lock", waiting).await;
+    // Its waiting request makes this insert notify: delivered while the other stays open.
+    let meanwhile = insert_events(&other, 1, "COMMITTED.MEANWHILE").await;
+    rx.wait_accepted(&meanwhile).await;
+    assert!(rx.deliveries().iter().all(|d| d.id != late[0]));
+
+    // Settled (no wake-up pending), the relay waits again; the commit lets it have the lock,
+    // and its last claim before sleeping finds the row. A relay sleeping without that claim
+    // would leave it to the 1-hour poll.
+    wait_until("the relay to wait for the wake lock again", waiting).await;
+    open.commit().await.unwrap();
+    rx.wait_accepted(&late).await;
+    wait_until("the relay to sleep holding the wake lock", || async {
+        wake_lock_exclusive(&other, &cfg, true).await
+    })
+    .await;
+    let asleep = insert_events(&other, 3, "WHILE.ASLEEP").await;
+    rx.wait_accepted(&asleep).await;
+    relay.stop().await.unwrap();
+    assert_eq!(rx.deliveries().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_falling_asleep_between_events_lose_no_wake_up() {
+    use rand::Rng;
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let toml = no_timers(&rx);
+    db.migrate(&db.config(&toml)).await;
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        relays.push(InProcessRelay::start(db.config(&toml)).await.ready().await);
+    }
+    let notes = Notifications::listen(&db.url, &db.config(&toml)).await;
+
+    // (writers, statements per writer, most rows per statement, longest pause after each):
+    // sparse, so that relays fall asleep between events; back to back, so that they stay
+    // busy; and bursts with short gaps, crossing the boundary both ways.
+    let phases: [(&str, usize, usize, usize, u64); 3] = [
+        ("sparse", 4, 40, 1, 40),
+        ("busy", 8, 300, 1, 0),
+        ("bursts", 4, 60, 20, 8),
+    ];
+    let mut committed: Vec<(String, std::time::Instant)> = Vec::new();
+    for (phase, writers, statements, rows, pause_ms) in phases {
+        let before = notes.settle().await;
+        let mut tasks = Vec::new();
+        for _ in 0..writers {
+            let client = db.client().await;
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for _ in 0..statements {
+                    let n = rand::thread_rng().gen_range(1..=rows);
+                    let ids = insert_events(&client, n, "WAKE.BOUNDARY").await;
+                    let at = std::time::Instant::now();
+                    out.extend(ids.into_iter().map(|id| (id, at)));
+                    let pause = rand::thread_rng().gen_range(0..=pause_ms);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                out
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            let out = t.await.unwrap();
+            ids.extend(out.iter().map(|(id, _)| id.clone()));
+            committed.extend(out);
+        }
+        rx.wait_accepted(&ids).await;
+        let sent = notes.settle().await - before;
+        eprintln!(
+            "{phase}: {} events from {} statements, {sent} NOTIFYs",
+            ids.len(),
+            writers * statements
+        );
+    }
+    for r in relays {
+        r.stop().await.unwrap();
+    }
+
+    // Every event arrived once, and soon: a lost wake-up would have left one for the
+    // 1-hour poll. The bound is loose on purpose (a shared CI machine); the benchmark
+    // measures the real latency.
+    let deliveries = rx.deliveries();
+    let first: std::collections::HashMap<&str, std::time::Instant> = deliveries
+        .iter()
+        .rev()
+        .map(|d| (d.id.as_str(), d.received))
+        .collect();
+    assert_eq!(
+        deliveries.len(),
+        committed.len(),
+        "no event delivered twice"
+    );
+    let mut lags: Vec<Duration> = committed
+        .iter()
+        .map(|(id, at)| first[id.as_str()].saturating_duration_since(*at))
+        .collect();
+    lags.sort();
+    let max = *lags.last().unwrap();
+    eprintln!(
+        "commit to receipt: p50 {:?}, p99 {:?}, max {max:?}",
+        lags[lags.len() / 2],
+        lags[lags.len() * 99 / 100]
+    );
+    assert!(
+        max < Duration::from_secs(5),
+        "an event waited {max:?}: a wake-up was lost"
+    );
+}

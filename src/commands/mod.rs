@@ -37,8 +37,21 @@ pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut client = db::connect(&cfg.database_url).await?;
+    let optional = migrate::optional_indexes(cfg);
+    let before = migrate::existing(&client, cfg, &optional).await?;
     migrate::run(&mut client, cfg).await?;
     let shape = shape::inspect(&client, &cfg.qualified_table()).await?;
+    for (ix, had) in optional.iter().zip(before) {
+        let what = match (had, ix.wanted) {
+            (false, true) => "created",
+            (true, true) => "kept",
+            (true, false) => {
+                "dropped: this config does not use it (migrate again after turning it on)"
+            }
+            (false, false) => "not created: this config does not use it",
+        };
+        eprintln!("index {} for {}: {what}", ix.name, ix.serves);
+    }
     eprintln!(
         "{} is ready (id {}, status {}); NOTIFY channel {:?}",
         cfg.qualified_table(),

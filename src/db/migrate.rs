@@ -57,7 +57,20 @@ pub fn channel(cfg: &Config) -> String {
     name.chars().take(crate::db::ident::MAX_IDENT_LEN).collect()
 }
 
-/// The SQL of each step with this config's names filled in.
+/// The advisory lock of the wake-up handshake for this table (see `crate::relay::doze`):
+/// inserts take it shared, a relay about to sleep takes it exclusively. The two-key form, so
+/// it cannot collide with an app's single-`bigint` advisory locks: a fixed class ("obrw" in
+/// ASCII) and a key derived from the NOTIFY channel, so each table has its own.
+pub fn wake_lock(cfg: &Config) -> (i32, i32) {
+    use sha2::{Digest, Sha256};
+    const CLASS: i32 = 0x6f62_7277;
+    let digest = Sha256::digest(channel(cfg).as_bytes());
+    (
+        CLASS,
+        i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
+    )
+}
+
 /// The table of paused endpoints beside an outbox table `t` (unquoted, in the same schema).
 pub fn paused_table(t: &Ident) -> String {
     derived_name("", t, "_relay_paused")
@@ -68,63 +81,159 @@ pub fn qualified_paused_table(cfg: &Config) -> String {
     format!("{}.{}", cfg.schema, quote_ident(&paused_table(&cfg.table)))
 }
 
-pub fn render(cfg: &Config) -> Vec<(&'static str, String)> {
+/// An index that serves an optional feature. It exists only while the feature is
+/// configured: every index costs every insert of the app (and the relay's claim and
+/// completion updates) an entry, so `migrate` creates it when the config turns the feature
+/// on and drops it when it is off.
+#[derive(Debug, Clone)]
+pub struct OptionalIndex {
+    /// Unquoted, in the table's schema.
+    pub name: String,
+    /// The feature and the setting that turns it on, for messages.
+    pub serves: &'static str,
+    /// The config in hand turns the feature on.
+    pub wanted: bool,
+    template: &'static str,
+}
+
+impl OptionalIndex {
+    /// Schema-qualified and quoted, for SQL.
+    pub fn qualified(&self, cfg: &Config) -> String {
+        format!("{}.{}", cfg.schema, quote_ident(&self.name))
+    }
+}
+
+/// The optional indexes, and whether `cfg` wants each.
+pub fn optional_indexes(cfg: &Config) -> Vec<OptionalIndex> {
+    let t = &cfg.table;
+    vec![
+        OptionalIndex {
+            name: derived_name("", t, "_relay_ordering_idx"),
+            serves: "entity-ordered delivery (ordering = \"entity\" on a webhook)",
+            wanted: !cfg.ordered_types().is_empty(),
+            template: include_str!("../../sql/optional/ordering_index.sql"),
+        },
+        OptionalIndex {
+            name: derived_name("", t, "_relay_stream_idx"),
+            serves: "Server-Sent Events ([sse] enabled)",
+            wanted: cfg.sse.enabled,
+            template: include_str!("../../sql/optional/stream_index.sql"),
+        },
+    ]
+}
+
+/// The name of the last step, which creates the optional indexes the config wants and drops
+/// the others.
+const OPTIONAL_STEP: &str = "008_optional_indexes.sql";
+
+/// The template variables: this config's names.
+fn vars(cfg: &Config) -> Vec<(&'static str, String)> {
     let table = cfg.qualified_table();
     let t = &cfg.table;
     let stream_seq = derived_name("", t, "_stream_seq");
-    let vars = [
+    let (wake_class, wake_key) = wake_lock(cfg);
+    let index = |suffix: &str| quote_ident(&derived_name("", t, suffix));
+    vec![
         ("{{table}}", table.clone()),
         ("{{table_literal}}", quote_literal(&table)),
         ("{{schema}}", cfg.schema.to_string()),
-        (
-            "{{pending_idx}}",
-            quote_ident(&derived_name("", t, "_relay_pending_idx")),
-        ),
-        (
-            "{{processing_idx}}",
-            quote_ident(&derived_name("", t, "_relay_lease_idx")),
-        ),
-        (
-            "{{unknown_idx}}",
-            quote_ident(&derived_name("", t, "_relay_unknown_idx")),
-        ),
-        (
-            "{{completed_idx}}",
-            quote_ident(&derived_name("", t, "_relay_completed_idx")),
-        ),
-        (
-            "{{ordering_idx}}",
-            quote_ident(&derived_name("", t, "_relay_ordering_idx")),
-        ),
-        (
-            "{{failed_idx}}",
-            quote_ident(&derived_name("", t, "_relay_failed_idx")),
-        ),
+        ("{{pending_idx}}", index("_relay_pending_idx")),
+        ("{{processing_idx}}", index("_relay_lease_idx")),
+        ("{{unknown_idx}}", index("_relay_unknown_idx")),
+        ("{{completed_idx}}", index("_relay_completed_idx")),
+        ("{{ordering_idx}}", index("_relay_ordering_idx")),
+        ("{{failed_idx}}", index("_relay_failed_idx")),
+        ("{{stream_idx}}", index("_relay_stream_idx")),
         (
             "{{notify_fn}}",
             quote_ident(&derived_name("outbox_relay_notify_", t, "")),
         ),
         ("{{channel_literal}}", quote_literal(&channel(cfg))),
+        ("{{wake_lock_class}}", wake_class.to_string()),
+        ("{{wake_lock_key}}", wake_key.to_string()),
         ("{{stream_seq}}", quote_ident(&stream_seq)),
         ("{{paused_table}}", quote_ident(&paused_table(t))),
         (
             "{{stream_seq_literal}}",
             quote_literal(&format!("{}.{}", cfg.schema, quote_ident(&stream_seq))),
         ),
-        (
-            "{{stream_idx}}",
-            quote_ident(&derived_name("", t, "_relay_stream_idx")),
-        ),
-    ];
-    STEPS
+    ]
+}
+
+/// The SQL of each step with this config's names filled in.
+pub fn render(cfg: &Config) -> Vec<(&'static str, String)> {
+    let vars = vars(cfg);
+    let fill = |template: &str| {
+        vars.iter()
+            .fold(template.to_string(), |s, (k, v)| s.replace(k, v))
+    };
+    let mut steps: Vec<(&'static str, String)> = STEPS
         .iter()
-        .map(|(name, template)| {
-            let sql = vars
-                .iter()
-                .fold(template.to_string(), |s, (k, v)| s.replace(k, v));
-            (*name, sql)
+        .map(|(name, template)| (*name, fill(template)))
+        .collect();
+    let optional = optional_indexes(cfg)
+        .iter()
+        .map(|ix| {
+            if ix.wanted {
+                fill(ix.template)
+            } else {
+                format!(
+                    "-- The config does not use {}: its index goes (migrate again after \
+                     turning it on).\n\
+                     DROP INDEX IF EXISTS {};\n",
+                    ix.serves,
+                    ix.qualified(cfg)
+                )
+            }
         })
-        .collect()
+        .collect::<Vec<_>>()
+        .join("");
+    steps.push((OPTIONAL_STEP, optional));
+    steps
+}
+
+/// Which of `indexes` exist now.
+pub async fn existing(
+    client: &tokio_postgres::Client,
+    cfg: &Config,
+    indexes: &[OptionalIndex],
+) -> anyhow::Result<Vec<bool>> {
+    let names: Vec<String> = indexes.iter().map(|ix| ix.qualified(cfg)).collect();
+    let row = client
+        .query_one(
+            "SELECT array_agg(to_regclass(n) IS NOT NULL ORDER BY i)
+               FROM unnest($1::text[]) WITH ORDINALITY AS u(n, i)",
+            &[&names],
+        )
+        .await
+        .context("looking up the relay's optional indexes")?;
+    Ok(row.get(0))
+}
+
+/// Warns about each optional index `cfg` wants that is missing (a `migrate` run with another
+/// config dropped it, or none ran since the feature was turned on).
+pub async fn warn_missing_indexes(client: &tokio_postgres::Client, cfg: &Config) {
+    let optional = optional_indexes(cfg);
+    match existing(client, cfg, &optional).await {
+        Ok(exists) => {
+            for (ix, _) in optional
+                .iter()
+                .zip(exists)
+                .filter(|(ix, e)| ix.wanted && !e)
+            {
+                tracing::warn!(
+                    index = %ix.name,
+                    "{} is configured but its index is missing: run `outbox-relay migrate` \
+                     with this config (until then, reads that want it scan the table)",
+                    ix.serves
+                );
+            }
+        }
+        Err(e) => tracing::debug!(
+            error = format!("{e:#}"),
+            "cannot check the optional indexes"
+        ),
+    }
 }
 
 /// The whole migration as one script, for `migrate --print`.

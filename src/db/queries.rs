@@ -266,6 +266,17 @@ SELECT s.snap::text, extract(epoch FROM statement_timestamp())::int8,
      ORDER BY x.stream_seq
      LIMIT $5) e ON true";
 
+/// The wake-up handshake (see `crate::relay::doze`): a relay about to sleep takes the
+/// table's wake lock ([`crate::db::migrate::wake_lock`]) exclusively, at session level, on
+/// its own connection. Waits for every inserting transaction that holds it shared (they
+/// commit or roll back first); from the moment it is requested, new inserts NOTIFY.
+/// $1 class, $2 key.
+pub const WAKE_LOCK: &str = "SELECT pg_advisory_lock($1, $2)";
+/// The relay is awake again: inserts stop notifying. `_all`, so that a lock the relay is not
+/// sure it got (a cancelled wait that was granted meanwhile) is released too, and without a
+/// warning when it was not.
+pub const WAKE_UNLOCK: &str = "SELECT pg_advisory_unlock_all()";
+
 /// The statements, rendered for one table.
 #[derive(Debug, Clone)]
 pub struct Queries {

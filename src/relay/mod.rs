@@ -8,6 +8,7 @@
 //! - the recorder ([`recorder::run`]) ends when the last delivery task drops its sender;
 //! - the lease keeper and the listener stop on `stop_background`, after the recorder.
 
+pub mod doze;
 pub mod housekeeping;
 pub mod listener;
 pub mod recorder;
@@ -32,6 +33,7 @@ use crate::db::shape;
 use crate::deliver::Dispatcher;
 use crate::event::ClaimedEvent;
 use crate::stream::Hub;
+use doze::{Arm, Doze};
 use recorder::{InFlight, Recorded};
 
 /// What `/readyz`, systemd readiness and the watchdog report.
@@ -115,6 +117,12 @@ impl Health {
 /// up to the poll interval, so a key parked behind a dead letter does not keep the loop
 /// spinning; a wake-up (NOTIFY, a recorded outcome) claims at once whatever the pause.
 const CONTENDED_PAUSE: Duration = Duration::from_millis(20);
+/// Waits at least this long go through the wake-up handshake ([`doze`]); shorter ones (a
+/// contended claim's first pauses) just sleep: the handshake costs two statements.
+const ARM_AFTER: Duration = Duration::from_millis(50);
+/// How long the relay sleeps when it cannot arm (no LISTEN, no lock connection): inserts do
+/// not wake it then.
+const UNARMED_POLL: Duration = Duration::from_secs(1);
 
 /// A running relay's shared state.
 pub struct Relay {
@@ -187,7 +195,9 @@ async fn wait_for_table(
     loop {
         let attempt = async {
             let client = pool.get().await.context("cannot connect to the database")?;
-            shape::inspect(&client, &table).await
+            let shape = shape::inspect(&client, &table).await?;
+            crate::db::migrate::warn_missing_indexes(&client, cfg).await;
+            anyhow::Ok(shape)
         };
         match attempt.await {
             Ok(shape) => {
@@ -269,8 +279,8 @@ impl Relay {
             stop_background.clone(),
         ));
         let mut wakers = vec![self.wake.clone()];
-        let tail = self.hub.clone().map(|hub| {
-            let wake = Arc::new(Notify::new());
+        let tail_wake = self.hub.is_some().then(|| Arc::new(Notify::new()));
+        let tail = self.hub.clone().zip(tail_wake.clone()).map(|(hub, wake)| {
             wakers.push(wake.clone());
             tokio::spawn(crate::stream::tail::run(
                 self.pool.clone(),
@@ -328,8 +338,15 @@ impl Relay {
             "relay running"
         );
 
-        self.claim_loop(&shutdown, &tracker, &tx, &hard, &announcer)
-            .await;
+        self.claim_loop(
+            &shutdown,
+            &tracker,
+            &tx,
+            &hard,
+            &announcer,
+            tail_wake.as_deref(),
+        )
+        .await;
 
         // Drain: stop claiming (done), let deliveries finish, then cut them off.
         let in_flight = self.inflight.len();
@@ -383,6 +400,7 @@ impl Relay {
         tx: &mpsc::Sender<Recorded>,
         hard: &CancellationToken,
         announcer: &rounds::Announcer,
+        tail_wake: Option<&Notify>,
     ) {
         let poll = self.cfg.poll_interval;
         let batch = self.cfg.batch_size as usize;
@@ -391,6 +409,21 @@ impl Relay {
         let worth_claiming = batch.min(self.capacity_total / 2).max(1);
         let mut failures: u32 = 0;
         let mut contended: u32 = 0;
+        // Sleeping without a commit tax (listen mode only; see `doze`).
+        let mut doze = self.cfg.listen.then(|| {
+            Doze::new(
+                self.cfg.database_url.clone(),
+                crate::db::migrate::wake_lock(&self.cfg),
+                self.wake.clone(),
+            )
+        });
+        // Inserts do not notify while this relay is awake, so the SSE tail learns of new
+        // rows from the claims: after a claim that found rows, and before sleeping.
+        let wake_tail = || {
+            if let Some(t) = tail_wake {
+                t.notify_one();
+            }
+        };
         loop {
             self.health.beat();
             if shutdown.is_cancelled() {
@@ -398,6 +431,10 @@ impl Relay {
             }
             announcer.round();
             if self.capacity.available_permits() < worth_claiming {
+                // Busy: waking this relay would be a tax on the app's inserts for nothing.
+                if let Some(doze) = doze.as_mut() {
+                    doze.disarm().await;
+                }
                 tokio::select! {
                     _ = self.capacity_freed.notified() => continue,
                     _ = tokio::time::sleep(LOOP_BEAT) => continue,
@@ -405,7 +442,18 @@ impl Relay {
                 }
             }
             let limit = self.capacity.available_permits().min(batch);
-            let wait = match self.run_once(limit, tracker, tx, hard).await {
+            // Awake again: let go of the wake lock (if held) while claiming. Side by side, so
+            // a database that hangs shows as a claim that hangs (what the watchdog watches).
+            let disarm = async {
+                if let Some(doze) = doze.as_mut() {
+                    doze.disarm().await;
+                }
+            };
+            let (claimed, ()) = tokio::join!(self.run_once(limit, tracker, tx, hard), disarm);
+            if matches!(claimed, Ok(n) if n > 0) {
+                wake_tail();
+            }
+            let wait = match claimed {
                 Ok(claimed) if claimed >= limit => {
                     (failures, contended) = (0, 0);
                     continue; // more may be due right now
@@ -438,8 +486,31 @@ impl Relay {
             if wait.is_zero() {
                 continue;
             }
+            let mut deadline = tokio::time::Instant::now() + wait;
+            if let Some(doze) = doze.as_mut().filter(|_| wait >= ARM_AFTER && failures == 0) {
+                let arm = if self.health.listening.load(Ordering::Acquire) {
+                    doze.arm(deadline, &self.health, shutdown).await
+                } else {
+                    Arm::Unavailable
+                };
+                match arm {
+                    Arm::Interrupted => continue,
+                    Arm::Unavailable => {
+                        deadline = deadline.min(tokio::time::Instant::now() + UNARMED_POLL)
+                    }
+                    Arm::Armed { woken } => {
+                        // The last claim before sleeping: it sees every insert that did not
+                        // notify (see `doze` for why).
+                        let limit = self.capacity.available_permits().min(batch);
+                        let claimed = self.run_once(limit, tracker, tx, hard).await;
+                        wake_tail();
+                        if woken || limit == 0 || !matches!(claimed, Ok(0)) {
+                            continue; // disarmed by the next round
+                        }
+                    }
+                }
+            }
             // Wait for a wake-up or the deadline, beating meanwhile (no query: idle stays idle).
-            let deadline = tokio::time::Instant::now() + wait;
             loop {
                 tokio::select! {
                     _ = self.wake.notified() => break,

@@ -8,7 +8,7 @@ use tempfile::NamedTempFile;
 
 use super::load::{Published, LOAD_TYPE};
 use super::process::*;
-use super::{free_addr, http_get, sse, Receiver, SECRET};
+use super::{free_addr, http_get, relay_bin, sse, wait_until, Receiver, SECRET};
 
 /// A database password for the relay's URL. The test servers trust local connections and
 /// ignore it; it is there so the suite can prove it never leaks.
@@ -87,8 +87,30 @@ pub fn relay_config(
     (write_config(&toml), format!("http://{http}"))
 }
 
+/// Migrates for the features [`relay_config`] turns on (SSE: its index).
+pub async fn migrate_as_relay_config(url: &str) {
+    migrate_url(url, &sse::sse_toml("15s")).await;
+}
+
 pub fn relay(name: &str, file: &NamedTempFile) -> Proc {
-    Proc::spawn(name, relay_cmd(&["run", "--config", path_str(file)]))
+    relay_of(relay_bin(), name, file)
+}
+
+/// [`relay`] running another build of the relay (a previous release's binary).
+pub fn relay_of(bin: impl AsRef<std::ffi::OsStr>, name: &str, file: &NamedTempFile) -> Proc {
+    Proc::spawn(
+        name,
+        relay_cmd_of(bin, &["run", "--config", path_str(file)]),
+    )
+}
+
+/// Waits until the relay serving `http` answers `/readyz` with 200.
+pub async fn wait_ready(what: &str, http: &str) {
+    wait_until(what, || {
+        let u = format!("{http}/readyz");
+        async move { http_get(&u).await.0 == 200 }
+    })
+    .await;
 }
 
 /// The outcome of one fault run, as the README table shows it.

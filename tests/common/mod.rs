@@ -250,9 +250,10 @@ where
     }
 }
 
-/// Inserts `n` events of type `event_type` in one transaction; returns their ids.
+/// Inserts `n` events of type `event_type` in one statement (a transaction of its own on a
+/// client, or part of an open one); returns their ids.
 pub async fn insert_events(
-    client: &tokio_postgres::Client,
+    client: &impl tokio_postgres::GenericClient,
     n: usize,
     event_type: &str,
 ) -> Vec<String> {

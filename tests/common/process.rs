@@ -2,10 +2,13 @@
 //! start: for crash, signal and outage tests.
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use outbox_relay::config::{Config, Overrides};
@@ -32,7 +35,12 @@ pub const EXIT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A command running the relay binary with a clean environment and verbose relay logs.
 pub fn relay_cmd(args: &[&str]) -> Command {
-    let mut cmd = Command::new(relay_bin());
+    relay_cmd_of(relay_bin(), args)
+}
+
+/// [`relay_cmd`] for another build of the relay: [`previous_release_bin`].
+pub fn relay_cmd_of(bin: impl AsRef<OsStr>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.args(args);
     clean_env(&mut cmd);
     cmd
@@ -257,4 +265,103 @@ pub async fn migrate_url(url: &str, extra: &str) {
     .unwrap();
     let mut c = connect(url).await;
     outbox_relay::db::migrate::run(&mut c, &cfg).await.unwrap();
+}
+
+/// The release an in-place upgrade starts from (tests/faults.rs, the migrate-under-a-running-
+/// previous-release fault): the last landed release, 97f8ebf. Move it at each release, to the
+/// release before the one being made: the version still running while the new `migrate` runs.
+pub const PREVIOUS_RELEASE: &str = "97f8ebf71e1cc677b035c64fa8d14267ecf41414";
+
+/// A hang guard for building [`PREVIOUS_RELEASE`]: a cold debug build compiles every
+/// dependency again, on a 2-core machine that is also running other tests.
+const BUILD_PATIENCE: Duration = Duration::from_secs(30 * 60);
+
+/// The `outbox-relay` binary of [`PREVIOUS_RELEASE`], built from git into a directory of its
+/// own under the target dir: its own source tree (`git archive`, so no worktree bookkeeping)
+/// and its own CARGO_TARGET_DIR, so this build's binary, which other tests are running, is
+/// never overwritten. Built once; later calls find cargo's build fresh within a second or
+/// so. A lock file serialises test processes that ask at the same time. Without git or the
+/// commit (a shallow clone) it panics with one line: an upgrade test must not pass by
+/// upgrading from nothing.
+pub async fn previous_release_bin() -> PathBuf {
+    let short = &PREVIOUS_RELEASE[..7];
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("previous-release")
+        .join(short);
+    std::fs::create_dir_all(&root).unwrap();
+    let lock = std::fs::File::create(root.join("lock")).unwrap();
+    let _held = tokio::task::spawn_blocking(move || Flock::lock(lock, FlockArg::LockExclusive))
+        .await
+        .unwrap()
+        .unwrap_or_else(|(_, e)| panic!("cannot lock {}: {e}", root.display()));
+    let src = root.join("src");
+    if !src.join("Cargo.toml").exists() {
+        extract_previous_release(&root, &src).await;
+    }
+    let target = root.join("target");
+    let bin = target.join("debug").join("outbox-relay");
+    let built_before = bin.exists();
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .args([
+            "build",
+            "--locked",
+            "--bin",
+            "outbox-relay",
+            "--manifest-path",
+        ])
+        .arg(src.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .stdin(Stdio::null());
+    let started = std::time::Instant::now();
+    let mut build = Proc::spawn(&format!("cargo build of {short}"), cargo);
+    let status = build.wait_exit(BUILD_PATIENCE).await;
+    assert!(
+        status.success(),
+        "building the previous release {short} failed ({status}); its cargo output follows"
+    );
+    println!(
+        "previous release {short}: {} in {:.1?} ({})",
+        if built_before { "up to date" } else { "built" },
+        started.elapsed(),
+        bin.display()
+    );
+    bin
+}
+
+/// Writes [`PREVIOUS_RELEASE`]'s tree to `src` (via a sibling directory renamed at the end, so
+/// an interrupted extraction is never taken for a whole one).
+async fn extract_previous_release(root: &Path, src: &Path) {
+    let short = &PREVIOUS_RELEASE[..7];
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        let mut cmd = Command::new("git");
+        cmd.arg("-C").arg(repo).args(args).stdin(Stdio::null());
+        cmd
+    };
+    let (found, _, err) = run_to_end(
+        &format!("git (to build the previous release {short})"),
+        git(&["cat-file", "-e", &format!("{PREVIOUS_RELEASE}^{{commit}}")]),
+    )
+    .await;
+    assert!(
+        found.success(),
+        "cannot find the previous release {short} in {repo}'s git history ({}); a shallow \
+         clone needs `git fetch --unshallow`",
+        err.lines().next().unwrap_or("no such commit")
+    );
+    let partial = root.join("src.partial");
+    let tar = root.join("src.tar");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).unwrap();
+    let mut archive = git(&["archive", "--format=tar", "-o"]);
+    archive.arg(&tar).arg(PREVIOUS_RELEASE);
+    let mut untar = Command::new("tar");
+    untar.arg("-xf").arg(&tar).arg("-C").arg(&partial);
+    for (what, cmd) in [("git archive", archive), ("tar -x", untar)] {
+        let (status, _, err) = run_to_end(what, cmd).await;
+        assert!(status.success(), "{what} of {short} failed: {}", err.trim());
+    }
+    std::fs::remove_file(&tar).unwrap();
+    std::fs::rename(&partial, src).unwrap();
 }

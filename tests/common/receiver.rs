@@ -30,6 +30,8 @@ pub struct Delivery {
     pub verified: bool,
     /// The status this receiver answered (0: it closed the connection instead).
     pub answered: u16,
+    /// When the request arrived, for tests that bound how late an event may be.
+    pub received: std::time::Instant,
 }
 
 /// What to answer.
@@ -245,6 +247,7 @@ async fn handle(
         headers,
         verified,
         answered: reply.status,
+        received: std::time::Instant::now(),
     });
     inner.arrived.notify_waiters();
     if reply.status == 0 {
