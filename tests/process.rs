@@ -640,11 +640,21 @@ async fn migrate_print_is_applicable_sql() {
         .get(0);
     assert_eq!(tables, 0, "--print must not run the migration");
 
+    // As an operator would apply it: psql runs statement by statement, so the optional
+    // indexes' CONCURRENTLY statements run outside a transaction block.
+    let script = write_config(&sql);
+    let psql = outbox_relay::pgtemp::find_bindir().unwrap().join("psql");
     for n in 1..=2 {
-        client
-            .batch_execute(&sql)
-            .await
-            .unwrap_or_else(|e| panic!("applying the printed SQL, time {n}: {e:?}"));
+        let out = std::process::Command::new(&psql)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db.url, "-f"])
+            .arg(script.path())
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "applying the printed SQL with psql, time {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     let rx = Receiver::start().await;
@@ -800,4 +810,108 @@ async fn metrics_count_deliveries_failures_and_dead_letters_and_match_status() {
     );
     assert_no_secret("/metrics", &text);
     drop(relay);
+}
+
+/// The relay's indexes on the test table.
+async fn relay_indexes(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT indexname::text FROM pg_indexes
+              WHERE tablename = 'OutboxEvent' AND indexname LIKE '%relay%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_keeps_optional_indexes_only_while_their_feature_is_configured() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let migrate = |extra: &str| {
+        let file = db.config_file(extra);
+        async move {
+            let (status, _, err) = run_to_end(
+                "migrate",
+                relay_cmd(&["migrate", "--config", path_str(&file)]),
+            )
+            .await;
+            assert_eq!(status.code(), Some(0), "{err}");
+            err
+        }
+    };
+    let stream = "OutboxEvent_relay_stream_idx";
+    let ordering = "OutboxEvent_relay_ordering_idx";
+    let always = [
+        "OutboxEvent_relay_completed_idx",
+        "OutboxEvent_relay_failed_idx",
+        "OutboxEvent_relay_lease_idx",
+        "OutboxEvent_relay_pending_idx",
+        "OutboxEvent_relay_unknown_idx",
+    ];
+
+    let out = migrate("").await;
+    assert_eq!(relay_indexes(&client).await, always);
+    assert!(
+        out.contains(&format!(
+            "index {stream} for Server-Sent Events ([sse] enabled): not created"
+        )),
+        "{out}"
+    );
+
+    let both = format!(
+        "{}\n{}ordering = \"entity\"\n",
+        common::sse::sse_toml("15s"),
+        webhook_toml("main", "http://127.0.0.1:9/")
+    );
+    let out = migrate(&both).await;
+    assert!(
+        out.contains(&format!(
+            "index {stream} for Server-Sent Events ([sse] enabled): created"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("index {ordering} for entity-ordered delivery")),
+        "{out}"
+    );
+    let mut all: Vec<String> = always.iter().map(|s| s.to_string()).collect();
+    all.extend([ordering.to_owned(), stream.to_owned()]);
+    all.sort();
+    assert_eq!(relay_indexes(&client).await, all);
+    assert!(migrate(&both).await.contains(&format!(
+        "index {stream} for Server-Sent Events ([sse] enabled): kept"
+    )));
+
+    // A concurrent build that failed leaves an INVALID index; the next migrate rebuilds it.
+    client
+        .execute(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = to_regclass($1)",
+            &[&format!("public.\"{stream}\"")],
+        )
+        .await
+        .unwrap();
+    migrate(&both).await;
+    let valid: bool = client
+        .query_one(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)",
+            &[&format!("public.\"{stream}\"")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(valid, "the invalid index was not rebuilt");
+
+    // Both features off again: both indexes go.
+    let out = migrate("").await;
+    assert!(
+        out.contains(&format!(
+            "index {stream} for Server-Sent Events ([sse] enabled): dropped"
+        )),
+        "{out}"
+    );
+    assert_eq!(relay_indexes(&client).await, always);
 }

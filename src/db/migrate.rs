@@ -122,10 +122,6 @@ pub fn optional_indexes(cfg: &Config) -> Vec<OptionalIndex> {
     ]
 }
 
-/// The name of the last step, which creates the optional indexes the config wants and drops
-/// the others.
-const OPTIONAL_STEP: &str = "008_optional_indexes.sql";
-
 /// The template variables: this config's names.
 fn vars(cfg: &Config) -> Vec<(&'static str, String)> {
     let table = cfg.qualified_table();
@@ -163,33 +159,39 @@ fn vars(cfg: &Config) -> Vec<(&'static str, String)> {
 /// The SQL of each step with this config's names filled in.
 pub fn render(cfg: &Config) -> Vec<(&'static str, String)> {
     let vars = vars(cfg);
-    let fill = |template: &str| {
-        vars.iter()
-            .fold(template.to_string(), |s, (k, v)| s.replace(k, v))
-    };
-    let mut steps: Vec<(&'static str, String)> = STEPS
+    STEPS
         .iter()
-        .map(|(name, template)| (*name, fill(template)))
-        .collect();
-    let optional = optional_indexes(cfg)
+        .map(|(name, template)| (*name, fill(template, &vars)))
+        .collect()
+}
+
+/// Fills a template's placeholders.
+fn fill(template: &str, vars: &[(&'static str, String)]) -> String {
+    vars.iter()
+        .fold(template.to_string(), |s, (k, v)| s.replace(k, v))
+}
+
+/// The statements that create the optional indexes `cfg` wants and drop the others, each
+/// `CONCURRENTLY`: neither blocks the app's inserts (a plain CREATE INDEX would for the whole
+/// build, a plain DROP INDEX while it queues for its exclusive lock). So they run one by one
+/// outside a transaction block, after the steps.
+pub fn optional_statements(cfg: &Config) -> Vec<String> {
+    let vars = vars(cfg);
+    optional_indexes(cfg)
         .iter()
         .map(|ix| {
             if ix.wanted {
-                fill(ix.template)
+                fill(ix.template, &vars)
             } else {
                 format!(
                     "-- The config does not use {}: its index goes (migrate again after \
-                     turning it on).\n\
-                     DROP INDEX IF EXISTS {};\n",
+                     turning it on).\nDROP INDEX CONCURRENTLY IF EXISTS {};\n",
                     ix.serves,
                     ix.qualified(cfg)
                 )
             }
         })
-        .collect::<Vec<_>>()
-        .join("");
-    steps.push((OPTIONAL_STEP, optional));
-    steps
+        .collect()
 }
 
 /// Which of `indexes` exist now.
@@ -249,6 +251,14 @@ pub fn script(cfg: &Config) -> String {
             sql.trim_end()
         ));
     }
+    out.push_str(
+        "\n-- Optional indexes, outside a transaction block (CONCURRENTLY). If a build failed \
+         half way,\n-- drop the INVALID index it left (\\d in psql shows it) before running \
+         this again.\n",
+    );
+    for sql in optional_statements(cfg) {
+        out.push_str(&format!("{}\n", sql.trim_end()));
+    }
     out
 }
 
@@ -279,6 +289,37 @@ async fn apply(client: &mut tokio_postgres::Client, cfg: &Config) -> anyhow::Res
             .with_context(|| format!("committing migration step {name}"))?;
         tracing::debug!(step = name, "migration step applied");
     }
+    // A concurrent build that failed (lock_timeout, a cancel) leaves an INVALID index that
+    // IF NOT EXISTS would keep: drop those first.
+    client
+        .batch_execute("SET lock_timeout = '10s'; SET client_min_messages = warning")
+        .await?;
+    let optional = optional_indexes(cfg);
+    for ix in &optional {
+        let invalid: bool = client
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_index WHERE indexrelid = to_regclass($1) \
+                 AND NOT indisvalid",
+                &[&ix.qualified(cfg)],
+            )
+            .await?
+            .get(0);
+        if invalid {
+            tracing::warn!(index = %ix.name, "dropping an invalid index a failed build left");
+            client
+                .batch_execute(&format!("DROP INDEX CONCURRENTLY {}", ix.qualified(cfg)))
+                .await?;
+        }
+    }
+    for (ix, sql) in optional.iter().zip(optional_statements(cfg)) {
+        client
+            .batch_execute(&sql)
+            .await
+            .with_context(|| format!("creating or dropping index {}", ix.name))?;
+    }
+    client
+        .batch_execute("RESET lock_timeout; RESET client_min_messages")
+        .await?;
     Ok(())
 }
 
