@@ -112,8 +112,8 @@ impl Health {
     }
 }
 
-/// Pause after a claim finds rows due but claims none: they are locked by other relays, or
-/// (ordered mode) held back behind an earlier event of their key. Doubles each time in a row,
+/// Pause after a claim finds rows due but claims none twice in a row: they are locked by other
+/// relays, or (ordered mode) held back behind an earlier event of their key. Doubles each time in a row,
 /// up to the poll interval, so a key parked behind a dead letter does not keep the loop
 /// spinning; a wake-up (NOTIFY, a recorded outcome) claims at once whatever the pause.
 const CONTENDED_PAUSE: Duration = Duration::from_millis(20);
@@ -454,16 +454,25 @@ impl Relay {
                 wake_tail();
             }
             let wait = match claimed {
-                Ok(claimed) if claimed >= limit => {
+                Ok(claimed) if claimed > 0 => {
+                    // More may be due right now: a full batch left some, and while this relay
+                    // is awake, new rows arrive without a NOTIFY. Claim until a claim comes
+                    // back empty; only then is it worth the handshake of going to sleep.
                     (failures, contended) = (0, 0);
-                    continue; // more may be due right now
+                    continue;
                 }
                 Ok(claimed) => {
                     failures = 0;
                     match self.next_due().await {
                         Ok(Some(due)) if due <= Duration::ZERO && claimed == 0 => {
-                            contended = (contended + 1).min(16);
-                            (CONTENDED_PAUSE * 2u32.pow(contended - 1)).min(poll)
+                            // The first time, claim again at once: the row may simply have
+                            // committed between the claim and this look (and, this relay
+                            // being awake, it sent no NOTIFY).
+                            contended = (contended + 1).min(17);
+                            match contended {
+                                1 => Duration::ZERO,
+                                n => (CONTENDED_PAUSE * 2u32.pow(n - 2)).min(poll),
+                            }
                         }
                         Ok(Some(due)) => {
                             contended = 0;
