@@ -11,6 +11,10 @@ pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 pub fn mib(kib: u64) -> f64 {
     round2(kib as f64 / 1024.0)
 }

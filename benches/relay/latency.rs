@@ -8,6 +8,11 @@
 //! up to 10 s late, so the window is then padded by that much on both sides. Either way the
 //! LISTEN connection's heartbeat (`SELECT 1` every 15 s) is counted apart. The relay's idle
 //! CPU is read from `schedstat` (nanoseconds; `stat`'s 10 ms ticks are too coarse for it).
+//!
+//! Over the rate window (first commit to last delivery), a LISTEN connection of the bench's
+//! counts the NOTIFYs the inserts send on the table's channel, per 1,000 events: what the
+//! trigger costs at that rate while the relay is awake and busy. The WAL written over the
+//! same window, per event, is the insert's and the relay's claiming and recording together.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,11 +22,12 @@ use serde_json::{json, Value};
 
 use crate::common::load::{run_load, RateLoad};
 use crate::common::proc::{proc_mem, sched_cpu_secs};
-use crate::common::stats::{latency_ms, mib, round2};
+use crate::common::stats::{latency_ms, mib, round2, round3};
 use crate::load::{insert_one_sql, ORG};
 use crate::receiver::{Behaviour, EPOCH};
 use crate::setup::{
-    cpu_figures, finish_relay, status_counts, wait_deliveries, Ctx, FreshDb, QueryCount, WaitEnd,
+    cpu_figures, finish_relay, per_row, status_counts, wait_deliveries, wal_bytes, Ctx, FreshDb,
+    NotifyCounter, QueryCount, WaitEnd,
 };
 
 /// Events sent (and awaited) before the measurement, numbered after the measured ones.
@@ -43,13 +49,15 @@ pub async fn latency(ctx: &Ctx<'_>, rate: u64) -> anyhow::Result<Value> {
     ctx.drop_db(&db).await;
     let r = result?;
     eprintln!(
-        "  latency at {rate}/s: p50 {} p95 {} p99 {} max {} ms, {} dup, {} missing; idle {}% CPU, {} statements ({} besides the listener's heartbeat)",
+        "  latency at {rate}/s: p50 {} p95 {} p99 {} max {} ms, {} dup, {} missing, {} NOTIFY per 1k, {} WAL B/event; idle {}% CPU, {} statements ({} besides the listener's heartbeat)",
         r["latency_ms"]["p50"],
         r["latency_ms"]["p95"],
         r["latency_ms"]["p99"],
         r["latency_ms"]["max"],
         r["duplicates"],
         r["missing"],
+        r["notifications_per_1k_events"],
+        r["wal_bytes_per_event"],
         r["idle"]["relay_cpu_pct"],
         r["idle"]["queries"],
         r["idle"]["queries_besides_listener"],
@@ -93,8 +101,13 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
     }
 
     // The load, then the stragglers.
+    let notes = NotifyCounter::listen(db).await?;
     ctx.checkpoint().await?;
-    let m0 = ctx.marks(Some(pid))?;
+    let (m0, n0, w0) = (
+        ctx.marks(Some(pid))?,
+        notes.received(),
+        wal_bytes(&clients[0]).await?,
+    );
     let orgs = [ORG.to_owned()];
     let load = RateLoad {
         sql: &sql,
@@ -113,7 +126,12 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
         DRAIN_LIMIT,
     )
     .await?;
-    let m1 = ctx.marks(Some(pid))?;
+    let (m1, n1, w1) = (
+        ctx.marks(Some(pid))?,
+        notes.received(),
+        wal_bytes(&clients[0]).await?,
+    );
+    drop(notes);
     let cpu_load = cpu_figures(&m0, &m1);
 
     // Idle.
@@ -152,6 +170,10 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
         "latency_ms": latency_ms(&lat),
         "latency_negative": negative,
         "latency_from_insert_sent_ms": latency_ms(&lat_sent),
+        "notifications_received": n1 - n0,
+        "notifications_per_1k_events": per_row((n1 - n0) as f64, committed as u64, 1e3),
+        "wal_bytes": w1 - w0,
+        "wal_bytes_per_event": per_row((w1 - w0) as f64, committed as u64, 1.0),
         "relay_cpu_s_per_10k": round2(relay_cpu / committed.max(1) as f64 * 1e4),
         "relay_cpu_pct_under_load": round2(100.0 * relay_cpu / cpu_load["window_s"].as_f64().unwrap_or(1.0)),
         "relay_peak_rss_mib": mib(mem.hwm_kib),
@@ -227,10 +249,6 @@ async fn idle_window(ctx: &Ctx<'_>, db: &FreshDb, pid: u32) -> anyhow::Result<Va
             }))
         }
     }
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 /// The listener's `SELECT 1` as pg_stat_statements normalises it.

@@ -48,8 +48,13 @@
 //!   no HTTP, as fast as they go from a couple of connections: rows/s ([`ceilings`]).
 //! - `receiver_ceiling`: signed requests of the relay's body size from a hyper client with
 //!   keep-alive: requests/s, and the receiver's CPU per request.
-//! - `inserts`: the app side ([`app`]): `WRITERS` connections committing single-row
-//!   inserts, with and without the NOTIFY trigger.
+//! - `commit_path` (formerly `inserts`, still accepted): what the relay costs the app's own
+//!   inserts ([`app`]): `WRITERS` connections committing single-row inserts as fast as they
+//!   go into a `plain` table (the app columns, primary key only), the `adopted` one (as
+//!   `migrate` leaves it, no relay) and the adopted one while a relay is `delivering`,
+//!   alternating, the first case rotating each repetition: rows/s and the ratio to `plain`,
+//!   commit round trips, NOTIFYs per 1,000 rows, WAL bytes per row, index entries per row,
+//!   and the relay's lag at the end of the window.
 //!
 //! Knobs (environment, `RELAY_BENCH_` prefix; the defaults keep the whole run under 10
 //! minutes on a 2-core machine):
@@ -65,11 +70,12 @@
 //! | `FANOUT` | 50000 | events of `fanout` |
 //! | `CEILING_EVENTS`, `CEILING_BATCH`, `CEILING_CONNECTIONS` | 50000, 100, 2 | `db_ceiling` (100 = the relay's default `batch_size`) |
 //! | `RECEIVER_REQUESTS`, `RECEIVER_CONCURRENCY` | 200000, 64 | `receiver_ceiling` |
-//! | `WRITERS`, `INSERT_SECS` | 16, 5 | `inserts` |
+//! | `WRITERS`, `INSERT_SECS` | 16, 8 | `commit_path`, each of its three cases |
 //! | `PAYLOAD_PAD` | 200 | padding bytes in each payload; bodies are then about 415 bytes |
 //! | `ANALYZE` | 1 | ANALYZE the table after a burst, as autovacuum would have |
 //! | `DRAIN_LIMIT_SECS` | 300 | a drain that takes longer is cut off (`"end": "timed_out"`) |
 //! | `RELAY_BIN` | cargo's | another relay binary, e.g. a build to compare with |
+//! | `MIGRATE_WITH_BIN` | 0 | 1: migrate with `RELAY_BIN migrate`, for a build whose migration differs (its trigger, its indexes) |
 //! | `RELAY_CONFIG` | empty | extra top-level config lines, e.g. `batch_size = 500` |
 //! | `WEBHOOK_CONFIG` | empty | extra lines in every `[[webhook]]`, e.g. `max_in_flight = 128` |
 //! | `PG_OPTS` | see [`PG_OPTS`] | the throwaway cluster's extra server options |
@@ -114,8 +120,11 @@ const SCENARIOS: &[&str] = &[
     "fanout",
     "db_ceiling",
     "receiver_ceiling",
-    "inserts",
+    "commit_path",
 ];
+
+/// Former scenario names, still accepted: (old, new).
+const RENAMED: &[(&str, &str)] = &[("inserts", "commit_path")];
 
 /// The throwaway cluster's options on top of the test suite's (which turn durability off).
 /// Autovacuum is off so that it cannot start in the middle of one run and not another
@@ -145,6 +154,9 @@ pub struct Params {
     pub analyze: bool,
     pub drain_limit: Duration,
     pub relay_bin: PathBuf,
+    /// Migrate with `RELAY_BIN migrate` instead of this build's migration: to compare builds
+    /// whose migrations differ (the trigger, the indexes).
+    pub migrate_with_bin: bool,
     pub relay_config: String,
     pub webhook_config: String,
     pub pg_opts: String,
@@ -158,7 +170,13 @@ impl Params {
         let num = |name: &str, default: u64| env_num(&format!("RELAY_BENCH_{name}"), default);
         let p = Self {
             reps: num("REPS", 3)? as usize,
-            scenarios: list("RELAY_BENCH_SCENARIOS", &SCENARIOS.join(","))?,
+            scenarios: list::<String>("RELAY_BENCH_SCENARIOS", &SCENARIOS.join(","))?
+                .into_iter()
+                .map(|s| match RENAMED.iter().find(|(old, _)| *old == s) {
+                    Some((_, new)) => (*new).to_owned(),
+                    None => s,
+                })
+                .collect(),
             drain: list("RELAY_BENCH_DRAIN", "50000,200000")?,
             rates: list("RELAY_BENCH_RATES", "500,2000")?,
             rate_secs: num("RATE_SECS", 20)?,
@@ -171,11 +189,12 @@ impl Params {
             receiver_requests: num("RECEIVER_REQUESTS", 200_000)? as usize,
             receiver_concurrency: num("RECEIVER_CONCURRENCY", 64)? as usize,
             writers: num("WRITERS", 16)? as usize,
-            insert_secs: num("INSERT_SECS", 5)?,
+            insert_secs: num("INSERT_SECS", 8)?,
             payload_pad: num("PAYLOAD_PAD", 200)? as usize,
             analyze: num("ANALYZE", 1)? != 0,
             drain_limit: Duration::from_secs(num("DRAIN_LIMIT_SECS", 300)?),
             relay_bin: common::relay_bin("RELAY_BENCH_RELAY_BIN")?,
+            migrate_with_bin: num("MIGRATE_WITH_BIN", 0)? != 0,
             relay_config: var("RELAY_CONFIG", ""),
             webhook_config: var("WEBHOOK_CONFIG", ""),
             pg_opts: var("PG_OPTS", PG_OPTS),
@@ -222,7 +241,7 @@ impl Params {
              RELAY_BENCH_CEILING_CONNECTIONS={} RELAY_BENCH_RECEIVER_REQUESTS={} \
              RELAY_BENCH_RECEIVER_CONCURRENCY={} RELAY_BENCH_WRITERS={} RELAY_BENCH_INSERT_SECS={} \
              RELAY_BENCH_PAYLOAD_PAD={} RELAY_BENCH_ANALYZE={} RELAY_BENCH_RELAY_CONFIG={:?} \
-             RELAY_BENCH_WEBHOOK_CONFIG={:?}",
+             RELAY_BENCH_WEBHOOK_CONFIG={:?} RELAY_BENCH_MIGRATE_WITH_BIN={}",
             self.reps,
             join(&self.scenarios),
             nums(&drain),
@@ -242,6 +261,7 @@ impl Params {
             self.analyze as u8,
             self.relay_config,
             self.webhook_config,
+            self.migrate_with_bin as u8,
         )
     }
 }
@@ -284,6 +304,8 @@ fn summary_keys(label: &str) -> &'static [&'static [&'static str]] {
             &["generator_max_behind_ms"],
             &["missing"],
             &["duplicates"],
+            &["notifications_per_1k_events"],
+            &["wal_bytes_per_event"],
             &["relay_cpu_s_per_10k"],
             &["relay_cpu_pct_under_load"],
             &["relay_peak_rss_mib"],
@@ -306,12 +328,23 @@ fn summary_keys(label: &str) -> &'static [&'static [&'static str]] {
             &["cpu_s", "postgres"],
         ],
         "receiver" => &[&["requests_per_s"], &["receiver_cpu_us_per_request"]],
-        "inserts" => &[
-            &["with_notify", "rows_per_s"],
-            &["without_notify", "rows_per_s"],
-            &["notify_cost_pct"],
-            &["with_notify", "commit_rtt_ms_p99"],
-            &["without_notify", "commit_rtt_ms_p99"],
+        // "commit_path"; `plain`'s ratio is 1 and its notifications 0 by construction.
+        "commit" => &[
+            &["plain", "rows_per_s"],
+            &["adopted", "rows_per_s"],
+            &["delivering", "rows_per_s"],
+            &["adopted", "ratio_to_plain"],
+            &["delivering", "ratio_to_plain"],
+            &["plain", "commit_rtt_ms_p99"],
+            &["adopted", "commit_rtt_ms_p99"],
+            &["delivering", "commit_rtt_ms_p99"],
+            &["adopted", "notifications_per_1k_rows"],
+            &["delivering", "notifications_per_1k_rows"],
+            &["plain", "wal_bytes_per_row"],
+            &["adopted", "wal_bytes_per_row"],
+            &["delivering", "wal_bytes_per_row"],
+            &["adopted", "index_entries_per_row"],
+            &["delivering", "lag_at_window_end"],
         ],
         _ => &[],
     }
@@ -346,8 +379,8 @@ fn any_disturbed(v: &Value) -> bool {
     }
 }
 
-/// Runs one scenario of one repetition; returns its label and figures.
-async fn scenario(ctx: &Ctx<'_>, name: &str) -> anyhow::Result<Vec<(String, Value)>> {
+/// Runs one scenario of repetition `rep` (1-based); returns its label and figures.
+async fn scenario(ctx: &Ctx<'_>, name: &str, rep: usize) -> anyhow::Result<Vec<(String, Value)>> {
     let p = ctx.p;
     let mut out = Vec::new();
     match name {
@@ -370,7 +403,7 @@ async fn scenario(ctx: &Ctx<'_>, name: &str) -> anyhow::Result<Vec<(String, Valu
             "receiver_ceiling".into(),
             ceilings::receiver_ceiling(ctx, p.receiver_requests).await?,
         )),
-        "inserts" => out.push(("inserts".into(), app::inserts(ctx).await?)),
+        "commit_path" => out.push(("commit_path".into(), app::commit_path(ctx, rep).await?)),
         _ => unreachable!("checked in Params::from_env"),
     }
     Ok(out)
@@ -440,13 +473,15 @@ fn main() -> anyhow::Result<()> {
         println!("# receiver: hyper HTTP/1.1 on its own thread, HMAC-SHA256 check of every request, unique/duplicate by payload number; load: burst = 1,000-row transactions before the relay starts, rate = single-row autocommit INSERTs from {} connections", p.loaders);
         println!("# latency = receipt - INSERT commit returned (one clock; slight underestimate), latency_from_insert_sent = the upper bound; idle statements counted by {}",
             match query_count { QueryCount::Statements => "pg_stat_statements", QueryCount::XactCommit => "pg_stat_database.xact_commit (pg_stat_statements not loaded)" });
+        println!("# commit_path: {} writers, single-row autocommit INSERTs as fast as they go for {} s after a {} ms ramp, per case on a fresh database: plain (app columns, primary key only, no trigger), adopted (as migrate leaves it, no relay), delivering (adopted, one relay running); cases alternate, the first rotating each repetition; NOTIFYs counted by a LISTEN connection of the bench; WAL = pg_current_wal_insert_lsn() difference over the window, cluster-wide (in delivering it includes the relay's claim and complete writes)",
+            p.writers, p.insert_secs, app::RAMP.as_millis());
         println!("# CPU seconds: relay, postgres (postmaster and children), receiver (its thread), bench_other (the rest of this process), rest (machine busy minus those, +-8% is /proc/stat noise; > 10% of the machine flags the run disturbed)");
         let mut runs: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         let mut order = Vec::new();
         for rep in 1..=p.reps {
             for name in &p.scenarios {
                 eprintln!("repetition {rep}/{}: {name}", p.reps);
-                for (label, figures) in scenario(&ctx, name).await? {
+                for (label, figures) in scenario(&ctx, name, rep).await? {
                     let mut line = json!({"scenario": label, "rep": rep});
                     if let (Value::Object(l), Value::Object(f)) = (&mut line, figures) {
                         l.extend(f);

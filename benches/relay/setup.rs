@@ -1,12 +1,18 @@
-//! What every scenario does around its measurement: a fresh migrated database, the relay
+//! What every scenario does around its measurement: a fresh database (migrated, or with a
+//! table of its own), the relay
 //! process on a config naming the receiver's endpoints, CPU marks, and the checks after.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::StreamExt;
 use outbox_relay::config::{Config, Overrides};
+use outbox_relay::db::ident::quote_ident;
 use serde_json::{json, Map, Value};
+use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::common::db::DbServer;
 use crate::common::proc::{cpu_mark, thread_cpu_secs, CpuMark, RelayProcess};
@@ -42,7 +48,7 @@ pub enum QueryCount {
     XactCommit,
 }
 
-/// A fresh database with the relay's migration applied.
+/// A fresh database of the bench's own, dropped after the run.
 pub struct FreshDb {
     pub name: String,
     pub url: String,
@@ -50,7 +56,15 @@ pub struct FreshDb {
 }
 
 impl Ctx<'_> {
+    /// A fresh database with the relay's migration applied.
     pub async fn fresh_db(&self) -> anyhow::Result<FreshDb> {
+        self.db_with(None).await
+    }
+
+    /// A fresh database where `ddl`, if given, makes the table instead of the relay's
+    /// migration: a table the relay has not adopted. The config names it all the same (its
+    /// NOTIFY channel, say). Dropped again if the table cannot be made.
+    pub async fn db_with(&self, ddl: Option<&str>) -> anyhow::Result<FreshDb> {
         let (name, url) = self.server.create_db().await?;
         let toml = format!(
             "{}\ndatabase_url = {}\n",
@@ -58,9 +72,22 @@ impl Ctx<'_> {
             toml::Value::String(url.clone())
         );
         let cfg = Config::from_toml(&toml, &Overrides::default()).context("bench config")?;
-        let mut client = outbox_relay::db::connect(&cfg.database_url).await?;
-        outbox_relay::db::migrate::run(&mut client, &cfg).await?;
-        Ok(FreshDb { name, url, cfg })
+        let db = FreshDb { name, url, cfg };
+        let made = async {
+            let mut client = outbox_relay::db::connect(&db.cfg.database_url).await?;
+            match ddl {
+                Some(sql) => client.batch_execute(sql).await?,
+                None if self.p.migrate_with_bin => migrate_with_bin(&self.p.relay_bin, &toml)?,
+                None => outbox_relay::db::migrate::run(&mut client, &db.cfg).await?,
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = made {
+            self.drop_db(&db).await;
+            return Err(e);
+        }
+        Ok(db)
     }
 
     /// Flushes dirty pages before a measured window, so no run inherits another's checkpoint
@@ -245,4 +272,100 @@ pub async fn status_counts(db: &FreshDb) -> anyhow::Result<Value> {
         .map(|r| (r.get::<_, String>(0), json!(r.get::<_, i64>(1))))
         .collect();
     Ok(Value::Object(map))
+}
+
+/// A LISTEN connection on the table's NOTIFY channel that counts what it is sent: the
+/// notifications the app's inserts cost, whatever the trigger decides to send (a relay's
+/// listener is sent the same ones). Listening from the moment [`listen`](Self::listen)
+/// returns; closed on drop.
+pub struct NotifyCounter {
+    received: Arc<AtomicU64>,
+    driver: tokio::task::JoinHandle<()>,
+    /// Kept open: the connection closes when its client is dropped.
+    _client: tokio_postgres::Client,
+}
+
+impl NotifyCounter {
+    pub async fn listen(db: &FreshDb) -> anyhow::Result<Self> {
+        let received = Arc::new(AtomicU64::new(0));
+        let (client, mut conn) = outbox_relay::db::pg_config(&db.cfg.database_url)?
+            .connect(NoTls)
+            .await?;
+        let driver = tokio::spawn({
+            let received = received.clone();
+            async move {
+                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                while let Some(Ok(msg)) = messages.next().await {
+                    if let AsyncMessage::Notification(_) = msg {
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        let channel = outbox_relay::db::migrate::channel(&db.cfg);
+        client
+            .batch_execute(&format!("LISTEN {}", quote_ident(&channel)))
+            .await?;
+        Ok(Self {
+            received,
+            driver,
+            _client: client,
+        })
+    }
+
+    /// Notifications received so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for NotifyCounter {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// The server's WAL insert position in bytes; two readings' difference is the WAL written
+/// in between. The insert position rather than `pg_current_wal_lsn()` (the write position):
+/// that one trails it by whatever sits in the WAL buffers, which depends on the server's
+/// commit settings, where the insert position counts every record as it is made. It is the
+/// whole cluster's WAL: anything else the server runs meanwhile (another database, the
+/// relay's own statements) is in it.
+pub async fn wal_bytes(client: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::int8",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// `num` per `per` rows, 2 decimals; null when there were no rows.
+pub fn per_row(num: f64, rows: u64, per: f64) -> Value {
+    if rows == 0 {
+        return Value::Null;
+    }
+    json!(round2(num * per / rows as f64))
+}
+
+/// `relay_bin migrate` with this config: the migration of the build under test.
+fn migrate_with_bin(relay_bin: &std::path::Path, toml: &str) -> anyhow::Result<()> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), toml)?;
+    let out = std::process::Command::new(relay_bin)
+        .arg("migrate")
+        .arg("--config")
+        .arg(file.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("OUTBOX_RELAY_CONFIG")
+        .output()
+        .context("running the relay binary's migrate")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} migrate failed: {}",
+        relay_bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
