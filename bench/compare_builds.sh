@@ -30,7 +30,11 @@ THIS_BIN=$ROOT/target/release/outbox-relay
 
 echo "# bench/compare_builds.sh ROUNDS=$ROUNDS SCENARIOS=$SCENARIOS $(date -u +%FT%TZ)"
 echo "# this: $(git -C "$ROOT" describe --always --dirty) ($THIS_BIN); other: $OTHER_BIN"
-echo "# database: ${DATABASE_URL:+DATABASE_URL's server}${DATABASE_URL:-the bench's throwaway cluster}"
+if [[ -n ${DATABASE_URL:-} ]]; then
+    echo "# database: the server at DATABASE_URL, as it is configured"
+else
+    echo "# database: the bench's throwaway cluster (durable commits, autovacuum off)"
+fi
 run() {
     local label=$1 bin=$2 round=$3
     local line

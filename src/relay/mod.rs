@@ -120,6 +120,14 @@ const CONTENDED_PAUSE: Duration = Duration::from_millis(20);
 /// Waits at least this long go through the wake-up handshake ([`doze`]); shorter ones (a
 /// contended claim's first pauses) just sleep: the handshake costs two statements.
 const ARM_AFTER: Duration = Duration::from_millis(50);
+/// After a claim that found several rows ([`LINGER_MIN_ROWS`]), the relay keeps looking this
+/// long, every [`LINGER_STEP`], before going to sleep: under a busy stream of inserts it then
+/// claims them as they come, without NOTIFYs and without the handshake's wait for the
+/// inserts in flight. A sparser stream (one row per claim) is better served by sleeping: a
+/// NOTIFY wakes the relay sooner than the next look would.
+const LINGER: Duration = Duration::from_millis(10);
+const LINGER_STEP: Duration = Duration::from_millis(2);
+const LINGER_MIN_ROWS: usize = 2;
 /// How long the relay sleeps when it cannot arm (no LISTEN, no lock connection): inserts do
 /// not wake it then.
 const UNARMED_POLL: Duration = Duration::from_secs(1);
@@ -409,6 +417,7 @@ impl Relay {
         let worth_claiming = batch.min(self.capacity_total / 2).max(1);
         let mut failures: u32 = 0;
         let mut contended: u32 = 0;
+        let mut last_found = tokio::time::Instant::now() - LINGER;
         // Sleeping without a commit tax (listen mode only; see `doze`).
         let mut doze = self.cfg.listen.then(|| {
             Doze::new(
@@ -459,7 +468,17 @@ impl Relay {
                     // is awake, new rows arrive without a NOTIFY. Claim until a claim comes
                     // back empty; only then is it worth the handshake of going to sleep.
                     (failures, contended) = (0, 0);
+                    if claimed >= LINGER_MIN_ROWS {
+                        last_found = tokio::time::Instant::now();
+                    }
                     continue;
+                }
+                // Rows were found a moment ago: more are likely on their way. Look again
+                // shortly instead of going to sleep, whose handshake waits for the inserts in
+                // flight (a commit's time) before the last claim can see them.
+                Ok(_) if last_found.elapsed() < LINGER => {
+                    failures = 0;
+                    LINGER_STEP
                 }
                 Ok(claimed) => {
                     failures = 0;
