@@ -19,12 +19,8 @@ ALTER TABLE {{table}}
     -- Webhook names that already accepted the event; retries skip them.
     ADD COLUMN IF NOT EXISTS delivered_to     text[] NOT NULL DEFAULT '{}';
 
--- The claim query walks these two partial indexes in order. They stay small: only rows that
--- are waiting or in flight are in them, however many COMPLETED rows the table keeps.
-CREATE INDEX IF NOT EXISTS {{pending_idx}} ON {{table}} (next_attempt_at)
-    WHERE status = 'PENDING';
-CREATE INDEX IF NOT EXISTS {{processing_idx}} ON {{table}} (lease_expires_at)
-    WHERE status = 'PROCESSING';
+-- The claim's indexes (of PENDING rows and of leases) are built concurrently after these
+-- steps: sql/indexes/.
 -- Rows with a status the relay does not know (NULL, a typo): the poll marks them FAILED.
 CREATE INDEX IF NOT EXISTS {{unknown_idx}} ON {{table}} (created_at)
     WHERE status IS NULL OR status NOT IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED');

@@ -215,13 +215,7 @@ impl QueueGauges {
 
 /// The queue in one statement, on the partial indexes.
 async fn read_queue(pool: &deadpool_postgres::Pool, table: &str) -> anyhow::Result<Queue> {
-    let sql = format!(
-        "SELECT (SELECT count(*) FROM {table} WHERE status = 'PENDING'),
-                (SELECT count(*) FROM {table} WHERE status = 'PROCESSING'),
-                (SELECT count(*) FROM {table} WHERE status = 'FAILED'),
-                (SELECT extract(epoch FROM now() - min(created_at))::float8
-                   FROM {table} WHERE status = 'PENDING')"
-    );
+    let sql = crate::db::queries::queue_read(table);
     let rows = crate::db::query(pool, &sql, &[]).await?;
     let row = rows.first().context("the queue query returned no row")?;
     Ok(Queue {

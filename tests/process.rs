@@ -185,9 +185,10 @@ async fn sigterm_past_the_grace_releases_rows_to_pending() {
     assert_eq!(rows.len(), 3);
     for (id, status, retries, token_null, lease_null) in rows {
         assert!(ids.contains(&id));
+        // The token stays: relays find a row put back to PENDING by its due time.
         assert_eq!(
             (status.as_str(), retries, token_null, lease_null),
-            ("PENDING", 0, true, true),
+            ("PENDING", 0, false, true),
             "{id}: (status, retry_count, claim_token IS NULL, lease_expires_at IS NULL)"
         );
     }
@@ -847,13 +848,35 @@ async fn migrate_keeps_optional_indexes_only_while_their_feature_is_configured()
     let ordering = "OutboxEvent_relay_ordering_idx";
     let always = [
         "OutboxEvent_relay_completed_idx",
+        "OutboxEvent_relay_due_idx",
         "OutboxEvent_relay_failed_idx",
-        "OutboxEvent_relay_lease_idx",
-        "OutboxEvent_relay_pending_idx",
+        "OutboxEvent_relay_fresh_idx",
+        "OutboxEvent_relay_lapse_idx",
         "OutboxEvent_relay_unknown_idx",
     ];
 
+    migrate("").await;
+    assert_eq!(relay_indexes(&client).await, always);
+    // The indexes of the release before the fresh, due and lapse indexes go on an upgrade.
+    for (name, def) in [
+        ("pending", "(next_attempt_at) WHERE status = 'PENDING'"),
+        ("lease", "(lease_expires_at) WHERE status = 'PROCESSING'"),
+    ] {
+        client
+            .batch_execute(&format!(
+                "CREATE INDEX \"OutboxEvent_relay_{name}_idx\" ON \"OutboxEvent\" {def}"
+            ))
+            .await
+            .unwrap();
+    }
     let out = migrate("").await;
+    for name in ["pending", "lease"] {
+        assert!(
+            out.contains(&format!("index OutboxEvent_relay_{name}_idx for ")),
+            "{out}"
+        );
+    }
+    assert_eq!(out.matches("dropped: replaced").count(), 2, "{out}");
     assert_eq!(relay_indexes(&client).await, always);
     assert!(
         out.contains(&format!(

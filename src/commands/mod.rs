@@ -37,12 +37,14 @@ pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut client = db::connect(&cfg.database_url).await?;
-    let optional = migrate::optional_indexes(cfg);
-    let before = migrate::existing(&client, cfg, &optional).await?;
+    let managed = migrate::managed_indexes(cfg);
+    let before = migrate::existing(&client, cfg, &managed).await?;
     migrate::run(&mut client, cfg).await?;
     let shape = shape::inspect(&client, &cfg.qualified_table()).await?;
-    for (ix, had) in optional.iter().zip(before) {
+    for (ix, had) in managed.iter().zip(before) {
         let what = match (had, ix.wanted) {
+            (false, _) if ix.retired() => continue,
+            (true, _) if ix.retired() => "dropped: replaced",
             (false, true) => "created",
             (true, true) => "kept",
             (true, false) => {

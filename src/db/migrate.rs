@@ -81,43 +81,82 @@ pub fn qualified_paused_table(cfg: &Config) -> String {
     format!("{}.{}", cfg.schema, quote_ident(&paused_table(&cfg.table)))
 }
 
-/// An index that serves an optional feature. It exists only while the feature is
-/// configured: every index costs every insert of the app (and the relay's claim and
-/// completion updates) an entry, so `migrate` creates it when the config turns the feature
-/// on and drops it when it is off.
+/// An index `migrate` builds and drops `CONCURRENTLY`, outside the steps' transactions: a
+/// plain CREATE INDEX blocks the app's inserts for the whole build, a plain DROP INDEX while
+/// it queues for its exclusive lock. The claim's indexes of PENDING rows, and those that
+/// serve an optional feature: every index costs every insert of the app (and the relay's
+/// claim and completion updates) an entry, so `migrate` creates such an index when the
+/// config turns its feature on and drops it when it is off.
 #[derive(Debug, Clone)]
-pub struct OptionalIndex {
+pub struct ManagedIndex {
     /// Unquoted, in the table's schema.
     pub name: String,
-    /// The feature and the setting that turns it on, for messages.
+    /// What it serves (a feature and the setting that turns it on), for messages.
     pub serves: &'static str,
-    /// The config in hand turns the feature on.
+    /// The config in hand wants it.
     pub wanted: bool,
-    template: &'static str,
+    /// The CREATE statement; None for an index of an earlier release that is dropped.
+    template: Option<&'static str>,
 }
 
-impl OptionalIndex {
+impl ManagedIndex {
     /// Schema-qualified and quoted, for SQL.
     pub fn qualified(&self, cfg: &Config) -> String {
         format!("{}.{}", cfg.schema, quote_ident(&self.name))
     }
+
+    /// An index of an earlier release, dropped by this one.
+    pub fn retired(&self) -> bool {
+        self.template.is_none()
+    }
 }
 
-/// The optional indexes, and whether `cfg` wants each.
-pub fn optional_indexes(cfg: &Config) -> Vec<OptionalIndex> {
+/// The managed indexes, and whether `cfg` wants each. Those to create come before those
+/// they replace, so the claim always has an index while `migrate` runs.
+pub fn managed_indexes(cfg: &Config) -> Vec<ManagedIndex> {
     let t = &cfg.table;
     vec![
-        OptionalIndex {
+        ManagedIndex {
+            name: derived_name("", t, "_relay_fresh_idx"),
+            serves: "claiming new events",
+            wanted: true,
+            template: Some(include_str!("../../sql/indexes/fresh_index.sql")),
+        },
+        ManagedIndex {
+            name: derived_name("", t, "_relay_due_idx"),
+            serves: "claiming retries when due",
+            wanted: true,
+            template: Some(include_str!("../../sql/indexes/due_index.sql")),
+        },
+        ManagedIndex {
+            name: derived_name("", t, "_relay_lapse_idx"),
+            serves: "taking over lapsed leases",
+            wanted: true,
+            template: Some(include_str!("../../sql/indexes/lapse_index.sql")),
+        },
+        ManagedIndex {
+            name: derived_name("", t, "_relay_pending_idx"),
+            serves: "claiming, in releases before the fresh and due indexes",
+            wanted: false,
+            template: None,
+        },
+        ManagedIndex {
+            name: derived_name("", t, "_relay_lease_idx"),
+            serves: "leases, in releases before the lapse index",
+            wanted: false,
+            template: None,
+        },
+        ManagedIndex {
             name: derived_name("", t, "_relay_ordering_idx"),
             serves: "entity-ordered delivery (ordering = \"entity\" on a webhook)",
             wanted: !cfg.ordered_types().is_empty(),
-            template: include_str!("../../sql/optional/ordering_index.sql"),
+            template: Some(include_str!("../../sql/indexes/ordering_index.sql")),
         },
-        OptionalIndex {
+        ManagedIndex {
             name: derived_name("", t, "_relay_stream_idx"),
             serves: "Server-Sent Events ([sse] enabled)",
             wanted: cfg.sse.enabled,
-            template: include_str!("../../sql/optional/stream_index.sql"),
+            template: Some(include_str!("../../sql/indexes/stream_index.sql")),
         },
     ]
 }
@@ -133,8 +172,9 @@ fn vars(cfg: &Config) -> Vec<(&'static str, String)> {
         ("{{table}}", table.clone()),
         ("{{table_literal}}", quote_literal(&table)),
         ("{{schema}}", cfg.schema.to_string()),
-        ("{{pending_idx}}", index("_relay_pending_idx")),
-        ("{{processing_idx}}", index("_relay_lease_idx")),
+        ("{{fresh_idx}}", index("_relay_fresh_idx")),
+        ("{{due_idx}}", index("_relay_due_idx")),
+        ("{{lapse_idx}}", index("_relay_lapse_idx")),
         ("{{unknown_idx}}", index("_relay_unknown_idx")),
         ("{{completed_idx}}", index("_relay_completed_idx")),
         ("{{ordering_idx}}", index("_relay_ordering_idx")),
@@ -171,25 +211,26 @@ fn fill(template: &str, vars: &[(&'static str, String)]) -> String {
         .fold(template.to_string(), |s, (k, v)| s.replace(k, v))
 }
 
-/// The statements that create the optional indexes `cfg` wants and drop the others, each
-/// `CONCURRENTLY`: neither blocks the app's inserts (a plain CREATE INDEX would for the whole
-/// build, a plain DROP INDEX while it queues for its exclusive lock). So they run one by one
-/// outside a transaction block, after the steps.
-pub fn optional_statements(cfg: &Config) -> Vec<String> {
+/// The statements that create the managed indexes `cfg` wants and drop the others, each
+/// `CONCURRENTLY` (see [`ManagedIndex`]), so they run one by one outside a transaction
+/// block, after the steps.
+pub fn index_statements(cfg: &Config) -> Vec<String> {
     let vars = vars(cfg);
-    optional_indexes(cfg)
+    managed_indexes(cfg)
         .iter()
-        .map(|ix| {
-            if ix.wanted {
-                fill(ix.template, &vars)
-            } else {
-                format!(
-                    "-- The config does not use {}: its index goes (migrate again after \
-                     turning it on).\nDROP INDEX CONCURRENTLY IF EXISTS {};\n",
-                    ix.serves,
-                    ix.qualified(cfg)
-                )
-            }
+        .map(|ix| match ix.template {
+            Some(template) if ix.wanted => fill(template, &vars),
+            Some(_) => format!(
+                "-- The config does not use {}: its index goes (migrate again after \
+                 turning it on).\nDROP INDEX CONCURRENTLY IF EXISTS {};\n",
+                ix.serves,
+                ix.qualified(cfg)
+            ),
+            None => format!(
+                "-- An index for {}, replaced.\nDROP INDEX CONCURRENTLY IF EXISTS {};\n",
+                ix.serves,
+                ix.qualified(cfg)
+            ),
         })
         .collect()
 }
@@ -198,7 +239,7 @@ pub fn optional_statements(cfg: &Config) -> Vec<String> {
 pub async fn existing(
     client: &tokio_postgres::Client,
     cfg: &Config,
-    indexes: &[OptionalIndex],
+    indexes: &[ManagedIndex],
 ) -> anyhow::Result<Vec<bool>> {
     let names: Vec<String> = indexes.iter().map(|ix| ix.qualified(cfg)).collect();
     let row = client
@@ -208,21 +249,17 @@ pub async fn existing(
             &[&names],
         )
         .await
-        .context("looking up the relay's optional indexes")?;
+        .context("looking up the relay's indexes")?;
     Ok(row.get(0))
 }
 
-/// Warns about each optional index `cfg` wants that is missing (a `migrate` run with another
-/// config dropped it, or none ran since the feature was turned on).
+/// Warns about each managed index `cfg` wants that is missing (a `migrate` run with another
+/// config dropped it, none ran since the feature was turned on, or none since an upgrade).
 pub async fn warn_missing_indexes(client: &tokio_postgres::Client, cfg: &Config) {
-    let optional = optional_indexes(cfg);
-    match existing(client, cfg, &optional).await {
+    let managed = managed_indexes(cfg);
+    match existing(client, cfg, &managed).await {
         Ok(exists) => {
-            for (ix, _) in optional
-                .iter()
-                .zip(exists)
-                .filter(|(ix, e)| ix.wanted && !e)
-            {
+            for (ix, _) in managed.iter().zip(exists).filter(|(ix, e)| ix.wanted && !e) {
                 tracing::warn!(
                     index = %ix.name,
                     "{} is configured but its index is missing: run `outbox-relay migrate` \
@@ -231,10 +268,7 @@ pub async fn warn_missing_indexes(client: &tokio_postgres::Client, cfg: &Config)
                 );
             }
         }
-        Err(e) => tracing::debug!(
-            error = format!("{e:#}"),
-            "cannot check the optional indexes"
-        ),
+        Err(e) => tracing::debug!(error = format!("{e:#}"), "cannot check the relay's indexes"),
     }
 }
 
@@ -252,11 +286,11 @@ pub fn script(cfg: &Config) -> String {
         ));
     }
     out.push_str(
-        "\n-- Optional indexes, outside a transaction block (CONCURRENTLY). If a build failed \
-         half way,\n-- drop the INVALID index it left (\\d in psql shows it) before running \
+        "\n-- Indexes, outside a transaction block (CONCURRENTLY). If a build failed half \
+         way,\n-- drop the INVALID index it left (\\d in psql shows it) before running \
          this again.\n",
     );
-    for sql in optional_statements(cfg) {
+    for sql in index_statements(cfg) {
         out.push_str(&format!("{}\n", sql.trim_end()));
     }
     out
@@ -294,8 +328,8 @@ async fn apply(client: &mut tokio_postgres::Client, cfg: &Config) -> anyhow::Res
     client
         .batch_execute("SET lock_timeout = '10s'; SET client_min_messages = warning")
         .await?;
-    let optional = optional_indexes(cfg);
-    for ix in &optional {
+    let managed = managed_indexes(cfg);
+    for ix in &managed {
         let invalid: bool = client
             .query_one(
                 "SELECT count(*) > 0 FROM pg_index WHERE indexrelid = to_regclass($1) \
@@ -311,7 +345,7 @@ async fn apply(client: &mut tokio_postgres::Client, cfg: &Config) -> anyhow::Res
                 .await?;
         }
     }
-    for (ix, sql) in optional.iter().zip(optional_statements(cfg)) {
+    for (ix, sql) in managed.iter().zip(index_statements(cfg)) {
         client
             .batch_execute(&sql)
             .await

@@ -12,23 +12,78 @@ use crate::db::shape::TableShape;
 pub const LAPSED_MESSAGE: &str = "lease expired: the relay delivering this event stopped \
 (crash, kill or hang) before recording an outcome";
 
-/// Claim a batch: PENDING rows that are due plus PROCESSING rows whose lease lapsed, oldest
-/// first. `FOR UPDATE SKIP LOCKED` lets any number of relays claim side by side without
-/// waiting on each other; each branch walks its own partial index in order, so the cost does
-/// not grow with the table. A lapsed lease counts as a failed attempt (the relay holding it
-/// died or hung mid-delivery), and one that exhausts `max_attempts` goes straight to FAILED,
-/// so a poison event that crashes every relay cannot loop forever.
+/// A PENDING row the relay has never claimed ("fresh"): found by its position in the stream
+/// of commits, from [`crate::relay::cursor`], not by walking an index from its low end. The
+/// claim leaves its token on a row it puts back to PENDING, so a row that has been through
+/// the relay once is found by its due time instead ([`DUE`]). Rows from before the stream
+/// columns existed (no position) count as due rows. Each of the two is the predicate of its
+/// partial index (`sql/indexes/`): statements must spell it exactly so, for the planner to
+/// use the index.
+const FRESH: &str = "status = 'PENDING' AND claim_token IS NULL";
+/// A PENDING row found by its due time: a retry waiting out its backoff, a row held for a
+/// paused endpoint or released at shutdown, one put back by `retry`. See [`FRESH`].
+const DUE: &str =
+    "status = 'PENDING' AND (claim_token IS NOT NULL OR stream_xid IS NULL OR stream_seq IS NULL)";
+
+/// Claim a batch, in one statement: fresh rows past the relay's stream position, due rows,
+/// and PROCESSING rows whose lease lapsed. `FOR UPDATE SKIP LOCKED` lets any number of relays
+/// claim side by side without waiting on each other.
 ///
-/// A row that lapses twice in a row is a suspect: perhaps it is what kills relays. Suspects
-/// are claimed at most $5 at a time (the relay asks for one only while it has none in
-/// flight), so a poison event takes down the relay with at most one suspect aboard, and the
-/// innocent rows that crashed alongside it are delivered apart from it instead of sharing
-/// its fate until they all end FAILED. The third column says which rows are suspects.
-/// $1 limit, $2 lease seconds, $3 max_attempts, $4 claim token, $5 suspects wanted (0 or 1).
+/// Why positions: each claim leaves the index entries of the row versions it replaced
+/// behind, and vacuum can remove them only once no snapshot can still see those versions.
+/// Walking an index from its low end (oldest first) steps over all of them, so one long
+/// transaction anywhere in the database (a report, an idle session, a standby's feedback)
+/// made every claim slower than the last. Fresh rows are instead found past a position in
+/// the stream of commits that the relay keeps (see [`crate::relay::cursor`]): $6 the
+/// transaction ids still to look at below $7/$8 ((stream_xid, stream_seq): everything above
+/// it is new). Due rows are found by their due time in an index only they enter; lapsed
+/// leases past $9, the database clock at the relay's previous look (NULL: from the start).
+/// So each claim reads what changed since the previous one, whatever vacuum can do.
+///
+/// A lapsed lease counts as a failed attempt (the relay holding it died or hung
+/// mid-delivery), and one that exhausts `max_attempts` goes straight to FAILED, so a poison
+/// event that crashes every relay cannot loop forever. A row that lapses twice in a row is a
+/// suspect: perhaps it is what kills relays. Suspects are claimed at most $5 at a time (the
+/// relay asks for one only while it has none in flight), so a poison event takes down the
+/// relay with at most one suspect aboard, and the innocent rows that crashed alongside it are
+/// delivered apart from it instead of sharing its fate until they all end FAILED.
+///
+/// Columns 0-11: the claimed row (all NULL when none was), 11 whether it is a suspect. Then,
+/// the same on every row, for the cursor: 12 this statement's snapshot, 13 its clock (epoch
+/// seconds), 14 how many fresh candidates it looked at (at most $1), 15-16 the last one's
+/// position, 17 the transaction ids of candidates it did not claim (locked by another relay,
+/// held back by entity order, or not yet due), 18-19 how many lapsed leases and suspects it
+/// claimed.
+/// $1 limit, $2 lease seconds, $3 max_attempts, $4 claim token, $5 suspects wanted (0 or 1),
+/// $6 xid8[] as text, $7 xid8 as text, $8 bigint, $9 epoch seconds or NULL.
 const CLAIM: &str = "
-WITH lapsed AS (
+WITH snap AS MATERIALIZED (
+    SELECT pg_current_snapshot() AS s, now() AS at
+), cand AS MATERIALIZED (
+    SELECT id, stream_xid, stream_seq FROM (
+        (SELECT id, stream_xid, stream_seq FROM {t}
+          WHERE {fresh} AND stream_xid = ANY ($6::text::xid8[])
+            AND (stream_xid, stream_seq) <= ($7::text::xid8, $8::int8)
+          ORDER BY stream_xid, stream_seq
+          LIMIT $1)
+        UNION ALL
+        (SELECT id, stream_xid, stream_seq FROM {t}
+          WHERE {fresh} AND (stream_xid, stream_seq) > ($7::text::xid8, $8::int8)
+          ORDER BY stream_xid, stream_seq
+          LIMIT $1)) AS u
+     ORDER BY stream_xid, stream_seq
+     LIMIT $1
+), fresh AS (
+    SELECT id FROM {t} AS c
+     -- Not {fresh}: the planner would walk that index, not look the ids up. A row claimed,
+     -- failed and put back since the snapshot may be taken here: it is due.
+     WHERE id = ANY (ARRAY(SELECT id FROM cand)) AND status = 'PENDING'
+       AND next_attempt_at <= now() {gate}
+       FOR UPDATE SKIP LOCKED
+), lapsed AS (
     SELECT id FROM {t}
      WHERE status = 'PROCESSING' AND lease_expires_at <= now()
+       AND lease_expires_at > coalesce(to_timestamp($9::float8), '-infinity')
        AND error_message IS DISTINCT FROM {lapsed}
      ORDER BY lease_expires_at
      LIMIT $1
@@ -36,17 +91,18 @@ WITH lapsed AS (
 ), suspect AS (
     SELECT id FROM {t}
      WHERE status = 'PROCESSING' AND lease_expires_at <= now()
+       AND lease_expires_at > coalesce(to_timestamp($9::float8), '-infinity')
        AND error_message = {lapsed}
      ORDER BY lease_expires_at
      LIMIT $5
        FOR UPDATE SKIP LOCKED
 ), due AS (
     SELECT id FROM {t} AS c
-     WHERE status = 'PENDING' AND next_attempt_at <= now() {gate}
+     WHERE {due} AND next_attempt_at <= now() {gate}
      ORDER BY next_attempt_at
      LIMIT $1
        FOR UPDATE SKIP LOCKED
-)
+), claimed AS (
 UPDATE {t} AS e SET
     status = CASE WHEN e.status = 'PROCESSING' AND e.retry_count + 1 >= $3
                   THEN 'FAILED'::{st} ELSE 'PROCESSING'::{st} END,
@@ -61,11 +117,23 @@ UPDATE {t} AS e SET
     claim_token = $4
   FROM (SELECT id, false AS suspect FROM lapsed
         UNION ALL SELECT id, true FROM suspect
+        UNION ALL SELECT id, false FROM fresh
         UNION ALL SELECT id, false FROM due) AS c
  WHERE e.id = c.id
 RETURNING e.id::text, e.status::text, e.event_type, e.org_id, e.entity_type, e.entity_id,
           e.payload::text, e.retry_count, (extract(epoch FROM e.created_at) * 1000000)::int8,
-          e.delivered_to, e.error_message, c.suspect";
+          e.delivered_to, e.error_message, c.suspect
+)
+SELECT k.*, snap.s::text, extract(epoch FROM snap.at)::float8,
+       (SELECT count(*) FROM cand)::int8,
+       last.stream_xid::text, last.stream_seq,
+       ARRAY(SELECT DISTINCT stream_xid::text FROM cand
+              WHERE id NOT IN (SELECT id FROM fresh)),
+       (SELECT count(*) FROM lapsed)::int8, (SELECT count(*) FROM suspect)::int8
+  FROM snap
+  LEFT JOIN (SELECT stream_xid, stream_seq FROM cand
+              ORDER BY stream_xid DESC, stream_seq DESC LIMIT 1) AS last ON true
+  LEFT JOIN claimed AS k ON true";
 
 /// Entity order: a due row waits while an earlier row of its (entity_type, entity_id) is
 /// unfinished (PENDING, in flight, or FAILED and not skipped), among rows that are ordered at
@@ -113,14 +181,24 @@ RETURNING id::text";
 /// claim's reach until a resume releases it).
 /// Arrays: $1 id, $2 token, $3 status, $4 failed attempts to add, $5 error, $6 delay seconds
 /// (NULL keeps next_attempt_at), $7 comma-joined delivered_to, $8 the attempts made (a JSON
-/// array, NULL for none) to append to the row's history.
+/// array, NULL for none) to append to the row's history, $9 for a held row the comma-joined
+/// paused endpoints it waits for.
 const RECORD: &str = "
 UPDATE {t} AS e SET
     status = u.status::{st},
     retry_count = e.retry_count + u.failed,
     error_message = COALESCE(u.error, e.error_message),
     next_attempt_at = CASE WHEN u.delay IS NULL THEN e.next_attempt_at
-                           WHEN u.delay = 'Infinity' THEN 'infinity'
+                           -- Held only while an endpoint it waits for is still paused. The
+                           -- row lock orders this against a resume: either the resume's
+                           -- DELETE waits for this statement (and its release then finds the
+                           -- row held), or this statement waits for it (and finds no pause).
+                           WHEN u.delay = 'Infinity' AND EXISTS (
+                               SELECT 1 FROM {paused} AS p
+                                WHERE p.endpoint = ANY (string_to_array(u.held_for, ','))
+                                  FOR SHARE)
+                           THEN 'infinity'
+                           WHEN u.delay = 'Infinity' THEN now()
                            ELSE now() + make_interval(secs => u.delay) END,
     processed_at = CASE WHEN u.status = 'COMPLETED' THEN now() ELSE e.processed_at END,
     delivered_to = string_to_array(u.delivered, ','),
@@ -131,11 +209,11 @@ UPDATE {t} AS e SET
                     WHEN jsonb_array_length(e.attempts) < {kept_minus_batch}
                     THEN e.attempts || u.log::jsonb
                     ELSE {keep_latest:e.attempts || u.log::jsonb} END,
-    lease_expires_at = NULL,
-    claim_token = NULL
+    -- The token stays: a row put back to PENDING is then found by its due time (see DUE).
+    lease_expires_at = NULL
   FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::float8[],
-              $7::text[], $8::text[]) AS u(id, token, status, failed, error, delay, delivered,
-                                            log)
+              $7::text[], $8::text[], $9::text[]) AS u(id, token, status, failed, error, delay,
+                                                       delivered, log, held_for)
  WHERE e.id = u.id::{id} AND e.claim_token = u.token AND e.status = 'PROCESSING'
 RETURNING e.id::text";
 
@@ -168,7 +246,7 @@ const RESUME: &str = "DELETE FROM {paused} WHERE endpoint = $1";
 const RELEASE_HELD: &str = "
 UPDATE {t} SET next_attempt_at = now()
  WHERE id = ANY (ARRAY(SELECT id FROM {t}
-                        WHERE status = 'PENDING' AND next_attempt_at = 'infinity'
+                        WHERE {due} AND next_attempt_at = 'infinity'
                         LIMIT $1 FOR UPDATE SKIP LOCKED))
 RETURNING 1";
 
@@ -179,14 +257,19 @@ UPDATE {t} AS e SET lease_expires_at = now() + make_interval(secs => $3)
  WHERE e.id = u.id::{id} AND e.claim_token = u.token AND e.status = 'PROCESSING'
 RETURNING e.id::text";
 
-/// Seconds until something becomes claimable (a retry falls due or a lease lapses); NULL when
-/// nothing waits. Two index-only min() lookups on the partial indexes. Held rows
-/// ('infinity') never fall due by themselves.
+/// Seconds until a retry falls due (NULL: none waits; held rows, 'infinity', never fall due
+/// by themselves), and, when $2, until the next lease lapses (NULL: none is held). Two min()
+/// lookups on partial indexes. The lease index holds an entry for every claim of the last
+/// lease period that vacuum has not yet removed, so the relay asks only when it must (see
+/// `crate::relay::cursor`), and only past $1 (as in [`CLAIM`]).
 const NEXT_DUE: &str = "
-SELECT extract(epoch FROM least(
-    (SELECT min(next_attempt_at) FROM {t}
-      WHERE status = 'PENDING' AND next_attempt_at < 'infinity'),
-    (SELECT min(lease_expires_at) FROM {t} WHERE status = 'PROCESSING')) - now())::float8";
+SELECT extract(epoch FROM (SELECT min(next_attempt_at) FROM {t}
+                            WHERE {due} AND next_attempt_at < 'infinity') - now())::float8,
+       CASE WHEN $2 THEN extract(epoch FROM (
+           SELECT min(lease_expires_at) FROM {t}
+            WHERE status = 'PROCESSING'
+              AND lease_expires_at > coalesce(to_timestamp($1::float8), '-infinity')) - now())::float8
+       END";
 
 /// Dead-letter rows whose status the relay does not know (NULL, a typo, an extra enum value):
 /// they would otherwise sit unnoticed forever. Uses the partial "unknown" index.
@@ -209,20 +292,26 @@ RETURNING id::text";
 const STATUS_COUNTS: &str = "
 SELECT coalesce(status::text, 'NULL'), count(*)::int8 FROM {t} GROUP BY 1 ORDER BY 1";
 const OLDEST_PENDING: &str = "
-SELECT extract(epoch FROM now() - min(created_at))::float8 FROM {t} WHERE status = 'PENDING'";
+SELECT extract(epoch FROM now() - least(
+    (SELECT min(created_at) FROM {t} WHERE {fresh}),
+    (SELECT min(created_at) FROM {t} WHERE {due})))::float8";
 
 /// `retry --id`: FAILED rows back to PENDING, count reset. delivered_to is kept, so endpoints
-/// that already accepted are not sent the event again.
+/// that already accepted are not sent the event again. A row keeps (or, if it never had one,
+/// gets) a claim token: relays have passed its stream position, so it must be found by its
+/// due time (see [`DUE`]).
 const RETRY_IDS: &str = "
 UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, next_attempt_at = now(),
-       lease_expires_at = NULL, claim_token = NULL, skipped_at = NULL
+       lease_expires_at = NULL, claim_token = coalesce(claim_token, gen_random_uuid()),
+       skipped_at = NULL
  WHERE id = ANY($1::text[]::{id}[]) AND status = 'FAILED'
 RETURNING id::text";
 
 /// `retry --failed [--type GLOB]`, in batches of $2 rows; $1 is a LIKE pattern.
 const RETRY_FAILED: &str = "
 UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, next_attempt_at = now(),
-       lease_expires_at = NULL, claim_token = NULL, skipped_at = NULL
+       lease_expires_at = NULL, claim_token = coalesce(claim_token, gen_random_uuid()),
+       skipped_at = NULL
  WHERE id = ANY (ARRAY(SELECT id FROM {t} WHERE status = 'FAILED' AND event_type LIKE $1
                       LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
@@ -337,6 +426,8 @@ impl Queries {
         let r = |sql: &str| {
             let mut sql = sql
                 .replace("{gate}", gate)
+                .replace("{fresh}", FRESH)
+                .replace("{due}", DUE)
                 .replace("{lapsed}", &quote_literal(LAPSED_MESSAGE));
             for alias in ["c", "p", "w", "x"] {
                 sql = sql.replace(&format!("{{ordered:{alias}}}"), &ordered(alias));
@@ -384,6 +475,24 @@ impl Queries {
             shape: shape.clone(),
         }
     }
+}
+
+/// The queue gauges in one statement: PENDING, PROCESSING and FAILED counts and the oldest
+/// PENDING row's age, each on a partial index (PENDING rows are in two, see [`FRESH`]).
+pub fn queue_read(qualified_table: &str) -> String {
+    format!(
+        "SELECT (SELECT count(*) FROM {t} WHERE {FRESH}) + (SELECT count(*) FROM {t} WHERE {DUE}),
+                (SELECT count(*) FROM {t}
+                  WHERE status = 'PROCESSING' AND lease_expires_at IS NOT NULL),
+                (SELECT count(*) FROM {t} WHERE status = 'FAILED'),
+                ({oldest})",
+        t = qualified_table,
+        oldest = OLDEST_PENDING
+            .trim()
+            .replace("{fresh}", FRESH)
+            .replace("{due}", DUE)
+            .replace("{t}", qualified_table)
+    )
 }
 
 /// The SSE read statement for a table (it needs no more of the table's shape than its name).

@@ -47,8 +47,12 @@ pub enum Outcome {
         delay: Duration,
         delivered: Vec<String>,
     },
-    /// Only paused endpoints still want it: PENDING, held until one of them is resumed.
-    Hold { delivered: Vec<String> },
+    /// Only paused endpoints (`paused`) still want it: PENDING, held until one of them is
+    /// resumed.
+    Hold {
+        delivered: Vec<String>,
+        paused: Vec<String>,
+    },
 }
 
 /// A delivery's outcome and the attempts it made on the way.
@@ -166,7 +170,8 @@ pub fn decide<'a>(
     // The longest Retry-After, and whether every failing endpoint sent one.
     let mut retry_after: Option<Duration> = None;
     let mut all_said_when = true;
-    let (mut busy, mut cancelled, mut paused) = (false, false, false);
+    let (mut busy, mut cancelled) = (false, false);
+    let mut paused = Vec::new();
     for (name, attempt) in results {
         match attempt {
             Attempt::Accepted => delivered.push(name.to_owned()),
@@ -180,7 +185,7 @@ pub fn decide<'a>(
             }
             Attempt::Busy => busy = true,
             Attempt::Cancelled => cancelled = true,
-            Attempt::Paused => paused = true,
+            Attempt::Paused => paused.push(name.to_owned()),
         }
     }
     if !errors.is_empty() {
@@ -216,8 +221,8 @@ pub fn decide<'a>(
             delivered,
         };
     }
-    if paused {
-        return Outcome::Hold { delivered };
+    if !paused.is_empty() {
+        return Outcome::Hold { delivered, paused };
     }
     Outcome::Completed { delivered }
 }
@@ -391,7 +396,8 @@ mod tests {
         assert_eq!(
             o,
             Outcome::Hold {
-                delivered: vec!["a".into()]
+                delivered: vec!["a".into()],
+                paused: vec!["b".into()],
             }
         );
         // A failure elsewhere is still an attempt, retried as usual.

@@ -8,6 +8,7 @@
 //! - the recorder ([`recorder::run`]) ends when the last delivery task drops its sender;
 //! - the lease keeper and the listener stop on `stop_background`, after the recorder.
 
+pub mod cursor;
 pub mod doze;
 pub mod housekeeping;
 pub mod listener;
@@ -33,6 +34,7 @@ use crate::db::shape;
 use crate::deliver::Dispatcher;
 use crate::event::ClaimedEvent;
 use crate::stream::Hub;
+use cursor::{ClaimCursor, Look};
 use doze::{Arm, Doze};
 use recorder::{InFlight, Recorded};
 
@@ -418,6 +420,7 @@ impl Relay {
         let mut failures: u32 = 0;
         let mut contended: u32 = 0;
         let mut last_found = tokio::time::Instant::now() - LINGER;
+        let mut cursor = ClaimCursor::new();
         // Sleeping without a commit tax (listen mode only; see `doze`).
         let mut doze = self.cfg.listen.then(|| {
             Doze::new(
@@ -451,6 +454,7 @@ impl Relay {
                 }
             }
             let limit = self.capacity.available_permits().min(batch);
+            cursor.restart_every(poll);
             // Awake again: let go of the wake lock (if held) while claiming. Side by side, so
             // a database that hangs shows as a claim that hangs (what the watchdog watches).
             let disarm = async {
@@ -458,17 +462,18 @@ impl Relay {
                     doze.disarm().await;
                 }
             };
-            let (claimed, ()) = tokio::join!(self.run_once(limit, tracker, tx, hard), disarm);
-            if matches!(claimed, Ok(n) if n > 0) {
+            let (claimed, ()) =
+                tokio::join!(self.run_once(limit, &mut cursor, tracker, tx, hard), disarm);
+            if matches!(claimed, Ok(c) if c.rows > 0) {
                 wake_tail();
             }
             let wait = match claimed {
-                Ok(claimed) if claimed > 0 => {
+                Ok(claimed) if claimed.rows > 0 => {
                     // More may be due right now: a full batch left some, and while this relay
                     // is awake, new rows arrive without a NOTIFY. Claim until a claim comes
                     // back empty; only then is it worth the handshake of going to sleep.
                     (failures, contended) = (0, 0);
-                    if claimed >= LINGER_MIN_ROWS {
+                    if claimed.rows >= LINGER_MIN_ROWS {
                         last_found = tokio::time::Instant::now();
                     }
                     continue;
@@ -482,8 +487,13 @@ impl Relay {
                 }
                 Ok(claimed) => {
                     failures = 0;
-                    match self.next_due().await {
-                        Ok(Some(due)) if due <= Duration::ZERO && claimed == 0 => {
+                    match self.next_due(&mut cursor).await {
+                        // Rows are there but this claim could not take them: locked by
+                        // another relay's claim, or held back behind an earlier event of their
+                        // entity (fresh rows it left, retries that are due).
+                        Ok(due)
+                            if claimed.left_fresh || due.is_some_and(|d| d <= Duration::ZERO) =>
+                        {
                             // The first time, claim again at once: the row may simply have
                             // committed between the claim and this look (and, this relay
                             // being awake, it sent no NOTIFY).
@@ -530,9 +540,9 @@ impl Relay {
                         // The last claim before sleeping: it sees every insert that did not
                         // notify (see `doze` for why).
                         let limit = self.capacity.available_permits().min(batch);
-                        let claimed = self.run_once(limit, tracker, tx, hard).await;
+                        let claimed = self.run_once(limit, &mut cursor, tracker, tx, hard).await;
                         wake_tail();
-                        if woken || limit == 0 || !matches!(claimed, Ok(0)) {
+                        if woken || limit == 0 || !matches!(claimed, Ok(c) if c.rows == 0) {
                             continue; // disarmed by the next round
                         }
                     }
@@ -550,21 +560,19 @@ impl Relay {
         }
     }
 
-    /// Claims up to `limit` due rows in one short transaction and starts delivering them.
-    /// Returns how many rows the claim touched.
+    /// Claims up to `limit` due rows in one short transaction and starts delivering them,
+    /// moving `cursor` past what the claim looked at.
     pub async fn run_once(
         &self,
         limit: usize,
+        cursor: &mut ClaimCursor,
         tracker: &TaskTracker,
         tx: &mpsc::Sender<Recorded>,
         hard: &CancellationToken,
-    ) -> anyhow::Result<usize> {
+    ) -> anyhow::Result<Claimed> {
         let token = Uuid::new_v4();
-        let suspects_wanted: i64 = if self.suspect_in_flight.load(Ordering::Acquire) {
-            0
-        } else {
-            1
-        };
+        let suspects_wanted = !self.suspect_in_flight.load(Ordering::Acquire);
+        let (probe, after_xid, after_seq, lease_floor) = cursor.params();
         let rows = crate::db::query(
             &self.pool,
             &self.queries.claim,
@@ -573,17 +581,31 @@ impl Relay {
                 &self.cfg.lease.as_secs_f64(),
                 &(self.cfg.max_attempts as i32),
                 &token,
-                &suspects_wanted,
+                &(suspects_wanted as i64),
+                &probe,
+                &after_xid,
+                &after_seq,
+                &lease_floor,
             ],
         )
         .await
         .context("claiming events")?;
         self.health.database.store(true, Ordering::Release);
+        let look = rows
+            .first()
+            .map(claim_look)
+            .transpose()?
+            .context("the claim returned no row")?;
+        cursor.advance(&look, limit, suspects_wanted);
         let mut events = Vec::with_capacity(rows.len());
         let mut suspect = None;
+        let mut claimed = 0;
         for row in &rows {
+            let Some(id) = row.get::<_, Option<String>>(0) else {
+                continue; // nothing claimed: the row only says what the claim looked at
+            };
+            claimed += 1;
             let status: String = row.get(1);
-            let id: String = row.get(0);
             if status == "FAILED" {
                 crate::metrics::dead_lettered();
                 tracing::warn!(event_id = %id, "dead-lettered after its last lease lapsed (the relay holding it died or hung)");
@@ -643,15 +665,65 @@ impl Relay {
                 let _ = tx.send(rec).await;
             });
         }
-        Ok(rows.len())
+        Ok(Claimed {
+            rows: claimed,
+            left_fresh: !look.unclaimed.is_empty(),
+        })
     }
 
     /// How long until a retry falls due or a lease lapses (None: nothing waits).
-    async fn next_due(&self) -> anyhow::Result<Option<Duration>> {
-        let rows = crate::db::query(&self.pool, &self.queries.next_due, &[]).await?;
-        let secs: Option<f64> = rows.first().and_then(|r| r.get(0));
-        Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    async fn next_due(&self, cursor: &mut ClaimCursor) -> anyhow::Result<Option<Duration>> {
+        let leases = cursor.must_look_up_leases();
+        let rows = crate::db::query(
+            &self.pool,
+            &self.queries.next_due,
+            &[&cursor.lease_floor(), &leases],
+        )
+        .await?;
+        let row = rows.first().context("no row")?;
+        let secs = |i: usize| {
+            row.get::<_, Option<f64>>(i)
+                .map(|s| Duration::from_secs_f64(s.max(0.0)))
+        };
+        if leases {
+            cursor.leases_looked_up(secs(1), self.cfg.lease);
+        }
+        Ok([secs(0), cursor.next_lapse()].into_iter().flatten().min())
     }
+}
+
+/// What a claim did.
+#[derive(Debug, Clone, Copy)]
+pub struct Claimed {
+    /// Rows it updated (dead-lettered lapses included).
+    pub rows: usize,
+    /// It saw fresh rows it could not take (locked, held back, not due).
+    pub left_fresh: bool,
+}
+
+/// The claim's last columns: what it looked at (see the claim query).
+fn claim_look(row: &tokio_postgres::Row) -> anyhow::Result<Look> {
+    let snapshot: String = row.try_get(12)?;
+    let last_xid: Option<String> = row.try_get(15)?;
+    let last_seq: Option<i64> = row.try_get(16)?;
+    let xids = |v: Vec<String>| -> anyhow::Result<Vec<u64>> {
+        v.iter()
+            .map(|x| x.parse().with_context(|| format!("transaction id {x:?}")))
+            .collect()
+    };
+    Ok(Look {
+        snapshot: crate::stream::cursor::Snapshot::parse(&snapshot)
+            .with_context(|| format!("snapshot {snapshot:?}"))?,
+        at: row.try_get(13)?,
+        candidates: row.try_get::<_, i64>(14)? as usize,
+        last: match (last_xid, last_seq) {
+            (Some(x), Some(s)) => Some((x.parse().context("transaction id")?, s)),
+            _ => None,
+        },
+        unclaimed: xids(row.try_get(17)?)?,
+        lapsed: row.try_get::<_, i64>(18)? as usize,
+        suspects: row.try_get::<_, i64>(19)? as usize,
+    })
 }
 
 /// "Delivery failed" lines at warn per second; a failing endpoint can fail thousands of

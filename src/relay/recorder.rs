@@ -156,7 +156,8 @@ async fn write(pool: &Pool, q: &Queries, batch: &[Recorded]) -> anyhow::Result<V
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut failed, mut errors, mut delays, mut delivered, mut logs) = (
+    let (mut failed, mut errors, mut delays, mut delivered, mut logs, mut held_for) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -178,8 +179,12 @@ async fn write(pool: &Pool, q: &Queries, batch: &[Recorded]) -> anyhow::Result<V
             Outcome::Release { delay, delivered } => {
                 (0, None, Some(delay.as_secs_f64()), delivered)
             }
-            Outcome::Hold { delivered } => (0, None, Some(f64::INFINITY), delivered),
+            Outcome::Hold { delivered, .. } => (0, None, Some(f64::INFINITY), delivered),
         };
+        held_for.push(match &r.outcome {
+            Outcome::Hold { paused, .. } => Some(paused.join(",")),
+            _ => None,
+        });
         failed.push(f);
         errors.push(e);
         delays.push(d);
@@ -194,7 +199,7 @@ async fn write(pool: &Pool, q: &Queries, batch: &[Recorded]) -> anyhow::Result<V
         pool,
         &q.record,
         &[
-            &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered, &logs,
+            &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered, &logs, &held_for,
         ],
     )
     .await?;
