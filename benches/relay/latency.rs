@@ -13,12 +13,20 @@
 //! counts the NOTIFYs the inserts send on the table's channel, per 1,000 events: what the
 //! trigger costs at that rate while the relay is awake and busy. The WAL written over the
 //! same window, per event, is the insert's and the relay's claiming and recording together.
+//!
+//! The p99 per window of the rate phase (events by commit time) shows whether latency stays
+//! flat over a long run or grows, as it would with dead rows piling up in the claim's path.
+//! `HOLD_SNAPSHOT` makes them pile up: a REPEATABLE READ transaction of the bench's takes
+//! its snapshot before the warm-up and keeps it to the last delivery, so no row version
+//! the relay's claims leave dead can be removed meanwhile (a long report, or a session idle
+//! in transaction).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio_postgres::NoTls;
 
 use crate::common::load::{run_load, RateLoad};
 use crate::common::proc::{proc_mem, sched_cpu_secs};
@@ -42,6 +50,13 @@ const SETTLE: Duration = Duration::from_secs(1);
 const STATS_FLUSH_LAG: Duration = Duration::from_secs(11);
 /// The LISTEN connection's heartbeat period (src/relay/listener.rs).
 const LISTENER_HEARTBEAT: Duration = Duration::from_secs(15);
+/// The snapshot holder's application_name: the relay's long-transaction warning names it.
+const HOLDER_NAME: &str = "bench report";
+/// The p99 windows: short enough to show a trend over the default 20 s, not so many over
+/// a long run that each holds few events at a low rate.
+const WINDOW: Duration = Duration::from_secs(10);
+const LONG_RUN_WINDOW: Duration = Duration::from_secs(30);
+const LONG_RUN_SECS: u64 = 120;
 
 pub async fn latency(ctx: &Ctx<'_>, rate: u64) -> anyhow::Result<Value> {
     let db = ctx.fresh_db().await?;
@@ -49,11 +64,14 @@ pub async fn latency(ctx: &Ctx<'_>, rate: u64) -> anyhow::Result<Value> {
     ctx.drop_db(&db).await;
     let r = result?;
     eprintln!(
-        "  latency at {rate}/s: p50 {} p95 {} p99 {} max {} ms, {} dup, {} missing, {} NOTIFY per 1k, {} WAL B/event; idle {}% CPU, {} statements ({} besides the listener's heartbeat)",
+        "  latency at {rate}/s{}: p50 {} p95 {} p99 {} max {} ms, p99 by {} s window {} ms, {} dup, {} missing, {} NOTIFY per 1k, {} WAL B/event; idle {}% CPU, {} statements ({} besides the listener's heartbeat)",
+        if r["held_snapshot"] == true { " (snapshot held)" } else { "" },
         r["latency_ms"]["p50"],
         r["latency_ms"]["p95"],
         r["latency_ms"]["p99"],
         r["latency_ms"]["max"],
+        r["latency_window_s"],
+        r["latency_p99_by_window_ms"],
         r["duplicates"],
         r["missing"],
         r["notifications_per_1k_events"],
@@ -83,6 +101,12 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
             outbox_relay::db::connect(&db.cfg.database_url).await?,
         ));
     }
+    // Before the warm-up: every row the relay claims is then newer than the snapshot.
+    let holder = if p.hold_snapshot {
+        Some(hold_snapshot(db).await?)
+    } else {
+        None
+    };
     // Warm-up: connections to the endpoint opened, statements prepared.
     for n in total..total + WARMUP_EVENTS {
         clients[0].execute(&sql, &[&ORG, &(n as i64)]).await?;
@@ -126,6 +150,9 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
         DRAIN_LIMIT,
     )
     .await?;
+    if let Some(holder) = holder {
+        holder.batch_execute("ROLLBACK").await?;
+    }
     let (m1, n1, w1) = (
         ctx.marks(Some(pid))?,
         notes.received(),
@@ -141,14 +168,32 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
     let relay_log = finish_relay(&mut relay)?;
 
     // Figures.
+    let window = if p.rate_secs >= LONG_RUN_SECS {
+        LONG_RUN_WINDOW
+    } else {
+        WINDOW
+    };
+    let last = p.rate_secs.div_ceil(window.as_secs()) as usize - 1;
+    let mut windows = vec![Vec::new(); last + 1];
     let (mut lat, mut lat_sent) = (Vec::with_capacity(total), Vec::with_capacity(total));
     for n in 0..total {
         let (c, r) = (out.commit_ns[n], counts.receipt_ns(n));
         if c != 0 && r != 0 {
             lat.push(r as i64 - c as i64);
             lat_sent.push(r as i64 - out.sent_ns[n] as i64);
+            // Commits returned after the rate phase's end (the generator behind) count in
+            // the last window.
+            let w = (c.saturating_sub(out.start_ns) / window.as_nanos() as u64) as usize;
+            windows[w.min(last)].push(r as i64 - c as i64);
         }
     }
+    let p99_by_window: Vec<Value> = windows
+        .iter_mut()
+        .map(|w| {
+            w.sort_unstable();
+            latency_ms(w)["p99"].clone()
+        })
+        .collect();
     let unique = lat.len();
     let negative = lat.iter().filter(|&&l| l < 0).count();
     lat.sort_unstable();
@@ -168,6 +213,9 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
         "missing": committed - unique,
         "duplicates": counts.duplicates.load(std::sync::atomic::Ordering::Relaxed),
         "latency_ms": latency_ms(&lat),
+        "latency_window_s": window.as_secs(),
+        "latency_p99_by_window_ms": p99_by_window,
+        "held_snapshot": p.hold_snapshot,
         "latency_negative": negative,
         "latency_from_insert_sent_ms": latency_ms(&lat_sent),
         "notifications_received": n1 - n0,
@@ -184,6 +232,24 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
         "relay": relay_log,
         "rows_by_status_after_stop": status_counts(db).await?,
     }))
+}
+
+/// A connection of its own in a REPEATABLE READ transaction whose snapshot is taken (one
+/// `count(*)` of the table) and kept until the caller ends it: the vacuum horizon held
+/// where a long report would hold it.
+async fn hold_snapshot(db: &FreshDb) -> anyhow::Result<tokio_postgres::Client> {
+    let mut cfg = outbox_relay::db::pg_config(&db.cfg.database_url)?;
+    cfg.application_name(HOLDER_NAME);
+    let (client, conn) = cfg.connect(NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    let table = db.cfg.qualified_table();
+    client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await?;
+    Ok(client)
 }
 
 /// The relay's CPU and statements over `idle_secs` of no load.

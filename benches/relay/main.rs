@@ -39,8 +39,9 @@
 //! - `drain`: N events pending ([`drain`]), the relay started; from its spawn to the last
 //!   event's first delivery: events/s, relay CPU-s per 10,000 events, peak RSS, CPU split.
 //! - `latency`: for each rate, relay running and warmed up, `R`/s for `RATE_SECS`:
-//!   commit-to-receipt p50/p95/p99/max, duplicates; then `IDLE_SECS` idle: the relay's CPU
-//!   and the statements it ran ([`latency`] says how they are counted).
+//!   commit-to-receipt p50/p95/p99/max, and p99 per 10 s window (30 s from 120 s on) by
+//!   commit time, duplicates; then `IDLE_SECS` idle: the relay's CPU and the statements it
+//!   ran ([`latency`] says how they are counted).
 //! - `fanout`: the burst to 3 endpoints, all healthy, then with the third answering 500 to
 //!   half its requests; the two healthy endpoints' events/s in both, and the cost.
 //! - `db_ceiling`: the relay's own claim and record statements
@@ -66,6 +67,7 @@
 //! | `DRAIN` | `50000,200000` | backlog sizes of `drain` |
 //! | `RATES` | `500,2000` | events/s of `latency` |
 //! | `RATE_SECS`, `IDLE_SECS` | 20, 10 | its load and idle windows |
+//! | `HOLD_SNAPSHOT` | 0 | 1: `latency` holds a REPEATABLE READ snapshot (one `count(*)` of the table) from before its warm-up to its last delivery, as a long report or an idle-in-transaction session does: vacuum cannot remove the claimed rows meanwhile |
 //! | `LOADERS` | 16 | connections of the rate load (at 2,000/s, 8 ms each per durable commit) |
 //! | `FANOUT` | 50000 | events of `fanout` |
 //! | `CEILING_EVENTS`, `CEILING_BATCH`, `CEILING_CONNECTIONS` | 50000, 100, 2 | `db_ceiling` (100 = the relay's default `batch_size`) |
@@ -141,6 +143,9 @@ pub struct Params {
     pub rates: Vec<u64>,
     pub rate_secs: u64,
     pub idle_secs: u64,
+    /// `latency` holds a snapshot over its whole run, as a long report would: the row
+    /// versions the relay's claims leave dead cannot be removed meanwhile.
+    pub hold_snapshot: bool,
     pub loaders: usize,
     pub fanout: usize,
     pub ceiling_events: usize,
@@ -181,6 +186,7 @@ impl Params {
             rates: list("RELAY_BENCH_RATES", "500,2000")?,
             rate_secs: num("RATE_SECS", 20)?,
             idle_secs: num("IDLE_SECS", 10)?,
+            hold_snapshot: num("HOLD_SNAPSHOT", 0)? != 0,
             loaders: num("LOADERS", 16)? as usize,
             fanout: num("FANOUT", 50_000)? as usize,
             ceiling_events: num("CEILING_EVENTS", 50_000)? as usize,
@@ -236,9 +242,10 @@ impl Params {
         let drain: Vec<u64> = self.drain.iter().map(|&n| n as u64).collect();
         format!(
             "RELAY_BENCH_REPS={} RELAY_BENCH_SCENARIOS={} RELAY_BENCH_DRAIN={} RELAY_BENCH_RATES={} \
-             RELAY_BENCH_RATE_SECS={} RELAY_BENCH_IDLE_SECS={} RELAY_BENCH_LOADERS={} \
-             RELAY_BENCH_FANOUT={} RELAY_BENCH_CEILING_EVENTS={} RELAY_BENCH_CEILING_BATCH={} \
-             RELAY_BENCH_CEILING_CONNECTIONS={} RELAY_BENCH_RECEIVER_REQUESTS={} \
+             RELAY_BENCH_RATE_SECS={} RELAY_BENCH_IDLE_SECS={} RELAY_BENCH_HOLD_SNAPSHOT={} \
+             RELAY_BENCH_LOADERS={} RELAY_BENCH_FANOUT={} RELAY_BENCH_CEILING_EVENTS={} \
+             RELAY_BENCH_CEILING_BATCH={} RELAY_BENCH_CEILING_CONNECTIONS={} \
+             RELAY_BENCH_RECEIVER_REQUESTS={} \
              RELAY_BENCH_RECEIVER_CONCURRENCY={} RELAY_BENCH_WRITERS={} RELAY_BENCH_INSERT_SECS={} \
              RELAY_BENCH_PAYLOAD_PAD={} RELAY_BENCH_ANALYZE={} RELAY_BENCH_RELAY_CONFIG={:?} \
              RELAY_BENCH_WEBHOOK_CONFIG={:?} RELAY_BENCH_MIGRATE_WITH_BIN={}",
@@ -248,6 +255,7 @@ impl Params {
             nums(&self.rates),
             self.rate_secs,
             self.idle_secs,
+            self.hold_snapshot as u8,
             self.loaders,
             self.fanout,
             self.ceiling_events,
