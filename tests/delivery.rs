@@ -1004,3 +1004,40 @@ async fn claims_read_what_is_new_even_while_a_snapshot_keeps_claimed_rows_from_v
     }
     assert_eq!(rx.deliveries().len(), events as usize);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_put_back_behind_the_claim_cursor_is_found_by_the_sweep() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let cfg = db.config(&format!(
+        "poll_interval = \"1s\"\n{}",
+        webhook_toml("main", &rx.url)
+    ));
+    db.migrate(&cfg).await;
+    let relay = InProcessRelay::start(cfg.clone()).await.ready().await;
+    let client = db.client().await;
+    let first = insert_events(&client, 1, "PUT.BACK").await;
+    rx.wait_accepted(&first).await;
+    let later = insert_events(&client, 3, "LATER").await;
+    rx.wait_accepted(&later).await;
+    // What a relay of the previous release does with a retry while this one runs: PENDING
+    // again without a claim token, so the row is in the fresh index, below the position
+    // this relay's claims have moved past. Only the sweep finds it.
+    client
+        .execute(
+            &format!(
+                "UPDATE {} SET status = 'PENDING', claim_token = NULL, next_attempt_at = now(),
+                        retry_count = 1, delivered_to = '{{}}'
+                  WHERE id::text = $1",
+                cfg.qualified_table()
+            ),
+            &[&first[0]],
+        )
+        .await
+        .unwrap();
+    rx.wait_for("the put-back event delivered again", |ds| {
+        ds.iter().filter(|d| d.id == first[0]).count() == 2
+    })
+    .await;
+    relay.stop().await.unwrap();
+}

@@ -100,6 +100,19 @@ pub async fn query(
     }
 }
 
+/// How often [`replan`] is worth calling.
+pub const REPLAN_EVERY: Duration = Duration::from_secs(10);
+
+/// Forgets every pooled connection's prepared statements, so the next use of each plans it
+/// afresh. PostgreSQL keeps a prepared statement's generic plan for as long as the
+/// statement lives, and replans only when the table's statistics change. One planned while
+/// the outbox was nearly empty (a new install) reads the whole table to find a few rows by
+/// id, and keeps doing so as the table grows if nothing analyzes it (autovacuum off, or
+/// lagging). Re-preparing now and then costs a parse and a plan per statement.
+pub fn replan(pool: &Pool) {
+    pool.manager().statement_caches.clear();
+}
+
 /// For a pooled connection that missed [`CLIENT_DEADLINE`]: takes it out of the pool, and
 /// drops the idle ones too (they went through the same network path and are likely dead as
 /// well; new ones cost a connect), so the next caller starts on a fresh connection instead

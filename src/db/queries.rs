@@ -151,6 +151,19 @@ const GATE: &str = "
                    OR (p.stream_seq IS NULL AND c.stream_seq IS NOT NULL))
               AND {ordered:p}))";
 
+/// The safety net below a relay's claim cursor (see `crate::relay::cursor`): transaction
+/// ids of fresh rows at or below position $1/$2 (at most 1,000), and the earliest lease in
+/// flight that lapsed at or before $3 (epoch seconds). Reads every entry claims left below
+/// the position while vacuum cannot remove them, so it runs apart from the claims.
+const SWEEP: &str = "
+SELECT ARRAY(SELECT DISTINCT stream_xid::text FROM (
+           SELECT stream_xid FROM {t}
+            WHERE {fresh} AND (stream_xid, stream_seq) <= ($1::text::xid8, $2::int8)
+            LIMIT 1000) AS s),
+       extract(epoch FROM (SELECT min(lease_expires_at) FROM {t}
+                            WHERE status = 'PROCESSING'
+                              AND lease_expires_at <= to_timestamp($3::float8)))::float8";
+
 /// `status`: entity keys held up by a FAILED event (ordered mode), with how many events wait
 /// behind it. The head is the key's earliest unskipped FAILED row.
 const BLOCKED_KEYS: &str = "
@@ -373,6 +386,7 @@ pub struct Queries {
     pub record: String,
     pub extend: String,
     pub next_due: String,
+    pub sweep: String,
     pub fail_unknown: String,
     pub status_counts: String,
     pub oldest_pending: String,
@@ -453,6 +467,7 @@ impl Queries {
             record: r(RECORD),
             extend: r(EXTEND),
             next_due: r(NEXT_DUE),
+            sweep: r(SWEEP),
             fail_unknown: r(FAIL_UNKNOWN),
             status_counts: r(STATUS_COUNTS),
             oldest_pending: r(OLDEST_PENDING),
@@ -545,6 +560,7 @@ mod tests {
                 &q.record,
                 &q.extend,
                 &q.next_due,
+                &q.sweep,
                 &q.fail_unknown,
                 &q.publish,
                 &q.stream_read,

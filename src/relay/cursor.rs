@@ -18,16 +18,23 @@
 //! known (or, with none, that period) nothing can lapse unseen.
 //!
 //! The cursor lives in one relay's memory: each relay keeps its own, and a restarted relay
-//! starts from the bottom of the index. It also starts over every `poll_interval`, the
-//! safety net for rows that reach the fresh index behind every cursor: a relay of an earlier
-//! release still running during an upgrade, or a claim statement that ran longer than a
-//! lease.
+//! starts from the bottom of the index. A sweep ([`Sweep`]) is the safety net for rows that
+//! reach the fresh index behind every cursor (a relay of an earlier release still running
+//! during an upgrade puts retries back without a token) and for leases that lapsed behind
+//! the floor (a claim statement that ran longer than a lease): every `poll_interval` (at most
+//! every [`SWEEP_EVERY`]) it looks below the cursor, on a connection of its own, and
+//! hands what it found to the next claim. Starting the cursor over instead would make that
+//! claim walk the entries every claimed row left behind, which, while an old snapshot keeps
+//! vacuum from removing them, holds up every delivery for a second per 500,000.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::stream::cursor::Snapshot;
+
+/// How often, at most, a sweep looks below the cursor.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// What one claim statement saw (its last columns).
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +67,6 @@ pub struct ClaimCursor {
     leases_known_until: Option<Instant>,
     /// The earliest lease the last lookup saw.
     next_lapse: Option<Instant>,
-    started: Instant,
 }
 
 impl Default for ClaimCursor {
@@ -78,14 +84,24 @@ impl ClaimCursor {
             lease_floor: None,
             leases_known_until: None,
             next_lapse: None,
-            started: Instant::now(),
         }
     }
 
-    /// Starts over from the bottom if it has not for `period`.
-    pub fn restart_every(&mut self, period: Duration) {
-        if self.started.elapsed() >= period {
-            *self = Self::new();
+    /// What a sweep asks about: fresh rows at or below this position, leases below this.
+    pub fn sweep_bounds(&self) -> Option<((u64, i64), f64)> {
+        self.lease_floor.map(|floor| (self.after, floor))
+    }
+
+    /// A sweep's findings: transactions with fresh rows below the position (the next claim
+    /// looks at them), and the earliest lease below the floor, if any (the floor goes back).
+    pub fn swept(&mut self, strays: &[u64], lapsed_below: Option<f64>) {
+        self.probe
+            .extend(strays.iter().filter(|&&x| x <= self.after.0));
+        self.probe.sort_unstable();
+        self.probe.dedup();
+        if let (Some(at), Some(floor)) = (lapsed_below, self.lease_floor) {
+            // Strictly below: the claim takes leases past its floor.
+            self.lease_floor = Some(floor.min(at - 1.0));
         }
     }
 
@@ -237,6 +253,20 @@ mod tests {
         assert_eq!(c.params(), ("{12}".into(), "14".into(), 3, Some(100.0)));
         c.advance(&look(snap(16, 31, &[16]), 1, Some((12, 9)), &[]), 2, true);
         assert_eq!(c.params(), ("{16}".into(), "31".into(), 0, Some(100.0)));
+    }
+
+    #[test]
+    fn a_sweep_adds_what_it_found_below_the_position() {
+        let mut c = ClaimCursor::new();
+        assert_eq!(
+            c.sweep_bounds(),
+            None,
+            "nothing to sweep before the first look"
+        );
+        c.advance(&look(snap(10, 20, &[15]), 3, Some((18, 7)), &[]), 100, true);
+        assert_eq!(c.sweep_bounds(), Some(((20, 0), 100.0)));
+        c.swept(&[3, 15, 25], Some(40.0));
+        assert_eq!(c.params(), ("{3,15}".into(), "20".into(), 0, Some(39.0)));
     }
 
     #[test]

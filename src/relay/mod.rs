@@ -421,6 +421,8 @@ impl Relay {
         let mut contended: u32 = 0;
         let mut last_found = tokio::time::Instant::now() - LINGER;
         let mut cursor = ClaimCursor::new();
+        let mut sweep = Sweep::default();
+        let mut planned = tokio::time::Instant::now();
         // Sleeping without a commit tax (listen mode only; see `doze`).
         let mut doze = self.cfg.listen.then(|| {
             Doze::new(
@@ -454,7 +456,11 @@ impl Relay {
                 }
             }
             let limit = self.capacity.available_permits().min(batch);
-            cursor.restart_every(poll);
+            sweep.round(self, &mut cursor, poll.max(cursor::SWEEP_EVERY));
+            if planned.elapsed() >= crate::db::REPLAN_EVERY {
+                crate::db::replan(&self.pool);
+                planned = tokio::time::Instant::now();
+            }
             // Awake again: let go of the wake lock (if held) while claiming. Side by side, so
             // a database that hangs shows as a claim that hangs (what the watchdog watches).
             let disarm = async {
@@ -689,6 +695,74 @@ impl Relay {
             cursor.leases_looked_up(secs(1), self.cfg.lease);
         }
         Ok([secs(0), cursor.next_lapse()].into_iter().flatten().min())
+    }
+}
+
+/// What a sweep found: transactions with fresh rows below the cursor's position, and the
+/// earliest lease that lapsed below its floor (see [`ClaimCursor::swept`]).
+type Swept = (Vec<u64>, Option<f64>);
+
+/// The sweep below the claim cursor (see [`cursor`]), run as a task of its own so that the
+/// claims go on meanwhile.
+#[derive(Default)]
+struct Sweep {
+    running: Option<tokio::task::JoinHandle<anyhow::Result<Swept>>>,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Sweep {
+    /// Called each claim round: hands a finished sweep's findings to the cursor, and starts
+    /// the next one once `every` has passed since the last.
+    fn round(&mut self, relay: &Relay, cursor: &mut ClaimCursor, every: Duration) {
+        if self.running.as_ref().is_some_and(|h| h.is_finished()) {
+            let done = self.running.take().expect("checked");
+            match futures_util::FutureExt::now_or_never(done)
+                .map(|r| r.map_err(anyhow::Error::from))
+            {
+                Some(Ok(Ok((strays, lapsed)))) => {
+                    if !strays.is_empty() || lapsed.is_some() {
+                        tracing::info!(
+                            transactions = strays.len(),
+                            lapsed_lease = lapsed.is_some(),
+                            "the sweep found rows behind the claim cursor"
+                        );
+                    }
+                    cursor.swept(&strays, lapsed);
+                }
+                Some(Ok(Err(e)) | Err(e)) => {
+                    tracing::debug!(error = format!("{e:#}"), "sweep failed")
+                }
+                None => {}
+            }
+        }
+        let due = self.last.is_none_or(|at| at.elapsed() >= every);
+        let Some(((xid, seq), floor)) = cursor.sweep_bounds().filter(|_| due) else {
+            return;
+        };
+        if self.running.is_some() {
+            return;
+        }
+        self.last = Some(tokio::time::Instant::now());
+        let (pool, queries, wake) = (
+            relay.pool.clone(),
+            relay.queries.clone(),
+            relay.wake.clone(),
+        );
+        self.running = Some(tokio::spawn(async move {
+            let rows =
+                crate::db::query(&pool, &queries.sweep, &[&xid.to_string(), &seq, &floor]).await?;
+            let row = rows.first().context("the sweep returned no row")?;
+            let strays = row
+                .get::<_, Vec<String>>(0)
+                .iter()
+                .map(|x| x.parse().context("transaction id"))
+                .collect::<anyhow::Result<Vec<u64>>>()?;
+            let lapsed: Option<f64> = row.get(1);
+            if !strays.is_empty() || lapsed.is_some() {
+                wake.notify_one(); // the claim loop takes the findings in its next round
+            }
+            Ok((strays, lapsed))
+        }));
     }
 }
 
