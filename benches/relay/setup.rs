@@ -242,7 +242,8 @@ pub async fn wait_deliveries(
     }
 }
 
-/// Stops the relay (SIGTERM, as systemd would) and reports its warnings; prints the first.
+/// Stops the relay (SIGTERM, as systemd would) and reports its warnings; prints the first
+/// error and the first three warnings.
 pub fn finish_relay(relay: &mut RelayProcess) -> anyhow::Result<Value> {
     let alive = relay.child.try_wait()?.is_none();
     relay.stop()?;
@@ -250,6 +251,9 @@ pub fn finish_relay(relay: &mut RelayProcess) -> anyhow::Result<Value> {
     let count = |level: &str| log.lines().filter(|l| l.contains(level)).count();
     if let Some(first) = log.lines().find(|l| l.contains("ERROR")) {
         eprintln!("  relay: {first}");
+    }
+    for warning in log.lines().filter(|l| l.contains("WARN")).take(3) {
+        eprintln!("  relay: {warning}");
     }
     Ok(json!({
         "alive_at_end": alive,
