@@ -263,12 +263,18 @@ UPDATE {t} SET next_attempt_at = now()
                         LIMIT $1 FOR UPDATE SKIP LOCKED))
 RETURNING 1";
 
-/// Extend the leases of work in progress. $1 ids, $2 tokens, $3 lease seconds.
+/// Extend the leases of work in progress. $1 ids, $2 tokens, $3 lease seconds. Rows locked
+/// right now are skipped, not waited for: they are being recorded (which ends the lease) or
+/// claimed after a lapse, and the next round, a third of a lease later, tries again. Waiting
+/// deadlocked with [`RECORD`], which locks the same rows in another order.
 const EXTEND: &str = "
-UPDATE {t} AS e SET lease_expires_at = now() + make_interval(secs => $3)
-  FROM unnest($1::text[], $2::uuid[]) AS u(id, token)
- WHERE e.id = u.id::{id} AND e.claim_token = u.token AND e.status = 'PROCESSING'
-RETURNING e.id::text";
+UPDATE {t} SET lease_expires_at = now() + make_interval(secs => $3)
+ WHERE id = ANY (ARRAY(SELECT e.id FROM {t} AS e
+                         JOIN unnest($1::text[], $2::uuid[]) AS u(id, token)
+                           ON e.id = u.id::{id} AND e.claim_token = u.token
+                        WHERE e.status = 'PROCESSING'
+                          FOR NO KEY UPDATE OF e SKIP LOCKED))
+RETURNING id::text";
 
 /// Seconds until a retry falls due (NULL: none waits; held rows, 'infinity', never fall due
 /// by themselves), and, when $2, until the next lease lapses (NULL: none is held). Two min()

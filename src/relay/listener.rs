@@ -44,7 +44,7 @@ pub async fn run(
             Ok(()) => return, // stopped
             Err(e) => {
                 health.listening.store(false, Ordering::Release);
-                tracing::warn!(error = %e, retry_in = ?delay, "LISTEN connection lost; reconnecting");
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "LISTEN connection lost; reconnecting");
             }
         }
         tokio::select! {

@@ -119,13 +119,16 @@ pub async fn run(
                     break;
                 }
                 Err(e) if give_up.is_cancelled() => {
-                    tracing::error!(error = %e, events = batch.len(),
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        events = batch.len(),
                         "giving up recording outcomes at shutdown; their leases will lapse \
-                         and they will be delivered again");
+                         and they will be delivered again"
+                    );
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, events = batch.len(), retry_in = ?delay,
+                    tracing::warn!(error = format!("{e:#}"), events = batch.len(), retry_in = ?delay,
                         "cannot record outcomes; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -230,7 +233,7 @@ pub async fn keep_leases(
         let secs = lease.as_secs_f64();
         match crate::db::query(&pool, &queries.extend, &[&ids, &tokens, &secs]).await {
             Ok(rows) => tracing::debug!(extended = rows.len(), "leases extended"),
-            Err(e) => tracing::warn!(error = %e, "cannot extend leases"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot extend leases"),
         }
     }
 }
