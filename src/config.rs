@@ -34,6 +34,13 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9470";
 pub const DEFAULT_SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+/// HTTP connections served at once (see `crate::http::limits`).
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
+/// Time a client has to send a complete request head, and to start the next one on a
+/// kept-alive connection.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// SSE streams served at once (each also counts as a connection).
+pub const DEFAULT_SSE_MAX_SUBSCRIBERS: usize = 512;
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WEBHOOK_MAX_IN_FLIGHT: usize = 64;
 pub const DEFAULT_LONG_TRANSACTION_WARNING: Duration = Duration::from_secs(300);
@@ -108,6 +115,9 @@ struct FileConfig {
 struct FileHttp {
     listen: Option<String>,
     admin_token: Option<String>,
+    max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    header_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -117,6 +127,7 @@ struct FileSse {
     token_secret: Option<String>,
     #[serde(default, with = "humantime_serde")]
     heartbeat: Option<Duration>,
+    max_subscribers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +181,8 @@ pub struct Config {
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub admin_token: Option<Secret>,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +190,7 @@ pub struct SseConfig {
     pub enabled: bool,
     pub token_secret: Option<Secret>,
     pub heartbeat: Duration,
+    pub max_subscribers: usize,
 }
 
 /// One `[[webhook]]` endpoint.
@@ -258,6 +272,11 @@ impl Config {
                     .parse()
                     .map_err(|e| ConfigError::new("http.listen", format!("{e} (want ip:port)")))?,
                 admin_token: resolve_opt("http.admin_token", f.http.admin_token.as_deref())?,
+                max_connections: f
+                    .http
+                    .max_connections
+                    .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS),
+                header_timeout: f.http.header_timeout.unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT),
             },
             sse: {
                 let token_secret = resolve_opt("sse.token_secret", f.sse.token_secret.as_deref())?;
@@ -266,6 +285,7 @@ impl Config {
                     enabled: f.sse.enabled.unwrap_or(token_secret.is_some()),
                     token_secret,
                     heartbeat: f.sse.heartbeat.unwrap_or(DEFAULT_SSE_HEARTBEAT),
+                    max_subscribers: f.sse.max_subscribers.unwrap_or(DEFAULT_SSE_MAX_SUBSCRIBERS),
                 }
             },
             webhooks: f
@@ -291,6 +311,7 @@ impl Config {
         positive("lease", self.lease)?;
         positive("backoff_initial", self.backoff_initial)?;
         positive("sse.heartbeat", self.sse.heartbeat)?;
+        positive("http.header_timeout", self.http.header_timeout)?;
         // Beyond this, clock arithmetic overflows (a timer's deadline, a PostgreSQL interval)
         // and no deployment means it.
         let durations = [
@@ -305,6 +326,7 @@ impl Config {
                 Some(self.long_transaction_warning),
             ),
             ("sse.heartbeat", Some(self.sse.heartbeat)),
+            ("http.header_timeout", Some(self.http.header_timeout)),
         ];
         for (key, d) in durations {
             if d.is_some_and(|d| d > MAX_DURATION) {
@@ -333,6 +355,14 @@ impl Config {
                 "batch_size",
                 "must be between 1 and 10000",
             ));
+        }
+        for (key, n) in [
+            ("http.max_connections", self.http.max_connections),
+            ("sse.max_subscribers", self.sse.max_subscribers),
+        ] {
+            if !(1..=1_000_000).contains(&n) {
+                return Err(ConfigError::new(key, "must be between 1 and 1000000"));
+            }
         }
         if self.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts", "must be at least 1"));

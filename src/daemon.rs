@@ -28,6 +28,12 @@ impl Daemon {
     /// Binds the HTTP listener and starts everything; returns once listening.
     pub async fn start(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let listener = http::bind(cfg.http.listen).await?;
+        let max_connections = http::limits::connection_cap(&cfg, cfg.http.max_connections)?;
+        let connections = Arc::new(http::limits::Gate::new(
+            "connections",
+            "http.max_connections",
+            max_connections,
+        ));
         let http_addr = http::local_addr(&listener);
         let pool = crate::db::pool(&cfg.database_url)?;
         let hub = Arc::new(Hub::default());
@@ -49,6 +55,11 @@ impl Daemon {
                 ),
                 heartbeat: cfg.sse.heartbeat,
                 retention: cfg.retention,
+                streams: http::limits::Gate::new(
+                    "sse",
+                    "sse.max_subscribers",
+                    cfg.sse.max_subscribers,
+                ),
             }),
         };
         crate::metrics::handle(); // install the recorder before anything counts
@@ -62,9 +73,22 @@ impl Daemon {
             hub: hub.clone(),
             queue: Default::default(),
             dashboard: http::dashboard::Dashboard::new(&cfg, shared.clone()),
+            connections: connections.clone(),
         });
+        let serving = http::Serving {
+            connections,
+            header_timeout: cfg.http.header_timeout,
+            lingering: Arc::new(tokio::sync::Semaphore::new(
+                http::limits::LINGERING_REFUSALS,
+            )),
+        };
         let http_stop = CancellationToken::new();
-        let server = tokio::spawn(http::serve(listener, http::router(app), http_stop.clone()));
+        let server = tokio::spawn(http::serve(
+            listener,
+            http::router(app),
+            serving,
+            http_stop.clone(),
+        ));
         tracing::info!(listen = %http_addr, sse = cfg.sse.enabled, "HTTP listening");
         let notifier = crate::systemd::spawn(health.clone(), cfg.listen, shutdown.clone());
         let stopped = shutdown.clone();

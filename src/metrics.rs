@@ -25,6 +25,8 @@ pub const SSE_SUBSCRIBERS: &str = "outbox_sse_subscribers";
 pub const RETENTION_DELETED: &str = "outbox_retention_deleted_total";
 pub const UP: &str = "outbox_database_up";
 pub const OLDEST_TRANSACTION: &str = "outbox_db_oldest_transaction_seconds";
+pub const HTTP_REFUSED: &str = "outbox_http_refused_total";
+pub const HTTP_CONNECTIONS: &str = "outbox_http_connections";
 
 /// The queue gauges are at most this old.
 pub const QUEUE_REFRESH: Duration = Duration::from_secs(5);
@@ -81,6 +83,11 @@ fn describe() {
     );
     describe_gauge!(DEAD_LETTERS, "Rows in FAILED, waiting for an operator.");
     describe_gauge!(SSE_SUBSCRIBERS, "Connected Server-Sent Events subscribers.");
+    describe_counter!(
+        HTTP_REFUSED,
+        "HTTP clients answered 503 because a limit was reached (limit: connections, sse)."
+    );
+    describe_gauge!(HTTP_CONNECTIONS, "HTTP connections open now.");
     describe_counter!(RETENTION_DELETED, "COMPLETED rows deleted by retention.");
     describe_gauge!(UP, "1 while the last database round trip succeeded.");
     describe_gauge!(

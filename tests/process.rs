@@ -938,3 +938,62 @@ async fn migrate_keeps_optional_indexes_only_while_their_feature_is_configured()
     );
     assert_eq!(relay_indexes(&client).await, always);
 }
+
+/// Issue 15.1: with a low open-file limit, a few hundred idle HTTP clients used up the
+/// relay's descriptors, and it could open no database connection ("Too many open files"):
+/// delivery stopped until they left. The relay now serves only as many HTTP connections as
+/// leave its own connections their descriptors, says so at start, and answers the rest 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http_clients_cannot_take_the_descriptors_delivery_needs() {
+    // The relay keeps 142 of these for itself (pools 8 + 4, LISTEN and wake lock, 64 for the
+    // webhook's requests, 64 spare): 108 are left for HTTP.
+    const NOFILE: u64 = 250;
+    const CLIENTS: usize = 300;
+    let db = TestDb::new().await;
+    let rx = common::receiver::Receiver::start().await;
+    let addr = free_addr();
+    let file = db.config_file(&format!(
+        "{}[http]\nlisten = \"{addr}\"\nheader_timeout = \"10m\"\n",
+        webhook_toml("main", &rx.url)
+    ));
+    let cfg = path_str(&file);
+    let (status, _, err) = run_to_end("migrate", relay_cmd(&["migrate", "--config", cfg])).await;
+    assert_eq!(status.code(), Some(0), "migrate: {err}");
+    // `ulimit -n` sets the soft and the hard limit: the relay cannot raise it.
+    let limit = format!("ulimit -n {NOFILE} && exec \"$@\"");
+    let cmd = relay_cmd_of(
+        "sh",
+        &["-c", &limit, "sh", relay_bin(), "run", "--config", cfg],
+    );
+    let relay = Proc::spawn("relay", cmd);
+    relay.wait_log(&["does not fit the open-file limit"]).await;
+    wait_until("the relay answers", || async {
+        http_get(&format!("http://{addr}/healthz")).await.0 == 200
+    })
+    .await;
+
+    let mut held = Vec::new();
+    for _ in 0..CLIENTS {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let client = db.client().await;
+    let ids = insert_events(&client, 20, "WHILE_FLOODED").await;
+    rx.wait_accepted(&ids).await;
+    // Right after the flood a new client may be reset (refusals beyond the few that linger
+    // are closed at once); then it gets the 503.
+    wait_until("over the cap, a new client is answered 503", || async {
+        http_get(&format!("http://{addr}/healthz")).await.0 == 503
+    })
+    .await;
+    drop(held);
+    wait_until("served again once the clients leave", || async {
+        http_get(&format!("http://{addr}/healthz")).await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        relay.log_count("Too many open files"),
+        0,
+        "{}",
+        relay.stderr()
+    );
+}

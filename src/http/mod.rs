@@ -7,17 +7,19 @@
 
 pub mod auth;
 pub mod dashboard;
+pub mod limits;
 pub mod sse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -36,6 +38,16 @@ pub struct App {
     pub hub: Arc<crate::stream::Hub>,
     pub queue: crate::metrics::QueueGauges,
     pub dashboard: dashboard::Dashboard,
+    /// Connections open now, for `/metrics`.
+    pub connections: Arc<limits::Gate>,
+}
+
+/// How connections are served (see [`limits`]).
+pub struct Serving {
+    pub connections: Arc<limits::Gate>,
+    pub header_timeout: Duration,
+    /// Refused connections lingering to be closed cleanly (see [`limits::refuse`]).
+    pub lingering: Arc<tokio::sync::Semaphore>,
 }
 
 /// Cancelling it drops the connection the request came on.
@@ -71,6 +83,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl axum::response::IntoRespon
     let up = app.health.database_up();
     ::metrics::gauge!(crate::metrics::UP).set(if up { 1.0 } else { 0.0 });
     ::metrics::gauge!(crate::metrics::SSE_SUBSCRIBERS).set(app.hub.subscribers() as f64);
+    ::metrics::gauge!(crate::metrics::HTTP_CONNECTIONS).set(app.connections.held() as f64);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -88,7 +101,12 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves until `shutdown`, then drops every connection (SSE clients reconnect elsewhere).
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    serving: Serving,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -102,13 +120,22 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
             },
             _ = shutdown.cancelled() => return,
         };
+        let Some(place) = serving.connections.enter() else {
+            limits::refuse(stream, &serving.lingering);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(
+        let conn = serve_connection(
             stream,
             peer,
             router.clone(),
+            serving.header_timeout,
             shutdown.child_token(),
-        ));
+        );
+        tokio::spawn(async move {
+            conn.await;
+            drop(place);
+        });
     }
 }
 
@@ -116,6 +143,7 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     router: Router,
+    header_timeout: Duration,
     kill: CancellationToken,
 ) {
     let handle = ConnKill(kill.clone());
@@ -125,8 +153,13 @@ async fn serve_connection(
             req.extensions_mut().insert(dashboard::Peer(peer));
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    // The header read timeout runs from the connection's start and, on a kept-alive one,
+    // from the end of each response until the next request head is in: it closes idle and
+    // trickling clients alike. It never runs while a response (an SSE stream) is going out.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         r = conn => if let Err(e) = r {
             tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");

@@ -54,6 +54,8 @@ pub struct SseState {
     pub heartbeat: Duration,
     /// COMPLETED rows older than this may be gone: older cursors cannot resume exactly.
     pub retention: Option<Duration>,
+    /// Streams open now, at most `sse.max_subscribers`.
+    pub streams: super::limits::Gate,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +101,14 @@ pub async fn events(
             return (StatusCode::BAD_REQUEST, format!("Last-Event-ID: {e}\n")).into_response()
         }
     };
+    let Some(place) = sse.streams.enter() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "too many SSE subscribers on this relay (sse.max_subscribers); retry shortly\n",
+        )
+            .into_response();
+    };
     // Join the org's channel before reading anything, so no page published meanwhile is lost.
     let (live, subscribed) = sse.hub.subscribe(&grant.org_id);
     // A stream without a cursor starts at the snapshot taken now, before the response goes
@@ -127,7 +137,7 @@ pub async fn events(
         grant,
         start,
         live,
-        subscribed,
+        (subscribed, place),
         out,
         kill,
     ));
@@ -175,7 +185,7 @@ async fn forward(
     grant: Grant,
     start: Start,
     mut live: broadcast::Receiver<OrgPage>,
-    _subscribed: Subscribed,
+    _held: (Subscribed, OwnedSemaphorePermit),
     out: mpsc::Sender<Write>,
     kill: CancellationToken,
 ) {

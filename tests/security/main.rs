@@ -5,6 +5,8 @@
 //!   and under load no subscriber sees another org's events;
 //! - [`config_fuzz`] and [`envelope_fuzz`]: property tests over the config parser and the
 //!   envelope and signature builder;
+//! - [`connections`]: idle and trickling clients are cut off, and connection and stream caps
+//!   answer 503 while delivery goes on;
 //! - [`odd_payloads`]: payloads PostgreSQL stores (10 000 levels deep, 5 MB, line breaks in
 //!   a text column, text that is not JSON) through the relay to webhooks and streams.
 
@@ -12,6 +14,7 @@
 mod common;
 
 mod config_fuzz;
+mod connections;
 mod envelope_fuzz;
 mod identifiers;
 mod odd_payloads;
