@@ -422,7 +422,9 @@ impl Relay {
         let mut last_found = tokio::time::Instant::now() - LINGER;
         let mut cursor = ClaimCursor::new();
         let mut sweep = Sweep::default();
-        let mut planned = tokio::time::Instant::now();
+        // Re-planned soon after start (1, 2, 4, 8 s), then every REPLAN_EVERY: a table that
+        // was empty or small when the relay started grows fastest relative to its size then.
+        let (mut planned, mut replan_after) = (tokio::time::Instant::now(), Duration::from_secs(1));
         // Sleeping without a commit tax (listen mode only; see `doze`).
         let mut doze = self.cfg.listen.then(|| {
             Doze::new(
@@ -457,9 +459,10 @@ impl Relay {
             }
             let limit = self.capacity.available_permits().min(batch);
             sweep.round(self, &mut cursor, poll.max(cursor::SWEEP_EVERY));
-            if planned.elapsed() >= crate::db::REPLAN_EVERY {
+            if planned.elapsed() >= replan_after {
                 crate::db::replan(&self.pool);
                 planned = tokio::time::Instant::now();
+                replan_after = (replan_after * 2).min(crate::db::REPLAN_EVERY);
             }
             // Awake again: let go of the wake lock (if held) while claiming. Side by side, so
             // a database that hangs shows as a claim that hangs (what the watchdog watches).
