@@ -10,6 +10,7 @@
 //!   outcomes back in batches and keeps leases alive.
 //! - [`deliver`]: routing, Standard Webhooks signing, backoff and the outcome of an attempt;
 //!   [`deliver::pause`] pauses an endpoint on every relay sharing the table.
+//! - [`logging`]: log lines, with control characters in logged values escaped.
 //! - [`http`]: SSE, health, `/metrics` and the dashboard ([`http::dashboard`]: an embedded
 //!   page and its JSON API; its reads are in [`db::browse`], its in-memory figures in
 //!   [`activity`]).
@@ -28,6 +29,7 @@ pub mod db;
 pub mod deliver;
 pub mod event;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod pgtemp;
 pub mod relay;

@@ -3,18 +3,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use outbox_relay::cli::{Cli, Command, LogFormat};
+use outbox_relay::cli::{Cli, Command};
 use outbox_relay::commands::{self, NewEvent};
 use outbox_relay::config::{Config, ConfigError, Overrides};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// Exit status for a bad config or bad arguments (clap uses 2 as well).
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.global.log_format);
+    outbox_relay::logging::init(cli.global.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -29,19 +28,6 @@ fn main() -> ExitCode {
             eprintln!("outbox-relay: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colours only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
