@@ -41,6 +41,8 @@ pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// SSE streams served at once (each also counts as a connection).
 pub const DEFAULT_SSE_MAX_SUBSCRIBERS: usize = 512;
+/// The longest a subscriber token may live, `iat` (or now) to `exp`.
+pub const DEFAULT_SSE_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WEBHOOK_MAX_IN_FLIGHT: usize = 64;
 pub const DEFAULT_LONG_TRANSACTION_WARNING: Duration = Duration::from_secs(300);
@@ -128,6 +130,8 @@ struct FileSse {
     #[serde(default, with = "humantime_serde")]
     heartbeat: Option<Duration>,
     max_subscribers: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    max_token_lifetime: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +195,7 @@ pub struct SseConfig {
     pub token_secret: Option<Secret>,
     pub heartbeat: Duration,
     pub max_subscribers: usize,
+    pub max_token_lifetime: Duration,
 }
 
 /// One `[[webhook]]` endpoint.
@@ -286,6 +291,10 @@ impl Config {
                     token_secret,
                     heartbeat: f.sse.heartbeat.unwrap_or(DEFAULT_SSE_HEARTBEAT),
                     max_subscribers: f.sse.max_subscribers.unwrap_or(DEFAULT_SSE_MAX_SUBSCRIBERS),
+                    max_token_lifetime: f
+                        .sse
+                        .max_token_lifetime
+                        .unwrap_or(DEFAULT_SSE_MAX_TOKEN_LIFETIME),
                 }
             },
             webhooks: f
@@ -312,6 +321,7 @@ impl Config {
         positive("backoff_initial", self.backoff_initial)?;
         positive("sse.heartbeat", self.sse.heartbeat)?;
         positive("http.header_timeout", self.http.header_timeout)?;
+        positive("sse.max_token_lifetime", self.sse.max_token_lifetime)?;
         // Beyond this, clock arithmetic overflows (a timer's deadline, a PostgreSQL interval)
         // and no deployment means it.
         let durations = [
@@ -327,6 +337,7 @@ impl Config {
             ),
             ("sse.heartbeat", Some(self.sse.heartbeat)),
             ("http.header_timeout", Some(self.http.header_timeout)),
+            ("sse.max_token_lifetime", Some(self.sse.max_token_lifetime)),
         ];
         for (key, d) in durations {
             if d.is_some_and(|d| d > MAX_DURATION) {

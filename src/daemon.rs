@@ -55,6 +55,7 @@ impl Daemon {
                 ),
                 heartbeat: cfg.sse.heartbeat,
                 retention: cfg.retention,
+                max_token_lifetime: cfg.sse.max_token_lifetime,
                 streams: http::limits::Gate::new(
                     "sse",
                     "sse.max_subscribers",

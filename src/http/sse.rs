@@ -54,6 +54,8 @@ pub struct SseState {
     pub heartbeat: Duration,
     /// COMPLETED rows older than this may be gone: older cursors cannot resume exactly.
     pub retention: Option<Duration>,
+    /// The longest a subscriber token may live (`sse.max_token_lifetime`).
+    pub max_token_lifetime: Duration,
     /// Streams open now, at most `sse.max_subscribers`.
     pub streams: super::limits::Gate,
 }
@@ -83,7 +85,12 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let token = bearer.or(params.access_token.as_deref());
-    let grant = match authorize(&sse.key, token, params.types.as_deref()) {
+    let grant = match authorize(
+        &sse.key,
+        token,
+        params.types.as_deref(),
+        sse.max_token_lifetime,
+    ) {
         Ok(g) => g,
         Err(Denied::Unauthorized(m)) => {
             return (StatusCode::UNAUTHORIZED, m + "\n").into_response()

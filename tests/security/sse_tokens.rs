@@ -120,6 +120,34 @@ fn refused_tokens() -> Vec<(&'static str, String)> {
         ),
         ("no exp", forge(HS256, r#"{"org_id":"org_a"}"#, hs256)),
         (
+            "nbf in the future",
+            forge(
+                HS256,
+                &format!(r#"{{"org_id":"org_a","exp":{far},"nbf":{}}}"#, now() + 600),
+                hs256,
+            ),
+        ),
+        (
+            "iat in the future",
+            forge(
+                HS256,
+                &format!(r#"{{"org_id":"org_a","exp":{far},"iat":{}}}"#, now() + 600),
+                hs256,
+            ),
+        ),
+        (
+            "exp 10^18 (no maximum lifetime)",
+            forge(
+                HS256,
+                r#"{"org_id":"org_a","exp":1000000000000000000}"#,
+                hs256,
+            ),
+        ),
+        (
+            "a lifetime of 2 days (over sse.max_token_lifetime)",
+            forge(HS256, &claims("org_a", 2 * 86_400), hs256),
+        ),
+        (
             "exp as a string",
             forge(
                 HS256,
@@ -200,7 +228,22 @@ fn assert_refused_as_too_large(what: &str, status: Option<u16>) {
 async fn status_of(base: &str, token: Option<&str>, query: &str) -> u16 {
     match connect(base, token, query, None).await {
         Ok(_) => 200,
-        Err(refused) => refused.status,
+        Err(refused) => {
+            // Our own words, never the decoder's (serde's "unknown variant ..., expected one
+            // of ...", base64 positions).
+            let body = &refused.body;
+            if refused.status == 401 {
+                assert!(
+                    body.starts_with("invalid token: ") || body.starts_with("missing token"),
+                    "{body}"
+                );
+                assert!(
+                    !body.contains("variant") && !body.contains("expected"),
+                    "{body}"
+                );
+            }
+            refused.status
+        }
     }
 }
 
