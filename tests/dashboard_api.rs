@@ -318,3 +318,46 @@ async fn open_dashboards_add_a_bounded_number_of_queries() {
     );
     relay.stop().await.unwrap();
 }
+
+/// Issue 15.8: bad input is a 400 in our words; the database's error text (which names
+/// columns, types and values) never reaches the client.
+#[tokio::test]
+async fn bad_search_input_is_a_400_without_the_databases_words() {
+    let db = TestDb::new().await;
+    let (_, relay) = db.start_relay("").await;
+    let base = relay.http_url();
+    let forged = outbox_relay::db::browse::encode_cursor("yesterday", "x");
+    for (what, path, says) in [
+        (
+            "a cursor the dashboard did not make",
+            format!("/api/events?before={forged}"),
+            "cursor",
+        ),
+        (
+            "a NUL in a filter",
+            "/api/events?org=a%00b".to_owned(),
+            "NUL",
+        ),
+        (
+            "a NUL in an event id",
+            "/api/events/a%00b".to_owned(),
+            "cannot be used",
+        ),
+    ] {
+        let (status, body) = get(&format!("{base}{path}"), None).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{what}: {error}");
+        for internal in [
+            "syntax",
+            "encoding",
+            "0x00",
+            "timestamp",
+            "SQLSTATE",
+            "db error",
+        ] {
+            assert!(!error.contains(internal), "{what}: {error}");
+        }
+    }
+    relay.stop().await.unwrap();
+}

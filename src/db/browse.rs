@@ -103,10 +103,16 @@ fn decode_cursor(c: &str) -> Result<(String, String), BadSearch> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(c)
         .ok()
-        .and_then(|raw| serde_json::from_slice(&raw).ok())
+        .and_then(|raw| serde_json::from_slice::<(String, String)>(&raw).ok())
+        // The time as PostgreSQL printed it, e.g. `2026-11-25 10:00:00.123456+00`.
+        .filter(|(at, id)| {
+            chrono::DateTime::parse_from_str(at, "%Y-%m-%d %H:%M:%S%.f%#z").is_ok()
+                && !id.contains('\0')
+        })
         .ok_or_else(|| BadSearch("`before` is not a cursor this dashboard made".into()))
 }
 
+/// The value, trimmed, unless empty. PostgreSQL text cannot hold NUL.
 fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
@@ -115,6 +121,25 @@ impl Search {
     /// Newest first. Returns one row more than the page, to know whether there is a next.
     /// Columns: the event's JSON, created_at as text, id as text.
     pub fn to_sql(&self, table: &str, shape: &TableShape) -> Result<SearchSql, BadSearch> {
+        let fields = [
+            &self.id,
+            &self.event_type,
+            &self.org,
+            &self.entity_type,
+            &self.entity_id,
+            &self.status,
+            &self.from,
+            &self.to,
+            &self.before,
+        ];
+        if fields
+            .iter()
+            .any(|f| f.as_deref().is_some_and(|v| v.contains('\0')))
+        {
+            return Err(BadSearch(
+                "search values must not contain NUL characters".into(),
+            ));
+        }
         let mut conds: Vec<String> = Vec::new();
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
         let bind = |params: &mut Vec<Box<dyn ToSql + Sync + Send>>,
@@ -283,5 +308,8 @@ mod tests {
             ("2026-11-25 10:00:00.123456+00".into(), "abc".into())
         );
         assert!(decode_cursor("not-a-cursor").is_err());
+        // Well-formed, but not a time PostgreSQL printed: refused here, not by the database.
+        assert!(decode_cursor(&encode_cursor("yesterday", "abc")).is_err());
+        assert!(decode_cursor(&encode_cursor("2026-11-25 10:00:00+00", "a\0b")).is_err());
     }
 }

@@ -145,6 +145,16 @@ pub fn has_sql_state(e: &anyhow::Error, states: &[tokio_postgres::error::SqlStat
         .any(|c| states.contains(c))
 }
 
+/// Whether a database error is a data exception (SQLSTATE class 22: a value the statement
+/// could not take, such as a NUL byte in text or a timestamp that does not parse): the
+/// input's fault, not the database's.
+pub fn is_data_exception(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .filter_map(|e| e.code())
+        .any(|c| c.code().starts_with("22"))
+}
+
 /// The relay's pool (see [`pool_of`]).
 pub fn pool(url: &Secret) -> anyhow::Result<Pool> {
     pool_of(url, POOL_SIZE, None)

@@ -70,8 +70,20 @@ fn queries(app: &App) -> Result<&Arc<Queries>, ApiError> {
         .ok_or_else(|| unavailable("the outbox table is not known yet"))
 }
 
+/// A failure that is not the request's fault. The database's own words (which can name
+/// tables, columns and values) go to the relay's log, not to the client.
 fn internal(e: anyhow::Error) -> ApiError {
-    ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))
+    if crate::db::is_data_exception(&e) {
+        return ApiError(
+            StatusCode::BAD_REQUEST,
+            "a value in the request cannot be used (not valid text, time or number)".into(),
+        );
+    }
+    tracing::warn!(error = format!("{e:#}"), "dashboard request failed");
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the database did not answer as expected; the relay's log has the details".into(),
+    )
 }
 
 fn json_response<T: Serialize>(v: &T) -> Response {
