@@ -44,7 +44,8 @@ impl Daemon {
             true => Some(SseState {
                 hub: hub.clone(),
                 pool: crate::db::pool_of(&cfg.database_url, crate::db::SSE_POOL_SIZE, Some("sse"))?,
-                stream_sql: crate::db::queries::stream_read(&cfg.qualified_table()),
+                reader: crate::stream::read::Reader::new(&cfg),
+                catch_up: tokio::sync::Semaphore::new(http::sse::CATCH_UP_READS),
                 key: DecodingKey::from_secret(
                     cfg.sse
                         .token_secret

@@ -27,6 +27,7 @@ pub const UP: &str = "outbox_database_up";
 pub const OLDEST_TRANSACTION: &str = "outbox_db_oldest_transaction_seconds";
 pub const HTTP_REFUSED: &str = "outbox_http_refused_total";
 pub const HTTP_CONNECTIONS: &str = "outbox_http_connections";
+pub const SSE_SKIPPED: &str = "outbox_sse_skipped_total";
 
 /// The queue gauges are at most this old.
 pub const QUEUE_REFRESH: Duration = Duration::from_secs(5);
@@ -88,6 +89,11 @@ fn describe() {
         "HTTP clients answered 503 because a limit was reached (limit: connections, sse)."
     );
     describe_gauge!(HTTP_CONNECTIONS, "HTTP connections open now.");
+    describe_counter!(
+        SSE_SKIPPED,
+        "Events the SSE tail read but no stream can carry (reason: event_type_line_break, \
+         no_event_type, bad_payload), counted once per relay."
+    );
     describe_counter!(RETENTION_DELETED, "COMPLETED rows deleted by retention.");
     describe_gauge!(UP, "1 while the last database round trip succeeded.");
     describe_gauge!(

@@ -34,23 +34,6 @@ async fn publish(
     ids
 }
 
-/// `n` events of `org` in one transaction, in insertion order.
-async fn publish_many(client: &tokio_postgres::Client, org: &str, n: usize) -> Vec<String> {
-    client
-        .query(
-            "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload)
-             SELECT 'BULK.EVENT', $1, jsonb_build_object('n', g)
-               FROM generate_series(1, $2::int) g ORDER BY g
-             RETURNING id::text",
-            &[&org, &(n as i32)],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 fn ids(messages: &[Message]) -> Vec<String> {
     messages.iter().map(Message::event_id).collect()
 }
@@ -545,4 +528,43 @@ async fn t1_open_t2_committed<'a>(
         .await
         .remove(0);
     (t1, e1, e2)
+}
+
+/// Issue 15.10: a type with a line break cannot be an SSE `event:` name. Webhooks get such
+/// events; streams leave them out, and say so (a warning and a counter), instead of
+/// dropping them quietly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_no_stream_can_carry_are_counted_and_webhooks_still_get_them() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let relay = sse_relay(&db, &webhook_toml("main", &rx.url)).await;
+    let base = relay.http_url();
+    let mut sub = connect(&base, Some(&token("org_a", None)), "", None)
+        .await
+        .unwrap();
+    let client = db.client().await;
+    let odd = publish(
+        &client,
+        &[
+            (Some("org_a"), "LINE\nBREAK"),
+            (Some("org_a"), "CARRIAGE\rRETURN"),
+        ],
+        "{}",
+    )
+    .await;
+    let fine = publish(&client, &[(Some("org_a"), "FINE.EVENT")], "{}").await;
+    assert_eq!(
+        ids(&sub.take(1).await),
+        fine,
+        "the odd ones are not streamed"
+    );
+    sub.assert_quiet(QUIET).await;
+    let all: Vec<String> = odd.iter().chain(&fine).cloned().collect();
+    rx.wait_accepted(&all).await;
+    let (_, metrics) = http_get(&format!("{base}/metrics")).await;
+    let skipped = metrics.lines().find_map(|l| {
+        l.strip_prefix("outbox_sse_skipped_total{reason=\"event_type_line_break\"} ")
+    });
+    assert_eq!(skipped, Some("2"), "{metrics}");
+    relay.stop().await.unwrap();
 }

@@ -108,7 +108,7 @@ pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
         crate::stream::cursor::Snapshot::empty(),
         chrono::Utc::now().timestamp(),
     )
-    .encode();
+    .encode(&crate::stream::read::Reader::new(&cfg).key, "org_acme");
 
     eprintln!();
     eprintln!("  database   {}", crate::secret::redact_url(&url));

@@ -44,12 +44,20 @@ pub const SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(10);
 const CATCH_UP_PAGE: usize = 500;
 /// The reconnection delay clients are told to use.
 const RETRY_MS: u64 = 2000;
+/// Catch-up reads running at once on this relay, whatever the number of subscribers
+/// resuming: the rest wait their turn, one page at a time. Half the SSE pool, so that new
+/// subscribers can still take their starting snapshot while a crowd catches up, and so
+/// that one token's replays cost the database at most this many busy backends.
+pub const CATCH_UP_READS: usize = crate::db::SSE_POOL_SIZE / 2;
 
 /// What the SSE endpoint needs.
 pub struct SseState {
     pub hub: Arc<Hub>,
     pub pool: Pool,
-    pub stream_sql: String,
+    /// The stream statement and the key cursors are signed with.
+    pub reader: read::Reader,
+    /// At most [`CATCH_UP_READS`] catch-up reads at once.
+    pub catch_up: Semaphore,
     pub key: DecodingKey,
     pub heartbeat: Duration,
     /// COMPLETED rows older than this may be gone: older cursors cannot resume exactly.
@@ -102,7 +110,8 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .or(params.last_event_id.as_deref())
         .filter(|s| !s.trim().is_empty());
-    let resume = match resume.map(Cursor::decode).transpose() {
+    let resume = resume.map(|c| Cursor::decode(c, &sse.reader.key, &grant.org_id));
+    let resume = match resume.transpose() {
         Ok(c) => c,
         Err(e) => {
             return (StatusCode::BAD_REQUEST, format!("Last-Event-ID: {e}\n")).into_response()
@@ -313,7 +322,7 @@ impl Forwarder<'_> {
             if self.grant.wants(&e.event_type) {
                 frames.push(match &own {
                     None => e.frame.clone(),
-                    Some(c) => e.frame_at(c),
+                    Some(c) => e.frame_at(c, &self.sse.reader.key),
                 });
             }
             *cursor = own.unwrap_or_else(|| (*e.cursor).clone());
@@ -325,10 +334,12 @@ impl Forwarder<'_> {
     async fn catch_up(&mut self, cursor: &mut Cursor) -> anyhow::Result<Option<Stop>> {
         loop {
             let page = {
+                // Fair: subscribers waiting to read take turns, page by page.
+                let _turn = self.sse.catch_up.acquire().await.expect("never closed");
                 let client = self.sse.pool.get().await?;
                 read::next_page(
                     &client,
-                    &self.sse.stream_sql,
+                    &self.sse.reader,
                     cursor,
                     Some(&self.grant.org_id),
                     CATCH_UP_PAGE,

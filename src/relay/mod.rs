@@ -294,7 +294,7 @@ impl Relay {
             wakers.push(wake.clone());
             tokio::spawn(crate::stream::tail::run(
                 self.pool.clone(),
-                self.queries.stream_read.clone(),
+                crate::stream::read::Reader::new(&self.cfg),
                 hub,
                 wake,
                 rounds.clone(),

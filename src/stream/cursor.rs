@@ -16,10 +16,62 @@
 //! that snapshot can fall between the two the tail is walking: then the tail's position does
 //! not cover everything already sent, and [`Cursor::advance`] keeps the subscriber's own base
 //! until it is level with the tail.
+//!
+//! Cursors are authenticated ([`CursorKey`]): a cursor decides how far back a subscriber's
+//! read goes and how large its snapshot lists are, so a hand-made one could ask the
+//! database for an org's whole history, or make every read probe thousands of transaction
+//! ids. Only cursors a relay of the deployment issued, for the same org, are accepted.
 
 use std::fmt;
+use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The longest `Last-Event-ID` accepted, checked before anything else. A cursor holds two
+/// snapshots whose lists name the transactions in progress when they were taken: this fits
+/// about 1,000 ten-digit ids in each, far more than a server with the default
+/// `max_connections` can have.
+pub const MAX_CURSOR_LEN: usize = 32 * 1024;
+/// Bytes of HMAC-SHA256 kept in a cursor.
+const TAG_LEN: usize = 16;
+
+/// The key cursors are signed with, derived from `sse.token_secret`: every relay of a
+/// deployment has it, and keeps it across restarts, so a subscriber resumes on any of them.
+/// (Changing the token secret therefore invalidates the cursors issued before.)
+#[derive(Clone)]
+pub struct CursorKey(Arc<Hmac<Sha256>>);
+
+impl CursorKey {
+    pub fn derive(token_secret: &[u8]) -> Self {
+        // Its own key, not the token secret itself: a MAC made for one purpose is never
+        // valid for the other.
+        let mut kdf = Hmac::<Sha256>::new_from_slice(token_secret).expect("any key length");
+        kdf.update(b"outbox-relay SSE cursor key v2");
+        let key = kdf.finalize().into_bytes();
+        Self(Arc::new(
+            Hmac::<Sha256>::new_from_slice(&key).expect("any key length"),
+        ))
+    }
+
+    /// The MAC of a cursor's text for one org: a cursor is valid only for the org whose
+    /// subscriber it was issued to.
+    fn mac(&self, org: &str, text: &str) -> Hmac<Sha256> {
+        let mut mac = (*self.0).clone();
+        mac.update(&(org.len() as u64).to_be_bytes());
+        mac.update(org.as_bytes());
+        mac.update(text.as_bytes());
+        mac
+    }
+}
+
+impl fmt::Debug for CursorKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CursorKey(..)")
+    }
+}
 
 /// A `pg_snapshot`: transactions below `xmin` are finished, those at or above `xmax` had not
 /// started, and those in `xip` were in progress.
@@ -181,26 +233,46 @@ impl Cursor {
         }
     }
 
-    /// The opaque text clients echo back in `Last-Event-ID`.
-    pub fn encode(&self) -> String {
+    /// The opaque text clients echo back in `Last-Event-ID`: the position and its MAC for
+    /// `org`.
+    pub fn encode(&self, key: &CursorKey, org: &str) -> String {
         let text = match &self.next {
-            None => format!("1|{}|{}", self.at, self.base),
-            Some((next, seq)) => format!("1|{}|{}|{}|{}", self.at, self.base, next, seq),
+            None => format!("2|{}|{}", self.at, self.base),
+            Some((next, seq)) => format!("2|{}|{}|{}|{}", self.at, self.base, next, seq),
         };
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+        let tag = key.mac(org, &text).finalize().into_bytes();
+        format!("{}.{}", B64.encode(&text), B64.encode(&tag[..TAG_LEN]))
     }
 
-    pub fn decode(s: &str) -> Result<Self, BadCursor> {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s.trim())
+    /// A cursor [`Cursor::encode`] made for `org` with this key; anything else (another
+    /// org's cursor, an earlier release's unsigned one, an edited or oversized one) is
+    /// refused before it is parsed.
+    pub fn decode(s: &str, key: &CursorKey, org: &str) -> Result<Self, BadCursor> {
+        let s = s.trim();
+        if s.len() > MAX_CURSOR_LEN {
+            return Err(BadCursor);
+        }
+        let (text, tag) = s.split_once('.').ok_or(BadCursor)?;
+        let text =
+            String::from_utf8(B64.decode(text).map_err(|_| BadCursor)?).map_err(|_| BadCursor)?;
+        let tag = B64.decode(tag).map_err(|_| BadCursor)?;
+        if tag.len() != TAG_LEN {
+            return Err(BadCursor);
+        }
+        // Constant time.
+        key.mac(org, &text)
+            .verify_truncated_left(&tag)
             .map_err(|_| BadCursor)?;
-        let text = String::from_utf8(bytes).map_err(|_| BadCursor)?;
+        Self::parse(&text)
+    }
+
+    fn parse(text: &str) -> Result<Self, BadCursor> {
         let parts: Vec<&str> = text.split('|').collect();
         let snap = |s: &str| Snapshot::parse(s).ok_or(BadCursor);
         let at = |s: &str| s.parse::<i64>().map_err(|_| BadCursor);
         match parts.as_slice() {
-            ["1", t, base] => Ok(Self::at_snapshot(snap(base)?, at(t)?)),
-            ["1", t, base, next, seq] => {
+            ["2", t, base] => Ok(Self::at_snapshot(snap(base)?, at(t)?)),
+            ["2", t, base, next, seq] => {
                 let (base, next) = (snap(base)?, snap(next)?);
                 // `next` is always the later snapshot.
                 if next.xmin < base.xmin || next.xmax < base.xmax {
@@ -221,6 +293,10 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key() -> CursorKey {
+        CursorKey::derive(b"test secret")
+    }
 
     fn snap(s: &str) -> Snapshot {
         Snapshot::parse(s).unwrap()
@@ -253,16 +329,19 @@ mod tests {
             next: Some((snap("102:110:102"), 57)),
             at: 1_764_000_000,
         };
-        let text = c.encode();
+        let text = c.encode(&key(), "org_a");
         assert!(!text.contains('\n') && !text.contains(':'));
-        assert_eq!(Cursor::decode(&text).unwrap(), c);
+        assert_eq!(Cursor::decode(&text, &key(), "org_a").unwrap(), c);
         assert!(c.covers(100, 999), "visible in base");
         assert!(c.covers(101, 57), "new in next, up to seq");
         assert!(!c.covers(101, 58), "new in next, past seq");
         assert!(!c.covers(102, 1), "still in progress in next");
         assert!(!c.covers(110, 1), "after next");
         let plain = Cursor::at_snapshot(snap("5:9:6"), 1);
-        assert_eq!(Cursor::decode(&plain.encode()).unwrap(), plain);
+        assert_eq!(
+            Cursor::decode(&plain.encode(&key(), "o"), &key(), "o").unwrap(),
+            plain
+        );
     }
 
     #[test]
@@ -310,7 +389,10 @@ mod tests {
         assert_eq!(pos.at, 8);
         assert!(pos.covers(100, 1) && pos.covers(101, 2));
         assert!(!pos.covers(102, 3), "102's row is still to come");
-        assert_eq!(Cursor::decode(&pos.encode()).unwrap(), pos);
+        assert_eq!(
+            Cursor::decode(&pos.encode(&key(), "o"), &key(), "o").unwrap(),
+            pos
+        );
         // Then 102's row (seq 3), inside the same difference: still its own position.
         let Advance::Ahead(pos) = pos.advance(&after(3)) else {
             panic!("inside the same difference");
@@ -367,8 +449,57 @@ mod tests {
 
     #[test]
     fn decode_rejects_foreign_text() {
-        for bad in ["", "abc", "MXwx", "!!!", "MXwxfDE6MTo="] {
-            assert_eq!(Cursor::decode(bad), Err(BadCursor), "{bad}");
+        for bad in [
+            "",
+            "abc",
+            "MXwx",
+            "!!!",
+            "MXwxfDE6MTo=",
+            "MnwxfDE6MTo.",
+            ".",
+        ] {
+            assert_eq!(Cursor::decode(bad, &key(), "o"), Err(BadCursor), "{bad}");
         }
+    }
+
+    /// Only what a relay with the same key issued for the same org: not another org's
+    /// cursor, not one signed with another key, not an edited one (from the start of the
+    /// table), not an earlier release's unsigned one, nothing over the size limit.
+    #[test]
+    fn decode_accepts_only_cursors_issued_for_the_org() {
+        let c = Cursor::at_snapshot(snap("1000:1004:1001"), 1_764_000_000);
+        let issued = c.encode(&key(), "org_a");
+        assert_eq!(Cursor::decode(&issued, &key(), "org_a"), Ok(c.clone()));
+        assert_eq!(Cursor::decode(&issued, &key(), "org_b"), Err(BadCursor));
+        let other = CursorKey::derive(b"another secret");
+        assert_eq!(Cursor::decode(&issued, &other, "org_a"), Err(BadCursor));
+        let (_, tag) = issued.split_once('.').unwrap();
+        let edited = format!("{}.{tag}", B64.encode("2|1764000000|1:1:"));
+        assert_eq!(Cursor::decode(&edited, &key(), "org_a"), Err(BadCursor));
+        let unsigned = B64.encode("1|1764000000|1:1:");
+        assert_eq!(Cursor::decode(&unsigned, &key(), "org_a"), Err(BadCursor));
+        let mut short_tag = issued.clone();
+        short_tag.pop();
+        assert_eq!(Cursor::decode(&short_tag, &key(), "org_a"), Err(BadCursor));
+        // Large snapshots are fine up to the limit, refused past it even when signed.
+        let big = |n: u64| {
+            let first = 3_000_000_000u64; // ids as wide as a busy server's
+            let xip = (first..first + n)
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>();
+            let s = snap(&format!("{first}:{}:{}", first + n + 1, xip.join(",")));
+            Cursor {
+                base: s.clone(),
+                next: Some((s, 7)),
+                at: 1,
+            }
+        };
+        let fits = big(1000);
+        let encoded = fits.encode(&key(), "o");
+        assert!(encoded.len() <= MAX_CURSOR_LEN, "{}", encoded.len());
+        assert_eq!(Cursor::decode(&encoded, &key(), "o"), Ok(fits));
+        let too_big = big(3000).encode(&key(), "o");
+        assert!(too_big.len() > MAX_CURSOR_LEN);
+        assert_eq!(Cursor::decode(&too_big, &key(), "o"), Err(BadCursor));
     }
 }

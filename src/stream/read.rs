@@ -8,8 +8,31 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::config::Config;
 use crate::event::ClaimedEvent;
-use crate::stream::cursor::{Cursor, Snapshot};
+use crate::stream::cursor::{Cursor, CursorKey, Snapshot};
+
+/// How streams read the table: the statement, and the key their cursors are signed with.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    pub sql: String,
+    pub key: CursorKey,
+}
+
+impl Reader {
+    /// For a config with SSE enabled (which requires a token secret).
+    pub fn new(cfg: &Config) -> Self {
+        let secret = cfg
+            .sse
+            .token_secret
+            .as_ref()
+            .expect("validated: enabled SSE has a token secret");
+        Self {
+            sql: crate::db::queries::stream_read(&cfg.qualified_table()),
+            key: CursorKey::derive(secret.expose().as_bytes()),
+        }
+    }
+}
 
 /// One event as streams send it: the SSE frame is built once and shared by every subscriber.
 #[derive(Debug, Clone)]
@@ -27,14 +50,14 @@ pub struct StreamEvent {
 impl StreamEvent {
     /// The frame with `cursor` as its id instead of the tail's position, for a subscriber
     /// whose position differs ([`crate::stream::cursor::Advance::Ahead`]).
-    pub fn frame_at(&self, cursor: &Cursor) -> Bytes {
+    pub fn frame_at(&self, cursor: &Cursor, key: &CursorKey) -> Bytes {
         // The frame starts with the `id:` line; the id never holds a line break.
         let rest = self
             .frame
             .iter()
             .position(|&b| b == b'\n')
             .map_or(&self.frame[..], |at| &self.frame[at..]);
-        let id = cursor.encode();
+        let id = cursor.encode(key, &self.org_id);
         let mut out = Vec::with_capacity(4 + id.len() + rest.len());
         out.extend_from_slice(b"id: ");
         out.extend_from_slice(id.as_bytes());
@@ -55,12 +78,12 @@ pub struct Page {
 /// Reads up to `limit` events after `cursor`, of one org or (None) of all.
 pub async fn next_page(
     client: &deadpool_postgres::Client,
-    sql: &str,
+    reader: &Reader,
     cursor: &Cursor,
     org: Option<&str>,
     limit: usize,
 ) -> anyhow::Result<Page> {
-    let stmt = client.prepare_cached(sql).await?;
+    let stmt = client.prepare_cached(&reader.sql).await?;
     let base = cursor.base.to_string();
     let (next, after) = match &cursor.next {
         Some((next, seq)) => (Some(next.to_string()), *seq),
@@ -124,7 +147,15 @@ pub async fn next_page(
             } else {
                 within(*seq)
             };
-            stream_event(ev, *xid, *seq, position)
+            stream_event(ev, *xid, *seq, position, &reader.key)
+                .map_err(|why| {
+                    // The tail reads every row once per relay: say it there, not once per
+                    // subscriber catching up.
+                    if org.is_none() {
+                        why.report(&ev.id);
+                    }
+                })
+                .ok()
         })
         .collect();
     Ok(Page {
@@ -148,19 +179,57 @@ pub async fn now(client: &deadpool_postgres::Client) -> anyhow::Result<Cursor> {
     Ok(Cursor::at_snapshot(snapshot, row.get(1)))
 }
 
-/// Builds the stream form of a row, or None for a row no stream can carry (no type, a type
-/// with a line break, which would break SSE framing).
-fn stream_event(ev: &ClaimedEvent, xid: u64, seq: i64, cursor: Cursor) -> Option<StreamEvent> {
-    let (event_type, data) = ev.validate().ok()?;
-    if event_type.contains(['\n', '\r']) {
-        return None;
+/// Why a row cannot be streamed (webhooks still get it when it has a type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unstreamable {
+    NoType,
+    BadPayload,
+    /// SSE's `event:` field ends at a line break: the rest would become fields of its own.
+    LineBreakInType,
+}
+
+impl Unstreamable {
+    /// Logs and counts a row left out of every stream, so that nothing is dropped quietly.
+    fn report(self, event_id: &str) {
+        let (reason, why) = match self {
+            Self::NoType => ("no_event_type", "its event_type is NULL"),
+            Self::BadPayload => ("bad_payload", "its payload is not JSON"),
+            Self::LineBreakInType => (
+                "event_type_line_break",
+                "its event_type holds a line break, which SSE cannot carry",
+            ),
+        };
+        tracing::warn!(
+            event_id,
+            reason,
+            "event not sent to SSE subscribers: {why} (webhooks get it if it has a type)"
+        );
+        metrics::counter!(crate::metrics::SSE_SKIPPED, "reason" => reason).increment(1);
     }
+}
+
+/// Builds the stream form of a row.
+fn stream_event(
+    ev: &ClaimedEvent,
+    xid: u64,
+    seq: i64,
+    cursor: Cursor,
+    key: &CursorKey,
+) -> Result<StreamEvent, Unstreamable> {
+    let (event_type, data) = ev.validate().map_err(|e| match e {
+        crate::event::InvalidEvent::NoType => Unstreamable::NoType,
+        crate::event::InvalidEvent::BadPayload(_) => Unstreamable::BadPayload,
+    })?;
+    if event_type.contains(['\n', '\r']) {
+        return Err(Unstreamable::LineBreakInType);
+    }
+    let org_id = ev.org_id.as_deref().unwrap_or_default();
     let body = ev.envelope(event_type, &data, None);
-    let frame = frame(&cursor, event_type, &body);
-    Some(StreamEvent {
+    let frame = frame(&cursor.encode(key, org_id), event_type, &body);
+    Ok(StreamEvent {
         xid,
         seq,
-        org_id: ev.org_id.as_deref().unwrap_or_default().into(),
+        org_id: org_id.into(),
         event_type: event_type.into(),
         cursor: Arc::new(cursor),
         frame,
@@ -172,8 +241,7 @@ fn stream_event(ev: &ClaimedEvent, xid: u64, seq: i64, cursor: Cursor) -> Option
 /// only be whitespace between tokens, so each line goes on a `data:` line of its own; a
 /// client joins them with "\n" and reads the same JSON. (One `data:` line holding a line
 /// break would end the field there and lose the rest.)
-fn frame(cursor: &Cursor, event_type: &str, data: &[u8]) -> Bytes {
-    let id = cursor.encode();
+fn frame(id: &str, event_type: &str, data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(id.len() + event_type.len() + data.len() + 24);
     out.extend_from_slice(b"id: ");
     out.extend_from_slice(id.as_bytes());
@@ -199,12 +267,15 @@ fn frame(cursor: &Cursor, event_type: &str, data: &[u8]) -> Bytes {
 mod tests {
     use super::*;
 
+    fn key() -> CursorKey {
+        CursorKey::derive(b"k")
+    }
+
     #[test]
     fn frames_are_sse_messages() {
-        let c = Cursor::at_snapshot(Snapshot::empty(), 1);
-        let f = frame(&c, "PROJECT.UPDATED", br#"{"a":1}"#);
+        let f = frame("c1", "PROJECT.UPDATED", br#"{"a":1}"#);
         let text = std::str::from_utf8(&f).unwrap();
-        assert!(text.starts_with(&format!("id: {}\nevent: PROJECT.UPDATED\n", c.encode())));
+        assert!(text.starts_with("id: c1\nevent: PROJECT.UPDATED\n"));
         assert!(text.ends_with("\ndata: {\"a\":1}\n\n"));
     }
 
@@ -219,15 +290,25 @@ mod tests {
         };
         let tail = Cursor::at_snapshot(Snapshot::empty(), 1);
         let mine = Cursor::at_snapshot(Snapshot::parse("5:9:6").unwrap(), 2);
-        let e = stream_event(&ev, 5, 1, tail).unwrap();
-        let again = stream_event(&ev, 5, 1, mine.clone()).unwrap();
-        assert_eq!(e.frame_at(&mine), again.frame);
+        let e = stream_event(&ev, 5, 1, tail, &key()).unwrap();
+        let again = stream_event(&ev, 5, 1, mine.clone(), &key()).unwrap();
+        assert_eq!(e.frame_at(&mine, &key()), again.frame);
+        let id = std::str::from_utf8(&again.frame)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap();
+        let id = id.strip_prefix("id: ").unwrap();
+        assert_eq!(
+            Cursor::decode(id, &key(), "o"),
+            Ok(mine),
+            "signed for the event's org"
+        );
     }
 
     #[test]
     fn line_breaks_in_data_become_data_lines() {
-        let c = Cursor::at_snapshot(Snapshot::empty(), 1);
-        let f = frame(&c, "T", b"{\"a\":\n1,\r\n\"b\":\r2}");
+        let f = frame("c", "T", b"{\"a\":\n1,\r\n\"b\":\r2}");
         let text = std::str::from_utf8(&f).unwrap();
         assert!(
             text.ends_with("\nevent: T\ndata: {\"a\":\ndata: 1,\ndata: \"b\":\ndata: 2}\n\n"),
@@ -245,9 +326,15 @@ mod tests {
             ..ClaimedEvent::default()
         };
         let c = Cursor::at_snapshot(Snapshot::empty(), 1);
-        assert!(stream_event(&ev(Some("A\nB")), 5, 1, c.clone()).is_none());
-        assert!(stream_event(&ev(None), 5, 1, c.clone()).is_none());
-        let ok = stream_event(&ev(Some("A.B")), 5, 1, c).unwrap();
+        for (t, why) in [
+            (Some("A\nB"), Unstreamable::LineBreakInType),
+            (Some("A\rB"), Unstreamable::LineBreakInType),
+            (None, Unstreamable::NoType),
+        ] {
+            let got = stream_event(&ev(t), 5, 1, c.clone(), &key());
+            assert_eq!(got.err(), Some(why), "{t:?}");
+        }
+        let ok = stream_event(&ev(Some("A.B")), 5, 1, c, &key()).unwrap();
         assert!(!std::str::from_utf8(&ok.frame).unwrap().contains("attempt"));
     }
 }

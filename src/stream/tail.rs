@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::relay::rounds::Rounds;
 use crate::stream::cursor::Cursor;
-use crate::stream::read;
+use crate::stream::read::{self, Reader};
 use crate::stream::Hub;
 
 /// Rows per read.
@@ -23,7 +23,7 @@ pub const PAGE: usize = 1000;
 /// follows its first round at least `poll` after the last read.
 pub async fn run(
     pool: Pool,
-    sql: String,
+    reader: Reader,
     hub: Arc<Hub>,
     wake: Arc<Notify>,
     mut rounds: Rounds,
@@ -33,7 +33,7 @@ pub async fn run(
     let mut cursor: Option<Cursor> = None;
     let mut failures: u32 = 0;
     loop {
-        let result = step(&pool, &sql, &mut cursor, &hub).await;
+        let result = step(&pool, &reader, &mut cursor, &hub).await;
         let mut last_read = Some(Instant::now());
         match result {
             Ok(true) => {
@@ -62,7 +62,7 @@ pub async fn run(
 /// Reads one page and publishes it; the cursor moves only on success. Returns `more`.
 async fn step(
     pool: &Pool,
-    sql: &str,
+    reader: &Reader,
     cursor: &mut Option<Cursor>,
     hub: &Hub,
 ) -> anyhow::Result<bool> {
@@ -72,7 +72,7 @@ async fn step(
             Some(c) => c.clone(),
             None => read::now(&client).await?,
         };
-        read::next_page(&client, sql, &current, None, PAGE).await
+        read::next_page(&client, reader, &current, None, PAGE).await
     };
     let page = match tokio::time::timeout(crate::db::CLIENT_DEADLINE, read).await {
         Ok(page) => page?,

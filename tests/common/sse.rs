@@ -184,3 +184,20 @@ impl SseClient {
         assert!(stray.is_empty(), "unexpected SSE messages: {stray:?}");
     }
 }
+
+/// `n` events of `org` in one transaction, in insertion order.
+pub async fn publish_many(client: &tokio_postgres::Client, org: &str, n: usize) -> Vec<String> {
+    client
+        .query(
+            "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload)
+             SELECT 'BULK.EVENT', $1, jsonb_build_object('n', g)
+               FROM generate_series(1, $2::int) g ORDER BY g
+             RETURNING id::text",
+            &[&org, &(n as i32)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}

@@ -3,6 +3,8 @@
 //!   command before anything reaches the database;
 //! - [`sse_tokens`]: forged, foreign, expired, malformed and oversized SSE tokens are refused,
 //!   and under load no subscriber sees another org's events;
+//! - [`sse_cursors`]: resume cursors a relay did not issue for the org are refused, and a
+//!   crowd resuming at once reads a few pages at a time;
 //! - [`config_fuzz`] and [`envelope_fuzz`]: property tests over the config parser and the
 //!   envelope and signature builder;
 //! - [`connections`]: idle and trickling clients are cut off, and connection and stream caps
@@ -18,6 +20,7 @@ mod connections;
 mod envelope_fuzz;
 mod identifiers;
 mod odd_payloads;
+mod sse_cursors;
 mod sse_tokens;
 
 /// Proptest settings: `n` cases (modest, so the suite stays quick on a small machine).
