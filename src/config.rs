@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::db::ident::Ident;
 use crate::deliver::signature::SigningKeys;
+use crate::http::host::AllowedHosts;
 use crate::secret::Secret;
 
 /// Default schema of the outbox table.
@@ -117,6 +118,8 @@ struct FileConfig {
 struct FileHttp {
     listen: Option<String>,
     admin_token: Option<String>,
+    metrics_token: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
     max_connections: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     header_timeout: Option<Duration>,
@@ -185,6 +188,10 @@ pub struct Config {
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub admin_token: Option<Secret>,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Secret>,
+    /// Host names answered besides IP literals and localhost (see `crate::http::host`).
+    pub allowed_hosts: AllowedHosts,
     pub max_connections: usize,
     pub header_timeout: Duration,
 }
@@ -277,6 +284,11 @@ impl Config {
                     .parse()
                     .map_err(|e| ConfigError::new("http.listen", format!("{e} (want ip:port)")))?,
                 admin_token: resolve_opt("http.admin_token", f.http.admin_token.as_deref())?,
+                metrics_token: resolve_opt("http.metrics_token", f.http.metrics_token.as_deref())?,
+                allowed_hosts: AllowedHosts::parse(
+                    f.http.allowed_hosts.as_deref().unwrap_or_default(),
+                )
+                .map_err(|m| ConfigError::new("http.allowed_hosts", m))?,
                 max_connections: f
                     .http
                     .max_connections

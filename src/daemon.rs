@@ -76,6 +76,8 @@ impl Daemon {
             queue: Default::default(),
             dashboard: http::dashboard::Dashboard::new(&cfg, shared.clone()),
             connections: connections.clone(),
+            allowed_hosts: Arc::new(cfg.http.allowed_hosts.clone()),
+            metrics_token: cfg.http.metrics_token.clone(),
         });
         let serving = http::Serving {
             connections,

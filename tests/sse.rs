@@ -371,8 +371,10 @@ async fn a_subscriber_that_never_reads_is_cut_off_and_others_are_unaffected() {
     let mut stuck = std::net::TcpStream::connect(relay.http_addr).unwrap();
     std::io::Write::write_all(
         &mut stuck,
-        format!("GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n\r\n")
-            .as_bytes(),
+        format!(
+            "GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {tok}\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .unwrap();
     // Once it has subscribed, it is owed every event below.

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod dashboard;
+pub mod host;
 pub mod limits;
 pub mod sse;
 
@@ -16,7 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -40,6 +42,10 @@ pub struct App {
     pub dashboard: dashboard::Dashboard,
     /// Connections open now, for `/metrics`.
     pub connections: Arc<limits::Gate>,
+    /// The `Host` names answered on every route ([`host`]).
+    pub allowed_hosts: Arc<host::AllowedHosts>,
+    /// `http.metrics_token`: `/metrics` needs it when set.
+    pub metrics_token: Option<crate::secret::Secret>,
 }
 
 /// How connections are served (see [`limits`]).
@@ -55,6 +61,7 @@ pub struct Serving {
 pub struct ConnKill(pub CancellationToken);
 
 pub fn router(app: Arc<App>) -> Router {
+    let hosts = app.allowed_hosts.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -62,6 +69,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/events", get(sse::events))
         .merge(dashboard::routes())
         .with_state(app)
+        // Outermost: before any route, including unknown ones.
+        .layer(axum::middleware::from_fn_with_state(hosts, host::check))
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
@@ -75,7 +84,17 @@ async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
 }
 
 /// Prometheus text. The queue gauges are refreshed here, at most every few seconds.
-async fn metrics(State(app): State<Arc<App>>) -> impl axum::response::IntoResponse {
+async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &app.metrics_token {
+        if !auth::bearer_is(&headers, token) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "/metrics needs Authorization: Bearer <http.metrics_token>\n",
+            )
+                .into_response();
+        }
+    }
     let handle = crate::metrics::handle();
     if app.health.database_up() {
         app.queue.refresh(&app.pool, &app.table).await;
@@ -91,6 +110,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl axum::response::IntoRespon
         )],
         handle.render(),
     )
+        .into_response()
 }
 
 /// Binds `http.listen`, with an error that says what to change.

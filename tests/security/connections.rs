@@ -59,7 +59,7 @@ async fn idle_trickling_and_kept_alive_connections_are_closed_after_the_header_t
     });
     // One request answered, then silence on the kept-alive connection.
     let mut kept = TcpStream::connect(addr).await.unwrap();
-    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: relay\r\n\r\n")
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
         .await
         .unwrap();
 

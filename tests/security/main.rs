@@ -7,6 +7,7 @@
 //!   crowd resuming at once reads a few pages at a time;
 //! - [`config_fuzz`] and [`envelope_fuzz`]: property tests over the config parser and the
 //!   envelope and signature builder;
+//! - [`hosts`]: a rebinding host name gets 421 on every route; `/metrics` can need a token;
 //! - [`connections`]: idle and trickling clients are cut off, and connection and stream caps
 //!   answer 503 while delivery goes on;
 //! - [`odd_payloads`]: payloads PostgreSQL stores (10 000 levels deep, 5 MB, line breaks in
@@ -18,6 +19,7 @@ mod common;
 mod config_fuzz;
 mod connections;
 mod envelope_fuzz;
+mod hosts;
 mod identifiers;
 mod odd_payloads;
 mod sse_cursors;

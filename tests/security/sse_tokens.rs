@@ -304,7 +304,7 @@ async fn forged_foreign_expired_malformed_and_oversized_tokens_are_refused_and_t
     // Oversized requests: refused at the HTTP layer, never parsed as a token.
     let huge = forge(HS256, &claims("org_a", 3600), hs256) + &"A".repeat(1 << 20);
     let head = |extra: &str, path: &str| {
-        format!("GET {path} HTTP/1.1\r\nHost: relay\r\n{extra}\r\n").into_bytes()
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n").into_bytes()
     };
     let header = head(&format!("Authorization: Bearer {huge}\r\n"), "/v1/events");
     assert_refused_as_too_large(

@@ -23,7 +23,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::relay::Shared;
@@ -100,17 +99,9 @@ impl Dashboard {
     /// Whether the request carries the admin token (compared as SHA-256 digests, so the
     /// time taken says nothing about the token).
     fn has_token(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.admin_token else {
-            return false;
-        };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        given.is_some_and(|g| {
-            Sha256::digest(g.as_bytes()) == Sha256::digest(token.expose().as_bytes())
-        })
+        self.admin_token
+            .as_ref()
+            .is_some_and(|token| super::auth::bearer_is(headers, token))
     }
 
     /// Whether `http.admin_token` is set (the page offers a login only then).
@@ -176,12 +167,8 @@ impl Dashboard {
 /// The Host header names the loopback interface (what a browser sends for 127.0.0.1:port
 /// or localhost:port; a rebinding attack sends its own domain).
 fn loopback_host(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+    let Some(name) = super::host::host_name(headers) else {
         return true; // HTTP/1.0 clients and tools: no browser omits it
-    };
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
     };
     name.eq_ignore_ascii_case("localhost")
         || name
