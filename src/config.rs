@@ -4,6 +4,7 @@
 //! [`Config::load`] applies the overrides, resolves secrets and validates everything, and every
 //! error names the key it is about. Defaults live here as named constants, documented once.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use serde::Deserialize;
 use crate::db::ident::Ident;
 use crate::deliver::signature::SigningKeys;
 use crate::http::host::AllowedHosts;
-use crate::secret::Secret;
+use crate::secret::{self, Secret};
 
 /// Default schema of the outbox table.
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -111,6 +112,36 @@ struct FileConfig {
     sse: FileSse,
     #[serde(default)]
     webhook: Vec<FileWebhook>,
+}
+
+impl FileConfig {
+    /// The keys whose secret is written in the file itself rather than referred to
+    /// (`env:`/`file:`): what a reader of the file learns. A database URL counts when it
+    /// holds a password.
+    fn literal_secrets(&self) -> Vec<String> {
+        let literal =
+            |v: Option<&str>| v.is_some_and(|v| !v.is_empty() && !secret::is_reference(v));
+        let mut keys = Vec::new();
+        if self
+            .database_url
+            .as_deref()
+            .is_some_and(secret::holds_password)
+        {
+            keys.push("database_url".to_owned());
+        }
+        if literal(self.http.admin_token.as_deref()) {
+            keys.push("http.admin_token".to_owned());
+        }
+        if literal(self.sse.token_secret.as_deref()) {
+            keys.push("sse.token_secret".to_owned());
+        }
+        for (i, w) in self.webhook.iter().enumerate() {
+            if literal(Some(&w.secret)) {
+                keys.push(format!("webhook[{i}].secret"));
+            }
+        }
+        keys
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -221,14 +252,30 @@ pub struct WebhookConfig {
 }
 
 impl Config {
-    /// Reads `path` (if any), applies overrides and validates.
+    /// Reads `path` (if any), applies overrides and validates. Warns (once: the process
+    /// loads its config once) when the file holds secrets and other users may read it.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let file = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
+                let cannot = |e: std::io::Error| {
                     ConfigError::new("--config", format!("cannot read {}: {e}", p.display()))
-                })?;
-                parse_file(&text)?
+                };
+                let mut f = std::fs::File::open(p).map_err(cannot)?;
+                let mut text = String::new();
+                f.read_to_string(&mut text).map_err(cannot)?;
+                let file = parse_file(&text)?;
+                let literal = file.literal_secrets();
+                // The mode of the file read, not of whatever the path names a moment later.
+                let open = f.metadata().ok().as_ref().and_then(secret::open_to_others);
+                if let (Some(mode), false) = (open, literal.is_empty()) {
+                    tracing::warn!(
+                        "config file {} holds secrets ({}) and is open to group/others \
+                         (mode {mode:04o}): chmod 600 it, or use env:/file: references",
+                        p.display(),
+                        literal.join(", ")
+                    );
+                }
+                file
             }
             None => FileConfig::default(),
         };

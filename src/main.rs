@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use outbox_relay::cli::{Cli, Command};
 use outbox_relay::commands::{self, NewEvent};
 use outbox_relay::config::{Config, ConfigError, Overrides};
@@ -12,8 +13,11 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli =
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     outbox_relay::logging::init(cli.global.log_format);
+    warn_password_on_command_line(&matches, &cli);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -28,6 +32,22 @@ fn main() -> ExitCode {
             eprintln!("outbox-relay: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every user of the machine can read a process's arguments (`ps`, `/proc/PID/cmdline`), so a
+/// password given with `--database-url` is out. Warned about, not refused: the URL works, and
+/// the operator may have no better way right now. The same URL from DATABASE_URL is not
+/// warned about: the environment is private to the user.
+fn warn_password_on_command_line(matches: &ArgMatches, cli: &Cli) {
+    let from_flag = matches.value_source("database_url") == Some(ValueSource::CommandLine);
+    let url = cli.global.database_url.as_deref().unwrap_or_default();
+    if from_flag && outbox_relay::secret::holds_password(url) {
+        tracing::warn!(
+            "--database-url holds a password, which other users can read in the process list \
+             (ps): set DATABASE_URL instead, or database_url in a config file only you can \
+             read, or pass a file: reference (--database-url file:/path)"
+        );
     }
 }
 

@@ -2,9 +2,15 @@
 //!
 //! A [`Secret`] never prints its value: `Debug` and `Display` show `[redacted]`, so a secret
 //! that slips into a log line or an error message leaks nothing.
+//!
+//! Where a secret rests matters too: a config file or secret file other users can read, or a
+//! password in a command-line flag (which `ps` shows everyone), gives it away before the relay
+//! prints anything. The relay warns about those at start, as ssh does about keys, and starts
+//! anyway ([`open_to_others`], [`holds_password`]).
 
 use std::fmt;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 
 /// Largest secret file read. Far above any key or URL; a path such as `/dev/zero`, or a big
 /// file named by mistake, is refused at once instead of being read until memory runs out.
@@ -61,13 +67,41 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Reads at most [`MAX_SECRET_FILE_BYTES`]; errors name the file, never its content.
+/// Whether a config value says where the secret is (`env:NAME`, `file:/path`) rather than
+/// being the secret.
+pub fn is_reference(value: &str) -> bool {
+    value.starts_with("env:") || value.starts_with("file:")
+}
+
+/// Whether a database URL as written holds a password itself (not an `env:`/`file:`
+/// reference to one). Both URL and `key=value` forms.
+pub fn holds_password(database_url: &str) -> bool {
+    !is_reference(database_url)
+        && database_url
+            .parse::<tokio_postgres::Config>()
+            .is_ok_and(|c| c.get_password().is_some())
+}
+
+/// The permission bits of a regular file when group or others have any (`mode & 0o077`, the
+/// test ssh applies to a private key), for the warning; None when only its owner may use it.
+/// Devices, pipes and the like (`file:/dev/stdin`) are not judged.
+pub fn open_to_others(meta: &std::fs::Metadata) -> Option<u32> {
+    let mode = meta.permissions().mode() & 0o7777;
+    (meta.is_file() && mode & 0o077 != 0).then_some(mode)
+}
+
+/// Reads at most [`MAX_SECRET_FILE_BYTES`]; errors name the file, never its content. Warns
+/// when other users can read the file (the mode of the file opened, so it is the one read).
 fn read_secret_file(path: &str) -> Result<String, String> {
     let cannot = |e: std::io::Error| format!("cannot read secret file {path}: {e}");
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(cannot)?
-        .take(MAX_SECRET_FILE_BYTES + 1)
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    if let Some(mode) = file.metadata().ok().as_ref().and_then(open_to_others) {
+        tracing::warn!(
+            "secret file {path} is open to group/others (mode {mode:04o}): chmod 600 it"
+        );
+    }
+    file.take(MAX_SECRET_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(cannot)?;
     if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
@@ -144,6 +178,30 @@ mod tests {
     fn never_prints_the_value() {
         let s = Secret::new("hunter2");
         assert!(!format!("{s} {s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn passwords_in_database_urls_are_found_in_both_forms() {
+        assert!(holds_password("postgres://relay:hunter2@db/app"));
+        assert!(holds_password("host=db user=relay password=hunter2"));
+        assert!(!holds_password("postgres://relay@db/app"));
+        assert!(!holds_password("host=db user=relay"));
+        assert!(!holds_password("file:/run/secrets/db_url"));
+        assert!(!holds_password("env:APP_DATABASE_URL"));
+    }
+
+    #[test]
+    fn only_the_owner_bits_are_private() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        for (mode, open) in [(0o600, None), (0o400, None), (0o640, Some(0o640))] {
+            std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let meta = std::fs::metadata(f.path()).unwrap();
+            assert_eq!(open_to_others(&meta), open, "{mode:o}");
+        }
+        assert_eq!(
+            open_to_others(&std::fs::metadata("/dev/null").unwrap()),
+            None
+        );
     }
 
     #[test]

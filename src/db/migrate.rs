@@ -296,8 +296,9 @@ pub fn script(cfg: &Config) -> String {
     out
 }
 
-/// Applies every step, each in its own transaction, under an advisory lock. `lock_timeout`
-/// keeps an ALTER TABLE from queueing (and blocking the app) behind a long transaction.
+/// Applies every step, each in its own transaction, under an advisory lock, after checking
+/// that an existing table can be adopted (changing nothing when not). `lock_timeout` keeps
+/// an ALTER TABLE from queueing (and blocking the app) behind a long transaction.
 pub async fn run(client: &mut tokio_postgres::Client, cfg: &Config) -> anyhow::Result<()> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK_KEY])
@@ -310,6 +311,10 @@ pub async fn run(client: &mut tokio_postgres::Client, cfg: &Config) -> anyhow::R
 }
 
 async fn apply(client: &mut tokio_postgres::Client, cfg: &Config) -> anyhow::Result<()> {
+    // Every step changes an existing table in place (IF NOT EXISTS): on a table that is not
+    // an outbox they would add the relay's columns, indexes and trigger to it before any
+    // step failed. Checked under the lock, so no concurrent migrate creates it meanwhile.
+    crate::db::shape::check_adoptable(client, &cfg.qualified_table()).await?;
     for (name, sql) in render(cfg) {
         let tx = client.transaction().await?;
         // IF NOT EXISTS skips are expected on every re-run: keep their NOTICEs out of the logs.

@@ -1,10 +1,14 @@
-//! What the outbox table looks like in this database: the types the queries must cast to.
+//! What the outbox table looks like in this database: whether the relay can use it at all,
+//! and the types the queries must cast to.
 //!
 //! An app's ORM decides the id type (uuid, text, bigint) and whether status is text or an
-//! enum; the relay adapts its SQL once at start-up instead of asking apps to change.
+//! enum; the relay adapts its SQL once at start-up instead of asking apps to change. What it
+//! cannot adapt to (a table that is not an outbox, a column of a type it cannot read) is
+//! refused before `migrate` changes anything, with what to do.
 
 use anyhow::{bail, Context};
 
+use crate::config::ConfigError;
 use crate::db::ident::quote_ident;
 
 /// Relay-owned columns that `migrate` adds; their absence means it has not run.
@@ -24,6 +28,166 @@ pub const RELAY_COLUMNS: &[&str] = &[
     "payload",
     "created_at",
 ];
+
+/// Columns an existing table must have for `migrate` to adopt it: the app writes them, so
+/// `migrate` cannot add them (CONTRACT.md section 1). The others it adds when missing.
+pub const APP_COLUMNS: &[&str] = &["id", "event_type", "payload"];
+
+/// The longest `error_message` the relay writes, in characters (see `deliver`).
+const ERROR_MESSAGE_CHARS: u32 = 1000;
+
+/// The types the relay can work with, for each column it reads or writes. A column of another
+/// type would make `migrate` skip it (`ADD COLUMN IF NOT EXISTS`) and every claim fail later.
+const TYPES: &[(&str, Kind)] = &[
+    ("id", Kind::Id),
+    ("org_id", Kind::Text),
+    ("event_type", Kind::Text),
+    ("entity_type", Kind::Text),
+    ("entity_id", Kind::Text),
+    ("payload", Kind::Json),
+    ("status", Kind::Status),
+    ("retry_count", Kind::Exact("integer")),
+    ("error_message", Kind::LongText),
+    ("created_at", Kind::Timestamp),
+    ("processed_at", Kind::Timestamp),
+    ("next_attempt_at", Kind::Exact("timestamp with time zone")),
+    ("lease_expires_at", Kind::Exact("timestamp with time zone")),
+    ("claim_token", Kind::Exact("uuid")),
+    ("delivered_to", Kind::Exact("text[]")),
+    ("stream_xid", Kind::Exact("xid8")),
+    ("stream_seq", Kind::Exact("bigint")),
+    ("skipped_at", Kind::Exact("timestamp with time zone")),
+    ("attempts", Kind::Exact("jsonb")),
+];
+
+/// A family of column types the relay accepts.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// uuid, text, varchar, bigint or integer: ids are read as text and cast back.
+    Id,
+    /// Read into Rust strings: text or varchar (not char(n), whose padding breaks matching).
+    Text,
+    /// `payload`: read as text and parsed, so JSON or text.
+    Json,
+    /// Text or an enum (the migration adds the values the relay writes).
+    Status,
+    /// Text that holds an error message of up to [`ERROR_MESSAGE_CHARS`].
+    LongText,
+    /// timestamptz, or a timestamp read as UTC (Prisma's `timestamp(3)`).
+    Timestamp,
+    /// Exactly this type (`format_type` spelling): the relay's own columns.
+    Exact(&'static str),
+}
+
+impl Kind {
+    fn accepts(self, c: &Column) -> bool {
+        let t = c.sql_type.as_str();
+        let text = t == "text" || t.starts_with("character varying");
+        match self {
+            Kind::Id => text || matches!(t, "uuid" | "bigint" | "integer"),
+            Kind::Text => text,
+            Kind::Json => text || matches!(t, "jsonb" | "json"),
+            Kind::Status => text || c.enum_type.is_some(),
+            Kind::LongText => match t.strip_prefix("character varying(") {
+                Some(n) => n
+                    .trim_end_matches(')')
+                    .parse::<u32>()
+                    .is_ok_and(|n| n >= ERROR_MESSAGE_CHARS),
+                None => text,
+            },
+            Kind::Timestamp => t.starts_with("timestamp"),
+            Kind::Exact(want) => t == want,
+        }
+    }
+
+    /// What the message says is expected.
+    fn expected(self) -> String {
+        match self {
+            Kind::Id => "uuid, text or bigint".into(),
+            Kind::Text => "text".into(),
+            Kind::Json => "jsonb".into(),
+            Kind::Status => "text or an enum".into(),
+            Kind::LongText => format!("text, or varchar of at least {ERROR_MESSAGE_CHARS}"),
+            Kind::Timestamp => "timestamptz".into(),
+            Kind::Exact(t) => t.into(),
+        }
+    }
+}
+
+/// One column, as the catalog describes it.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    /// `format_type` spelling: `text`, `character varying(255)`, `timestamp(3) without
+    /// time zone`.
+    pub sql_type: String,
+    /// The quoted, schema-qualified type when it is an enum.
+    pub enum_type: Option<String>,
+    /// The database fills it in (a default or identity).
+    pub has_default: bool,
+}
+
+/// An existing relation named by the config.
+#[derive(Debug, Clone)]
+pub struct Existing {
+    /// `pg_class.relkind`: `r` a table, `p` partitioned, `v` a view, ...
+    pub kind: String,
+    pub columns: Vec<Column>,
+}
+
+impl Existing {
+    fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Why the relay cannot use this relation as its outbox, and what to do: None when it
+    /// can (after `migrate` adds what is missing).
+    pub fn unadoptable(&self) -> Option<String> {
+        let elsewhere = "point `table` at your outbox table, or at a name no table has yet \
+                         and `migrate` creates it there";
+        let what = match self.kind.as_str() {
+            "r" => None,
+            "p" => Some("a partitioned table (the relay's indexes are built CONCURRENTLY)"),
+            "v" => Some("a view"),
+            "m" => Some("a materialized view"),
+            "f" => Some("a foreign table"),
+            _ => Some("not a table"),
+        };
+        if let Some(what) = what {
+            return Some(format!("is {what}, not a plain table: {elsewhere}"));
+        }
+        let missing: Vec<&str> = APP_COLUMNS
+            .iter()
+            .copied()
+            .filter(|c| self.column(c).is_none())
+            .collect();
+        let wrong: Vec<String> = TYPES
+            .iter()
+            .filter_map(|(name, kind)| {
+                let c = self.column(name)?;
+                (!kind.accepts(c))
+                    .then(|| format!("{name} is {} ({} expected)", c.sql_type, kind.expected()))
+            })
+            .collect();
+        match (missing.is_empty(), wrong.is_empty()) {
+            (true, true) => None,
+            (false, _) => Some(format!(
+                "is not an outbox table: it has no {} column{}{}; {elsewhere}",
+                missing.join(", "),
+                if missing.len() > 1 { "s" } else { "" },
+                if wrong.is_empty() {
+                    String::new()
+                } else {
+                    format!(", and {}", wrong.join(", "))
+                }
+            )),
+            (true, false) => Some(format!(
+                "has columns of types the relay cannot use: {}; change their types, or {elsewhere}",
+                wrong.join(", ")
+            )),
+        }
+    }
+}
 
 /// The casts the queries need for this table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +212,8 @@ impl TableShape {
     }
 }
 
+const KIND: &str = "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)";
+
 const COLUMNS: &str = "
 SELECT a.attname::text,
        format_type(a.atttypid, a.atttypmod),
@@ -60,54 +226,202 @@ SELECT a.attname::text,
   JOIN pg_namespace n ON n.oid = t.typnamespace
  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped";
 
+/// The relation the config names, or None when there is none (`migrate` creates it).
+pub async fn existing(
+    client: &tokio_postgres::Client,
+    qualified_table: &str,
+) -> anyhow::Result<Option<Existing>> {
+    let context = || format!("reading the catalog entry of {qualified_table}");
+    let Some(kind) = client
+        .query_opt(KIND, &[&qualified_table])
+        .await
+        .with_context(context)?
+    else {
+        return Ok(None);
+    };
+    let columns = client
+        .query(COLUMNS, &[&qualified_table])
+        .await
+        .with_context(context)?
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            sql_type: r.get(1),
+            enum_type: (r.get::<_, String>(2) == "e").then(|| {
+                format!(
+                    "{}.{}",
+                    quote_ident(&r.get::<_, String>(3)),
+                    quote_ident(&r.get::<_, String>(4))
+                )
+            }),
+            has_default: r.get(5),
+        })
+        .collect();
+    Ok(Some(Existing {
+        kind: kind.get(0),
+        columns,
+    }))
+}
+
+/// Refuses a relation the relay cannot use as its outbox, as an error at the config's
+/// `table` (exit status 2: the config names the wrong table). A missing one passes.
+pub async fn check_adoptable(
+    client: &tokio_postgres::Client,
+    qualified_table: &str,
+) -> anyhow::Result<()> {
+    match existing(client, qualified_table).await? {
+        Some(e) => refuse(qualified_table, &e),
+        None => Ok(()),
+    }
+}
+
+fn refuse(qualified_table: &str, e: &Existing) -> anyhow::Result<()> {
+    match e.unadoptable() {
+        Some(why) => Err(ConfigError {
+            key: "table".into(),
+            message: format!("{qualified_table} {why}"),
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
 /// Reads the table's shape; fails with what to do when the table or a column is missing.
 pub async fn inspect(
     client: &tokio_postgres::Client,
     qualified_table: &str,
 ) -> anyhow::Result<TableShape> {
-    let rows = client
-        .query(COLUMNS, &[&qualified_table])
-        .await
-        .context("reading the outbox table's columns")?;
-    if rows.is_empty() {
+    let Some(table) = existing(client, qualified_table).await? else {
         bail!("table {qualified_table} does not exist: run `outbox-relay migrate` first");
-    }
-    let col = |name: &str| rows.iter().find(|r| r.get::<_, String>(0) == name);
-    let missing: Vec<_> = RELAY_COLUMNS.iter().filter(|c| col(c).is_none()).collect();
+    };
+    refuse(qualified_table, &table)?;
+    let missing: Vec<_> = RELAY_COLUMNS
+        .iter()
+        .filter(|c| table.column(c).is_none())
+        .collect();
     if !missing.is_empty() {
         bail!(
             "table {qualified_table} lacks column(s) {missing:?}: run `outbox-relay migrate` \
              (it only adds what is missing)"
         );
     }
-    let id = col("id").with_context(|| format!("table {qualified_table} has no `id` column"))?;
-    let id_sql: String = id.get(1);
-    let id_type = match id_sql.as_str() {
+    // Both present and of an accepted type: checked above.
+    let (id, status) = (
+        table.column("id").expect("an app column"),
+        table.column("status").expect("a relay column"),
+    );
+    let id_type = match id.sql_type.as_str() {
         "uuid" => "uuid",
         "bigint" => "bigint",
         "integer" => "integer",
-        t if t == "text" || t.starts_with("character varying") => "text",
-        other => bail!("column id of {qualified_table} is {other}; uuid, text or bigint expected"),
-    };
-    let status = col("status").expect("checked above");
-    let status_type = match (
-        status.get::<_, String>(2).as_str(),
-        status.get::<_, String>(1),
-    ) {
-        ("e", _) => format!(
-            "{}.{}",
-            quote_ident(&status.get::<_, String>(3)),
-            quote_ident(&status.get::<_, String>(4))
-        ),
-        (_, t) if t == "text" || t.starts_with("character varying") => "text".into(),
-        (_, other) => bail!(
-            "column status of {qualified_table} is {other}; text or an enum of PENDING, \
-             PROCESSING, COMPLETED, FAILED expected"
-        ),
+        _ => "text",
     };
     Ok(TableShape {
         id_type,
-        id_has_default: id.get(5),
-        status_type,
+        id_has_default: id.has_default,
+        status_type: status.enum_type.clone().unwrap_or_else(|| "text".into()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain table with these (name, type) columns.
+    fn table(columns: &[(&str, &str)]) -> Existing {
+        Existing {
+            kind: "r".into(),
+            columns: columns
+                .iter()
+                .map(|(name, t)| Column {
+                    name: (*name).into(),
+                    sql_type: (*t).into(),
+                    enum_type: None,
+                    has_default: false,
+                })
+                .collect(),
+        }
+    }
+
+    const PRISMA: &[(&str, &str)] = &[
+        ("id", "text"),
+        ("org_id", "text"),
+        ("event_type", "text"),
+        ("payload", "jsonb"),
+        ("created_at", "timestamp(3) without time zone"),
+    ];
+
+    #[test]
+    fn an_orm_made_outbox_is_adoptable() {
+        assert_eq!(table(PRISMA).unadoptable(), None);
+        let mut t = table(&[
+            ("id", "bigint"),
+            ("event_type", "character varying(255)"),
+            ("payload", "json"),
+            ("error_message", "character varying(2000)"),
+            ("retry_count", "integer"),
+        ]);
+        assert_eq!(t.unadoptable(), None);
+        t.columns.push(Column {
+            name: "status".into(),
+            sql_type: "\"OutboxStatus\"".into(),
+            enum_type: Some("\"public\".\"OutboxStatus\"".into()),
+            has_default: true,
+        });
+        assert_eq!(t.unadoptable(), None);
+    }
+
+    #[test]
+    fn a_table_without_the_apps_columns_is_refused_naming_them() {
+        let why = table(&[("id", "integer"), ("name", "text")])
+            .unadoptable()
+            .unwrap();
+        assert!(
+            why.starts_with("is not an outbox table: it has no event_type, payload columns;"),
+            "{why}"
+        );
+        assert!(why.contains("point `table` at your outbox table"), "{why}");
+        let why = table(&[
+            ("id", "uuid"),
+            ("event_type", "text"),
+            ("retry_count", "text"),
+        ])
+        .unadoptable()
+        .unwrap();
+        assert!(
+            why.contains("no payload column, and retry_count is text (integer expected)"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn columns_of_types_the_relay_cannot_read_are_named() {
+        let mut cols = PRISMA.to_vec();
+        cols.extend([
+            ("event_type", "integer"),
+            ("error_message", "character varying(255)"),
+            ("attempts", "text"),
+        ]);
+        cols.retain(|(n, t)| !(*n == "event_type" && *t == "text"));
+        let why = table(&cols).unadoptable().unwrap();
+        for part in [
+            "has columns of types the relay cannot use:",
+            "event_type is integer (text expected)",
+            "error_message is character varying(255) (text, or varchar of at least 1000 expected)",
+            "attempts is text (jsonb expected)",
+            "change their types, or point `table`",
+        ] {
+            assert!(why.contains(part), "{part:?} not in: {why}");
+        }
+    }
+
+    #[test]
+    fn views_and_partitioned_tables_are_refused() {
+        for (kind, what) in [("v", "is a view"), ("p", "is a partitioned table")] {
+            let mut t = table(PRISMA);
+            t.kind = kind.into();
+            let why = t.unadoptable().unwrap();
+            assert!(why.starts_with(what), "{why}");
+        }
+    }
 }

@@ -137,7 +137,7 @@ async fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
 }
 
 /// The first column of every row `sql` returns, as text.
-async fn texts(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+pub(crate) async fn texts(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
     let rows = client
         .query(sql, &[])
         .await
@@ -146,7 +146,7 @@ async fn texts(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
 }
 
 /// Every relation, schema, function, trigger and type of the database, by name.
-async fn catalog(client: &tokio_postgres::Client) -> Vec<String> {
+pub(crate) async fn catalog(client: &tokio_postgres::Client) -> Vec<String> {
     texts(
         client,
         "SELECT 'relation ' || c.oid::regclass::text

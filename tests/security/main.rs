@@ -11,7 +11,10 @@
 //! - [`connections`]: idle and trickling clients are cut off, and connection and stream caps
 //!   answer 503 while delivery goes on;
 //! - [`odd_payloads`]: payloads PostgreSQL stores (10 000 levels deep, 5 MB, line breaks in
-//!   a text column, text that is not JSON) through the relay to webhooks and streams.
+//!   a text column, text that is not JSON) through the relay to webhooks and streams;
+//! - [`wrong_table`]: `migrate` on a table that is not an outbox changes nothing;
+//! - [`secrets_at_rest`]: secrets other users can read (a config or secret file's mode, a
+//!   password in `--database-url`) are warned about once, never shown.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -22,8 +25,10 @@ mod envelope_fuzz;
 mod hosts;
 mod identifiers;
 mod odd_payloads;
+mod secrets_at_rest;
 mod sse_cursors;
 mod sse_tokens;
+mod wrong_table;
 
 /// Proptest settings: `n` cases (modest, so the suite stays quick on a small machine).
 fn cases(n: u32) -> proptest::test_runner::Config {
