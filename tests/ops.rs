@@ -1,4 +1,4 @@
-//! Operations in the daemon: retention.
+//! Operations in the daemon: retention, and what pooled connections keep.
 
 mod common;
 use common::*;
@@ -73,4 +73,44 @@ async fn retention_deletes_only_old_completed_rows_one_relay_at_a_time() {
     );
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+/// Issue 15.11: tokio-postgres keeps a connection's read buffer as large as the largest
+/// result it read, for the connection's life. A connection that read a large result (a
+/// claim of big payloads, an SSE page) is closed instead of pooled; small ones are reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_that_read_a_large_result_is_not_reused() {
+    let db = TestDb::new().await;
+    let pool =
+        outbox_relay::db::pool_of(&outbox_relay::secret::Secret::new(db.url.clone()), 1, None)
+            .unwrap();
+    let backend = || async {
+        let rows = outbox_relay::db::query(&pool, "SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap();
+        rows[0].get::<_, i32>(0)
+    };
+    let read = |bytes: i32| {
+        let pool = pool.clone();
+        async move {
+            outbox_relay::db::query(&pool, "SELECT repeat('x', $1)", &[&bytes])
+                .await
+                .unwrap();
+        }
+    };
+    let first = backend().await;
+    read(1_000).await;
+    assert_eq!(
+        backend().await,
+        first,
+        "a small result keeps its connection"
+    );
+    let large = outbox_relay::db::LARGE_RESULT as i32;
+    read(large - 1_000).await;
+    assert_eq!(backend().await, first, "just under the limit: kept");
+    read(large + 1).await;
+    let next = backend().await;
+    assert_ne!(next, first, "a large result closes its connection");
+    read(1_000).await;
+    assert_eq!(backend().await, next);
 }

@@ -95,8 +95,59 @@ pub async fn query(
     })
     .await;
     match result {
-        Ok(rows) => Ok(rows?),
+        Ok(rows) => {
+            let rows = rows?;
+            put_back(client, result_bytes(&rows));
+            Ok(rows)
+        }
         Err(_) => Err(abandon(pool, client)),
+    }
+}
+
+/// A result larger than this closes the connection that read it instead of returning it
+/// to the pool. tokio-postgres keeps a connection's read buffer as large as the most it
+/// ever held at once, for the connection's life (rust-postgres issue 1081): after a few
+/// 10 MB payloads every pooled connection would hold 10 MB or more, at rest. A new
+/// connection costs a few milliseconds, once per large result.
+pub const LARGE_RESULT: usize = 1 << 20;
+
+/// Returns a pooled connection after a statement that read `bytes`: to the pool, or
+/// closed when it read more than [`LARGE_RESULT`].
+pub fn put_back(client: deadpool_postgres::Object, bytes: usize) {
+    if bytes > LARGE_RESULT {
+        tracing::debug!(
+            bytes,
+            "closing a pooled connection that read a large result"
+        );
+        drop(deadpool_postgres::Object::take(client));
+    }
+}
+
+/// Roughly the bytes a result took on the wire: every value's length.
+pub fn result_bytes(rows: &[Row]) -> usize {
+    rows.iter()
+        .map(|row| {
+            (0..row.len())
+                .filter_map(|i| row.try_get::<_, Option<RawLen>>(i).ok().flatten())
+                .map(|l| l.0 + 4)
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+/// A value's length in its wire form, whatever its type.
+struct RawLen(usize);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawLen {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(raw.len()))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
     }
 }
 

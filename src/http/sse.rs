@@ -337,14 +337,16 @@ impl Forwarder<'_> {
                 // Fair: subscribers waiting to read take turns, page by page.
                 let _turn = self.sse.catch_up.acquire().await.expect("never closed");
                 let client = self.sse.pool.get().await?;
-                read::next_page(
+                let page = read::next_page(
                     &client,
                     &self.sse.reader,
                     cursor,
                     Some(&self.grant.org_id),
                     CATCH_UP_PAGE,
                 )
-                .await?
+                .await?;
+                crate::db::put_back(client, page.bytes);
+                page
             };
             let frames: Vec<&Bytes> = page
                 .events

@@ -73,6 +73,8 @@ pub struct Page {
     pub cursor: Cursor,
     /// More may be waiting right now: read again before waiting for a wake-up.
     pub more: bool,
+    /// What the read took on the wire (see [`crate::db::put_back`]).
+    pub bytes: usize,
 }
 
 /// Reads up to `limit` events after `cursor`, of one org or (None) of all.
@@ -162,6 +164,7 @@ pub async fn next_page(
         events,
         cursor: after,
         more,
+        bytes: crate::db::result_bytes(&rows),
     })
 }
 

@@ -78,6 +78,7 @@ async fn step(
         Ok(page) => page?,
         Err(_) => return Err(crate::db::abandon(pool, client)),
     };
+    crate::db::put_back(client, page.bytes);
     hub.publish(&page.events);
     *cursor = Some(page.cursor);
     Ok(page.more)
