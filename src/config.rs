@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::db::ident::Ident;
+use crate::deliver::egress;
 use crate::deliver::signature::SigningKeys;
 use crate::secret::Secret;
 
@@ -109,6 +110,8 @@ struct FileConfig {
     #[serde(default)]
     sse: FileSse,
     #[serde(default)]
+    egress: FileEgress,
+    #[serde(default)]
     webhook: Vec<FileWebhook>,
 }
 
@@ -132,6 +135,13 @@ struct FileSse {
     max_subscribers: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     max_token_lifetime: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileEgress {
+    deny_private_addresses: Option<bool>,
+    allow_networks: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +188,10 @@ pub struct Config {
     pub long_transaction_warning: Duration,
     pub http: HttpConfig,
     pub sse: SseConfig,
+    /// `[egress]`: the addresses webhook requests may connect to. Off by default: webhook
+    /// URLs are the operator's own, and most point at internal services (see the README,
+    /// "Choices where the contract is silent").
+    pub egress: egress::Policy,
     pub webhooks: Vec<WebhookConfig>,
 }
 
@@ -297,6 +311,7 @@ impl Config {
                         .unwrap_or(DEFAULT_SSE_MAX_TOKEN_LIFETIME),
                 }
             },
+            egress: egress_policy(f.egress)?,
             webhooks: f
                 .webhook
                 .into_iter()
@@ -386,8 +401,25 @@ impl Config {
             ));
         }
         positive("long_transaction_warning", self.long_transaction_warning)?;
+        if !self.egress.deny_private_addresses && !self.egress.allow_networks.is_empty() {
+            return Err(ConfigError::new(
+                egress::ALLOW_KEY,
+                format!(
+                    "lists exceptions to {}, which is off: set it to true, or remove the list",
+                    egress::DENY_KEY
+                ),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, w) in self.webhooks.iter().enumerate() {
+            // A literal IP never reaches the resolver that applies the policy at connect
+            // time, so it is checked here.
+            if let Err(denied) = egress::check_literal(&self.egress, &w.url) {
+                return Err(ConfigError::new(
+                    format!("webhook[{i}].url"),
+                    format!("{denied} (list it in {} to allow it)", egress::ALLOW_KEY),
+                ));
+            }
             if !seen.insert(&w.name) {
                 return Err(ConfigError::new(
                     format!("webhook[{i}].name"),
@@ -456,6 +488,23 @@ fn parse_retention(v: Option<&str>) -> Result<Option<Duration>, ConfigError> {
             )
         }),
     }
+}
+
+fn egress_policy(f: FileEgress) -> Result<egress::Policy, ConfigError> {
+    let allow_networks = f
+        .allow_networks
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            egress::parse_network(s)
+                .map_err(|m| ConfigError::new(format!("{}[{i}]", egress::ALLOW_KEY), m))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(egress::Policy {
+        deny_private_addresses: f.deny_private_addresses.unwrap_or(false),
+        allow_networks,
+    })
 }
 
 fn resolve_opt(key: &str, v: Option<&str>) -> Result<Option<Secret>, ConfigError> {
@@ -647,6 +696,67 @@ mod tests {
                 err.message
             );
         }
+    }
+
+    #[test]
+    fn egress_is_off_by_default_and_refuses_literal_private_urls_when_on() {
+        let hook = |url: &str| format!("[[webhook]]\nname='a'\nurl='{url}'\nsecret='{SECRET}'\n");
+        let c = load(&hook("http://127.0.0.1:9/hook")).unwrap();
+        assert!(!c.egress.deny_private_addresses && c.egress.allow_networks.is_empty());
+
+        let on = "[egress]\ndeny_private_addresses = true\n";
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "http://2130706433/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://2852039166/",
+            "http://[::ffff:127.0.0.1]/",
+            "https://10.1.2.3/",
+        ] {
+            let err = load(&format!("{on}{}", hook(url))).expect_err(url);
+            assert_eq!(err.key, "webhook[0].url", "{url}");
+            assert!(
+                err.message.contains("egress.deny_private_addresses is on"),
+                "{err}"
+            );
+        }
+        let err = load(&format!("{on}{}", hook("http://2852039166/"))).unwrap_err();
+        assert_eq!(
+            err.message,
+            "169.254.169.254 is a link-local address and egress.deny_private_addresses is on \
+             (list it in egress.allow_networks to allow it)"
+        );
+        // Names are left to the resolver, at connect time.
+        assert!(load(&format!("{on}{}", hook("http://localhost:9/"))).is_ok());
+        let allowed = format!("{on}allow_networks = ['127.0.0.0/8', '::1']\n");
+        let c = load(&format!("{allowed}{}", hook("http://127.0.0.1:9/"))).unwrap();
+        assert_eq!(c.egress.allow_networks.len(), 2);
+        assert!(load(&format!("{allowed}{}", hook("http://[::1]:9/"))).is_ok());
+        assert!(load(&format!("{allowed}{}", hook("http://10.0.0.1/"))).is_err());
+    }
+
+    #[test]
+    fn egress_errors_name_the_key() {
+        for (text, key) in [
+            ("[egress]\ndeny_private_addresses = 'yes'", "egress.deny_private_addresses"),
+            ("[egress]\ndeny = true", "egress"),
+            (
+                "[egress]\ndeny_private_addresses = true\nallow_networks = ['10.0.0.0/8', 'intranet']",
+                "egress.allow_networks[1]",
+            ),
+            (
+                "[egress]\ndeny_private_addresses = true\nallow_networks = ['10.1.2.3/8']",
+                "egress.allow_networks[0]",
+            ),
+            ("[egress]\nallow_networks = ['10.0.0.0/8']", "egress.allow_networks"),
+        ] {
+            let err = load(text).expect_err(text);
+            assert!(err.key.starts_with(key), "{text}: got {} ({})", err.key, err.message);
+        }
+        // A value that reaches the message is quoted, so it cannot forge a line.
+        let err = load("[egress]\ndeny_private_addresses = true\nallow_networks = ['x\\ny']")
+            .unwrap_err();
+        assert!(!err.message.contains('\n'), "{err}");
     }
 
     #[test]
