@@ -7,6 +7,8 @@
 //!   envelope and signature builder;
 //! - [`connections`]: idle and trickling clients are cut off, and connection and stream caps
 //!   answer 503 while delivery goes on;
+//! - [`egress`]: with `[egress] deny_private_addresses` on, webhook URLs that reach loopback
+//!   are refused at load (IP literals) or at connect time (names), and allowed networks pass;
 //! - [`odd_payloads`]: payloads PostgreSQL stores (10 000 levels deep, 5 MB, line breaks in
 //!   a text column, text that is not JSON) through the relay to webhooks and streams.
 
@@ -15,6 +17,7 @@ mod common;
 
 mod config_fuzz;
 mod connections;
+mod egress;
 mod envelope_fuzz;
 mod identifiers;
 mod odd_payloads;
