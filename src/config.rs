@@ -47,6 +47,11 @@ pub const DEFAULT_SSE_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400)
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WEBHOOK_MAX_IN_FLIGHT: usize = 64;
 pub const DEFAULT_LONG_TRANSACTION_WARNING: Duration = Duration::from_secs(300);
+/// `[egress] deny_private_addresses`: off. Webhook URLs come from the operator's own file and
+/// mostly point at internal services on private addresses; on by default, those deployments
+/// would stop delivering. Turn it on where URLs come from people who should not reach the
+/// relay's network (README, "Outbound addresses").
+pub const DEFAULT_EGRESS_DENY_PRIVATE_ADDRESSES: bool = false;
 /// The longest duration any key accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// A database URL that works out of the box on a developer machine.
@@ -188,9 +193,8 @@ pub struct Config {
     pub long_transaction_warning: Duration,
     pub http: HttpConfig,
     pub sse: SseConfig,
-    /// `[egress]`: the addresses webhook requests may connect to. Off by default: webhook
-    /// URLs are the operator's own, and most point at internal services (see the README,
-    /// "Choices where the contract is silent").
+    /// `[egress]`: the addresses webhook requests may connect to
+    /// ([`DEFAULT_EGRESS_DENY_PRIVATE_ADDRESSES`] says why it is off by default).
     pub egress: egress::Policy,
     pub webhooks: Vec<WebhookConfig>,
 }
@@ -502,7 +506,9 @@ fn egress_policy(f: FileEgress) -> Result<egress::Policy, ConfigError> {
         })
         .collect::<Result<_, _>>()?;
     Ok(egress::Policy {
-        deny_private_addresses: f.deny_private_addresses.unwrap_or(false),
+        deny_private_addresses: f
+            .deny_private_addresses
+            .unwrap_or(DEFAULT_EGRESS_DENY_PRIVATE_ADDRESSES),
         allow_networks,
     })
 }
