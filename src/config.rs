@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::db::ident::Ident;
+use crate::deliver::egress;
 use crate::deliver::signature::SigningKeys;
 use crate::http::host::AllowedHosts;
 use crate::secret::{self, Secret};
@@ -48,6 +49,11 @@ pub const DEFAULT_SSE_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400)
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WEBHOOK_MAX_IN_FLIGHT: usize = 64;
 pub const DEFAULT_LONG_TRANSACTION_WARNING: Duration = Duration::from_secs(300);
+/// `[egress] deny_private_addresses`: off. Webhook URLs come from the operator's own file and
+/// mostly point at internal services on private addresses; on by default, those deployments
+/// would stop delivering. Turn it on where URLs come from people who should not reach the
+/// relay's network (README, "Outbound addresses").
+pub const DEFAULT_EGRESS_DENY_PRIVATE_ADDRESSES: bool = false;
 /// The longest duration any key accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// A database URL that works out of the box on a developer machine.
@@ -111,6 +117,8 @@ struct FileConfig {
     #[serde(default)]
     sse: FileSse,
     #[serde(default)]
+    egress: FileEgress,
+    #[serde(default)]
     webhook: Vec<FileWebhook>,
 }
 
@@ -168,6 +176,13 @@ struct FileSse {
     max_token_lifetime: Option<Duration>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileEgress {
+    deny_private_addresses: Option<bool>,
+    allow_networks: Option<Vec<String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileWebhook {
@@ -212,6 +227,9 @@ pub struct Config {
     pub long_transaction_warning: Duration,
     pub http: HttpConfig,
     pub sse: SseConfig,
+    /// `[egress]`: the addresses webhook requests may connect to
+    /// ([`DEFAULT_EGRESS_DENY_PRIVATE_ADDRESSES`] says why it is off by default).
+    pub egress: egress::Policy,
     pub webhooks: Vec<WebhookConfig>,
 }
 
@@ -356,6 +374,7 @@ impl Config {
                         .unwrap_or(DEFAULT_SSE_MAX_TOKEN_LIFETIME),
                 }
             },
+            egress: egress_policy(f.egress)?,
             webhooks: f
                 .webhook
                 .into_iter()
@@ -445,8 +464,25 @@ impl Config {
             ));
         }
         positive("long_transaction_warning", self.long_transaction_warning)?;
+        if !self.egress.deny_private_addresses && !self.egress.allow_networks.is_empty() {
+            return Err(ConfigError::new(
+                egress::ALLOW_KEY,
+                format!(
+                    "lists exceptions to {}, which is off: set it to true, or remove the list",
+                    egress::DENY_KEY
+                ),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, w) in self.webhooks.iter().enumerate() {
+            // A literal IP never reaches the resolver that applies the policy at connect
+            // time, so it is checked here.
+            if let Err(denied) = egress::check_literal(&self.egress, &w.url) {
+                return Err(ConfigError::new(
+                    format!("webhook[{i}].url"),
+                    format!("{denied} (list it in {} to allow it)", egress::ALLOW_KEY),
+                ));
+            }
             if !seen.insert(&w.name) {
                 return Err(ConfigError::new(
                     format!("webhook[{i}].name"),
@@ -515,6 +551,25 @@ fn parse_retention(v: Option<&str>) -> Result<Option<Duration>, ConfigError> {
             )
         }),
     }
+}
+
+fn egress_policy(f: FileEgress) -> Result<egress::Policy, ConfigError> {
+    let allow_networks = f
+        .allow_networks
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            egress::parse_network(s)
+                .map_err(|m| ConfigError::new(format!("{}[{i}]", egress::ALLOW_KEY), m))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(egress::Policy {
+        deny_private_addresses: f
+            .deny_private_addresses
+            .unwrap_or(DEFAULT_EGRESS_DENY_PRIVATE_ADDRESSES),
+        allow_networks,
+    })
 }
 
 fn resolve_opt(key: &str, v: Option<&str>) -> Result<Option<Secret>, ConfigError> {
@@ -706,6 +761,67 @@ mod tests {
                 err.message
             );
         }
+    }
+
+    #[test]
+    fn egress_is_off_by_default_and_refuses_literal_private_urls_when_on() {
+        let hook = |url: &str| format!("[[webhook]]\nname='a'\nurl='{url}'\nsecret='{SECRET}'\n");
+        let c = load(&hook("http://127.0.0.1:9/hook")).unwrap();
+        assert!(!c.egress.deny_private_addresses && c.egress.allow_networks.is_empty());
+
+        let on = "[egress]\ndeny_private_addresses = true\n";
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "http://2130706433/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://2852039166/",
+            "http://[::ffff:127.0.0.1]/",
+            "https://10.1.2.3/",
+        ] {
+            let err = load(&format!("{on}{}", hook(url))).expect_err(url);
+            assert_eq!(err.key, "webhook[0].url", "{url}");
+            assert!(
+                err.message.contains("egress.deny_private_addresses is on"),
+                "{err}"
+            );
+        }
+        let err = load(&format!("{on}{}", hook("http://2852039166/"))).unwrap_err();
+        assert_eq!(
+            err.message,
+            "169.254.169.254 is a link-local address and egress.deny_private_addresses is on \
+             (list it in egress.allow_networks to allow it)"
+        );
+        // Names are left to the resolver, at connect time.
+        assert!(load(&format!("{on}{}", hook("http://localhost:9/"))).is_ok());
+        let allowed = format!("{on}allow_networks = ['127.0.0.0/8', '::1']\n");
+        let c = load(&format!("{allowed}{}", hook("http://127.0.0.1:9/"))).unwrap();
+        assert_eq!(c.egress.allow_networks.len(), 2);
+        assert!(load(&format!("{allowed}{}", hook("http://[::1]:9/"))).is_ok());
+        assert!(load(&format!("{allowed}{}", hook("http://10.0.0.1/"))).is_err());
+    }
+
+    #[test]
+    fn egress_errors_name_the_key() {
+        for (text, key) in [
+            ("[egress]\ndeny_private_addresses = 'yes'", "egress.deny_private_addresses"),
+            ("[egress]\ndeny = true", "egress"),
+            (
+                "[egress]\ndeny_private_addresses = true\nallow_networks = ['10.0.0.0/8', 'intranet']",
+                "egress.allow_networks[1]",
+            ),
+            (
+                "[egress]\ndeny_private_addresses = true\nallow_networks = ['10.1.2.3/8']",
+                "egress.allow_networks[0]",
+            ),
+            ("[egress]\nallow_networks = ['10.0.0.0/8']", "egress.allow_networks"),
+        ] {
+            let err = load(text).expect_err(text);
+            assert!(err.key.starts_with(key), "{text}: got {} ({})", err.key, err.message);
+        }
+        // A value that reaches the message is quoted, so it cannot forge a line.
+        let err = load("[egress]\ndeny_private_addresses = true\nallow_networks = ['x\\ny']")
+            .unwrap_err();
+        assert!(!err.message.contains('\n'), "{err}");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   claims with `FOR UPDATE SKIP LOCKED`, spawns deliveries, and [`relay::recorder`] writes
 //!   outcomes back in batches and keeps leases alive.
 //! - [`deliver`]: routing, Standard Webhooks signing, backoff and the outcome of an attempt;
-//!   [`deliver::pause`] pauses an endpoint on every relay sharing the table.
+//!   [`deliver::pause`] pauses an endpoint on every relay sharing the table;
+//!   [`deliver::egress`] keeps webhook requests off private addresses when asked to.
 //! - [`logging`]: log lines, with control characters in logged values escaped.
 //! - [`http`]: SSE, health, `/metrics` and the dashboard ([`http::dashboard`]: an embedded
 //!   page and its JSON API; its reads are in [`db::browse`], its in-memory figures in

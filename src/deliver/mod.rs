@@ -5,6 +5,7 @@
 //! pure function so every branch is tested without a network.
 
 pub mod backoff;
+pub mod egress;
 pub mod pause;
 pub mod routing;
 pub mod signature;
@@ -90,10 +91,17 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// `timeline` counts this instance's failed attempts for the dashboard.
     pub fn new(cfg: &Config, timeline: Arc<Timeline>) -> anyhow::Result<Self> {
+        // One policy for every endpoint's client; `None` keeps reqwest's own resolver.
+        let egress = cfg
+            .egress
+            .deny_private_addresses
+            .then(|| Arc::new(cfg.egress.clone()));
         let endpoints = cfg
             .webhooks
             .iter()
-            .map(|w| Endpoint::new(w, cfg.backoff_max, timeline.clone()).map(Arc::new))
+            .map(|w| {
+                Endpoint::new(w, cfg.backoff_max, egress.clone(), timeline.clone()).map(Arc::new)
+            })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             endpoints,

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::activity::{EndpointStats, Timeline};
 use crate::config::WebhookConfig;
 use crate::deliver::backoff::retry_after;
+use crate::deliver::egress::{self, Denied, GuardedResolver};
 use crate::deliver::routing::TypeFilter;
 use crate::deliver::signature::SigningKeys;
 
@@ -33,7 +34,8 @@ const MAX_DRAIN: usize = 64 * 1024;
 pub enum Attempt {
     /// A 2xx.
     Accepted,
-    /// A non-2xx, a refused connection, a reset or a timeout: counts as a failed attempt.
+    /// A non-2xx, a refused connection, a reset, a timeout, or an address the egress policy
+    /// refuses: counts as a failed attempt.
     Failed {
         error: String,
         retry_after: Option<Duration>,
@@ -85,12 +87,14 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// `egress`: the outbound address policy when it is on (`None`: any address).
     pub fn new(
         cfg: &WebhookConfig,
         backoff_max: Duration,
+        egress: Option<Arc<egress::Policy>>,
         timeline: Arc<Timeline>,
     ) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
@@ -98,8 +102,13 @@ impl Endpoint {
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             // A redirect would re-send a signed body somewhere the operator did not configure.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(policy) = egress {
+            // Every name this client connects to is resolved here and screened; literal IPs
+            // (which bypass resolvers) were checked when the config was loaded.
+            builder = builder.dns_resolver(Arc::new(GuardedResolver::new(policy)));
+        }
+        let client = builder.build()?;
         Ok(Self {
             name: cfg.name.clone(),
             url: cfg.url.clone(),
@@ -302,6 +311,10 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     }
     let mut root: &dyn std::error::Error = e;
     while let Some(next) = root.source() {
+        // The egress policy's refusal is ours, and says all there is to say.
+        if let Some(denied) = next.downcast_ref::<Denied>() {
+            return denied.to_string();
+        }
         root = next;
     }
     let kind = if e.is_connect() {

@@ -260,6 +260,20 @@ impl Relay {
             tracing::warn!(
                 "no [[webhook]] configured: events are marked COMPLETED without delivery"
             );
+        } else if self.cfg.egress.deny_private_addresses {
+            let allowed: Vec<String> = self
+                .cfg
+                .egress
+                .allow_networks
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            tracing::info!(
+                allow_networks = allowed.join(","),
+                "egress policy: webhook requests may not connect to private or special-purpose addresses"
+            );
+        } else {
+            tracing::info!("egress policy: webhook requests may connect to any address, private ones included (egress.deny_private_addresses is off)");
         }
         let hard = CancellationToken::new();
         let stop_background = CancellationToken::new();

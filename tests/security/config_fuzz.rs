@@ -54,6 +54,12 @@ const ODD_STRINGS: &[&str] = &[
     "127.0.0.1:0",
     "[::]:70000",
     "0.0.0.0:9470",
+    "http://2130706433/",
+    "http://[::ffff:169.254.169.254]/",
+    "10.0.0.0/8",
+    "10.1.2.3/8",
+    "fe80::/10",
+    "::1",
     "PROJECT.*",
     "[",
     "{a,b",
@@ -107,6 +113,10 @@ const SSE_KEYS: &[(&str, Kind)] = &[
     ("enabled", Kind::Flag),
     ("token_secret", Kind::Text),
     ("heartbeat", Kind::Duration),
+];
+const EGRESS_KEYS: &[(&str, Kind)] = &[
+    ("deny_private_addresses", Kind::Flag),
+    ("allow_networks", Kind::Globs),
 ];
 const WEBHOOK_KEYS: &[(&str, Kind)] = &[
     ("name", Kind::Text),
@@ -192,20 +202,21 @@ fn table_of(keys: &'static [(&'static str, Kind)]) -> impl Strategy<Value = toml
     proptest::collection::vec(entry, 0..7).prop_map(|e| e.into_iter().collect())
 }
 
-/// A whole config document: top-level keys, maybe `[http]`, `[sse]` and `[[webhook]]`s.
+/// A whole config document: top-level keys, maybe `[http]`, `[sse]`, `[egress]` and
+/// `[[webhook]]`s.
 fn toml_document() -> impl Strategy<Value = String> {
     (
         table_of(TOP_KEYS),
         proptest::option::of(table_of(HTTP_KEYS)),
         proptest::option::of(table_of(SSE_KEYS)),
+        proptest::option::of(table_of(EGRESS_KEYS)),
         proptest::collection::vec(table_of(WEBHOOK_KEYS), 0..3),
     )
-        .prop_map(|(mut doc, http, sse, webhooks)| {
-            if let Some(t) = http {
-                doc.insert("http".into(), toml::Value::Table(t));
-            }
-            if let Some(t) = sse {
-                doc.insert("sse".into(), toml::Value::Table(t));
+        .prop_map(|(mut doc, http, sse, egress, webhooks)| {
+            for (name, table) in [("http", http), ("sse", sse), ("egress", egress)] {
+                if let Some(t) = table {
+                    doc.insert(name.into(), toml::Value::Table(t));
+                }
             }
             if !webhooks.is_empty() {
                 let hooks = webhooks.into_iter().map(toml::Value::Table).collect();

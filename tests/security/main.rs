@@ -10,6 +10,8 @@
 //! - [`hosts`]: a rebinding host name gets 421 on every route; `/metrics` can need a token;
 //! - [`connections`]: idle and trickling clients are cut off, and connection and stream caps
 //!   answer 503 while delivery goes on;
+//! - [`egress`]: with `[egress] deny_private_addresses` on, webhook URLs that reach loopback
+//!   are refused at load (IP literals) or at connect time (names), and allowed networks pass;
 //! - [`odd_payloads`]: payloads PostgreSQL stores (10 000 levels deep, 5 MB, line breaks in
 //!   a text column, text that is not JSON) through the relay to webhooks and streams;
 //! - [`wrong_table`]: `migrate` on a table that is not an outbox changes nothing;
@@ -21,6 +23,7 @@ mod common;
 
 mod config_fuzz;
 mod connections;
+mod egress;
 mod envelope_fuzz;
 mod hosts;
 mod identifiers;
