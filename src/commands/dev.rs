@@ -123,9 +123,14 @@ pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
     );
     eprintln!();
     eprintln!("publishing sample events; deliveries print below. Publish more with:");
+    // A URL with a password is not repeated here (terminal scrollback), nor suggested as a
+    // flag (other users see flags in `ps`): the same DATABASE_URL works.
+    let database = match crate::secret::holds_password(&url) {
+        true => "DATABASE_URL=<the same URL> outbox-relay publish".to_owned(),
+        false => format!("outbox-relay publish --database-url '{url}'"),
+    };
     eprintln!(
-        "  outbox-relay publish --database-url '{}' --type DEMO.HELLO --payload '{{\"hi\":1}}'{}",
-        url,
+        "  {database} --type DEMO.HELLO --payload '{{\"hi\":1}}'{}",
         if table == DEMO_TABLE {
             "   (with table = \"outbox_relay_demo\" in a --config file)"
         } else {
