@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::db::ident::Ident;
+use crate::db::tls;
 use crate::deliver::egress;
 use crate::deliver::signature::SigningKeys;
 use crate::http::host::AllowedHosts;
@@ -113,6 +114,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     long_transaction_warning: Option<Duration>,
     #[serde(default)]
+    database: FileDatabase,
+    #[serde(default)]
     http: FileHttp,
     #[serde(default)]
     sse: FileSse,
@@ -150,6 +153,17 @@ impl FileConfig {
         }
         keys
     }
+}
+
+/// `[database]`: TLS to PostgreSQL, libpq's key names (see `crate::db::tls`). The same keys
+/// may be URL parameters of `database_url`; set in both places they must agree.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileDatabase {
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+    sslcert: Option<String>,
+    sslkey: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -313,13 +327,7 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
         let database_url =
             Secret::resolve(&database_url).map_err(|m| ConfigError::new("database_url", m))?;
-        if let Err(e) = database_url.expose().parse::<tokio_postgres::Config>() {
-            // tokio-postgres errors do not echo the input, so no password leaks here.
-            return Err(ConfigError::new(
-                "database_url",
-                format!("not a PostgreSQL URL: {e}"),
-            ));
-        }
+        let database_url = database_tls(database_url, f.database)?;
         let ident = |key: &str, v: Option<String>, d: &str| {
             Ident::new(v.as_deref().unwrap_or(d)).map_err(|e| ConfigError::new(key, e.to_string()))
         };
@@ -538,6 +546,54 @@ fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
         };
         ConfigError::new(key, message)
     })
+}
+
+/// Checks `database_url` and adds the `[database]` TLS keys to it, so every connection reads
+/// them from one place (`crate::db::pg_config`). A key set both in the URL and in the file
+/// must have the same value: the file cannot quietly weaken (or the URL quietly strengthen)
+/// what the other says.
+fn database_tls(url: Secret, file: FileDatabase) -> Result<Secret, ConfigError> {
+    // Neither tokio-postgres' errors nor `split`'s echo the input: no password leaks here.
+    let (rest, in_url) =
+        tls::split(url.expose()).map_err(|m| ConfigError::new("database_url", m))?;
+    if let Err(e) = rest.parse::<tokio_postgres::Config>() {
+        return Err(ConfigError::new(
+            "database_url",
+            format!("not a PostgreSQL URL: {e}"),
+        ));
+    }
+    let sslmode = file.sslmode.as_deref().map(tls::SslMode::parse);
+    let in_file = tls::Settings {
+        sslmode: sslmode
+            .transpose()
+            .map_err(|m| ConfigError::new("database.sslmode", m))?,
+        sslrootcert: file.sslrootcert,
+        sslcert: file.sslcert,
+        sslkey: file.sslkey,
+    };
+    let url_pairs = in_url.pairs();
+    for (key, value) in in_file.pairs() {
+        if let Some((_, v)) = url_pairs.iter().find(|(k, _)| *k == key) {
+            if *v != value {
+                return Err(ConfigError::new(
+                    format!("database.{key}"),
+                    format!("is {value:?} here but {v:?} in database_url: set it in one place"),
+                ));
+            }
+        }
+    }
+    let all = in_url.or(in_file);
+    match (&all.sslcert, &all.sslkey) {
+        (Some(_), None) => Err(ConfigError::new(
+            "database.sslkey",
+            "is required with sslcert",
+        )),
+        (None, Some(_)) => Err(ConfigError::new(
+            "database.sslcert",
+            "is required with sslkey",
+        )),
+        _ => Ok(Secret::new(tls::with_settings(&rest, &all))),
+    }
 }
 
 fn parse_retention(v: Option<&str>) -> Result<Option<Duration>, ConfigError> {
@@ -836,6 +892,57 @@ mod tests {
         let err =
             load("[[webhook]]\nname='a'\nurl='http://x'\nsecret='hunter2 not-base64'").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn database_tls_keys_from_the_url_or_the_file_must_agree() {
+        let with = |url: &str, file: &str| {
+            Config::from_toml(
+                file,
+                &Overrides {
+                    database_url: Some(url.into()),
+                },
+            )
+        };
+        let c = with(
+            "postgres://u:pw@db/app",
+            "[database]\nsslmode = \"verify-full\"\nsslrootcert = \"/etc/ca.pem\"",
+        )
+        .unwrap();
+        let (_, s) = tls::split(c.database_url.expose()).unwrap();
+        assert_eq!(s.sslmode, Some(tls::SslMode::VerifyFull));
+        assert_eq!(s.sslrootcert.as_deref(), Some("/etc/ca.pem"));
+        // The same value in both places is fine; different values are an error naming both.
+        assert!(with(
+            "postgres://db/app?sslmode=verify-full",
+            "[database]\nsslmode = 'verify-full'"
+        )
+        .is_ok());
+        let err = with(
+            "postgres://u:hunter2@db/app?sslmode=require",
+            "[database]\nsslmode = 'verify-full'",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "database.sslmode");
+        assert!(err.message.contains("\"require\" in database_url"), "{err}");
+        assert!(!err.to_string().contains("hunter2"));
+        for (file, key) in [
+            ("[database]\nsslmode = 'verify'", "database.sslmode"),
+            ("[database]\nsslcert = '/c.pem'", "database.sslkey"),
+            ("[database]\nsslkey = '/k.pem'", "database.sslcert"),
+            ("[database]\nsslrootkey = '/k.pem'", "database"),
+        ] {
+            assert!(
+                with("postgres://db/app", file)
+                    .unwrap_err()
+                    .key
+                    .starts_with(key),
+                "{file}"
+            );
+        }
+        let err = with("postgres://u:hunter2@db/app?sslmode=verify", "").unwrap_err();
+        assert_eq!(err.key, "database_url");
+        assert!(!err.to_string().contains("hunter2"));
     }
 
     #[test]

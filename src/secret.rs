@@ -77,9 +77,10 @@ pub fn is_reference(value: &str) -> bool {
 /// reference to one). Both URL and `key=value` forms.
 pub fn holds_password(database_url: &str) -> bool {
     !is_reference(database_url)
-        && database_url
-            .parse::<tokio_postgres::Config>()
-            .is_ok_and(|c| c.get_password().is_some())
+        && crate::db::tls::split(database_url).is_ok_and(|(rest, _)| {
+            rest.parse::<tokio_postgres::Config>()
+                .is_ok_and(|c| c.get_password().is_some())
+        })
 }
 
 /// The permission bits of a regular file when group or others have any (`mode & 0o077`, the
@@ -184,6 +185,9 @@ mod tests {
     fn passwords_in_database_urls_are_found_in_both_forms() {
         assert!(holds_password("postgres://relay:hunter2@db/app"));
         assert!(holds_password("host=db user=relay password=hunter2"));
+        assert!(holds_password(
+            "postgres://relay:hunter2@db/app?sslmode=verify-full&sslrootcert=/ca.pem"
+        ));
         assert!(!holds_password("postgres://relay@db/app"));
         assert!(!holds_password("host=db user=relay"));
         assert!(!holds_password("file:/run/secrets/db_url"));

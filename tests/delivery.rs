@@ -589,11 +589,8 @@ impl Notifications {
         use futures_util::StreamExt;
         let channel = outbox_relay::db::migrate::channel(cfg);
         let secret = outbox_relay::secret::Secret::new(url.to_owned());
-        let (client, mut conn) = outbox_relay::db::pg_config(&secret)
-            .unwrap()
-            .connect(tokio_postgres::NoTls)
-            .await
-            .unwrap();
+        let (pg, tls) = outbox_relay::db::pg_config(&secret).unwrap();
+        let (client, mut conn) = pg.connect(tls).await.unwrap();
         let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (tx, markers) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn({

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio_postgres::NoTls;
 
 use crate::common::load::{run_load, RateLoad};
 use crate::common::proc::{proc_mem, sched_cpu_secs};
@@ -238,9 +237,9 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
 /// `count(*)` of the table) and kept until the caller ends it: the vacuum horizon held
 /// where a long report would hold it.
 async fn hold_snapshot(db: &FreshDb) -> anyhow::Result<tokio_postgres::Client> {
-    let mut cfg = outbox_relay::db::pg_config(&db.cfg.database_url)?;
+    let (mut cfg, tls) = outbox_relay::db::pg_config(&db.cfg.database_url)?;
     cfg.application_name(HOLDER_NAME);
-    let (client, conn) = cfg.connect(NoTls).await?;
+    let (client, conn) = cfg.connect(tls).await?;
     tokio::spawn(conn);
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use outbox_relay::config::{Config, Overrides};
 use outbox_relay::db::ident::quote_ident;
 use serde_json::{json, Map, Value};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::common::db::DbServer;
 use crate::common::proc::{cpu_mark, thread_cpu_secs, CpuMark, RelayProcess};
@@ -292,9 +292,8 @@ pub struct NotifyCounter {
 impl NotifyCounter {
     pub async fn listen(db: &FreshDb) -> anyhow::Result<Self> {
         let received = Arc::new(AtomicU64::new(0));
-        let (client, mut conn) = outbox_relay::db::pg_config(&db.cfg.database_url)?
-            .connect(NoTls)
-            .await?;
+        let (pg, tls) = outbox_relay::db::pg_config(&db.cfg.database_url)?;
+        let (client, mut conn) = pg.connect(tls).await?;
         let driver = tokio::spawn({
             let received = received.clone();
             async move {

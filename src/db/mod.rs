@@ -5,13 +5,15 @@ pub mod ident;
 pub mod migrate;
 pub mod queries;
 pub mod shape;
+pub mod tls;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use crate::secret::Secret;
 
@@ -54,10 +56,14 @@ const COMMAND_APPLICATION_NAME: &str = "outbox-relay command";
 /// Parses the URL and sets what every relay connection needs: a recognisable
 /// application_name (visible in pg_stat_activity), UTC sessions (so a Prisma
 /// `timestamp(3)` column reads as the UTC it holds), a connect timeout and TCP keepalives
-/// (a dead peer is noticed even on the otherwise silent LISTEN connection).
-pub fn pg_config(url: &Secret) -> anyhow::Result<tokio_postgres::Config> {
-    let mut cfg: tokio_postgres::Config = url
-        .expose()
+/// (a dead peer is noticed even on the otherwise silent LISTEN connection). Also builds the
+/// TLS connector from the URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` (the config
+/// file's `[database]` keys are already in the URL, see `crate::config`): every connection,
+/// pooled or not, is made with the pair this returns.
+pub fn pg_config(url: &Secret) -> anyhow::Result<(tokio_postgres::Config, tls::Connector)> {
+    let (rest, tls) = tls::split(url.expose())
+        .map_err(|m| anyhow::anyhow!("database_url is not a valid PostgreSQL URL: {m}"))?;
+    let mut cfg: tokio_postgres::Config = rest
         .parse()
         .context("database_url is not a valid PostgreSQL URL")?;
     if cfg.get_application_name().is_none() {
@@ -69,7 +75,79 @@ pub fn pg_config(url: &Secret) -> anyhow::Result<tokio_postgres::Config> {
     }
     cfg.keepalives(true);
     cfg.keepalives_idle(Duration::from_secs(30));
-    Ok(cfg)
+    // libpq ignores sslmode on Unix sockets; so does the relay (the server answers no).
+    let only_sockets = cfg
+        .get_hosts()
+        .iter()
+        .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+    cfg.ssl_mode(match only_sockets && !cfg.get_hosts().is_empty() {
+        true => tokio_postgres::config::SslMode::Disable,
+        false => tls.pg_mode(),
+    });
+    let connector = tls.connector()?;
+    Ok((cfg, connector))
+}
+
+/// A failed connection attempt as one line saying what to fix, for the errors a person can
+/// act on (TLS, authentication); others keep tokio-postgres' words, with a hint.
+pub fn connect_error(e: tokio_postgres::Error) -> anyhow::Error {
+    match explain(&e) {
+        Some(line) => anyhow::anyhow!(line),
+        None => anyhow::Error::new(e)
+            .context("cannot connect to the database (check database_url and that it is up)"),
+    }
+}
+
+fn explain(e: &tokio_postgres::Error) -> Option<String> {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        let msg = db.message();
+        return match db.code() {
+            // `password authentication failed for user "relay"`: the server's words name
+            // the user, never the password.
+            c if *c == SqlState::INVALID_PASSWORD => {
+                Some(format!("{msg}: check the password in database_url"))
+            }
+            c if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                && msg.contains("certificate") =>
+            {
+                Some(format!(
+                    "{msg}: the client certificate (sslcert, sslkey) must be signed by a CA \
+                     in the server's ssl_ca_file and name the user in its CN"
+                ))
+            }
+            _ => None,
+        };
+    }
+    let mut cause = e.source();
+    let mut no_tls = false;
+    while let Some(c) = cause {
+        if let Some(h) = c.downcast_ref::<tls::HandshakeError>() {
+            return Some(h.0.clone());
+        }
+        // tokio-postgres' own words when the server answers "no" to sslmode=require.
+        no_tls |= c.to_string() == "server does not support TLS";
+        cause = c.source();
+    }
+    if let Some(line) = tls::rustls_error(e).and_then(tls::client_cert_refused) {
+        return Some(line);
+    }
+    if no_tls {
+        return Some(
+            "the server does not offer TLS; sslmode require, verify-ca and verify-full need \
+             ssl = on in its postgresql.conf (sslmode=prefer also accepts a plain connection)"
+                .to_owned(),
+        );
+    }
+    None
+}
+
+/// A pooled connection, with [`connect_error`]'s words when a new one cannot be made.
+pub async fn get(pool: &Pool) -> anyhow::Result<deadpool_postgres::Object> {
+    pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => connect_error(e),
+        e => anyhow::Error::new(e).context("cannot connect to the database"),
+    })
 }
 
 /// The server cancels any statement of a pooled relay connection that runs longer: the
@@ -88,7 +166,7 @@ pub async fn query(
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> anyhow::Result<Vec<Row>> {
-    let client = pool.get().await.context("cannot connect to the database")?;
+    let client = get(pool).await?;
     let result = tokio::time::timeout(CLIENT_DEADLINE, async {
         let stmt = client.prepare_cached(sql).await?;
         client.query(&stmt, params).await
@@ -225,7 +303,7 @@ pub fn pool_with(
     role: Option<&str>,
     statement_timeout: Duration,
 ) -> anyhow::Result<Pool> {
-    let mut cfg = pg_config(url)?;
+    let (mut cfg, tls) = pg_config(url)?;
     if let Some(role) = role {
         cfg.application_name(application_name(role));
     }
@@ -235,7 +313,7 @@ pub fn pool_with(
     ));
     let mgr = Manager::from_config(
         cfg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -254,14 +332,11 @@ pub fn pool_with(
 
 /// One dedicated connection (CLI commands, LISTEN), its driver task spawned.
 pub async fn connect(url: &Secret) -> anyhow::Result<tokio_postgres::Client> {
-    let mut cfg = pg_config(url)?;
+    let (mut cfg, tls) = pg_config(url)?;
     if cfg.get_application_name() == Some(application_name("").as_str()) {
         cfg.application_name(COMMAND_APPLICATION_NAME);
     }
-    let (client, conn) = cfg
-        .connect(NoTls)
-        .await
-        .context("cannot connect to the database (check database_url and that it is up)")?;
+    let (client, conn) = cfg.connect(tls).await.map_err(connect_error)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "database connection closed");

@@ -43,10 +43,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::queries::{WAKE_LOCK, WAKE_UNLOCK};
+use crate::db::tls::Connector;
 use crate::relay::{Health, LOOP_BEAT};
 use crate::secret::Secret;
 
@@ -89,6 +90,8 @@ pub struct Doze {
 
 struct Conn {
     client: Client,
+    /// For the cancel request, which goes over a connection of its own.
+    tls: Connector,
     lock: Statement,
     unlock: Statement,
     closed: Arc<AtomicBool>,
@@ -142,7 +145,9 @@ impl Doze {
                 None => {
                     // Withdraw the request: a cancel goes over a connection of its own.
                     let cancel = conn.client.cancel_token();
-                    let _ = tokio::time::timeout(ANSWER_TIMEOUT, cancel.cancel_query(NoTls)).await;
+                    let _ =
+                        tokio::time::timeout(ANSWER_TIMEOUT, cancel.cancel_query(conn.tls.clone()))
+                            .await;
                     tokio::time::timeout(ANSWER_TIMEOUT, &mut lock).await.ok()
                 }
             };
@@ -218,9 +223,12 @@ impl Doze {
     }
 
     async fn connect(&self) -> anyhow::Result<Conn> {
-        let mut cfg = crate::db::pg_config(&self.url)?;
+        let (mut cfg, tls) = crate::db::pg_config(&self.url)?;
         cfg.application_name(crate::db::application_name(WAKER_ROLE));
-        let (client, connection) = cfg.connect(NoTls).await?;
+        let (client, connection) = cfg
+            .connect(tls.clone())
+            .await
+            .map_err(crate::db::connect_error)?;
         let closed = Arc::new(AtomicBool::new(false));
         tokio::spawn({
             let (closed, wake) = (closed.clone(), self.wake.clone());
@@ -243,6 +251,7 @@ impl Doze {
             .map_err(|_| anyhow::anyhow!("the database did not answer in {ANSWER_TIMEOUT:?}"))??;
         Ok(Conn {
             client,
+            tls,
             lock,
             unlock,
             closed,

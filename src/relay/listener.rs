@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::ident::quote_ident;
@@ -64,11 +64,11 @@ async fn listen_once(
     health: &Health,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut cfg = crate::db::pg_config(url)?;
+    let (mut cfg, tls) = crate::db::pg_config(url)?;
     // Named apart from the pool's connections, so operators (and tests) can tell it apart
     // in pg_stat_activity.
     cfg.application_name(crate::db::application_name(LISTENER_ROLE));
-    let (client, mut conn) = cfg.connect(NoTls).await?;
+    let (client, mut conn) = cfg.connect(tls).await.map_err(crate::db::connect_error)?;
     // The connection must be polled for the client to make progress and for notifications
     // to arrive; this task does both and ends when the connection does.
     let notified = wake.to_vec();

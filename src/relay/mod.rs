@@ -204,7 +204,7 @@ async fn wait_for_table(
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = async {
-            let client = pool.get().await.context("cannot connect to the database")?;
+            let client = crate::db::get(pool).await?;
             let shape = shape::inspect(&client, &table).await?;
             crate::db::migrate::warn_missing_indexes(&client, cfg).await;
             anyhow::Ok(shape)
