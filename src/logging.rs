@@ -14,10 +14,22 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
+/// deadpool-postgres warns for every pooled connection the server closed (one line as its
+/// connection ends, one more when it cannot be recycled): a restart or an
+/// `idle_session_timeout` would log two lines per connection in every pool. The relay says
+/// what matters itself (a statement that failed, a connection it could not open), so these
+/// are kept to errors unless `RUST_LOG` names deadpool.
+const POOL_DIRECTIVE: &str = "deadpool.postgres=error";
+
 /// Installs the process's subscriber: `RUST_LOG` (default `info`), stderr, colours only on
 /// a terminal (journald and log files get plain text).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = if filter.to_string().contains("deadpool") {
+        filter
+    } else {
+        filter.add_directive(POOL_DIRECTIVE.parse().expect("a valid directive"))
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

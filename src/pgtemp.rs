@@ -32,25 +32,7 @@ impl TempCluster {
     /// server options above, so they win: the benchmarks run with durable commits and
     /// `pg_stat_statements` preloaded.
     pub fn start_with(extra_opts: &str) -> anyhow::Result<Self> {
-        let bindir = find_bindir()?;
-        let dir = tempfile::Builder::new()
-            .prefix("outbox-relay-pg-")
-            .tempdir()?;
-        let run_as = if nix::unistd::geteuid().is_root() {
-            let user = nix::unistd::User::from_name("postgres")?
-                .context("running as root, and there is no `postgres` user to run the server as")?;
-            nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid))?;
-            Some((user.uid, user.gid))
-        } else {
-            None
-        };
-        let mut cluster = Self {
-            dir,
-            bindir,
-            port: 0,
-            opts: String::new(),
-            run_as,
-        };
+        let mut cluster = Self::empty(find_bindir()?)?;
         let data = cluster.data_dir();
         cluster
             .pg("initdb")
@@ -67,22 +49,87 @@ impl TempCluster {
             ])
             .args(["--no-instructions"])
             .output_checked("initdb")?;
-        // A free port can be taken between our probe and the server's bind: try a few.
+        cluster.start_on_free_port(extra_opts)?;
+        Ok(cluster)
+    }
+
+    /// A new, empty cluster directory (not initialised, not running) for `bindir`, owned by
+    /// the user the server will run as.
+    fn empty(bindir: PathBuf) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("outbox-relay-pg-")
+            .tempdir()?;
+        let run_as = if nix::unistd::geteuid().is_root() {
+            let user = nix::unistd::User::from_name("postgres")?
+                .context("running as root, and there is no `postgres` user to run the server as")?;
+            nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid))?;
+            Some((user.uid, user.gid))
+        } else {
+            None
+        };
+        Ok(Self {
+            dir,
+            bindir,
+            port: 0,
+            opts: String::new(),
+            run_as,
+        })
+    }
+
+    /// Starts the server on a free port. A free port can be taken between our probe and the
+    /// server's bind: try a few.
+    fn start_on_free_port(&mut self, extra_opts: &str) -> anyhow::Result<()> {
         let mut last_err = None;
         for _ in 0..5 {
-            cluster.port = free_port()?;
-            cluster.opts = format!(
+            self.port = free_port()?;
+            self.opts = format!(
                 "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
                  -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB {extra_opts}",
-                cluster.port,
-                cluster.dir.path().display()
+                self.port,
+                self.dir.path().display()
             );
-            match cluster.start_again() {
-                Ok(_) => return Ok(cluster),
+            match self.start_again() {
+                Ok(_) => return Ok(()),
                 Err(e) => last_err = Some(e),
             }
         }
         Err(last_err.expect("at least one attempt"))
+    }
+
+    /// A hot standby of this cluster, streaming from it (`pg_basebackup -R`), on a free port
+    /// of its own: for failover tests. initdb's pg_hba.conf already trusts local replication
+    /// connections, and the default `wal_level` (replica) and `max_wal_senders` allow it.
+    pub fn start_standby(&self) -> anyhow::Result<Self> {
+        let mut standby = Self::empty(self.bindir.clone())?;
+        standby
+            .pg("pg_basebackup")
+            .args([
+                "-D",
+                &standby.data_dir(),
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ])
+            .output_checked("pg_basebackup")?;
+        standby.start_on_free_port("-c hot_standby=on")?;
+        Ok(standby)
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&self) -> anyhow::Result<()> {
+        self.pg("pg_ctl")
+            .args(["-D", &self.data_dir(), "-w", "-t", "60", "promote"])
+            .output_checked("pg_ctl promote")?;
+        Ok(())
     }
 
     /// Starts the server again after [`TempCluster::stop`], on the same port (tests of a

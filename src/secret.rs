@@ -122,6 +122,8 @@ pub fn redact_url(url: &str) -> String {
             u.to_string()
         }
         Ok(u) => u.to_string(),
+        // A URL the url crate cannot read: one listing several hosts (failover).
+        Err(_) if url.contains("://") => redact_authority(url),
         // A key=value connection string: drop any password=... pair.
         Err(_) => url
             .split_whitespace()
@@ -135,6 +137,32 @@ pub fn redact_url(url: &str) -> String {
             .collect::<Vec<_>>()
             .join(" "),
     }
+}
+
+/// `scheme://user:password@hosts/...` with the password replaced (and any password=
+/// query parameter).
+fn redact_authority(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("checked");
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:redacted@{hosts}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let path = path
+        .split('&')
+        .map(|kv| match kv.split_once("password=") {
+            Some((before, _)) if before.is_empty() || before.ends_with('?') => {
+                format!("{before}password=redacted")
+            }
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    format!("{scheme}://{authority}{path}")
 }
 
 #[cfg(test)]
@@ -205,6 +233,17 @@ mod tests {
         assert_eq!(
             open_to_others(&std::fs::metadata("/dev/null").unwrap()),
             None
+        );
+    }
+
+    #[test]
+    fn redacts_passwords_in_multi_host_urls() {
+        let r = redact_url(
+            "postgres://relay:hunter2@db1:5432,db2:5432/app?target_session_attrs=read-write&password=x2",
+        );
+        assert_eq!(
+            r,
+            "postgres://relay:redacted@db1:5432,db2:5432/app?target_session_attrs=read-write&password=redacted"
         );
     }
 

@@ -22,6 +22,14 @@ async fn open(cfg: &Config) -> anyhow::Result<(tokio_postgres::Client, Queries)>
     Ok((client, Queries::for_config(cfg, &shape)))
 }
 
+/// [`open`] for a command that writes: a clear error on a standby (see
+/// [`db::server::READ_ONLY`]). `status` reads, and works on a standby too.
+async fn open_writable(cfg: &Config) -> anyhow::Result<(tokio_postgres::Client, Queries)> {
+    let (client, q) = open(cfg).await?;
+    db::server::ensure_writable(&client).await?;
+    Ok((client, q))
+}
+
 /// Wakes every relay on this table (rows just became due without an INSERT).
 async fn notify(client: &tokio_postgres::Client, cfg: &Config) -> anyhow::Result<()> {
     client
@@ -37,6 +45,7 @@ pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut client = db::connect(&cfg.database_url).await?;
+    db::server::ensure_writable(&client).await?;
     let managed = migrate::managed_indexes(cfg);
     let before = migrate::existing(&client, cfg, &managed).await?;
     migrate::run(&mut client, cfg).await?;
@@ -194,7 +203,7 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
 
 /// `skip --id ...`. Returns how many events were skipped.
 pub async fn skip(cfg: &Config, ids: &[String]) -> anyhow::Result<u64> {
-    let (client, q) = open(cfg).await?;
+    let (client, q) = open_writable(cfg).await?;
     let rows = client
         .query(&q.skip_ids, &[&ids])
         .await
@@ -213,7 +222,7 @@ pub async fn skip(cfg: &Config, ids: &[String]) -> anyhow::Result<u64> {
 
 /// `retry --id ...` or `retry --failed [--type GLOB]`. Returns how many rows went back.
 pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> anyhow::Result<u64> {
-    let (client, q) = open(cfg).await?;
+    let (client, q) = open_writable(cfg).await?;
     let total = if !ids.is_empty() {
         let rows = client
             .query(&q.retry_ids, &[&ids])
@@ -249,7 +258,7 @@ pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> an
 
 /// `purge --older-than D`. Returns how many rows were deleted.
 pub async fn purge(cfg: &Config, older_than: Duration) -> anyhow::Result<u64> {
-    let (client, q) = open(cfg).await?;
+    let (client, q) = open_writable(cfg).await?;
     let secs = older_than.as_secs_f64();
     let mut total = 0;
     loop {
@@ -321,7 +330,7 @@ pub async fn insert(
 
 /// `publish`.
 pub async fn publish(cfg: &Config, e: &NewEvent) -> anyhow::Result<String> {
-    let (client, q) = open(cfg).await?;
+    let (client, q) = open_writable(cfg).await?;
     let id = insert(&client, &q, e).await?;
     println!("{id}");
     Ok(id)

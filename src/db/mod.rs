@@ -4,6 +4,7 @@ pub mod browse;
 pub mod ident;
 pub mod migrate;
 pub mod queries;
+pub mod server;
 pub mod shape;
 pub mod tls;
 

@@ -242,6 +242,8 @@ impl Doze {
             }
         });
         let prepare = async {
+            // Idle while it sleeps armed, for up to the poll interval.
+            crate::db::server::keep_idle_session(&client).await?;
             let lock = client.prepare(WAKE_LOCK).await?;
             let unlock = client.prepare(WAKE_UNLOCK).await?;
             anyhow::Ok((lock, unlock))

@@ -26,6 +26,8 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The LISTEN connection's role in its application_name (`outbox-relay listener host/pid`).
 pub const LISTENER_ROLE: &str = "listener";
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
+/// The first reconnect's delay, doubled for each failed attempt in a row.
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 
 /// Runs until `stop`: listen, forward notifies to every waker (and the paused-endpoints
 /// announcements to `endpoints_changed`), reconnect on any failure.
@@ -37,9 +39,17 @@ pub async fn run(
     health: Arc<Health>,
     stop: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(100);
+    let mut delay = FIRST_RECONNECT_DELAY;
     loop {
-        let session = listen_once(&url, &channel, &wake, &endpoints_changed, &health, &stop);
+        let session = listen_once(
+            &url,
+            &channel,
+            &wake,
+            &endpoints_changed,
+            &health,
+            &stop,
+            &mut delay,
+        );
         match session.await {
             Ok(()) => return, // stopped
             Err(e) => {
@@ -55,7 +65,8 @@ pub async fn run(
     }
 }
 
-/// One connection's life. Returns Ok only when asked to stop.
+/// One connection's life. Returns Ok only when asked to stop. Once listening, `delay` starts
+/// over: the next incident (a failover, a restart) is a new one, reconnected as fast.
 async fn listen_once(
     url: &Secret,
     channel: &str,
@@ -63,6 +74,7 @@ async fn listen_once(
     endpoints_changed: &Arc<Notify>,
     health: &Health,
     stop: &CancellationToken,
+    delay: &mut Duration,
 ) -> anyhow::Result<()> {
     let (mut cfg, tls) = crate::db::pg_config(url)?;
     // Named apart from the pool's connections, so operators (and tests) can tell it apart
@@ -87,9 +99,11 @@ async fn listen_once(
         }
         Err(anyhow::anyhow!("server closed the connection"))
     });
+    crate::db::server::keep_idle_session(&client).await?;
     client
         .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
         .await?;
+    *delay = FIRST_RECONNECT_DELAY;
     health.listening.store(true, Ordering::Release);
     tracing::info!(channel, "listening for new events");
     // Anything committed while we were not listening was announced to nobody: look now.

@@ -192,8 +192,14 @@ pub async fn run(
     relay.run(shutdown).await
 }
 
+/// How often a relay that reached a read-only server (a standby) asks again whether it is
+/// writable (promoted): one cheap query, logged at debug.
+const READ_ONLY_RETRY: Duration = Duration::from_secs(2);
+
 /// Connects and reads the table's shape, retrying with backoff while the database is down
-/// or the table is not migrated yet. None if shut down meanwhile.
+/// or the table is not migrated yet, and quietly while the server is read-only (a standby:
+/// one error line, then a check every [`READ_ONLY_RETRY`] until it is promoted). None if
+/// shut down meanwhile.
 async fn wait_for_table(
     cfg: &Config,
     pool: &Pool,
@@ -202,29 +208,48 @@ async fn wait_for_table(
 ) -> Option<Queries> {
     let table = cfg.qualified_table();
     let mut delay = Duration::from_millis(200);
+    let mut read_only_reported = false;
     loop {
         let attempt = async {
             let client = crate::db::get(pool).await?;
             let shape = shape::inspect(&client, &table).await?;
+            if crate::db::server::read_only(&client).await? {
+                return Ok(None);
+            }
             crate::db::migrate::warn_missing_indexes(&client, cfg).await;
-            anyhow::Ok(shape)
+            anyhow::Ok(Some(shape))
         };
-        match attempt.await {
-            Ok(shape) => {
+        let wait = match attempt.await {
+            Ok(Some(shape)) => {
                 health.database.store(true, Ordering::Release);
+                if read_only_reported {
+                    tracing::info!("the database is writable now (the standby was promoted?)");
+                }
                 tracing::info!(table = %table, id_type = shape.id_type, status_type = %shape.status_type, "outbox table found");
                 return Some(Queries::for_config(cfg, &shape));
+            }
+            Ok(None) => {
+                // Not ready: nothing can be claimed there.
+                health.database.store(false, Ordering::Release);
+                if !std::mem::replace(&mut read_only_reported, true) {
+                    tracing::error!(retry_every = ?READ_ONLY_RETRY, "{}", crate::db::server::READ_ONLY);
+                } else {
+                    tracing::debug!("the database is still read-only");
+                }
+                READ_ONLY_RETRY
             }
             Err(e) => {
                 health.database.store(false, Ordering::Release);
                 tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "relay not started yet");
+                let wait = delay;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                wait
             }
-        }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return None,
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -433,6 +458,8 @@ impl Relay {
         let worth_claiming = batch.min(self.capacity_total / 2).max(1);
         let mut failures: u32 = 0;
         let mut contended: u32 = 0;
+        // The claims fail because the server is read-only, and that was said.
+        let mut read_only = false;
         let mut last_found = tokio::time::Instant::now() - LINGER;
         let mut cursor = ClaimCursor::new();
         let mut sweep = Sweep::default();
@@ -490,6 +517,7 @@ impl Relay {
             if matches!(claimed, Ok(c) if c.rows > 0) {
                 wake_tail();
             }
+            read_only &= claimed.is_err();
             let wait = match claimed {
                 Ok(claimed) if claimed.rows > 0 => {
                     // More may be due right now: a full batch left some, and while this relay
@@ -540,7 +568,18 @@ impl Relay {
                     failures += 1;
                     self.health.database.store(false, Ordering::Release);
                     let delay = Duration::from_millis(100 * 2u64.pow(failures.min(7))).min(poll);
-                    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "claim failed");
+                    if !crate::db::server::is_read_only(&e) {
+                        tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "claim failed");
+                    } else {
+                        // A pooled connection reached a standby (a URL without
+                        // target_session_attrs=read-write, during a failover). Said once per
+                        // incident; the pool's connections are dropped, so the next claim
+                        // connects afresh (to the primary, when the URL lets it choose).
+                        if !std::mem::replace(&mut read_only, true) {
+                            tracing::error!("claim failed: {}", crate::db::server::READ_ONLY);
+                        }
+                        self.pool.retain(|_, _| false);
+                    }
                     delay
                 }
             };

@@ -8,6 +8,7 @@ pub mod load;
 pub mod process;
 pub mod proxy;
 pub mod receiver;
+pub mod replication;
 pub mod sse;
 
 use std::sync::{Arc, Mutex, OnceLock};

@@ -240,8 +240,14 @@ pub async fn start_cluster_again(cluster: &Arc<TempCluster>) {
 }
 
 pub async fn new_cluster() -> Arc<TempCluster> {
+    new_cluster_with("").await
+}
+
+/// [`new_cluster`] with server options (`-c name=value ...`).
+pub async fn new_cluster_with(opts: &str) -> Arc<TempCluster> {
+    let opts = opts.to_owned();
     Arc::new(
-        tokio::task::spawn_blocking(TempCluster::start)
+        tokio::task::spawn_blocking(move || TempCluster::start_with(&opts))
             .await
             .unwrap()
             .expect("starting a private PostgreSQL cluster"),
