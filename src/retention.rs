@@ -3,7 +3,8 @@
 //! Small batches (each its own short statement, locking only the rows it deletes, skipping
 //! rows someone else holds) so it never blocks the app or the claim query and never keeps a
 //! long transaction open. One instance at a time: a session advisory lock per table, taken
-//! with `try`, so the others simply skip the round.
+//! with `try`, so the others simply skip the round (behind a transaction-mode pooler, a
+//! transaction-scoped lock per batch instead).
 
 use std::time::Duration;
 
@@ -61,28 +62,57 @@ async fn purge_round(
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<u64>> {
     let client = pool.get().await?;
-    let locked: bool = client
-        .query_one(
-            &format!("SELECT pg_try_advisory_lock({LOCK_KEY_SQL})"),
-            &[&table],
-        )
-        .await?
-        .get(0);
-    if !locked {
+    if crate::db::statements::pooler_safe() {
+        return in_transactions(client, purge_sql, table, retention.as_secs_f64(), stop).await;
+    }
+    if !lock_call(&client, "pg_try_advisory_lock", table).await? {
         return Ok(None);
     }
     let deleted = delete_expired(&client, purge_sql, retention, stop).await;
-    let unlocked = client
-        .query_one(
-            &format!("SELECT pg_advisory_unlock({LOCK_KEY_SQL})"),
-            &[&table],
-        )
-        .await;
+    let unlocked = lock_call(&client, "pg_advisory_unlock", table).await;
     if unlocked.is_err() {
         // A session lock must not go back into the pool: drop the connection, which ends it.
         let _ = deadpool_postgres::Object::take(client);
     }
     Ok(Some(deleted?))
+}
+
+/// `SELECT function(key)` for one of the advisory lock functions, on the table's key.
+async fn lock_call(
+    client: &impl deadpool_postgres::GenericClient,
+    function: &str,
+    table: &str,
+) -> anyhow::Result<bool> {
+    let sql = format!("SELECT {function}({LOCK_KEY_SQL})");
+    Ok(client.query_one(&sql, &[&table]).await?.get(0))
+}
+
+/// [`purge_round`] behind a transaction-mode pooler, where a session lock would stay on
+/// whichever server connection took it: each batch is a transaction of its own under the
+/// transaction-scoped lock (another relay may take a turn between batches; both delete
+/// with SKIP LOCKED). Its statements are prepared and closed inside the transaction.
+async fn in_transactions(
+    mut client: deadpool_postgres::Object,
+    purge_sql: &str,
+    table: &str,
+    secs: f64,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<u64>> {
+    let mut total = 0;
+    loop {
+        let tx = client.transaction().await?;
+        if !lock_call(&tx, "pg_try_advisory_xact_lock", table).await? {
+            return Ok((total > 0).then_some(total));
+        }
+        let n = tx.execute(purge_sql, &[&secs, &BATCH]).await?;
+        tx.commit().await?;
+        total += n;
+        metrics::counter!(crate::metrics::RETENTION_DELETED).increment(n);
+        if n < BATCH as u64 || stop.is_cancelled() {
+            return Ok(Some(total));
+        }
+        tokio::time::sleep(BATCH_PAUSE).await;
+    }
 }
 
 async fn delete_expired(

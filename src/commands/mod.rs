@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::db::queries::{glob_to_like, Queries};
+use crate::db::statements as st;
 use crate::db::{self, migrate, shape};
 
 /// Rows changed per statement by `purge` and `retry --failed`.
@@ -32,9 +33,12 @@ async fn open_writable(cfg: &Config) -> anyhow::Result<(tokio_postgres::Client, 
 
 /// Wakes every relay on this table (rows just became due without an INSERT).
 async fn notify(client: &tokio_postgres::Client, cfg: &Config) -> anyhow::Result<()> {
-    client
-        .execute("SELECT pg_notify($1, '')", &[&migrate::channel(cfg)])
-        .await?;
+    st::execute(
+        client,
+        "SELECT pg_notify($1, '')",
+        &[&migrate::channel(cfg)],
+    )
+    .await?;
     Ok(())
 }
 
@@ -123,22 +127,20 @@ pub async fn status_report(cfg: &Config) -> anyhow::Result<StatusReport> {
     for s in ["PENDING", "PROCESSING", "COMPLETED", "FAILED"] {
         counts.insert(s.to_owned(), 0);
     }
-    for row in client.query(&q.status_counts, &[]).await? {
+    for row in st::query(&client, &q.status_counts, &[]).await? {
         counts.insert(row.get(0), row.get(1));
     }
-    let oldest: Option<f64> = client.query_one(&q.oldest_pending, &[]).await?.get(0);
+    let oldest: Option<f64> = st::query_one(&client, &q.oldest_pending, &[]).await?.get(0);
     let blocked_keys = if cfg.ordered_types().is_empty() {
         Vec::new()
     } else {
-        client
-            .query(&q.blocked_keys, &[&BLOCKED_KEYS_SHOWN])
+        st::query(&client, &q.blocked_keys, &[&BLOCKED_KEYS_SHOWN])
             .await?
             .iter()
             .map(BlockedKey::from)
             .collect()
     };
-    let paused_endpoints = client
-        .query(&q.paused_list, &[])
+    let paused_endpoints = st::query(&client, &q.paused_list, &[])
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -204,8 +206,7 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
 /// `skip --id ...`. Returns how many events were skipped.
 pub async fn skip(cfg: &Config, ids: &[String]) -> anyhow::Result<u64> {
     let (client, q) = open_writable(cfg).await?;
-    let rows = client
-        .query(&q.skip_ids, &[&ids])
+    let rows = st::query(&client, &q.skip_ids, &[&ids])
         .await
         .context("skipping events (are the ids of the table's id type?)")?;
     let done: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -224,8 +225,7 @@ pub async fn skip(cfg: &Config, ids: &[String]) -> anyhow::Result<u64> {
 pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> anyhow::Result<u64> {
     let (client, q) = open_writable(cfg).await?;
     let total = if !ids.is_empty() {
-        let rows = client
-            .query(&q.retry_ids, &[&ids])
+        let rows = st::query(&client, &q.retry_ids, &[&ids])
             .await
             .context("retrying events (are the ids of the table's id type?)")?;
         let done: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -237,7 +237,7 @@ pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> an
         let pattern = glob_to_like(event_type.unwrap_or("*"));
         let mut total = 0;
         loop {
-            let n = client.execute(&q.retry_failed, &[&pattern, &BATCH]).await?;
+            let n = st::execute(&client, &q.retry_failed, &[&pattern, &BATCH]).await?;
             total += n;
             if n > 0 {
                 notify(&client, cfg).await?;
@@ -262,7 +262,7 @@ pub async fn purge(cfg: &Config, older_than: Duration) -> anyhow::Result<u64> {
     let secs = older_than.as_secs_f64();
     let mut total = 0;
     loop {
-        let n = client.execute(&q.purge, &[&secs, &BATCH]).await?;
+        let n = st::execute(&client, &q.purge, &[&secs, &BATCH]).await?;
         total += n;
         if n < BATCH as u64 {
             break;
@@ -330,8 +330,12 @@ pub async fn insert(
 
 /// `publish`.
 pub async fn publish(cfg: &Config, e: &NewEvent) -> anyhow::Result<String> {
-    let (client, q) = open_writable(cfg).await?;
-    let id = insert(&client, &q, e).await?;
+    let (mut client, q) = open_writable(cfg).await?;
+    // In a transaction: its statements stay on one server connection behind a
+    // transaction-mode pooler (see `db::statements`).
+    let tx = client.transaction().await?;
+    let id = insert(&tx, &q, e).await?;
+    tx.commit().await?;
     println!("{id}");
     Ok(id)
 }

@@ -242,14 +242,14 @@ pub async fn existing(
     indexes: &[ManagedIndex],
 ) -> anyhow::Result<Vec<bool>> {
     let names: Vec<String> = indexes.iter().map(|ix| ix.qualified(cfg)).collect();
-    let row = client
-        .query_one(
-            "SELECT array_agg(to_regclass(n) IS NOT NULL ORDER BY i)
-               FROM unnest($1::text[]) WITH ORDINALITY AS u(n, i)",
-            &[&names],
-        )
-        .await
-        .context("looking up the relay's indexes")?;
+    let row = super::statements::query_one(
+        client,
+        "SELECT array_agg(to_regclass(n) IS NOT NULL ORDER BY i)
+           FROM unnest($1::text[]) WITH ORDINALITY AS u(n, i)",
+        &[&names],
+    )
+    .await
+    .context("looking up the relay's indexes")?;
     Ok(row.get(0))
 }
 

@@ -6,6 +6,7 @@ pub mod migrate;
 pub mod queries;
 pub mod server;
 pub mod shape;
+pub mod statements;
 pub mod tls;
 
 use std::time::Duration;
@@ -160,8 +161,9 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// and keepalives never fire while a middlebox still acknowledges).
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(35);
 
-/// Runs one statement (prepared once per connection) on a pooled connection, bounded by
-/// [`CLIENT_DEADLINE`]; past it, the connection is [`abandon`]ed.
+/// Runs one statement on a pooled connection, bounded by [`CLIENT_DEADLINE`]; past it, the
+/// connection is [`abandon`]ed. Prepared once per connection, or pooler-safe (see
+/// [`statements`]).
 pub async fn query(
     pool: &Pool,
     sql: &str,
@@ -169,6 +171,9 @@ pub async fn query(
 ) -> anyhow::Result<Vec<Row>> {
     let client = get(pool).await?;
     let result = tokio::time::timeout(CLIENT_DEADLINE, async {
+        if statements::pooler_safe() {
+            return statements::query(&client, sql, params).await;
+        }
         let stmt = client.prepare_cached(sql).await?;
         client.query(&stmt, params).await
     })

@@ -14,12 +14,12 @@ pub const READ_ONLY: &str = "database_url points at a read-only server (a standb
 /// transactions are read-only by default. A standby that gets promoted turns writable in
 /// the same session: callers ask again rather than reconnect.
 pub async fn read_only(client: &Client) -> anyhow::Result<bool> {
-    let row = client
-        .query_one(
-            "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'",
-            &[],
-        )
-        .await?;
+    let row = super::statements::query_one(
+        client,
+        "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'",
+        &[],
+    )
+    .await?;
     Ok(row.get(0))
 }
 

@@ -232,15 +232,14 @@ pub async fn existing(
     qualified_table: &str,
 ) -> anyhow::Result<Option<Existing>> {
     let context = || format!("reading the catalog entry of {qualified_table}");
-    let Some(kind) = client
-        .query_opt(KIND, &[&qualified_table])
+    let Some(kind) = super::statements::query(client, KIND, &[&qualified_table])
         .await
+        .map(|mut rows| rows.pop())
         .with_context(context)?
     else {
         return Ok(None);
     };
-    let columns = client
-        .query(COLUMNS, &[&qualified_table])
+    let columns = super::statements::query(client, COLUMNS, &[&qualified_table])
         .await
         .with_context(context)?
         .iter()

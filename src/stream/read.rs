@@ -85,15 +85,19 @@ pub async fn next_page(
     org: Option<&str>,
     limit: usize,
 ) -> anyhow::Result<Page> {
-    let stmt = client.prepare_cached(&reader.sql).await?;
     let base = cursor.base.to_string();
     let (next, after) = match &cursor.next {
         Some((next, seq)) => (Some(next.to_string()), *seq),
         None => (None, i64::MIN),
     };
-    let rows = client
-        .query(&stmt, &[&base, &next, &after, &org, &(limit as i64)])
-        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&base, &next, &after, &org, &(limit as i64)];
+    let rows = if crate::db::statements::pooler_safe() {
+        crate::db::statements::query(client, &reader.sql, &params).await?
+    } else {
+        let stmt = client.prepare_cached(&reader.sql).await?;
+        client.query(&stmt, &params).await?
+    };
     let first = rows
         .first()
         .ok_or_else(|| anyhow::anyhow!("stream read returned no row"))?;
@@ -170,12 +174,12 @@ pub async fn next_page(
 
 /// The current snapshot: the cursor of a subscriber that starts live, from now.
 pub async fn now(client: &deadpool_postgres::Client) -> anyhow::Result<Cursor> {
-    let row = client
-        .query_one(
-            "SELECT pg_current_snapshot()::text, extract(epoch FROM statement_timestamp())::int8",
-            &[],
-        )
-        .await?;
+    let row = crate::db::statements::query_one(
+        client,
+        "SELECT pg_current_snapshot()::text, extract(epoch FROM statement_timestamp())::int8",
+        &[],
+    )
+    .await?;
     let text: String = row.get(0);
     let snapshot =
         Snapshot::parse(&text).ok_or_else(|| anyhow::anyhow!("unreadable snapshot {text:?}"))?;

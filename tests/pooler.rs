@@ -1,0 +1,226 @@
+//! Poolers (issue 16.4): the relay binary and its commands through a real PgBouncer (the
+//! system's `pgbouncer`, started by each test on a free port in front of the test's
+//! PostgreSQL). Transaction mode: two poll-only relays share the work, the commands work
+//! twice in a row, and nothing says "prepared statement". Session mode: LISTEN works.
+
+mod common;
+use common::fault::*;
+use common::process::*;
+use common::*;
+
+use std::process::{Child, Command, Stdio};
+
+/// A PgBouncer of the test's own, in front of the test's server; killed on drop.
+struct PgBouncer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PgBouncer {
+    /// `mode`: "transaction" or "session". In transaction mode three server connections per
+    /// user and database, so the relays' transactions interleave on shared server
+    /// connections; in session mode each client holds one, so there are enough for all of a
+    /// relay's (its pool, LISTEN, the wake lock, SSE).
+    async fn start(server_url: &str, mode: &str) -> Self {
+        let u = url::Url::parse(server_url).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_addr().rsplit(':').next().unwrap().parse().unwrap();
+        let ini = dir.path().join("pgbouncer.ini");
+        let size = if mode == "transaction" { 3 } else { 20 };
+        let users = dir.path().join("userlist.txt");
+        std::fs::write(&users, format!("\"{}\" \"\"\n", u.username())).unwrap();
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n* = host={} port={}\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+                 listen_port = {port}\nunix_socket_dir =\nauth_type = trust\n\
+                 auth_file = {}\npool_mode = {mode}\ndefault_pool_size = {size}\n\
+                 max_client_conn = 200\n\
+                 ignore_startup_parameters = options,extra_float_digits\n",
+                u.host_str().unwrap(),
+                u.port().unwrap_or(5432),
+                users.display()
+            ),
+        )
+        .unwrap();
+        // PgBouncer refuses to run as root: as root, it runs as postgres (as the tests'
+        // own cluster does).
+        let mut cmd = Command::new("pgbouncer");
+        if nix::unistd::geteuid().is_root() {
+            std::fs::set_permissions(
+                dir.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+            cmd.args(["-u", "postgres"]);
+        }
+        let child = cmd
+            .arg(&ini)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pgbouncer on PATH (apt-get install pgbouncer)");
+        let me = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_until("pgbouncer accepting", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        me
+    }
+
+    /// `url` with its host and port replaced by this PgBouncer's.
+    fn url(&self, url: &str) -> String {
+        let mut u = url::Url::parse(url).unwrap();
+        u.set_host(Some("127.0.0.1")).unwrap();
+        u.set_port(Some(self.port)).unwrap();
+        u.to_string()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Completed deliveries a relay counted, from its /metrics.
+async fn completed(http: &str) -> f64 {
+    let (_, body) = http_get(&format!("{http}/metrics")).await;
+    body.lines()
+        .filter(|l| l.starts_with("outbox_events_completed_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Lines of a relay's or command's output that report a failure.
+fn errors(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.contains("ERROR") || l.contains("prepared statement"))
+        .collect()
+}
+
+/// Runs a command through the pooler; it must succeed and say nothing about errors.
+async fn command(config: &tempfile::NamedTempFile, args: &[&str]) -> String {
+    let mut all = args.to_vec();
+    all.extend(["--config", path_str(config)]);
+    let (status, out, err) = run_to_end(args[0], relay_cmd(&all)).await;
+    assert!(status.success(), "{args:?} failed: {err}");
+    assert!(errors(&err).is_empty(), "{args:?} said: {err}");
+    out
+}
+
+const EVENTS: usize = 1500;
+
+/// Transaction mode: two poll-only relays share the events, every one arrives, and the
+/// commands work twice in a row (the second run met statements the first left behind).
+#[tokio::test(flavor = "multi_thread")]
+async fn transaction_mode_two_poll_only_relays_and_the_commands() {
+    let db = TestDb::new().await;
+    migrate_as_relay_config(&db.url).await;
+    let bouncer = PgBouncer::start(&db.url, "transaction").await;
+    let url = bouncer.url(&db.url);
+    let rx = Receiver::start().await;
+    let extra = "listen = false\npoll_interval = \"100ms\"\nbatch_size = 20";
+    let (file_a, http_a) = relay_config(&url, &[("main", &rx)], extra);
+    let (file_b, http_b) = relay_config(&url, &[("main", &rx)], extra);
+    let mut a = relay("relay-a", &file_a);
+    let mut b = relay("relay-b", &file_b);
+    wait_ready("relay a ready", &http_a).await;
+    wait_ready("relay b ready", &http_b).await;
+
+    let direct = db.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.extend(insert_events(&direct, EVENTS / 5, "POOLED").await);
+    }
+    rx.wait_accepted(&ids).await;
+    wait_until("every row COMPLETED", || {
+        let direct = &direct;
+        async move { count_status(direct, "COMPLETED").await == EVENTS as i64 }
+    })
+    .await;
+    let counts = rx.accepted_counts();
+    let accepted: usize = counts.values().sum();
+    // Exactly once here: no relay stopped or lost its lease, so nothing was redelivered.
+    assert_eq!(accepted, EVENTS, "duplicates: {}", accepted - EVENTS);
+    let (by_a, by_b) = (completed(&http_a).await, completed(&http_b).await);
+    assert!(by_a > 0.0 && by_b > 0.0, "shared: a {by_a}, b {by_b}");
+    assert_eq!((by_a + by_b) as usize, EVENTS);
+
+    // The commands, each twice. Some events FAILED first, for retry and skip.
+    direct
+        .batch_execute(
+            "UPDATE \"OutboxEvent\" SET status = 'FAILED', error_message = 'test'
+              WHERE id IN (SELECT id FROM \"OutboxEvent\" ORDER BY id LIMIT 6)",
+        )
+        .await
+        .unwrap();
+    let failed: Vec<String> = ids_with_status(&direct, "FAILED")
+        .await
+        .into_iter()
+        .collect();
+    let (cfg, _) = relay_config(&url, &[("main", &rx)], extra);
+    for round in 0..2 {
+        let status = command(&cfg, &["status"]).await;
+        assert!(status.contains("FAILED"), "status said: {status}");
+        command(&cfg, &["skip", "--id", &failed[round]]).await;
+        command(&cfg, &["retry", "--failed"]).await;
+        command(&cfg, &["purge", "--older-than", "1h"]).await;
+        let id = command(&cfg, &["publish", "--type", "CLI.PUBLISHED"]).await;
+        rx.wait_accepted(&[id.trim().to_owned()]).await;
+        direct
+            .batch_execute(&format!(
+                "UPDATE \"OutboxEvent\" SET status = 'FAILED', error_message = 'test'
+                  WHERE id::text IN ('{}', '{}')",
+                failed[2 + 2 * round],
+                failed[3 + 2 * round]
+            ))
+            .await
+            .unwrap();
+    }
+
+    assert!(a.is_running() && b.is_running(), "a relay exited");
+    for r in [&a, &b] {
+        let err = r.stderr();
+        assert!(errors(&err).is_empty(), "{}: {:?}", r.name(), errors(&err));
+    }
+    a.signal(nix::sys::signal::Signal::SIGTERM);
+    b.signal(nix::sys::signal::Signal::SIGTERM);
+    a.wait_exit(EXIT_PATIENCE).await;
+    b.wait_exit(EXIT_PATIENCE).await;
+}
+
+/// Session mode: a relay with LISTEN (poll once an hour) through PgBouncer is woken by
+/// inserts.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_mode_listen_wakes_the_relay() {
+    let db = TestDb::new().await;
+    migrate_as_relay_config(&db.url).await;
+    let bouncer = PgBouncer::start(&db.url, "session").await;
+    let rx = Receiver::start().await;
+    let (file, http) = relay_config(
+        &bouncer.url(&db.url),
+        &[("main", &rx)],
+        "listen = true\npoll_interval = \"1h\"",
+    );
+    let mut r = relay("relay", &file);
+    wait_ready("relay ready", &http).await;
+    r.wait_log(&["listening for new events"]).await;
+    let direct = db.client().await;
+    for n in 0..3 {
+        let ids = insert_events(&direct, 10, &format!("WOKEN.{n}")).await;
+        rx.wait_accepted(&ids).await;
+    }
+    assert!(errors(&r.stderr()).is_empty(), "{:?}", errors(&r.stderr()));
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    r.wait_exit(EXIT_PATIENCE).await;
+}
