@@ -129,7 +129,8 @@ async fn transaction_mode_two_poll_only_relays_and_the_commands() {
     let bouncer = PgBouncer::start(&db.url, "transaction").await;
     let url = bouncer.url(&db.url);
     let rx = Receiver::start().await;
-    let extra = "listen = false\npoll_interval = \"100ms\"\nbatch_size = 20";
+    // A lease far longer than a delivery here: a redelivery would be a lost outcome write.
+    let extra = "listen = false\npoll_interval = \"100ms\"\nbatch_size = 20\nlease = \"60s\"";
     let (file_a, http_a) = relay_config(&url, &[("main", &rx)], extra);
     let (file_b, http_b) = relay_config(&url, &[("main", &rx)], extra);
     let mut a = relay("relay-a", &file_a);
