@@ -60,6 +60,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return commands::dev::run(&overrides).await;
     }
     let cfg = Config::load(cli.global.config.as_deref(), &overrides)?;
+    // `listen = false` is the setting for transaction-mode poolers: keep no named
+    // statements on the server (see `db::statements`).
+    outbox_relay::db::statements::set_pooler_safe(!cfg.listen);
     match cli.command {
         Command::Run => {
             let shutdown = CancellationToken::new();

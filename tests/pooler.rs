@@ -178,15 +178,17 @@ async fn transaction_mode_two_poll_only_relays_and_the_commands() {
         command(&cfg, &["purge", "--older-than", "1h"]).await;
         let id = command(&cfg, &["publish", "--type", "CLI.PUBLISHED"]).await;
         rx.wait_accepted(&[id.trim().to_owned()]).await;
-        direct
-            .batch_execute(&format!(
-                "UPDATE \"OutboxEvent\" SET status = 'FAILED', error_message = 'test'
-                  WHERE id::text IN ('{}', '{}')",
-                failed[2 + 2 * round],
-                failed[3 + 2 * round]
-            ))
-            .await
-            .unwrap();
+        // One row per statement: two rows in one UPDATE can deadlock with a relay's claim.
+        for id in [&failed[2 + 2 * round], &failed[3 + 2 * round]] {
+            direct
+                .execute(
+                    "UPDATE \"OutboxEvent\" SET status = 'FAILED', error_message = 'test'
+                      WHERE id::text = $1",
+                    &[id],
+                )
+                .await
+                .unwrap();
+        }
     }
 
     assert!(a.is_running() && b.is_running(), "a relay exited");
