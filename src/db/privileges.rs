@@ -83,11 +83,6 @@ impl Privilege {
             _ => format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name)),
         }
     }
-
-    /// `GRANT ... TO role;` for this privilege alone. `role` is quoted.
-    pub fn grant(&self, role: &str) -> String {
-        grant(&[self.privilege], self.kind, &self.object(), role)
-    }
 }
 
 impl fmt::Display for Privilege {
@@ -182,14 +177,35 @@ pub struct MissingPrivileges {
 }
 
 impl fmt::Display for MissingPrivileges {
+    /// One line; privileges on the same object share a phrase and a GRANT.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let role = quote_ident(&self.role);
-        let what: Vec<String> = self.missing.iter().map(|p| p.to_string()).collect();
-        let fix: Vec<String> = self.missing.iter().map(|p| p.grant(&role)).collect();
+        let mut by_object: Vec<(&Privilege, Vec<&str>)> = Vec::new();
+        for p in &self.missing {
+            match by_object.iter_mut().find(|(o, _)| o.object() == p.object()) {
+                Some((_, privileges)) => privileges.push(p.privilege),
+                None => by_object.push((p, vec![p.privilege])),
+            }
+        }
+        let what: Vec<String> = by_object
+            .iter()
+            .map(|(p, privileges)| {
+                let kind = match p.kind {
+                    Kind::Table => "",
+                    Kind::Schema => "schema ",
+                    Kind::Sequence => "sequence ",
+                };
+                format!("{} on {kind}{}", privileges.join(", "), p.object())
+            })
+            .collect();
+        let fix: Vec<String> = by_object
+            .iter()
+            .map(|(p, privileges)| grant(privileges, p.kind, &p.object(), &role))
+            .collect();
         write!(
             f,
             "role {role} lacks {}: {} (`outbox-relay migrate --print-grants {}` prints them all)",
-            what.join(", "),
+            what.join("; "),
             fix.join(" "),
             self.role
         )
@@ -296,6 +312,19 @@ mod tests {
         };
         assert!(deletes(&cfg("")));
         assert!(!deletes(&cfg("retention = \"off\"")));
+    }
+
+    #[test]
+    fn privileges_on_one_object_share_a_grant() {
+        let cfg = cfg("");
+        let e = MissingPrivileges {
+            role: "relay".into(),
+            missing: needs(&cfg, Use::Purge),
+        };
+        assert_eq!(
+            e.to_string(),
+            r#"role "relay" lacks USAGE on schema "public"; SELECT, UPDATE, DELETE on "public"."OutboxEvent": GRANT USAGE ON SCHEMA "public" TO "relay"; GRANT SELECT, UPDATE, DELETE ON TABLE "public"."OutboxEvent" TO "relay"; (`outbox-relay migrate --print-grants relay` prints them all)"#
+        );
     }
 
     #[test]
