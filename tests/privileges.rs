@@ -223,7 +223,7 @@ async fn a_runtime_role_with_the_printed_grants_does_everything() {
     let http = free_addr();
     let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
     let file = s.runtime_config(&format!(
-        "max_attempts = 1\nbackoff_initial = \"100ms\"\n[http]\nlisten = \"{http}\"\n\
+        "max_attempts = 1\npoll_interval = \"1h\"\n[http]\nlisten = \"{http}\"\n\
          admin_token = \"{token}\"\n{}\n{}",
         sse::sse_toml("15s"),
         webhook_toml("main", &rx.url)
@@ -235,7 +235,8 @@ async fn a_runtime_role_with_the_printed_grants_does_everything() {
         .await
         .expect("SSE subscription accepted");
 
-    // Deliveries, woken by the trigger the app role's insert fired.
+    // Deliveries, woken by the trigger the app role's insert fired (the poll is an hour
+    // away).
     let ok = s.app_insert(3, "ORDER.OK").await;
     rx.wait_accepted(&ok).await;
     s.wait_status(&ok, "COMPLETED").await;
