@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::db::ident::{Ident, IdentError};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "outbox-relay",
@@ -57,6 +59,10 @@ pub enum Command {
         /// Print the SQL instead of running it.
         #[arg(long)]
         print: bool,
+        /// Print the GRANTs a runtime role (neither superuser nor the table's owner) needs for
+        /// every command, the dashboard and SSE, instead of migrating.
+        #[arg(long, value_name = "ROLE", value_parser = parse_role, conflicts_with = "print")]
+        print_grants: Option<Ident>,
     },
     /// Counts by status, oldest pending age, dead letters.
     Status {
@@ -109,4 +115,9 @@ pub enum Command {
     Dev,
     /// Validate the config and exit (status 2 when invalid).
     CheckConfig,
+}
+
+/// A role name for `--print-grants`: a plain identifier, quoted in the SQL it goes into.
+fn parse_role(raw: &str) -> Result<Ident, IdentError> {
+    Ident::new(raw)
 }

@@ -4,8 +4,9 @@
 //! - [`config`]: the TOML config, environment and flags, validated once; [`secret`] keeps
 //!   secret values out of logs.
 //! - [`db`]: connections ([`db::pool`]), the migration ([`db::migrate`], SQL in `sql/`), the
-//!   table's shape ([`db::shape`]), every query ([`db::queries`]) and what it checks of the
-//!   server it reached ([`db::server`]: writable, not a standby).
+//!   table's shape ([`db::shape`]), every query ([`db::queries`]), what it checks of the
+//!   server it reached ([`db::server`]: writable, not a standby) and of its role
+//!   ([`db::privileges`]: the GRANTs each command needs).
 //! - [`relay`]: the daemon. The claim loop wakes on NOTIFY ([`relay::listener`]) or a timer,
 //!   claims with `FOR UPDATE SKIP LOCKED`, spawns deliveries, and [`relay::recorder`] writes
 //!   outcomes back in batches and keeps leases alive.

@@ -7,9 +7,10 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use outbox_relay::cli::{Cli, Command};
 use outbox_relay::commands::{self, NewEvent};
 use outbox_relay::config::{Config, ConfigError, Overrides};
+use outbox_relay::db::privileges::MissingPrivileges;
 use tokio_util::sync::CancellationToken;
 
-/// Exit status for a bad config or bad arguments (clap uses 2 as well).
+/// Exit status for a bad config, bad arguments (clap uses 2 as well) or a missing privilege.
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
@@ -28,6 +29,11 @@ fn main() -> ExitCode {
         Err(e) => {
             if let Some(c) = e.downcast_ref::<ConfigError>() {
                 eprintln!("outbox-relay: {c}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            // Permanent until a DBA grants it: like a bad config, not worth a restart loop.
+            if let Some(m) = e.downcast_ref::<MissingPrivileges>() {
+                eprintln!("outbox-relay: {m}");
                 return ExitCode::from(EXIT_CONFIG);
             }
             eprintln!("outbox-relay: {e:#}");
@@ -72,7 +78,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .wait()
                 .await
         }
-        Command::Migrate { print } => commands::migrate(&cfg, print).await,
+        Command::Migrate {
+            print_grants: Some(role),
+            ..
+        } => {
+            print!(
+                "{}",
+                outbox_relay::db::privileges::grants_script(&cfg, &role)
+            );
+            Ok(())
+        }
+        Command::Migrate { print, .. } => commands::migrate(&cfg, print).await,
         Command::Status { json } => commands::status(&cfg, json).await,
         Command::Retry {
             ids,

@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::db::privileges::{self, Use};
 use crate::db::queries::{glob_to_like, Queries};
 use crate::db::statements as st;
 use crate::db::{self, migrate, shape};
@@ -15,9 +16,10 @@ use crate::db::{self, migrate, shape};
 /// Rows changed per statement by `purge` and `retry --failed`.
 const BATCH: i64 = 1000;
 
-/// Connects and reads the table's shape.
-async fn open(cfg: &Config) -> anyhow::Result<(tokio_postgres::Client, Queries)> {
+/// Connects, checks the role's privileges for `what`, and reads the table's shape.
+async fn open(cfg: &Config, what: Use) -> anyhow::Result<(tokio_postgres::Client, Queries)> {
     let client = db::connect(&cfg.database_url).await?;
+    privileges::check(&client, cfg, what).await?;
     let table = cfg.qualified_table();
     let shape = shape::inspect(&client, &table).await?;
     Ok((client, Queries::for_config(cfg, &shape)))
@@ -25,8 +27,11 @@ async fn open(cfg: &Config) -> anyhow::Result<(tokio_postgres::Client, Queries)>
 
 /// [`open`] for a command that writes: a clear error on a standby (see
 /// [`db::server::READ_ONLY`]). `status` reads, and works on a standby too.
-async fn open_writable(cfg: &Config) -> anyhow::Result<(tokio_postgres::Client, Queries)> {
-    let (client, q) = open(cfg).await?;
+async fn open_writable(
+    cfg: &Config,
+    what: Use,
+) -> anyhow::Result<(tokio_postgres::Client, Queries)> {
+    let (client, q) = open(cfg, what).await?;
     db::server::ensure_writable(&client).await?;
     Ok((client, q))
 }
@@ -73,6 +78,10 @@ pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
         shape.id_type,
         shape.status_type,
         migrate::channel(cfg)
+    );
+    eprintln!(
+        "a runtime role that is neither superuser nor owner: `outbox-relay migrate \
+         --print-grants ROLE` prints its GRANTs"
     );
     Ok(())
 }
@@ -122,7 +131,7 @@ pub const BLOCKED_KEYS_SHOWN: i64 = 100;
 
 /// Gathers the status report.
 pub async fn status_report(cfg: &Config) -> anyhow::Result<StatusReport> {
-    let (client, q) = open(cfg).await?;
+    let (client, q) = open(cfg, Use::Status).await?;
     let mut counts = std::collections::BTreeMap::new();
     for s in ["PENDING", "PROCESSING", "COMPLETED", "FAILED"] {
         counts.insert(s.to_owned(), 0);
@@ -205,7 +214,7 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
 
 /// `skip --id ...`. Returns how many events were skipped.
 pub async fn skip(cfg: &Config, ids: &[String]) -> anyhow::Result<u64> {
-    let (client, q) = open_writable(cfg).await?;
+    let (client, q) = open_writable(cfg, Use::Change).await?;
     let rows = st::query(&client, &q.skip_ids, &[&ids])
         .await
         .context("skipping events (are the ids of the table's id type?)")?;
@@ -223,7 +232,7 @@ pub async fn skip(cfg: &Config, ids: &[String]) -> anyhow::Result<u64> {
 
 /// `retry --id ...` or `retry --failed [--type GLOB]`. Returns how many rows went back.
 pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> anyhow::Result<u64> {
-    let (client, q) = open_writable(cfg).await?;
+    let (client, q) = open_writable(cfg, Use::Change).await?;
     let total = if !ids.is_empty() {
         let rows = st::query(&client, &q.retry_ids, &[&ids])
             .await
@@ -258,7 +267,7 @@ pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> an
 
 /// `purge --older-than D`. Returns how many rows were deleted.
 pub async fn purge(cfg: &Config, older_than: Duration) -> anyhow::Result<u64> {
-    let (client, q) = open_writable(cfg).await?;
+    let (client, q) = open_writable(cfg, Use::Purge).await?;
     let secs = older_than.as_secs_f64();
     let mut total = 0;
     loop {
@@ -330,7 +339,7 @@ pub async fn insert(
 
 /// `publish`.
 pub async fn publish(cfg: &Config, e: &NewEvent) -> anyhow::Result<String> {
-    let (mut client, q) = open_writable(cfg).await?;
+    let (mut client, q) = open_writable(cfg, Use::Publish).await?;
     // In a transaction: its statements stay on one server connection behind a
     // transaction-mode pooler (see `db::statements`).
     let tx = client.transaction().await?;

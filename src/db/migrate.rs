@@ -293,6 +293,10 @@ pub fn script(cfg: &Config) -> String {
     for sql in index_statements(cfg) {
         out.push_str(&format!("{}\n", sql.trim_end()));
     }
+    out.push_str(
+        "\n-- A runtime role that is neither superuser nor owner needs GRANTs on these \
+         objects:\n-- `outbox-relay migrate --print-grants ROLE` prints them.\n",
+    );
     out
 }
 

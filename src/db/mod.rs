@@ -3,6 +3,7 @@
 pub mod browse;
 pub mod ident;
 pub mod migrate;
+pub mod privileges;
 pub mod queries;
 pub mod server;
 pub mod shape;

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::activity::Timeline;
 use crate::config::Config;
 use crate::db::queries::Queries;
-use crate::db::shape;
+use crate::db::{privileges, shape};
 use crate::deliver::Dispatcher;
 use crate::event::ClaimedEvent;
 use crate::stream::Hub;
@@ -167,7 +167,7 @@ pub async fn run(
     shutdown: CancellationToken,
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
-    let Some(queries) = wait_for_table(&cfg, &pool, &shared.health, &shutdown).await else {
+    let Some(queries) = wait_for_table(&cfg, &pool, &shared.health, &shutdown).await? else {
         return Ok(());
     };
     let queries = Arc::new(queries);
@@ -199,19 +199,22 @@ const READ_ONLY_RETRY: Duration = Duration::from_secs(2);
 /// Connects and reads the table's shape, retrying with backoff while the database is down
 /// or the table is not migrated yet, and quietly while the server is read-only (a standby:
 /// one error line, then a check every [`READ_ONLY_RETRY`] until it is promoted). None if
-/// shut down meanwhile.
+/// shut down meanwhile. A privilege the role lacks is an error
+/// ([`crate::db::privileges::MissingPrivileges`]): the daemon exits with one line naming it
+/// and its GRANT, rather than retrying what only a DBA can fix.
 async fn wait_for_table(
     cfg: &Config,
     pool: &Pool,
     health: &Health,
     shutdown: &CancellationToken,
-) -> Option<Queries> {
+) -> anyhow::Result<Option<Queries>> {
     let table = cfg.qualified_table();
     let mut delay = Duration::from_millis(200);
     let mut read_only_reported = false;
     loop {
         let attempt = async {
             let client = crate::db::get(pool).await?;
+            privileges::check(&client, cfg, privileges::Use::Run).await?;
             let shape = shape::inspect(&client, &table).await?;
             if crate::db::server::read_only(&client).await? {
                 return Ok(None);
@@ -226,7 +229,7 @@ async fn wait_for_table(
                     tracing::info!("the database is writable now (the standby was promoted?)");
                 }
                 tracing::info!(table = %table, id_type = shape.id_type, status_type = %shape.status_type, "outbox table found");
-                return Some(Queries::for_config(cfg, &shape));
+                return Ok(Some(Queries::for_config(cfg, &shape)));
             }
             Ok(None) => {
                 // Not ready: nothing can be claimed there.
@@ -238,6 +241,7 @@ async fn wait_for_table(
                 }
                 READ_ONLY_RETRY
             }
+            Err(e) if privileges::is_missing(&e) => return Err(e),
             Err(e) => {
                 health.database.store(false, Ordering::Release);
                 tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "relay not started yet");
@@ -248,7 +252,7 @@ async fn wait_for_table(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Ok(None),
         }
     }
 }

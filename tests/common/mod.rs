@@ -137,23 +137,28 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop runs inside the test's runtime: do the async work on a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(c) = outbox_relay::db::connect(&Secret::new(admin_url)).await {
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            })
-        })
-        .join();
+        let drop_db = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        run_detached(self.admin_url.clone(), vec![drop_db]);
     }
+}
+
+/// Runs `statements` on `url`, ignoring errors, on a thread of its own and waiting for it:
+/// for clean-up in `Drop`, which runs inside the test's runtime.
+pub fn run_detached(url: String, statements: Vec<String>) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            if let Ok(c) = outbox_relay::db::connect(&Secret::new(url)).await {
+                for sql in statements {
+                    let _ = c.batch_execute(&sql).await;
+                }
+            }
+        })
+    })
+    .join();
 }
 
 /// Tests run in parallel: unless a test chose its own `[http]`, serve on a free port.

@@ -1,0 +1,344 @@
+//! Least privilege: what each command needs of the objects `migrate` creates (the schema,
+//! the outbox table, the paused-endpoints table beside it, the stream sequence), the GRANTs
+//! that give a runtime role all of it (`migrate --print-grants ROLE`), and the start-up check
+//! that turns a missing privilege into one error naming it and its GRANT.
+//!
+//! Table-level privileges, not column-level: the relay updates a dozen columns (status,
+//! lease, token, history...) and a column list would break with every release that adds one.
+//! Needs nothing for advisory locks, LISTEN/NOTIFY or the catalogs. The notify trigger's
+//! function runs as the inserting role, but PostgreSQL checks EXECUTE only when a trigger is
+//! created, not when it fires: an app role needs INSERT (and USAGE on the stream sequence,
+//! which the insert's default draws from), nothing on the function.
+
+use std::fmt;
+
+use anyhow::Context;
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::db::ident::{derived_name, quote_ident, Ident};
+use crate::db::migrate::paused_table;
+
+/// What a command does with the table, for the privileges it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// `status`: reads.
+    Status,
+    /// `retry`, `skip`: update rows.
+    Change,
+    /// `purge`: deletes rows (found `FOR UPDATE`, which needs UPDATE too).
+    Purge,
+    /// `publish`: inserts.
+    Publish,
+    /// `run`: claims and records (UPDATE, and `FOR SHARE` on the paused table, which needs
+    /// UPDATE), retention (DELETE), the dashboard's pause and resume (INSERT and DELETE on
+    /// the paused table).
+    Run,
+}
+
+/// The kind of object a privilege is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Schema,
+    Table,
+    Sequence,
+}
+
+impl Kind {
+    fn sql(self) -> &'static str {
+        match self {
+            Kind::Schema => "schema",
+            Kind::Table => "table",
+            Kind::Sequence => "sequence",
+        }
+    }
+}
+
+/// One privilege on one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Privilege {
+    /// `SELECT`, `USAGE`, ...
+    pub privilege: &'static str,
+    pub kind: Kind,
+    /// The schema's bare name.
+    schema: String,
+    /// The object's bare name (the schema's, for a schema).
+    name: String,
+}
+
+impl Privilege {
+    fn new(privilege: &'static str, kind: Kind, schema: &Ident, name: &str) -> Self {
+        Self {
+            privilege,
+            kind,
+            schema: schema.as_str().to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// The object, quoted (schema-qualified unless it is the schema).
+    pub fn object(&self) -> String {
+        match self.kind {
+            Kind::Schema => quote_ident(&self.schema),
+            _ => format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name)),
+        }
+    }
+}
+
+impl fmt::Display for Privilege {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Kind::Schema => write!(f, "{} on schema {}", self.privilege, self.object()),
+            Kind::Table => write!(f, "{} on {}", self.privilege, self.object()),
+            Kind::Sequence => write!(f, "{} on sequence {}", self.privilege, self.object()),
+        }
+    }
+}
+
+fn grant(privileges: &[&str], kind: Kind, object: &str, role: &str) -> String {
+    let on = match kind {
+        Kind::Schema => "SCHEMA",
+        Kind::Table => "TABLE",
+        Kind::Sequence => "SEQUENCE",
+    };
+    format!(
+        "GRANT {} ON {on} {object} TO {role};",
+        privileges.join(", ")
+    )
+}
+
+/// The stream sequence's bare name (migration 005).
+fn stream_seq(cfg: &Config) -> String {
+    derived_name("", &cfg.table, "_stream_seq")
+}
+
+/// The privileges `what` needs with this config.
+pub fn needs(cfg: &Config, what: Use) -> Vec<Privilege> {
+    let s = &cfg.schema;
+    let table = |p| Privilege::new(p, Kind::Table, s, cfg.table.as_str());
+    let paused = |p| Privilege::new(p, Kind::Table, s, &paused_table(&cfg.table));
+    let mut out = vec![
+        Privilege::new("USAGE", Kind::Schema, s, s.as_str()),
+        table("SELECT"),
+    ];
+    match what {
+        Use::Status => out.push(paused("SELECT")),
+        Use::Change => out.push(table("UPDATE")),
+        Use::Purge => out.extend([table("UPDATE"), table("DELETE")]),
+        Use::Publish => out.extend([
+            table("INSERT"),
+            Privilege::new("USAGE", Kind::Sequence, s, &stream_seq(cfg)),
+        ]),
+        Use::Run => {
+            out.push(table("UPDATE"));
+            if cfg.retention.is_some() {
+                out.push(table("DELETE"));
+            }
+            out.extend(["SELECT", "INSERT", "UPDATE", "DELETE"].map(paused));
+        }
+    }
+    out
+}
+
+/// `migrate --print-grants ROLE`: every GRANT the runtime role needs for all commands, the
+/// dashboard and SSE, as a script a DBA can run (idempotent: granting twice is harmless).
+pub fn grants_script(cfg: &Config, role: &Ident) -> String {
+    let s = &cfg.schema;
+    let r = role.to_string();
+    let all = ["SELECT", "INSERT", "UPDATE", "DELETE"];
+    let qualified = |name: &str| format!("{s}.{}", quote_ident(name));
+    [
+        format!(
+            "-- outbox-relay {}: the privileges runtime role {r} needs on {} (run, the \
+             dashboard, SSE,\n-- status, retry, skip, purge, publish). Run as the owner (the \
+             role that ran migrate) or a superuser.",
+            env!("CARGO_PKG_VERSION"),
+            cfg.qualified_table()
+        ),
+        grant(&["USAGE"], Kind::Schema, &s.to_string(), &r),
+        grant(&all, Kind::Table, &cfg.qualified_table(), &r),
+        grant(&all, Kind::Table, &qualified(&paused_table(&cfg.table)), &r),
+        grant(&["USAGE"], Kind::Sequence, &qualified(&stream_seq(cfg)), &r),
+        format!(
+            "-- Optional: without it the oldest-transaction gauge and warning see only {r}'s \
+             own sessions.\n-- GRANT pg_read_all_stats TO {r};"
+        ),
+    ]
+    .join("\n")
+        + "\n"
+}
+
+/// The privileges a role lacks, as one error: each one named, with the GRANT that fixes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingPrivileges {
+    /// The role's bare name.
+    pub role: String,
+    pub missing: Vec<Privilege>,
+}
+
+impl fmt::Display for MissingPrivileges {
+    /// One line; privileges on the same object share a phrase and a GRANT.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let role = quote_ident(&self.role);
+        let mut by_object: Vec<(&Privilege, Vec<&str>)> = Vec::new();
+        for p in &self.missing {
+            match by_object.iter_mut().find(|(o, _)| o.object() == p.object()) {
+                Some((_, privileges)) => privileges.push(p.privilege),
+                None => by_object.push((p, vec![p.privilege])),
+            }
+        }
+        let what: Vec<String> = by_object
+            .iter()
+            .map(|(p, privileges)| {
+                let kind = match p.kind {
+                    Kind::Table => "",
+                    Kind::Schema => "schema ",
+                    Kind::Sequence => "sequence ",
+                };
+                format!("{} on {kind}{}", privileges.join(", "), p.object())
+            })
+            .collect();
+        let fix: Vec<String> = by_object
+            .iter()
+            .map(|(p, privileges)| grant(privileges, p.kind, &p.object(), &role))
+            .collect();
+        write!(
+            f,
+            "role {role} lacks {}: {} (`outbox-relay migrate --print-grants {}` prints them all)",
+            what.join("; "),
+            fix.join(" "),
+            self.role
+        )
+    }
+}
+
+impl std::error::Error for MissingPrivileges {}
+
+/// Which of `wanted` the session's role has, in one statement. Objects are found in the
+/// catalog by name, not resolved through the schema (which needs USAGE on it); a missing one
+/// is not reported here (the shape check or the first statement says `migrate` has not run).
+const CHECK: &str = "
+SELECT current_user::text, array_agg(CASE u.k
+    WHEN 'schema' THEN (SELECT has_schema_privilege(n.oid, u.p)
+                          FROM pg_namespace n WHERE n.nspname = u.s)
+    WHEN 'table' THEN (SELECT has_table_privilege(c.oid, u.p)
+                         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE n.nspname = u.s AND c.relname = u.o)
+    ELSE (SELECT has_sequence_privilege(c.oid, u.p)
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = u.s AND c.relname = u.o AND c.relkind = 'S')
+    END ORDER BY u.i)
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u(k, s, o, p, i)";
+
+/// Checks that the session's role has what `what` needs: an error of type
+/// [`MissingPrivileges`] naming every one it lacks.
+pub async fn check(client: &Client, cfg: &Config, what: Use) -> anyhow::Result<()> {
+    let wanted = needs(cfg, what);
+    let col = |f: fn(&Privilege) -> &str| wanted.iter().map(f).collect::<Vec<&str>>();
+    // Through `statements`: no named statement left behind a transaction-mode pooler.
+    let row = super::statements::query_one(
+        client,
+        CHECK,
+        &[
+            &col(|p| p.kind.sql()),
+            &col(|p| &p.schema),
+            &col(|p| &p.name),
+            &col(|p| p.privilege),
+        ],
+    )
+    .await
+    .context("checking the role's privileges")?;
+    let has: Vec<Option<bool>> = row.get(1);
+    let missing: Vec<Privilege> = wanted
+        .into_iter()
+        .zip(has)
+        .filter(|(_, has)| *has == Some(false))
+        .map(|(p, _)| p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(MissingPrivileges {
+        role: row.get(0),
+        missing,
+    }
+    .into())
+}
+
+/// Whether `e` is (or wraps) a [`MissingPrivileges`].
+pub fn is_missing(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<MissingPrivileges>().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    fn cfg(toml: &str) -> Config {
+        Config::from_toml(toml, &Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn grants_cover_every_use_and_are_quoted() {
+        let cfg = cfg("table = \"OutboxEvent\"");
+        let role = Ident::new("relay_rt").unwrap();
+        let script = grants_script(&cfg, &role);
+        let lines: Vec<&str> = script.lines().filter(|l| !l.starts_with("--")).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"GRANT USAGE ON SCHEMA "public" TO "relay_rt";"#,
+                r#"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."OutboxEvent" TO "relay_rt";"#,
+                r#"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."OutboxEvent_relay_paused" TO "relay_rt";"#,
+                r#"GRANT USAGE ON SEQUENCE "public"."OutboxEvent_stream_seq" TO "relay_rt";"#,
+            ]
+        );
+        for what in [Use::Status, Use::Change, Use::Purge, Use::Publish, Use::Run] {
+            for p in needs(&cfg, what) {
+                let covered = lines
+                    .iter()
+                    .any(|l| l.contains(p.privilege) && l.contains(&format!(" {} TO", p.object())));
+                assert!(covered, "{p} ({what:?}) is not granted by:\n{script}");
+            }
+        }
+    }
+
+    #[test]
+    fn run_needs_delete_only_with_retention() {
+        let deletes = |c: &Config| {
+            needs(c, Use::Run)
+                .iter()
+                .any(|p| p.privilege == "DELETE" && p.object() == c.qualified_table())
+        };
+        assert!(deletes(&cfg("")));
+        assert!(!deletes(&cfg("retention = \"off\"")));
+    }
+
+    #[test]
+    fn privileges_on_one_object_share_a_grant() {
+        let cfg = cfg("");
+        let e = MissingPrivileges {
+            role: "relay".into(),
+            missing: needs(&cfg, Use::Purge),
+        };
+        assert_eq!(
+            e.to_string(),
+            r#"role "relay" lacks USAGE on schema "public"; SELECT, UPDATE, DELETE on "public"."OutboxEvent": GRANT USAGE ON SCHEMA "public" TO "relay"; GRANT SELECT, UPDATE, DELETE ON TABLE "public"."OutboxEvent" TO "relay"; (`outbox-relay migrate --print-grants relay` prints them all)"#
+        );
+    }
+
+    #[test]
+    fn the_error_is_one_line_with_the_fix() {
+        let cfg = cfg("table = \"OutboxEvent\"");
+        let update = needs(&cfg, Use::Change).pop().unwrap();
+        let e = MissingPrivileges {
+            role: "relay".into(),
+            missing: vec![update],
+        };
+        assert_eq!(
+            e.to_string(),
+            r#"role "relay" lacks UPDATE on "public"."OutboxEvent": GRANT UPDATE ON TABLE "public"."OutboxEvent" TO "relay"; (`outbox-relay migrate --print-grants relay` prints them all)"#
+        );
+    }
+}
