@@ -128,8 +128,13 @@ async fn a_relay_pointed_at_a_standby_says_so_once_and_starts_when_it_is_promote
     pair.promote().await;
     rx.wait_accepted(&ids).await;
     wait_ready("ready once promoted", &http).await;
+    // A 2xx is answered before its row is recorded: wait for the record, not the request.
     let client = connect(&standby).await;
-    assert_eq!(count_status(&client, "COMPLETED").await, 10);
+    wait_until("all 10 rows COMPLETED on the promoted server", || {
+        let client = &client;
+        async move { count_status(client, "COMPLETED").await == 10 }
+    })
+    .await;
     assert_eq!(r.log_count(READ_ONLY_LINE), 1);
     r.wait_log(&["the database is writable now"]).await;
     drop(r);
