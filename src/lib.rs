@@ -32,6 +32,7 @@ pub mod db;
 pub mod deliver;
 pub mod event;
 pub mod http;
+pub mod incident;
 pub mod logging;
 pub mod metrics;
 pub mod pgtemp;

@@ -191,14 +191,17 @@ async fn idle_session_timeout_and_a_restart_cost_a_few_lines_and_lose_nothing() 
     assert!(all.iter().all(|id| counts.contains_key(id)));
     assert!(r.is_running());
     let restart_warnings = level_count(&r.stderr(), " WARN ") - idle_warnings;
+    println!("warnings: {idle_warnings} while idling, {restart_warnings} for the restart");
     assert_eq!(listener_lost, 0, "the LISTEN connection timed out idle");
     assert!(
         idle_warnings <= 2,
         "{idle_warnings} warnings while idling: {}",
         r.stderr()
     );
+    // One per part that lost its connection (LISTEN, claims, wake lock, outcome writes) at
+    // most: each incident is logged when it starts, not on every retry.
     assert!(
-        restart_warnings < 10,
+        restart_warnings <= 4,
         "{restart_warnings} warnings for one restart: {}",
         r.stderr()
     );

@@ -89,6 +89,12 @@ async fn f2_postgres_restarted_mid_load_relay_recovers_by_itself() {
         &t,
     );
     assert_nothing_lost(&t, WINDOW);
+    // One warning per part that lost its connection, when its incident starts; not one per
+    // retry for the 3 s the server was down.
+    let err = r.stderr();
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains(" WARN ")).collect();
+    println!("{} warnings for the restart", warnings.len());
+    assert!(warnings.len() <= 6, "{warnings:#?}");
     assert_no_secrets(&url, &file, Some(&http), &[&r]).await;
     drop(r);
     drop_cluster(cluster).await;

@@ -6,6 +6,7 @@
 mod common;
 use common::fault::*;
 use common::process::*;
+use common::replication::level_count;
 use common::*;
 
 use std::process::{Child, Command, Stdio};
@@ -14,15 +15,15 @@ use std::process::{Child, Command, Stdio};
 struct PgBouncer {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl PgBouncer {
     /// `mode`: "transaction" or "session". In transaction mode three server connections per
     /// user and database, so the relays' transactions interleave on shared server
     /// connections; in session mode each client holds one, so there are enough for all of a
-    /// relay's (its pool, LISTEN, the wake lock, SSE).
-    async fn start(server_url: &str, mode: &str) -> Self {
+    /// relay's (its pool, LISTEN, the wake lock, SSE). `extra`: more `[pgbouncer]` settings.
+    async fn start(server_url: &str, mode: &str, extra: &str) -> Self {
         let u = url::Url::parse(server_url).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let port = free_addr().rsplit(':').next().unwrap().parse().unwrap();
@@ -37,10 +38,12 @@ impl PgBouncer {
                  listen_port = {port}\nunix_socket_dir =\nauth_type = trust\n\
                  auth_file = {}\npool_mode = {mode}\ndefault_pool_size = {size}\n\
                  max_client_conn = 200\n\
-                 ignore_startup_parameters = options,extra_float_digits\n",
+                 ignore_startup_parameters = options,extra_float_digits\n\
+                 logfile = {}\n{extra}\n",
                 u.host_str().unwrap(),
                 u.port().unwrap_or(5432),
-                users.display()
+                users.display(),
+                dir.path().join("pgbouncer.log").display(),
             ),
         )
         .unwrap();
@@ -48,11 +51,9 @@ impl PgBouncer {
         // own cluster does).
         let mut cmd = Command::new("pgbouncer");
         if nix::unistd::geteuid().is_root() {
-            std::fs::set_permissions(
-                dir.path(),
-                std::os::unix::fs::PermissionsExt::from_mode(0o755),
-            )
-            .unwrap();
+            // Its own directory, so that it can write its log there.
+            let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+            nix::unistd::chown(dir.path(), Some(postgres.uid), Some(postgres.gid)).unwrap();
             cmd.args(["-u", "postgres"]);
         }
         let child = cmd
@@ -62,11 +63,7 @@ impl PgBouncer {
             .stderr(Stdio::null())
             .spawn()
             .expect("pgbouncer on PATH (apt-get install pgbouncer)");
-        let me = Self {
-            child,
-            port,
-            _dir: dir,
-        };
+        let me = Self { child, port, dir };
         wait_until("pgbouncer accepting", || async move {
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
@@ -82,6 +79,11 @@ impl PgBouncer {
         u.set_host(Some("127.0.0.1")).unwrap();
         u.set_port(Some(self.port)).unwrap();
         u.to_string()
+    }
+
+    /// PgBouncer's own log.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
     }
 }
 
@@ -126,7 +128,7 @@ const EVENTS: usize = 1500;
 async fn transaction_mode_two_poll_only_relays_and_the_commands() {
     let db = TestDb::new().await;
     migrate_as_relay_config(&db.url).await;
-    let bouncer = PgBouncer::start(&db.url, "transaction").await;
+    let bouncer = PgBouncer::start(&db.url, "transaction", "").await;
     let url = bouncer.url(&db.url);
     let rx = Receiver::start().await;
     // A lease far longer than a delivery here: a redelivery would be a lost outcome write.
@@ -208,7 +210,7 @@ async fn transaction_mode_two_poll_only_relays_and_the_commands() {
 async fn session_mode_listen_wakes_the_relay() {
     let db = TestDb::new().await;
     migrate_as_relay_config(&db.url).await;
-    let bouncer = PgBouncer::start(&db.url, "session").await;
+    let bouncer = PgBouncer::start(&db.url, "session", "").await;
     let rx = Receiver::start().await;
     let (file, http) = relay_config(
         &bouncer.url(&db.url),
@@ -224,6 +226,96 @@ async fn session_mode_listen_wakes_the_relay() {
         rx.wait_accepted(&ids).await;
     }
     assert!(errors(&r.stderr()).is_empty(), "{:?}", errors(&r.stderr()));
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    r.wait_exit(EXIT_PATIENCE).await;
+}
+
+/// Connection churn through a pooler (issue 16.6): PgBouncer closes the relay's idle client
+/// connections (`client_idle_timeout`) and its own idle server connections
+/// (`server_idle_timeout`); then the database's `statement_timeout` (through a pooler the
+/// relay's own, sent as a startup option, is dropped) cancels every claim while a lock is
+/// held. Each incident is one warning and, once over, one line saying claims work again;
+/// nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_timeouts_and_statement_timeouts_cost_a_line_each_and_lose_nothing() {
+    let db = TestDb::new().await;
+    migrate_as_relay_config(&db.url).await;
+    let direct = db.client().await;
+    let dbname = direct
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    direct
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{dbname}\" SET statement_timeout = '300ms'"
+        ))
+        .await
+        .unwrap();
+    let bouncer = PgBouncer::start(
+        &db.url,
+        "transaction",
+        "client_idle_timeout = 2\nserver_idle_timeout = 1",
+    )
+    .await;
+    let url = bouncer.url(&db.url);
+    let rx = Receiver::start().await;
+    let extra = "listen = false\npoll_interval = \"100ms\"\nbatch_size = 20\nlease = \"60s\"";
+    let (file, http) = relay_config(&url, &[("main", &rx)], extra);
+    let mut r = relay("relay", &file);
+    wait_ready("relay ready", &http).await;
+
+    // Idle timeouts: a burst opens several pooled connections; idle, PgBouncer closes them.
+    let mut all = insert_events(&direct, 200, "BEFORE.IDLE").await;
+    rx.wait_accepted(&all).await;
+    wait_until("PgBouncer closing idle clients and servers", || {
+        let log = bouncer.log();
+        async move { log.contains("client_idle_timeout") && log.contains("server idle timeout") }
+    })
+    .await;
+    let ids = insert_events(&direct, 200, "AFTER.IDLE").await;
+    rx.wait_accepted(&ids).await;
+    all.extend(ids);
+    let idle_warnings = level_count(&r.stderr(), " WARN ");
+
+    // statement_timeout: the table locked for longer than the timeout; the events committed
+    // with the lock's release.
+    direct
+        .batch_execute("BEGIN; LOCK TABLE \"OutboxEvent\" IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let locked = insert_events(&direct, 50, "WHILE.LOCKED").await;
+    r.wait_log_count("canceling statement due to statement timeout", 5)
+        .await;
+    direct.batch_execute("COMMIT").await.unwrap();
+    rx.wait_accepted(&locked).await;
+    all.extend(locked);
+    r.wait_log(&["claims: working again"]).await;
+    wait_until("every row COMPLETED", || {
+        let (direct, n) = (&direct, all.len() as i64);
+        async move { count_status(direct, "COMPLETED").await == n }
+    })
+    .await;
+
+    let err = r.stderr();
+    let counts = rx.accepted_counts();
+    assert!(all.iter().all(|id| counts.contains_key(id)));
+    assert_eq!(counts.values().sum::<usize>(), all.len(), "duplicates");
+    assert!(
+        idle_warnings <= 1,
+        "{idle_warnings} warnings for idle timeouts: {err}"
+    );
+    let claim_warnings = err
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("claim failed"))
+        .count();
+    assert_eq!(claim_warnings, 1, "one warning per incident: {err}");
+    let lock_warnings = level_count(&err, " WARN ") - idle_warnings;
+    assert!(
+        lock_warnings <= 3,
+        "{lock_warnings} warnings for one lock: {err}"
+    );
+    assert_eq!(level_count(&err, " ERROR "), 0, "{err}");
     r.signal(nix::sys::signal::Signal::SIGTERM);
     r.wait_exit(EXIT_PATIENCE).await;
 }

@@ -327,6 +327,11 @@ pub fn pool_with(
     );
     Pool::builder(mgr)
         .max_size(size)
+        // The most recently used connection first: a quiet relay keeps one or two warm and
+        // lets the rest idle, so a server's `idle_session_timeout` or a pooler's
+        // `client_idle_timeout` closes those (replaced when next taken) instead of every
+        // connection staying busy in rotation, holding pooler slots it does not need.
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .timeouts(Timeouts {
             wait: Some(Duration::from_secs(10)),

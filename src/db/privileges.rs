@@ -160,6 +160,12 @@ pub fn grants_script(cfg: &Config, role: &Ident) -> String {
         grant(&all, Kind::Table, &qualified(&paused_table(&cfg.table)), &r),
         grant(&["USAGE"], Kind::Sequence, &qualified(&stream_seq(cfg)), &r),
         format!(
+            "-- An adopted table whose id is a serial (DEFAULT nextval(...), not an IDENTITY \
+             column):\n-- `publish` and app roles also need USAGE on that sequence. Its name: \
+             SELECT pg_get_serial_sequence('{}', 'id');",
+            cfg.qualified_table().replace('\'', "''")
+        ),
+        format!(
             "-- Optional: without it the oldest-transaction gauge and warning see only {r}'s \
              own sessions.\n-- GRANT pg_read_all_stats TO {r};"
         ),

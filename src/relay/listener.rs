@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::ident::quote_ident;
 use crate::deliver::pause::ENDPOINTS_CHANGED;
+use crate::incident::Incident;
 use crate::relay::Health;
 use crate::secret::Secret;
 
@@ -40,6 +41,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut delay = FIRST_RECONNECT_DELAY;
+    let mut lost = Incident::new("the LISTEN connection");
     loop {
         let session = listen_once(
             &url,
@@ -48,13 +50,13 @@ pub async fn run(
             &endpoints_changed,
             &health,
             &stop,
-            &mut delay,
+            (&mut delay, &mut lost),
         );
         match session.await {
             Ok(()) => return, // stopped
             Err(e) => {
                 health.listening.store(false, Ordering::Release);
-                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "LISTEN connection lost; reconnecting");
+                crate::incident_failed!(lost, error = format!("{e:#}"), retry_in = ?delay, "LISTEN connection lost; reconnecting");
             }
         }
         tokio::select! {
@@ -66,7 +68,8 @@ pub async fn run(
 }
 
 /// One connection's life. Returns Ok only when asked to stop. Once listening, `delay` starts
-/// over: the next incident (a failover, a restart) is a new one, reconnected as fast.
+/// over and `lost` closes: the next incident (a failover, a restart) is a new one,
+/// reconnected as fast and logged at warn again.
 async fn listen_once(
     url: &Secret,
     channel: &str,
@@ -74,7 +77,7 @@ async fn listen_once(
     endpoints_changed: &Arc<Notify>,
     health: &Health,
     stop: &CancellationToken,
-    delay: &mut Duration,
+    (delay, lost): (&mut Duration, &mut Incident),
 ) -> anyhow::Result<()> {
     let (mut cfg, tls) = crate::db::pg_config(url)?;
     // Named apart from the pool's connections, so operators (and tests) can tell it apart
@@ -104,6 +107,7 @@ async fn listen_once(
         .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
         .await?;
     *delay = FIRST_RECONNECT_DELAY;
+    lost.succeeded();
     health.listening.store(true, Ordering::Release);
     tracing::info!(channel, "listening for new events");
     // Anything committed while we were not listening was announced to nobody: look now.

@@ -33,6 +33,7 @@ use crate::db::queries::Queries;
 use crate::db::{privileges, shape};
 use crate::deliver::Dispatcher;
 use crate::event::ClaimedEvent;
+use crate::incident::Incident;
 use crate::stream::Hub;
 use cursor::{ClaimCursor, Look};
 use doze::{Arm, Doze};
@@ -464,6 +465,7 @@ impl Relay {
         let mut contended: u32 = 0;
         // The claims fail because the server is read-only, and that was said.
         let mut read_only = false;
+        let mut claims = Incident::new("claims");
         let mut last_found = tokio::time::Instant::now() - LINGER;
         let mut cursor = ClaimCursor::new();
         let mut sweep = Sweep::default();
@@ -522,6 +524,9 @@ impl Relay {
                 wake_tail();
             }
             read_only &= claimed.is_err();
+            if claimed.is_ok() {
+                claims.succeeded();
+            }
             let wait = match claimed {
                 Ok(claimed) if claimed.rows > 0 => {
                     // More may be due right now: a full batch left some, and while this relay
@@ -573,8 +578,9 @@ impl Relay {
                     self.health.database.store(false, Ordering::Release);
                     let delay = Duration::from_millis(100 * 2u64.pow(failures.min(7))).min(poll);
                     if !crate::db::server::is_read_only(&e) {
-                        tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "claim failed");
+                        crate::incident_failed!(claims, error = format!("{e:#}"), retry_in = ?delay, "claim failed; retrying");
                     } else {
+                        claims.failed();
                         // A pooled connection reached a standby (a URL without
                         // target_session_attrs=read-write, during a failover). Said once per
                         // incident; the pool's connections are dropped, so the next claim

@@ -20,6 +20,7 @@ use crate::activity::Timeline;
 use crate::db::queries::Queries;
 use crate::deliver::webhook::AttemptLog;
 use crate::deliver::Outcome;
+use crate::incident::Incident;
 
 /// Most outcomes written by one statement.
 pub const MAX_RECORD_BATCH: usize = 1000;
@@ -93,11 +94,13 @@ pub async fn run(
     give_up: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_RECORD_BATCH);
+    let mut writes = Incident::new("recording outcomes");
     while rx.recv_many(&mut batch, MAX_RECORD_BATCH).await > 0 {
         let mut delay = Duration::from_millis(50);
         loop {
             match write(&pool, &queries, &batch).await {
                 Ok(written) => {
+                    writes.succeeded();
                     let completed = |r: &&Recorded| matches!(r.outcome, Outcome::Completed { .. });
                     let delivered = if written.len() < batch.len() {
                         tracing::warn!(
@@ -128,7 +131,7 @@ pub async fn run(
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), events = batch.len(), retry_in = ?delay,
+                    crate::incident_failed!(writes, error = format!("{e:#}"), events = batch.len(), retry_in = ?delay,
                         "cannot record outcomes; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -221,6 +224,7 @@ pub async fn keep_leases(
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.reset();
+    let mut extensions = Incident::new("extending leases");
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -232,8 +236,15 @@ pub async fn keep_leases(
         }
         let secs = lease.as_secs_f64();
         match crate::db::query(&pool, &queries.extend, &[&ids, &tokens, &secs]).await {
-            Ok(rows) => tracing::debug!(extended = rows.len(), "leases extended"),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot extend leases"),
+            Ok(rows) => {
+                extensions.succeeded();
+                tracing::debug!(extended = rows.len(), "leases extended")
+            }
+            Err(e) => crate::incident_failed!(
+                extensions,
+                error = format!("{e:#}"),
+                "cannot extend leases"
+            ),
         }
     }
 }

@@ -11,6 +11,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::incident::Incident;
 use crate::relay::rounds::Rounds;
 use crate::stream::cursor::Cursor;
 use crate::stream::read::{self, Reader};
@@ -32,8 +33,12 @@ pub async fn run(
 ) {
     let mut cursor: Option<Cursor> = None;
     let mut failures: u32 = 0;
+    let mut reads = Incident::new("SSE tail reads");
     loop {
         let result = step(&pool, &reader, &mut cursor, &hub).await;
+        if result.is_ok() {
+            reads.succeeded();
+        }
         let mut last_read = Some(Instant::now());
         match result {
             Ok(true) => {
@@ -49,9 +54,11 @@ pub async fn run(
             }
             Err(e) => {
                 failures += 1;
+                let delay = Duration::from_millis(100 * 2u64.pow(failures.min(7)));
+                crate::incident_failed!(reads, error = format!("{e:#}"), retry_in = ?delay, "SSE tail read failed");
                 tokio::select! {
                     _ = wake.notified() => {}
-                    _ = tokio::time::sleep(backoff(failures, &e)) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => return,
                 }
             }
@@ -82,10 +89,4 @@ async fn step(
     hub.publish(&page.events);
     *cursor = Some(page.cursor);
     Ok(page.more)
-}
-
-fn backoff(failures: u32, e: &anyhow::Error) -> Duration {
-    let delay = Duration::from_millis(100 * 2u64.pow(failures.min(7)));
-    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "SSE tail read failed");
-    delay
 }
