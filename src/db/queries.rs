@@ -200,7 +200,10 @@ const RECORD: &str = "
 UPDATE {t} AS e SET
     status = u.status::{st},
     retry_count = e.retry_count + u.failed,
-    error_message = COALESCE(u.error, e.error_message),
+    -- The latest failure while the event is still owed; a delivery clears it (the history
+    -- in attempts keeps every error).
+    error_message = CASE WHEN u.status = 'COMPLETED' THEN NULL
+                         ELSE COALESCE(u.error, e.error_message) END,
     next_attempt_at = CASE WHEN u.delay IS NULL THEN e.next_attempt_at
                            -- Held only while an endpoint it waits for is still paused. The
                            -- row lock orders this against a resume: either the resume's
@@ -315,12 +318,14 @@ SELECT extract(epoch FROM now() - least(
     (SELECT min(created_at) FROM {t} WHERE {fresh}),
     (SELECT min(created_at) FROM {t} WHERE {due})))::float8";
 
-/// `retry --id`: FAILED rows back to PENDING, count reset. delivered_to is kept, so endpoints
-/// that already accepted are not sent the event again. A row keeps (or, if it never had one,
+/// `retry --id`: FAILED rows back to PENDING, count and error reset (the attempts history
+/// keeps the errors). delivered_to is kept, so endpoints that already accepted are not sent
+/// the event again. A row keeps (or, if it never had one,
 /// gets) a claim token: relays have passed its stream position, so it must be found by its
 /// due time (see [`DUE`]).
 const RETRY_IDS: &str = "
-UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, next_attempt_at = now(),
+UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, error_message = NULL,
+       next_attempt_at = now(),
        lease_expires_at = NULL, claim_token = coalesce(claim_token, gen_random_uuid()),
        skipped_at = NULL
  WHERE id = ANY($1::text[]::{id}[]) AND status = 'FAILED'
@@ -328,7 +333,8 @@ RETURNING id::text";
 
 /// `retry --failed [--type GLOB]`, in batches of $2 rows; $1 is a LIKE pattern.
 const RETRY_FAILED: &str = "
-UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, next_attempt_at = now(),
+UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, error_message = NULL,
+       next_attempt_at = now(),
        lease_expires_at = NULL, claim_token = coalesce(claim_token, gen_random_uuid()),
        skipped_at = NULL
  WHERE id = ANY (ARRAY(SELECT id FROM {t} WHERE status = 'FAILED' AND event_type LIKE $1
