@@ -435,29 +435,26 @@ async fn bad_rows_never_stall_the_relay() {
     assert!(!got.contains(&null_type) && !got.contains(&unknown));
 }
 
-/// The DDL `prisma migrate` writes for a model OutboxEvent with an enum status and a cuid id.
-const PRISMA_DDL: &str = r#"
-CREATE TYPE "OutboxStatus" AS ENUM ('PENDING', 'PROCESSING', 'COMPLETED');
-CREATE TABLE "OutboxEvent" (
-    "id" TEXT NOT NULL,
-    "org_id" TEXT,
-    "event_type" TEXT NOT NULL,
-    "entity_type" TEXT,
-    "entity_id" TEXT,
-    "payload" JSONB NOT NULL,
-    "status" "OutboxStatus" NOT NULL DEFAULT 'PENDING',
-    "retry_count" INTEGER NOT NULL DEFAULT 0,
-    "error_message" TEXT,
-    "created_at" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    "processed_at" TIMESTAMP(3),
-    "updated_at" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    CONSTRAINT "OutboxEvent_pkey" PRIMARY KEY ("id")
-);
+/// The README's Prisma table (`common::orm::PRISMA`) as an older schema made it: an enum
+/// without FAILED, a column of the app's own and an index, and a row from before `migrate`.
+fn prisma_ddl() -> String {
+    let enum_values = "('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED')";
+    assert!(common::orm::PRISMA.ddl.contains(enum_values));
+    format!(
+        "{}{}",
+        common::orm::PRISMA
+            .ddl
+            .replace(enum_values, "('PENDING', 'PROCESSING', 'COMPLETED')"),
+        r#"
+ALTER TABLE "OutboxEvent"
+    ADD COLUMN "updated_at" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP;
 CREATE INDEX "OutboxEvent_status_created_at_idx" ON "OutboxEvent"("status", "created_at");
 INSERT INTO "OutboxEvent" (id, event_type, org_id, payload, created_at)
 VALUES ('clx0before0migrate', 'PROJECT.CREATED', 'org_1', '{"name": "old"}',
         '2026-11-20 10:00:00.123');
-"#;
+"#
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopts_a_prisma_made_table() {
@@ -467,7 +464,7 @@ async fn adopts_a_prisma_made_table() {
     }))
     .await;
     let client = db.client().await;
-    client.batch_execute(PRISMA_DDL).await.unwrap();
+    client.batch_execute(&prisma_ddl()).await.unwrap();
     let cfg = db.config(&format!(
         "max_attempts = 1\n{}",
         webhook_toml("main", &rx.url)
