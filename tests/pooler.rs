@@ -319,3 +319,150 @@ async fn idle_timeouts_and_statement_timeouts_cost_a_line_each_and_lose_nothing(
     r.signal(nix::sys::signal::Signal::SIGTERM);
     r.wait_exit(EXIT_PATIENCE).await;
 }
+
+/// Prisma's `timestamp(3)` columns through a transaction-mode pooler, which drops the
+/// relay's `TimeZone=UTC`, on a database whose TimeZone is America/New_York: the relay still
+/// reads created_at and writes processed_at as UTC (envelope, dashboard, oldest pending age),
+/// and says once at start how it reads created_at. A row written from a New York session
+/// with an explicit UTC value arrives with that time; one left to the column's default
+/// (CURRENT_TIMESTAMP, New York's wall clock) arrives with that reading taken as UTC, as the
+/// README says.
+#[tokio::test(flavor = "multi_thread")]
+async fn timestamps_without_time_zone_are_utc_whatever_the_session_time_zone() {
+    let db = TestDb::new().await;
+    let direct = db.client().await;
+    direct.batch_execute(common::orm::PRISMA.ddl).await.unwrap();
+    direct
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET TimeZone = 'America/New_York'",
+            db.name
+        ))
+        .await
+        .unwrap();
+    migrate_as_relay_config(&db.url).await;
+    let bouncer = PgBouncer::start(&db.url, "transaction", "").await;
+    let url = bouncer.url(&db.url);
+    // The premise: through this pooler the relay's sessions are not in UTC.
+    let pooled = connect(&url).await;
+    let zone: String = pooled.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+    assert_eq!(zone, "America/New_York");
+
+    let rx = Receiver::start().await;
+    let extra = "listen = false\npoll_interval = \"100ms\"";
+    let (file, http) = relay_config(&url, &[("main", &rx)], extra);
+    let mut relay = relay("relay", &file);
+    wait_ready("relay ready", &http).await;
+
+    let writer = db.client().await;
+    writer
+        .batch_execute("SET TimeZone = 'America/New_York'")
+        .await
+        .unwrap();
+    let before: String = writer
+        .query_one("SELECT (now() AT TIME ZONE 'UTC')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    writer
+        .batch_execute(
+            "INSERT INTO \"OutboxEvent\" (id, event_type, org_id, payload, created_at)
+             VALUES ('explicit-utc', 'TZ.EXPLICIT', 'org_1', '{}', '2026-11-20 10:00:00.123')",
+        )
+        .await
+        .unwrap();
+    let local: String = writer
+        .query_one(
+            "INSERT INTO \"OutboxEvent\" (id, event_type, org_id, payload)
+             VALUES ('column-default', 'TZ.DEFAULT', 'org_1', '{}') RETURNING created_at::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let ids = ["explicit-utc".to_owned(), "column-default".to_owned()];
+    rx.wait_accepted(&ids).await;
+    wait_until("both COMPLETED", || {
+        let direct = &direct;
+        async move { count_status(direct, "COMPLETED").await == 2 }
+    })
+    .await;
+
+    let timestamp = |id: &str| {
+        rx.deliveries()
+            .into_iter()
+            .find(|d| d.id == id)
+            .unwrap()
+            .body["timestamp"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(timestamp("explicit-utc"), "2026-11-20T10:00:00.123000Z");
+    // New York's wall clock, taken as UTC: early by the zone's offset.
+    let as_utc = chrono::NaiveDateTime::parse_from_str(&local, "%Y-%m-%d %H:%M:%S%.f")
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    assert_eq!(timestamp("column-default"), as_utc);
+
+    // processed_at is UTC: between the UTC clock before the inserts and now.
+    let in_utc: bool = direct
+        .query_one(
+            "SELECT bool_and(processed_at BETWEEN date_trunc('second', $1::text::timestamp)
+                                             AND now() AT TIME ZONE 'UTC')
+               FROM \"OutboxEvent\"",
+            &[&before],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_utc, "processed_at is written in UTC");
+
+    // The dashboard shows created_at as the instant it is.
+    let (code, body) = http_get(&format!("{http}/api/events/explicit-utc")).await;
+    assert_eq!(code, 200, "{body}");
+    let ev: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let shown = ev["event"]["created_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"));
+    let shown = chrono::DateTime::parse_from_rfc3339(shown).unwrap();
+    assert_eq!(
+        shown.with_timezone(&chrono::Utc).to_rfc3339(),
+        "2026-11-20T10:00:00.123+00:00"
+    );
+
+    // The relay said once how it reads created_at.
+    let caveat = "created_at is timestamp without time zone";
+    assert_eq!(relay.log_count(caveat), 1, "{}", relay.stderr());
+    relay.signal(nix::sys::signal::Signal::SIGTERM);
+    relay.wait_exit(EXIT_PATIENCE).await;
+
+    // The oldest pending age counts from a UTC created_at: an hour, not an hour minus the
+    // offset.
+    writer
+        .batch_execute(
+            "INSERT INTO \"OutboxEvent\" (id, event_type, payload, created_at)
+             VALUES ('an-hour-old', 'TZ.OLD', '{}', now() AT TIME ZONE 'UTC' - interval '1 hour')",
+        )
+        .await
+        .unwrap();
+    let (cfg, _) = relay_config(&url, &[("main", &rx)], extra);
+    let status: serde_json::Value =
+        serde_json::from_str(&command(&cfg, &["status", "--json"]).await).unwrap();
+    let age = status["oldest_pending_age_seconds"].as_f64().unwrap();
+    assert!((3600.0..7200.0).contains(&age), "oldest pending age {age}");
+
+    // `publish` gives created_at in UTC rather than leave it to the column's default.
+    let id = command(&cfg, &["publish", "--type", "TZ.PUBLISHED"]).await;
+    let in_utc: bool = direct
+        .query_one(
+            "SELECT created_at BETWEEN date_trunc('second', $1::text::timestamp)
+                                   AND now() AT TIME ZONE 'UTC'
+               FROM \"OutboxEvent\" WHERE id = $2",
+            &[&before, &id.trim()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_utc, "publish writes created_at in UTC");
+}

@@ -79,6 +79,15 @@ pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
         shape.status_type,
         migrate::channel(cfg)
     );
+    if !shape.id_has_default {
+        eprintln!(
+            "id has no database default (an ORM such as Prisma fills it in): an INSERT \
+             from SQL must give one, e.g. gen_random_uuid() for a uuid or text id"
+        );
+    }
+    if let Some(caveat) = shape.created_at_caveat() {
+        eprintln!("{caveat}");
+    }
     eprintln!(
         "a runtime role that is neither superuser nor owner: `outbox-relay migrate \
          --print-grants ROLE` prints its GRANTs"

@@ -26,7 +26,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// each need one at a time, never one per delivery.
 pub const POOL_SIZE: usize = 8;
 
-/// Session settings of every connection: timestamps read as UTC.
+/// Session settings of every connection: UTC sessions, so timestamps print in UTC. The
+/// queries do not depend on it (a pooler may drop startup options): they convert the app's
+/// timestamps without time zone explicitly, see [`shape::Clock`].
 const SESSION_OPTIONS: &str = "-c TimeZone=UTC";
 
 /// This process as the dashboard lists relay instances: `host/pid`. Every connection of the
@@ -57,12 +59,11 @@ pub fn application_name(role: &str) -> String {
 const COMMAND_APPLICATION_NAME: &str = "outbox-relay command";
 
 /// Parses the URL and sets what every relay connection needs: a recognisable
-/// application_name (visible in pg_stat_activity), UTC sessions (so a Prisma
-/// `timestamp(3)` column reads as the UTC it holds), a connect timeout and TCP keepalives
-/// (a dead peer is noticed even on the otherwise silent LISTEN connection). Also builds the
-/// TLS connector from the URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` (the config
-/// file's `[database]` keys are already in the URL, see `crate::config`): every connection,
-/// pooled or not, is made with the pair this returns.
+/// application_name (visible in pg_stat_activity), UTC sessions, a connect timeout and TCP
+/// keepalives (a dead peer is noticed even on the otherwise silent LISTEN connection). Also
+/// builds the TLS connector from the URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`
+/// (the config file's `[database]` keys are already in the URL, see `crate::config`): every
+/// connection, pooled or not, is made with the pair this returns.
 pub fn pg_config(url: &Secret) -> anyhow::Result<(tokio_postgres::Config, tls::Connector)> {
     let (rest, tls) = tls::split(url.expose())
         .map_err(|m| anyhow::anyhow!("database_url is not a valid PostgreSQL URL: {m}"))?;

@@ -1,8 +1,11 @@
 //! Every statement the relay runs against the outbox table, built once per table.
 //!
-//! The templates use `{t}` (the quoted table), `{id}` (the id type) and `{st}` (the status
-//! type, `text` or the app's enum). Status values are always literals cast to `{st}`, never
-//! parameters, because a text parameter does not implicitly convert to an enum.
+//! The templates use `{t}` (the quoted table), `{id}` (the id type), `{st}` (the status
+//! type, `text` or the app's enum) and `{created_now}`, `{processed_now}` (the current time
+//! as those columns hold it, see [`crate::db::shape::Clock`]). Status values are always
+//! literals cast to `{st}`, never parameters, because a text parameter does not implicitly
+//! convert to an enum. The app's timestamps are read with `extract(epoch FROM ...)`, which
+//! takes a column without time zone as UTC whatever the session's TimeZone.
 
 use crate::db::ident::quote_literal;
 use crate::db::shape::TableShape;
@@ -200,7 +203,10 @@ const RECORD: &str = "
 UPDATE {t} AS e SET
     status = u.status::{st},
     retry_count = e.retry_count + u.failed,
-    error_message = COALESCE(u.error, e.error_message),
+    -- The latest failure while the event is still owed; a delivery clears it (the history
+    -- in attempts keeps every error).
+    error_message = CASE WHEN u.status = 'COMPLETED' THEN NULL
+                         ELSE COALESCE(u.error, e.error_message) END,
     next_attempt_at = CASE WHEN u.delay IS NULL THEN e.next_attempt_at
                            -- Held only while an endpoint it waits for is still paused. The
                            -- row lock orders this against a resume: either the resume's
@@ -213,7 +219,8 @@ UPDATE {t} AS e SET
                            THEN 'infinity'
                            WHEN u.delay = 'Infinity' THEN now()
                            ELSE now() + make_interval(secs => u.delay) END,
-    processed_at = CASE WHEN u.status = 'COMPLETED' THEN now() ELSE e.processed_at END,
+    processed_at = CASE WHEN u.status = 'COMPLETED' THEN {processed_now}
+                        ELSE e.processed_at END,
     delivered_to = string_to_array(u.delivered, ','),
     -- The common case, a first attempt, only parses the new entries; the cap is worked out
     -- only for a long history.
@@ -310,17 +317,21 @@ RETURNING id::text";
 /// `status`: counts by status, and the oldest PENDING row's age in seconds.
 const STATUS_COUNTS: &str = "
 SELECT coalesce(status::text, 'NULL'), count(*)::int8 FROM {t} GROUP BY 1 ORDER BY 1";
+/// In epoch seconds, so a created_at without time zone counts as UTC (see the module's
+/// header).
 const OLDEST_PENDING: &str = "
-SELECT extract(epoch FROM now() - least(
+SELECT (extract(epoch FROM now()) - extract(epoch FROM least(
     (SELECT min(created_at) FROM {t} WHERE {fresh}),
-    (SELECT min(created_at) FROM {t} WHERE {due})))::float8";
+    (SELECT min(created_at) FROM {t} WHERE {due}))))::float8";
 
-/// `retry --id`: FAILED rows back to PENDING, count reset. delivered_to is kept, so endpoints
-/// that already accepted are not sent the event again. A row keeps (or, if it never had one,
+/// `retry --id`: FAILED rows back to PENDING, count and error reset (the attempts history
+/// keeps the errors). delivered_to is kept, so endpoints that already accepted are not sent
+/// the event again. A row keeps (or, if it never had one,
 /// gets) a claim token: relays have passed its stream position, so it must be found by its
 /// due time (see [`DUE`]).
 const RETRY_IDS: &str = "
-UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, next_attempt_at = now(),
+UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, error_message = NULL,
+       next_attempt_at = now(),
        lease_expires_at = NULL, claim_token = coalesce(claim_token, gen_random_uuid()),
        skipped_at = NULL
  WHERE id = ANY($1::text[]::{id}[]) AND status = 'FAILED'
@@ -328,7 +339,8 @@ RETURNING id::text";
 
 /// `retry --failed [--type GLOB]`, in batches of $2 rows; $1 is a LIKE pattern.
 const RETRY_FAILED: &str = "
-UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, next_attempt_at = now(),
+UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, error_message = NULL,
+       next_attempt_at = now(),
        lease_expires_at = NULL, claim_token = coalesce(claim_token, gen_random_uuid()),
        skipped_at = NULL
  WHERE id = ANY (ARRAY(SELECT id FROM {t} WHERE status = 'FAILED' AND event_type LIKE $1
@@ -340,18 +352,19 @@ UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, next_attempt_at = now(
 const PURGE: &str = "
 DELETE FROM {t} WHERE id = ANY (ARRAY(
     SELECT id FROM {t}
-     WHERE status = 'COMPLETED' AND processed_at < now() - make_interval(secs => $1)
+     WHERE status = 'COMPLETED' AND processed_at < {processed_now} - make_interval(secs => $1)
      LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
 /// `publish` when the database fills in the id. $1 type, $2 org, $3 entity type, $4 entity
-/// id, $5 payload as JSON text.
+/// id, $5 payload as JSON text. created_at is given, not left to its default: a default of
+/// CURRENT_TIMESTAMP in a column without time zone is the session's local time.
 const PUBLISH: &str = "
-INSERT INTO {t} (event_type, org_id, entity_type, entity_id, payload)
-VALUES ($1, $2, $3, $4, $5::text::jsonb) RETURNING id::text";
+INSERT INTO {t} (event_type, org_id, entity_type, entity_id, payload, created_at)
+VALUES ($1, $2, $3, $4, $5::text::jsonb, {created_now}) RETURNING id::text";
 /// `publish` when the app's ORM generates ids client-side: $6 is a fresh UUID.
 const PUBLISH_WITH_ID: &str = "
-INSERT INTO {t} (id, event_type, org_id, entity_type, entity_id, payload)
-VALUES ($6::text::{id}, $1, $2, $3, $4, $5::text::jsonb) RETURNING id::text";
+INSERT INTO {t} (id, event_type, org_id, entity_type, entity_id, payload, created_at)
+VALUES ($6::text::{id}, $1, $2, $3, $4, $5::text::jsonb, {created_now}) RETURNING id::text";
 
 /// SSE: the rows a cursor has not covered within one snapshot difference, in stream order.
 /// $1 base snapshot; $2 the later snapshot, or NULL for this statement's own (returned in the
@@ -467,6 +480,8 @@ impl Queries {
                 )
                 .replace("{id}", shape.id_type)
                 .replace("{st}", &shape.status_type)
+                .replace("{created_now}", shape.created_at.now())
+                .replace("{processed_now}", shape.processed_at.now())
         };
         Self {
             claim: r(CLAIM),
@@ -574,10 +589,40 @@ mod tests {
                 &q.skip_ids,
                 &q.release_held,
                 &q.pause,
+                &q.purge,
+                &q.oldest_pending,
             ] {
                 assert!(!sql.contains('{'), "unrendered placeholder in {sql}");
             }
             assert_eq!(q.claim.contains("EXISTS"), !ordered.is_empty());
         }
+    }
+
+    #[test]
+    fn timestamps_without_time_zone_are_written_and_compared_in_utc() {
+        use crate::db::shape::Clock;
+        let new =
+            |shape: &TableShape| Queries::new(r#""public"."OutboxEvent""#, r#""p""#, shape, &[]);
+        let utc = "(now() AT TIME ZONE 'UTC')";
+        let q = new(&TableShape::standard());
+        for sql in [&q.record, &q.purge, &q.publish] {
+            assert!(!sql.contains(utc), "{sql}");
+        }
+        let q = new(&TableShape {
+            created_at: Clock::UtcWallClock,
+            processed_at: Clock::UtcWallClock,
+            ..TableShape::standard()
+        });
+        assert!(q.record.contains(&format!("THEN {utc}")), "{}", q.record);
+        assert!(
+            q.purge.contains(&format!("processed_at < {utc} -")),
+            "{}",
+            q.purge
+        );
+        assert!(
+            q.publish.contains(&format!("{utc}) RETURNING")),
+            "{}",
+            q.publish
+        );
     }
 }

@@ -73,7 +73,7 @@ enum Kind {
     Status,
     /// Text that holds an error message of up to [`ERROR_MESSAGE_CHARS`].
     LongText,
-    /// timestamptz, or a timestamp read as UTC (Prisma's `timestamp(3)`).
+    /// timestamptz, or a timestamp read as UTC (Prisma's `timestamp(3)`, see [`Clock`]).
     Timestamp,
     /// Exactly this type (`format_type` spelling): the relay's own columns.
     Exact(&'static str),
@@ -199,6 +199,53 @@ pub struct TableShape {
     pub id_has_default: bool,
     /// SQL type to cast status literals to: `text`, or the quoted enum type.
     pub status_type: String,
+    /// `created_at` is a `timestamp` without time zone (Prisma's `timestamp(3)`): taken as
+    /// UTC, see [`Clock`].
+    pub created_at: Clock,
+    /// `processed_at`, likewise: the relay writes it in UTC.
+    pub processed_at: Clock,
+}
+
+/// How a timestamp column of the app's holds its instants.
+///
+/// A `timestamptz` is an instant. A `timestamp` without time zone is a wall-clock reading
+/// whose zone the column does not say: the relay takes it as UTC (what Prisma writes), and
+/// converts explicitly (`AT TIME ZONE 'UTC'`) wherever it compares such a column with
+/// `now()`, writes it or shows it as an instant. Implicit casts would use the session's
+/// TimeZone, which the relay sets to UTC at connect time but a pooler may drop (PgBouncer's
+/// `ignore_startup_parameters = options`). `extract(epoch FROM col)`, which the claim and
+/// the SSE read use, already takes a `timestamp` as UTC whatever the session's TimeZone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// `timestamp with time zone`.
+    Instant,
+    /// `timestamp without time zone`, holding UTC.
+    UtcWallClock,
+}
+
+impl Clock {
+    fn of(c: &Column) -> Self {
+        match c.sql_type.ends_with("without time zone") {
+            true => Clock::UtcWallClock,
+            false => Clock::Instant,
+        }
+    }
+
+    /// The column expression `expr` as a `timestamptz`.
+    pub fn instant(self, expr: &str) -> String {
+        match self {
+            Clock::Instant => expr.to_owned(),
+            Clock::UtcWallClock => format!("({expr} AT TIME ZONE 'UTC')"),
+        }
+    }
+
+    /// The current time as the column holds it.
+    pub fn now(self) -> &'static str {
+        match self {
+            Clock::Instant => "now()",
+            Clock::UtcWallClock => "(now() AT TIME ZONE 'UTC')",
+        }
+    }
 }
 
 impl TableShape {
@@ -208,7 +255,23 @@ impl TableShape {
             id_type: "uuid",
             id_has_default: true,
             status_type: "text".into(),
+            created_at: Clock::Instant,
+            processed_at: Clock::Instant,
         }
+    }
+
+    /// What the relay says at start about a table whose `created_at` has no time zone (once,
+    /// as a warning), and `migrate` after adopting it: the column cannot tell UTC from local
+    /// time, so a writer in another time zone goes unnoticed until its timestamps are off.
+    pub fn created_at_caveat(&self) -> Option<&'static str> {
+        (self.created_at == Clock::UtcWallClock).then_some(
+            "created_at is timestamp without time zone: the relay reads it as UTC (what \
+             Prisma writes), so a writer whose session TimeZone is not UTC and that writes \
+             now() or leaves created_at to a default of CURRENT_TIMESTAMP stores local time, \
+             and its events' timestamp and lag are off by that UTC offset; have such writers \
+             insert now() AT TIME ZONE 'UTC' (or SET TimeZone = 'UTC'), or make the column \
+             timestamptz",
+        )
     }
 }
 
@@ -319,6 +382,8 @@ pub async fn inspect(
         id_type,
         id_has_default: id.has_default,
         status_type: status.enum_type.clone().unwrap_or_else(|| "text".into()),
+        created_at: Clock::of(table.column("created_at").expect("a relay column")),
+        processed_at: Clock::of(table.column("processed_at").expect("a relay column")),
     })
 }
 

@@ -230,6 +230,9 @@ async fn wait_for_table(
                     tracing::info!("the database is writable now (the standby was promoted?)");
                 }
                 tracing::info!(table = %table, id_type = shape.id_type, status_type = %shape.status_type, "outbox table found");
+                if let Some(caveat) = shape.created_at_caveat() {
+                    tracing::warn!(table = %table, column = "created_at", "{caveat}");
+                }
                 return Ok(Some(Queries::for_config(cfg, &shape)));
             }
             Ok(None) => {
