@@ -10,7 +10,8 @@
 //! chromedriver's log endpoint, so a test can assert that a page ran cleanly.
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian: `chromium
-//! chromium-driver`; .ci/run installs them). Without them the tests fail, saying so.
+//! chromium-driver`; .ci/run installs them). Without them the tests are skipped with one
+//! line saying what to install, or fail saying so in CI (see [`skip_without_browser`]).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -82,8 +83,30 @@ impl LogEntry {
     }
 }
 
-/// Fails the test, with what to install, when Chromium or chromedriver is missing: CI
-/// installs both, so a missing one is a broken machine, not a reason to skip.
+/// Whether a browser test should return at once, having said so: Chromium or chromedriver
+/// is missing on a developer's machine, so the test is skipped with one loud line naming the
+/// packages. In CI (`CI` set; .ci/run sets it and installs both) a missing browser fails the
+/// test instead, because there the browser tests are required.
+pub fn skip_without_browser() -> bool {
+    match missing_browser(&[CHROMIUM, CHROMEDRIVER]) {
+        None => false,
+        Some(msg) if std::env::var_os("CI").is_some() => {
+            panic!("{msg} (CI is set: the browser tests are required there)")
+        }
+        Some(msg) => {
+            // Once per test binary, straight to the terminal (libtest captures eprintln! of
+            // a passing test).
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "\n*** SKIPPED, not in CI: {msg} ***");
+            });
+            true
+        }
+    }
+}
+
+/// Fails the test, with what to install, when Chromium or chromedriver is missing.
 pub fn require_installed() {
     if let Some(msg) = missing_browser(&[CHROMIUM, CHROMEDRIVER]) {
         panic!("{msg}");
