@@ -1,8 +1,9 @@
 //! The one validated configuration: TOML file, then environment, then flags.
 //!
 //! [`FileConfig`] mirrors the TOML exactly (unknown keys are errors, so a typo is caught);
-//! [`Config::load`] applies the overrides, resolves secrets and validates everything, and every
-//! error names the key it is about. Defaults live here as named constants, documented once.
+//! [`Config::load`] applies the overrides, resolves the secrets the command [`Needs`] and
+//! validates everything, and every error names the key it is about. Defaults live here as
+//! named constants, documented once.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use crate::db::tls;
 use crate::deliver::egress;
 use crate::deliver::signature::SigningKeys;
 use crate::http::host::AllowedHosts;
-use crate::secret::{self, Secret};
+use crate::secret::{self, Deferred, Secret};
 
 /// Default schema of the outbox table.
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -75,6 +76,20 @@ impl ConfigError {
             message: message.into(),
         }
     }
+}
+
+/// Which of the config's secrets a command reads (see [`Deferred`]). A secret written literally
+/// in the file is read (and checked) whatever this says; an `env:` or `file:` reference only
+/// by a command that uses it, so a missing variable stops only the commands that need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// None: `migrate --print` and `--print-grants` print SQL and connect to nothing.
+    Nothing,
+    /// `database_url` only: the one-shot commands that connect (`migrate`, `status`, `retry`,
+    /// `skip`, `purge`, `publish`), and `dev` with a config file.
+    Database,
+    /// Every secret: `run`, and `check-config`, which checks what `run` would.
+    Everything,
 }
 
 /// `ordering` in the config.
@@ -220,7 +235,7 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Connection string; may hold a password, so it is never logged as is.
-    pub database_url: Secret,
+    pub database_url: Deferred<Secret>,
     pub schema: Ident,
     pub table: Ident,
     pub poll_interval: Duration,
@@ -250,9 +265,9 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
-    pub admin_token: Option<Secret>,
+    pub admin_token: Option<Deferred<Secret>>,
     /// When set, `/metrics` needs `Authorization: Bearer <token>`.
-    pub metrics_token: Option<Secret>,
+    pub metrics_token: Option<Deferred<Secret>>,
     /// Host names answered besides IP literals and localhost (see `crate::http::host`).
     pub allowed_hosts: AllowedHosts,
     pub max_connections: usize,
@@ -262,7 +277,7 @@ pub struct HttpConfig {
 #[derive(Debug, Clone)]
 pub struct SseConfig {
     pub enabled: bool,
-    pub token_secret: Option<Secret>,
+    pub token_secret: Option<Deferred<Secret>>,
     pub heartbeat: Duration,
     pub max_subscribers: usize,
     pub max_token_lifetime: Duration,
@@ -276,7 +291,7 @@ pub struct WebhookConfig {
     pub url: url::Url,
     /// Globs on event_type; `["*"]` when the key is absent.
     pub types: Vec<String>,
-    pub keys: SigningKeys,
+    pub keys: Deferred<SigningKeys>,
     pub timeout: Duration,
     pub max_in_flight: usize,
     /// Entity-ordered delivery for this endpoint (its own `ordering`, or the global one).
@@ -284,9 +299,14 @@ pub struct WebhookConfig {
 }
 
 impl Config {
-    /// Reads `path` (if any), applies overrides and validates. Warns (once: the process
-    /// loads its config once) when the file holds secrets and other users may read it.
-    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+    /// Reads `path` (if any), applies overrides, reads the secrets `needs` says and
+    /// validates. Warns (once: the process loads its config once) when the file holds
+    /// secrets and other users may read it.
+    pub fn load(
+        path: Option<&Path>,
+        overrides: &Overrides,
+        needs: Needs,
+    ) -> Result<Self, ConfigError> {
         let file = match path {
             Some(p) => {
                 let cannot = |e: std::io::Error| {
@@ -311,23 +331,35 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        Self::from_file(file, overrides)
+        Self::from_file(file, overrides, needs)
     }
 
-    /// Parses and validates TOML text (used by `load` and by tests).
+    /// Parses and validates TOML text, reading every secret (`dev`, tests).
     pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
-        Self::from_file(parse_file(text)?, overrides)
+        Self::from_toml_for(text, overrides, Needs::Everything)
     }
 
-    fn from_file(f: FileConfig, o: &Overrides) -> Result<Self, ConfigError> {
+    /// [`Config::from_toml`] reading only the secrets `needs` says.
+    pub fn from_toml_for(
+        text: &str,
+        overrides: &Overrides,
+        needs: Needs,
+    ) -> Result<Self, ConfigError> {
+        Self::from_file(parse_file(text)?, overrides, needs)
+    }
+
+    fn from_file(f: FileConfig, o: &Overrides, needs: Needs) -> Result<Self, ConfigError> {
         let database_url = o
             .database_url
             .clone()
             .or(f.database_url)
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-        let database_url =
-            Secret::resolve(&database_url).map_err(|m| ConfigError::new("database_url", m))?;
-        let database_url = database_tls(database_url, f.database)?;
+        let database_url = match read("database_url", &database_url, needs != Needs::Nothing)? {
+            Deferred::Read(url) => Deferred::Read(database_tls(url, f.database)?),
+            not_read => not_read,
+        };
+        let everything = needs == Needs::Everything;
+        let read_opt = |key: &str, v: Option<&str>| v.map(|r| read(key, r, everything)).transpose();
         let ident = |key: &str, v: Option<String>, d: &str| {
             Ident::new(v.as_deref().unwrap_or(d)).map_err(|e| ConfigError::new(key, e.to_string()))
         };
@@ -356,8 +388,8 @@ impl Config {
                     .unwrap_or(DEFAULT_HTTP_LISTEN)
                     .parse()
                     .map_err(|e| ConfigError::new("http.listen", format!("{e} (want ip:port)")))?,
-                admin_token: resolve_opt("http.admin_token", f.http.admin_token.as_deref())?,
-                metrics_token: resolve_opt("http.metrics_token", f.http.metrics_token.as_deref())?,
+                admin_token: read_opt("http.admin_token", f.http.admin_token.as_deref())?,
+                metrics_token: read_opt("http.metrics_token", f.http.metrics_token.as_deref())?,
                 allowed_hosts: AllowedHosts::parse(
                     f.http.allowed_hosts.as_deref().unwrap_or_default(),
                 )
@@ -369,7 +401,7 @@ impl Config {
                 header_timeout: f.http.header_timeout.unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT),
             },
             sse: {
-                let token_secret = resolve_opt("sse.token_secret", f.sse.token_secret.as_deref())?;
+                let token_secret = read_opt("sse.token_secret", f.sse.token_secret.as_deref())?;
                 SseConfig {
                     // On by default once there is a key to check tokens with.
                     enabled: f.sse.enabled.unwrap_or(token_secret.is_some()),
@@ -387,7 +419,7 @@ impl Config {
                 .webhook
                 .into_iter()
                 .enumerate()
-                .map(|(i, w)| webhook(i, w, f.ordering.unwrap_or_default()))
+                .map(|(i, w)| webhook(i, w, f.ordering.unwrap_or_default(), everything))
                 .collect::<Result<_, _>>()?,
         };
         cfg.validate()?;
@@ -522,6 +554,29 @@ impl Config {
     pub fn qualified_table(&self) -> String {
         format!("{}.{}", self.schema, self.table)
     }
+
+    /// The keys of the secrets this config was loaded without ([`Needs`]): empty for the
+    /// daemon, which uses them all.
+    pub fn unread_secrets(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut note = |key: &str, read: bool| {
+            if !read {
+                keys.push(key.to_owned());
+            }
+        };
+        note("database_url", self.database_url.is_read());
+        for (key, s) in [
+            ("http.admin_token", &self.http.admin_token),
+            ("http.metrics_token", &self.http.metrics_token),
+            ("sse.token_secret", &self.sse.token_secret),
+        ] {
+            note(key, s.as_ref().is_none_or(Deferred::is_read));
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            note(&format!("webhook[{i}].secret"), w.keys.is_read());
+        }
+        keys
+    }
 }
 
 fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
@@ -628,9 +683,15 @@ fn egress_policy(f: FileEgress) -> Result<egress::Policy, ConfigError> {
     })
 }
 
-fn resolve_opt(key: &str, v: Option<&str>) -> Result<Option<Secret>, ConfigError> {
-    v.map(|r| Secret::resolve(r).map_err(|m| ConfigError::new(key, m)))
-        .transpose()
+/// Reads the secret `reference` names when `wanted`, or when it is a literal (nothing to
+/// look up, and worth checking); otherwise leaves it [`Deferred::NotRead`].
+fn read(key: &str, reference: &str, wanted: bool) -> Result<Deferred<Secret>, ConfigError> {
+    if !wanted && secret::is_reference(reference) {
+        return Ok(Deferred::NotRead(key.to_owned()));
+    }
+    Secret::resolve(reference)
+        .map(Deferred::Read)
+        .map_err(|m| ConfigError::new(key, m))
 }
 
 /// Webhook names go into `delivered_to` (a comma-joined list on the wire), metric labels and
@@ -643,7 +704,12 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-fn webhook(i: usize, w: FileWebhook, global: Ordering) -> Result<WebhookConfig, ConfigError> {
+fn webhook(
+    i: usize,
+    w: FileWebhook,
+    global: Ordering,
+    read_secret: bool,
+) -> Result<WebhookConfig, ConfigError> {
     let key = |k: &str| format!("webhook[{i}].{k}");
     if !valid_name(&w.name) {
         return Err(ConfigError::new(
@@ -678,8 +744,12 @@ fn webhook(i: usize, w: FileWebhook, global: Ordering) -> Result<WebhookConfig, 
             ));
         }
     }
-    let secret = Secret::resolve(&w.secret).map_err(|m| ConfigError::new(key("secret"), m))?;
-    let keys = SigningKeys::parse(&secret).map_err(|m| ConfigError::new(key("secret"), m))?;
+    let keys = match read(&key("secret"), &w.secret, read_secret)? {
+        Deferred::Read(secret) => Deferred::Read(
+            SigningKeys::parse(&secret).map_err(|m| ConfigError::new(key("secret"), m))?,
+        ),
+        Deferred::NotRead(k) => Deferred::NotRead(k),
+    };
     let max_in_flight = w.max_in_flight.unwrap_or(DEFAULT_WEBHOOK_MAX_IN_FLIGHT);
     if !(1..=10_000).contains(&max_in_flight) {
         return Err(ConfigError::new(
@@ -909,7 +979,7 @@ mod tests {
             "[database]\nsslmode = \"verify-full\"\nsslrootcert = \"/etc/ca.pem\"",
         )
         .unwrap();
-        let (_, s) = tls::split(c.database_url.expose()).unwrap();
+        let (_, s) = tls::split(c.database_url.get().expose()).unwrap();
         assert_eq!(s.sslmode, Some(tls::SslMode::VerifyFull));
         assert_eq!(s.sslrootcert.as_deref(), Some("/etc/ca.pem"));
         // The same value in both places is fine; different values are an error naming both.
@@ -946,11 +1016,56 @@ mod tests {
     }
 
     #[test]
+    fn references_are_read_only_when_the_command_needs_them() {
+        let text = format!(
+            "database_url = \"env:OUTBOX_RELAY_TEST_UNSET_DB\"\n\
+             [http]\nadmin_token = \"env:OUTBOX_RELAY_TEST_UNSET_A\"\n\
+             [sse]\ntoken_secret = \"file:/nonexistent/outbox-relay-key\"\n\
+             [[webhook]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"env:OUTBOX_RELAY_TEST_UNSET_W\"\n\
+             [[webhook]]\nname = \"b\"\nurl = \"http://x\"\nsecret = \"{SECRET}\"\n"
+        );
+        let with = |needs| Config::from_toml_for(&text, &Overrides::default(), needs);
+        let c = with(Needs::Nothing).unwrap();
+        assert!(
+            c.sse.enabled,
+            "SSE is on: a token secret is configured, read or not"
+        );
+        assert_eq!(
+            c.unread_secrets(),
+            [
+                "database_url",
+                "http.admin_token",
+                "sse.token_secret",
+                "webhook[0].secret"
+            ]
+        );
+        // A literal is read (and checked) by every command.
+        assert!(c.webhooks[1].keys.is_read());
+        let err = with(Needs::Database).unwrap_err();
+        assert_eq!(err.key, "database_url");
+        let err = with(Needs::Everything).unwrap_err();
+        assert_eq!(err.key, "database_url");
+
+        let o = Overrides {
+            database_url: Some("postgres://relay@db/app".into()),
+        };
+        let c = Config::from_toml_for(&text, &o, Needs::Database).unwrap();
+        assert!(c.database_url.is_read());
+        assert_eq!(c.unread_secrets().len(), 3);
+        let err = Config::from_toml_for(&text, &o, Needs::Everything).unwrap_err();
+        assert_eq!(err.key, "http.admin_token");
+        // A bad literal fails even where it is not used.
+        let bad = "[[webhook]]\nname='a'\nurl='http://x'\nsecret='not base64!'";
+        let err = Config::from_toml_for(bad, &Overrides::default(), Needs::Nothing).unwrap_err();
+        assert_eq!(err.key, "webhook[0].secret");
+    }
+
+    #[test]
     fn flag_overrides_file() {
         let o = Overrides {
             database_url: Some("postgres://flag@h/db".into()),
         };
         let c = Config::from_toml("database_url = \"postgres://file@h/db\"", &o).unwrap();
-        assert_eq!(c.database_url.expose(), "postgres://flag@h/db");
+        assert_eq!(c.database_url.get().expose(), "postgres://flag@h/db");
     }
 }

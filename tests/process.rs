@@ -675,6 +675,61 @@ async fn migrate_print_is_applicable_sql() {
     }
 }
 
+/// Issue 17.6: a secret only `run` uses (SSE's token secret, a webhook's) is not read by the
+/// commands that do not use it, so they run where its variable is not set; `run` and
+/// `check-config` still stop with exit 2 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_read_only_the_secrets_they_use() {
+    let db = TestDb::new().await;
+    let file = db.config_file(
+        "[sse]\ntoken_secret = \"env:SSE_TOKEN_SECRET\"\n\
+         [[webhook]]\nname = \"main\"\nurl = \"http://127.0.0.1:9/hook\"\n\
+         secret = \"env:MAIN_WEBHOOK_SECRET_UNSET\"\n",
+    );
+    let run = |args: &[&str]| {
+        let mut cmd = relay_cmd(args);
+        cmd.args(["--config", path_str(&file)])
+            .env_remove("SSE_TOKEN_SECRET")
+            .env_remove("MAIN_WEBHOOK_SECRET_UNSET");
+        let what = format!("{args:?}");
+        async move { run_to_end(&what, cmd).await }
+    };
+    let (status, sql, err) = run(&["migrate", "--print"]).await;
+    assert_eq!(status.code(), Some(0), "migrate --print: {err}");
+    assert!(sql.contains("OutboxEvent"), "{sql}");
+    let (status, sql, err) = run(&["migrate", "--print-grants", "app_relay"]).await;
+    assert_eq!(status.code(), Some(0), "migrate --print-grants: {err}");
+    assert!(sql.contains("GRANT"), "{sql}");
+    for args in [
+        &["migrate"][..],
+        &["publish", "--type", "T.ONE"],
+        &["status", "--json"],
+        &["retry", "--failed"],
+        &["purge", "--older-than", "1d"],
+    ] {
+        let (status, _, err) = run(args).await;
+        assert_eq!(status.code(), Some(0), "{args:?}: {err}");
+    }
+    let client = db.client().await;
+    assert_eq!(
+        count_status(&client, "PENDING").await,
+        1,
+        "publish inserted"
+    );
+
+    for sub in ["check-config", "run"] {
+        let (status, _, err) = run(&[sub]).await;
+        assert_eq!(status.code(), Some(2), "{sub}: {err}");
+        assert!(
+            err.contains(
+                "config error at `sse.token_secret`: environment variable \
+                          SSE_TOKEN_SECRET is not set"
+            ),
+            "{sub}: {err}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_on_request() {
     let db = TestDb::new().await;

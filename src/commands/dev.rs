@@ -94,7 +94,7 @@ pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
             database_url: Some(url.clone()),
         },
     )?;
-    let mut client = crate::db::connect(&cfg.database_url).await?;
+    let mut client = crate::db::connect(cfg.database_url.get()).await?;
     crate::db::migrate::run(&mut client, &cfg)
         .await
         .context("migrating the demo table")?;

@@ -375,7 +375,7 @@ impl Relay {
         ));
         let listener = self.cfg.listen.then(|| {
             tokio::spawn(listener::run(
-                self.cfg.database_url.clone(),
+                self.cfg.database_url.get().clone(),
                 crate::db::migrate::channel(&self.cfg),
                 wakers,
                 endpoints_changed,
@@ -473,7 +473,7 @@ impl Relay {
         // Sleeping without a commit tax (listen mode only; see `doze`).
         let mut doze = self.cfg.listen.then(|| {
             Doze::new(
-                self.cfg.database_url.clone(),
+                self.cfg.database_url.get().clone(),
                 crate::db::migrate::wake_lock(&self.cfg),
                 self.wake.clone(),
             )
