@@ -19,6 +19,9 @@ use crate::deliver::signature::SigningKeys;
 use crate::http::host::AllowedHosts;
 use crate::secret::{self, Deferred, Secret};
 
+mod location;
+pub use location::Location;
+
 /// Default schema of the outbox table.
 pub const DEFAULT_SCHEMA: &str = "public";
 /// Default table: the name Prisma gives a model `OutboxEvent`.
@@ -61,19 +64,48 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// A database URL that works out of the box on a developer machine.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// A config error: which key, and what is wrong with it. Exits with status 2.
+/// The key of a TOML syntax error: the file as a whole.
+pub const FILE_KEY: &str = "(file)";
+
+/// A config error: which key, and what is wrong with it; for an error the TOML parser found,
+/// also where in the file. Exits with status 2.
 #[derive(Debug, thiserror::Error)]
-#[error("config error at `{key}`: {message}")]
 pub struct ConfigError {
     pub key: String,
     pub message: String,
+    /// The config file, when the error is in one.
+    pub file: Option<std::path::PathBuf>,
+    /// Where in the text, for errors the TOML parser reports.
+    pub at: Option<Box<Location>>,
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
+            file: None,
+            at: None,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    /// `config error at `key`: message`, or with a location
+    /// `file:line:column: config error at `key`: message` and the line with a caret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.file, &self.at) {
+            (Some(file), Some(at)) => write!(f, "{}:{}:{}: ", file.display(), at.line, at.column)?,
+            (None, Some(at)) => write!(f, "line {}, column {}: ", at.line, at.column)?,
+            _ => {}
+        }
+        match self.key.as_str() {
+            FILE_KEY => write!(f, "invalid TOML: {}", self.message)?,
+            key => write!(f, "config error at `{key}`: {}", self.message)?,
+        }
+        match &self.at {
+            Some(at) => write!(f, "{at}"),
+            None => Ok(()),
         }
     }
 }
@@ -315,7 +347,10 @@ impl Config {
                 let mut f = std::fs::File::open(p).map_err(cannot)?;
                 let mut text = String::new();
                 f.read_to_string(&mut text).map_err(cannot)?;
-                let file = parse_file(&text)?;
+                let file = parse_file(&text).map_err(|e| ConfigError {
+                    file: Some(p.to_owned()),
+                    ..e
+                })?;
                 let literal = file.literal_secrets();
                 // The mode of the file read, not of whatever the path names a moment later.
                 let open = f.metadata().ok().as_ref().and_then(secret::open_to_others);
@@ -584,22 +619,30 @@ fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.into_inner();
-        // toml's message carries the line and a caret; keep its first line of substance.
-        let message = match inner.message().trim() {
-            // Some syntax errors (`A=`) come with an empty message; the full text's first
-            // line still says where.
-            "" => match inner.to_string().lines().next().map(str::trim) {
-                Some(line) if !line.is_empty() => format!("invalid TOML syntax ({line})"),
-                _ => "invalid TOML syntax".to_owned(),
-            },
-            m => m.to_owned(),
-        };
         let key = if key == "." || key.is_empty() {
-            "(file)".to_owned()
+            FILE_KEY.to_owned()
         } else {
             key
         };
-        ConfigError::new(key, message)
+        let last = key.rsplit('.').next().unwrap_or(&key);
+        let message = match inner.message().trim() {
+            // Some syntax errors (`A=`) come with no words: the caret says where.
+            "" => "invalid syntax".to_owned(),
+            // A wrong type's message repeats the value (serde's "invalid type: integer `5`").
+            _ if location::SECRET_KEYS.contains(&last) => {
+                "must be a string: the value itself, env:NAME or file:/path".to_owned()
+            }
+            // toml's words for a string left open (or a bad escape in it).
+            "invalid basic string" => {
+                "invalid basic string: close the \"...\" string on its line, and check its \\ escapes"
+                    .to_owned()
+            }
+            m => m.lines().map(str::trim).collect::<Vec<_>>().join("; "),
+        };
+        ConfigError {
+            at: inner.span().map(|span| Box::new(Location::find(text, span))),
+            ..ConfigError::new(key, message)
+        }
     })
 }
 
@@ -1058,6 +1101,37 @@ mod tests {
         let bad = "[[webhook]]\nname='a'\nurl='http://x'\nsecret='not base64!'";
         let err = Config::from_toml_for(bad, &Overrides::default(), Needs::Nothing).unwrap_err();
         assert_eq!(err.key, "webhook[0].secret");
+    }
+
+    #[test]
+    fn toml_errors_say_where_with_the_line_and_a_caret() {
+        let err = load("table = \"OutboxEvent\"\n[http]\nlisten = \"127.0.0.1:9470\n").unwrap_err();
+        assert_eq!(err.key, FILE_KEY);
+        assert_eq!(
+            err.to_string(),
+            "line 3, column 25: invalid TOML: invalid basic string: close the \"...\" string \
+             on its line, and check its \\ escapes\n  \
+             3 | listen = \"127.0.0.1:9470\n    |                         ^"
+        );
+        let err = ConfigError {
+            file: Some("/etc/outbox-relay/config.toml".into()),
+            ..load("batch_size = 100\nbatch_size = \"many\"").unwrap_err()
+        };
+        assert!(
+            err.to_string()
+                .starts_with("/etc/outbox-relay/config.toml:2:1: "),
+            "{err}"
+        );
+        // A secret's wrong type: neither its value nor its line is repeated.
+        let err = load("[[webhook]]\nname = 'a'\nurl = 'http://x'\nsecret = 123456").unwrap_err();
+        assert_eq!(err.key, "webhook[0].secret");
+        assert!(!err.to_string().contains("123456"), "{err}");
+        // Errors found after parsing have no location.
+        let err = load("batch_size = 0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config error at `batch_size`: must be between 1 and 10000"
+        );
     }
 
     #[test]

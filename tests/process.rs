@@ -730,6 +730,23 @@ async fn commands_read_only_the_secrets_they_use() {
     }
 }
 
+/// Issue 17.4: a TOML syntax error names the file, line and column, and shows the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_toml_syntax_error_names_file_line_and_column() {
+    let file = write_config("table = \"OutboxEvent\"\n[http]\nlisten = \"127.0.0.1:9470\n");
+    let path = path_str(&file);
+    for sub in ["check-config", "run", "migrate"] {
+        let (status, _, err) = run_to_end(sub, relay_cmd(&[sub, "--config", path])).await;
+        assert_eq!(status.code(), Some(2), "{sub}: {err}");
+        let want = format!(
+            "outbox-relay: {path}:3:25: invalid TOML: invalid basic string: close the \"...\" \
+             string on its line, and check its \\ escapes\n  \
+             3 | listen = \"127.0.0.1:9470\n    |                         ^\n"
+        );
+        assert!(err.contains(&want), "{sub}: want\n{want}\ngot\n{err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_on_request() {
     let db = TestDb::new().await;
