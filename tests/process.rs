@@ -747,6 +747,42 @@ async fn a_toml_syntax_error_names_file_line_and_column() {
     }
 }
 
+/// Issue 17.5: a database nothing answers at is one line naming the host and port tried,
+/// saying "connect" once, without the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_one_line_naming_host_and_port() {
+    let port = free_addr().rsplit_once(':').unwrap().1.to_owned();
+    let url = format!("postgres://relay:pw-Unreachable-9d1@127.0.0.1:{port}/app");
+    for args in [&["status"][..], &["migrate"], &["retry", "--failed"]] {
+        let mut cmd = relay_cmd(args);
+        cmd.env("DATABASE_URL", &url);
+        let (status, out, err) = run_to_end(&format!("{args:?}"), cmd).await;
+        assert_eq!(status.code(), Some(1), "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line, got:\n{err}");
+        let line = lines[0];
+        assert!(
+            line.starts_with(&format!(
+                "outbox-relay: cannot connect to PostgreSQL at 127.0.0.1:{port}: "
+            )),
+            "{args:?}: {line}"
+        );
+        assert!(
+            line.contains("are the host and port in database_url right?"),
+            "{line}"
+        );
+        assert_eq!(
+            line.matches("connect").count(),
+            1,
+            "a repeated phrase: {line}"
+        );
+        assert!(
+            !format!("{out}{err}").contains("pw-Unreachable-9d1"),
+            "{line}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_on_request() {
     let db = TestDb::new().await;

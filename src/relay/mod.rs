@@ -209,11 +209,12 @@ async fn wait_for_table(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Queries>> {
     let table = cfg.qualified_table();
+    let servers = crate::db::servers_of(cfg.database_url.get());
     let mut delay = Duration::from_millis(200);
     let mut read_only_reported = false;
     loop {
         let attempt = async {
-            let client = crate::db::get(pool).await?;
+            let client = crate::db::get_from(pool, Some(&servers)).await?;
             privileges::check(&client, cfg, privileges::Use::Run).await?;
             let shape = shape::inspect(&client, &table).await?;
             if crate::db::server::read_only(&client).await? {
