@@ -257,6 +257,14 @@ struct FileWebhook {
     ordering: Option<Ordering>,
 }
 
+/// What `dev` takes from a config file ([`Config::for_dev`]); None where the file (or, for
+/// the URL, the flag or environment) does not set it.
+#[derive(Debug, Default)]
+pub struct DevSettings {
+    pub listen: Option<SocketAddr>,
+    pub database_url: Option<Secret>,
+}
+
 /// Overrides from the command line and the environment (clap already merged those two).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -332,41 +340,31 @@ pub struct WebhookConfig {
 
 impl Config {
     /// Reads `path` (if any), applies overrides, reads the secrets `needs` says and
-    /// validates. Warns (once: the process loads its config once) when the file holds
-    /// secrets and other users may read it.
+    /// validates (see [`read_file`] for the warning about the file's mode).
     pub fn load(
         path: Option<&Path>,
         overrides: &Overrides,
         needs: Needs,
     ) -> Result<Self, ConfigError> {
         let file = match path {
-            Some(p) => {
-                let cannot = |e: std::io::Error| {
-                    ConfigError::new("--config", format!("cannot read {}: {e}", p.display()))
-                };
-                let mut f = std::fs::File::open(p).map_err(cannot)?;
-                let mut text = String::new();
-                f.read_to_string(&mut text).map_err(cannot)?;
-                let file = parse_file(&text).map_err(|e| ConfigError {
-                    file: Some(p.to_owned()),
-                    ..e
-                })?;
-                let literal = file.literal_secrets();
-                // The mode of the file read, not of whatever the path names a moment later.
-                let open = f.metadata().ok().as_ref().and_then(secret::open_to_others);
-                if let (Some(mode), false) = (open, literal.is_empty()) {
-                    tracing::warn!(
-                        "config file {} holds secrets ({}) and is open to group/others \
-                         (mode {mode:04o}): chmod 600 it, or use env:/file: references",
-                        p.display(),
-                        literal.join(", ")
-                    );
-                }
-                file
-            }
+            Some(p) => read_file(p)?,
             None => FileConfig::default(),
         };
         Self::from_file(file, overrides, needs)
+    }
+
+    /// What `dev` takes from a config file, when the file sets it: `[http] listen`, and
+    /// `database_url` (which the flag and DATABASE_URL override, as for every command). The
+    /// whole file is checked as for any command; no other secret is read.
+    pub fn for_dev(path: &Path, overrides: &Overrides) -> Result<DevSettings, ConfigError> {
+        let file = read_file(path)?;
+        let listen_set = file.http.listen.is_some();
+        let url_set = file.database_url.is_some() || overrides.database_url.is_some();
+        let cfg = Self::from_file(file, overrides, Needs::Database)?;
+        Ok(DevSettings {
+            listen: listen_set.then_some(cfg.http.listen),
+            database_url: url_set.then(|| cfg.database_url.get().clone()),
+        })
     }
 
     /// Parses and validates TOML text, reading every secret (`dev`, tests).
@@ -612,6 +610,33 @@ impl Config {
         }
         keys
     }
+}
+
+/// Reads and parses a config file; warns (once: the process loads its config once) when it
+/// holds secrets and other users may read it.
+fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
+    let cannot = |e: std::io::Error| {
+        ConfigError::new("--config", format!("cannot read {}: {e}", p.display()))
+    };
+    let mut f = std::fs::File::open(p).map_err(cannot)?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(cannot)?;
+    let file = parse_file(&text).map_err(|e| ConfigError {
+        file: Some(p.to_owned()),
+        ..e
+    })?;
+    let literal = file.literal_secrets();
+    // The mode of the file read, not of whatever the path names a moment later.
+    let open = f.metadata().ok().as_ref().and_then(secret::open_to_others);
+    if let (Some(mode), false) = (open, literal.is_empty()) {
+        tracing::warn!(
+            "config file {} holds secrets ({}) and is open to group/others \
+             (mode {mode:04o}): chmod 600 it, or use env:/file: references",
+            p.display(),
+            literal.join(", ")
+        );
+    }
+    Ok(file)
 }
 
 fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {

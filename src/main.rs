@@ -62,8 +62,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let overrides = Overrides {
         database_url: cli.global.database_url.clone(),
     };
-    if let Command::Dev = cli.command {
-        return commands::dev::run(&overrides).await;
+    if let Command::Dev { listen } = cli.command {
+        return commands::dev::run(cli.global.config.as_deref(), &overrides, listen).await;
     }
     let cfg = Config::load(
         cli.global.config.as_deref(),
@@ -129,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Dev => unreachable!("handled above"),
+        Command::Dev { .. } => unreachable!("handled above"),
     }
 }
 
@@ -149,7 +149,7 @@ fn needs(command: &Command) -> Needs {
         | Command::Skip { .. }
         | Command::Purge { .. }
         | Command::Publish { .. }
-        | Command::Dev => Needs::Database,
+        | Command::Dev { .. } => Needs::Database,
     }
 }
 

@@ -783,6 +783,71 @@ async fn an_unreachable_database_is_one_line_naming_host_and_port() {
     }
 }
 
+/// Runs `dev` with `args` on `db` until it prints its dashboard line and the first delivery;
+/// returns the address of the dashboard line and the whole stderr, after SIGTERM (exit 0).
+async fn dev_until_ready(db: &TestDb, what: &str, args: &[&str]) -> (String, String) {
+    let mut cmd = relay_cmd(&[&["dev"][..], args].concat());
+    cmd.env("DATABASE_URL", &db.url);
+    let mut dev = Proc::spawn(what, cmd);
+    dev.wait_log(&["Ctrl-C to stop"]).await;
+    let err = dev.stderr();
+    let addr = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("dashboard  http://"))
+        .and_then(|l| l.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("{what}: no dashboard line in\n{err}"))
+        .to_owned();
+    let (status, page) = http_get(&format!("http://{addr}/")).await;
+    assert_eq!(status, 200, "{what}: the dashboard at {addr}: {page}");
+    assert!(page.contains("outbox-relay"), "{what}: {page}");
+    dev.signal(Signal::SIGTERM);
+    let status = dev.wait_exit(EXIT_PATIENCE).await;
+    assert!(status.success(), "{what}: {status}\n{}", dev.stderr());
+    (addr, err)
+}
+
+/// Issue 17.2: `dev` serves where `--listen` says, else where its config file's
+/// `[http] listen` says, and says what it takes from the file; a port in use is an error
+/// naming `--listen`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_listens_where_told() {
+    let db = TestDb::new().await;
+    let flag = free_addr();
+    let (addr, _) = dev_until_ready(&db, "dev --listen", &["--listen", &flag]).await;
+    assert_eq!(addr, flag);
+
+    // The file's address; a secret variable it names need not be set: dev reads no secret.
+    let in_file = free_addr();
+    let file = write_config(&format!(
+        "[http]\nlisten = \"{in_file}\"\n[sse]\ntoken_secret = \"env:DEV_TEST_UNSET_SSE\"\n"
+    ));
+    let (addr, err) = dev_until_ready(&db, "dev --config", &["--config", path_str(&file)]).await;
+    assert_eq!(addr, in_file);
+    assert!(
+        err.contains(&format!(
+            "config {}: dev takes only [http] listen and database_url from it",
+            path_str(&file)
+        )),
+        "{err}"
+    );
+    let flag = free_addr();
+    let args = ["--config", path_str(&file), "--listen", &flag];
+    let (addr, _) = dev_until_ready(&db, "dev --config --listen", &args).await;
+    assert_eq!(addr, flag, "--listen beats the file");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let mut cmd = relay_cmd(&["dev", "--listen", &taken]);
+    cmd.env("DATABASE_URL", &db.url);
+    let (status, _, err) = run_to_end("dev --listen (taken)", cmd).await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("outbox-relay: cannot listen on {taken} ("))
+            && err.contains("--listen"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_on_request() {
     let db = TestDb::new().await;
