@@ -474,7 +474,7 @@ async fn repetition_on(
         db = toml::Value::String(db_url.to_owned())
     );
     let cfg = Config::from_toml(&toml, &Overrides::default()).context("bench config")?;
-    let mut migrator = outbox_relay::db::connect(&cfg.database_url).await?;
+    let mut migrator = outbox_relay::db::connect(cfg.database_url.get()).await?;
     outbox_relay::db::migrate::run(&mut migrator, &cfg).await?;
     drop(migrator);
 
@@ -516,7 +516,7 @@ async fn repetition_on(
     let mut clients = Vec::new();
     for _ in 0..p.loaders {
         clients.push(Arc::new(
-            outbox_relay::db::connect(&cfg.database_url).await?,
+            outbox_relay::db::connect(cfg.database_url.get()).await?,
         ));
     }
     let t_warm = Instant::now();

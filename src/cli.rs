@@ -111,8 +111,15 @@ pub enum Command {
         #[arg(long, default_value = "{}")]
         payload: String,
     },
-    /// Self-contained demo: database, relay, sample receiver and sample events.
-    Dev,
+    /// Self-contained demo: database, relay, sample receiver and sample events. From a
+    /// --config file it takes only `[http] listen` and `database_url`.
+    Dev {
+        /// Address of the dashboard, SSE, /healthz and /metrics [default: `[http] listen` of
+        /// --config, else 127.0.0.1:9470, or a free port when that one is taken]. Port 0
+        /// picks a free port; a port in use is an error.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Validate the config and exit (status 2 when invalid).
     CheckConfig,
 }

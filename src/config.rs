@@ -1,8 +1,9 @@
 //! The one validated configuration: TOML file, then environment, then flags.
 //!
 //! [`FileConfig`] mirrors the TOML exactly (unknown keys are errors, so a typo is caught);
-//! [`Config::load`] applies the overrides, resolves secrets and validates everything, and every
-//! error names the key it is about. Defaults live here as named constants, documented once.
+//! [`Config::load`] applies the overrides, resolves the secrets the command [`Needs`] and
+//! validates everything, and every error names the key it is about. Defaults live here as
+//! named constants, documented once.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -16,7 +17,10 @@ use crate::db::tls;
 use crate::deliver::egress;
 use crate::deliver::signature::SigningKeys;
 use crate::http::host::AllowedHosts;
-use crate::secret::{self, Secret};
+use crate::secret::{self, Deferred, Secret};
+
+mod location;
+pub use location::Location;
 
 /// Default schema of the outbox table.
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -60,21 +64,64 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// A database URL that works out of the box on a developer machine.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// A config error: which key, and what is wrong with it. Exits with status 2.
+/// The key of a TOML syntax error: the file as a whole.
+pub const FILE_KEY: &str = "(file)";
+
+/// A config error: which key, and what is wrong with it; for an error the TOML parser found,
+/// also where in the file. Exits with status 2.
 #[derive(Debug, thiserror::Error)]
-#[error("config error at `{key}`: {message}")]
 pub struct ConfigError {
     pub key: String,
     pub message: String,
+    /// The config file, when the error is in one.
+    pub file: Option<std::path::PathBuf>,
+    /// Where in the text, for errors the TOML parser reports.
+    pub at: Option<Box<Location>>,
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
+            file: None,
+            at: None,
         }
     }
+}
+
+impl std::fmt::Display for ConfigError {
+    /// `config error at `key`: message`, or with a location
+    /// `file:line:column: config error at `key`: message` and the line with a caret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.file, &self.at) {
+            (Some(file), Some(at)) => write!(f, "{}:{}:{}: ", file.display(), at.line, at.column)?,
+            (None, Some(at)) => write!(f, "line {}, column {}: ", at.line, at.column)?,
+            _ => {}
+        }
+        match self.key.as_str() {
+            FILE_KEY => write!(f, "invalid TOML: {}", self.message)?,
+            key => write!(f, "config error at `{key}`: {}", self.message)?,
+        }
+        match &self.at {
+            Some(at) => write!(f, "{at}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Which of the config's secrets a command reads (see [`Deferred`]). A secret written literally
+/// in the file is read (and checked) whatever this says; an `env:` or `file:` reference only
+/// by a command that uses it, so a missing variable stops only the commands that need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// None: `migrate --print` and `--print-grants` print SQL and connect to nothing.
+    Nothing,
+    /// `database_url` only: the one-shot commands that connect (`migrate`, `status`, `retry`,
+    /// `skip`, `purge`, `publish`), and `dev` with a config file.
+    Database,
+    /// Every secret: `run`, and `check-config`, which checks what `run` would.
+    Everything,
 }
 
 /// `ordering` in the config.
@@ -210,6 +257,14 @@ struct FileWebhook {
     ordering: Option<Ordering>,
 }
 
+/// What `dev` takes from a config file ([`Config::for_dev`]); None where the file (or, for
+/// the URL, the flag or environment) does not set it.
+#[derive(Debug, Default)]
+pub struct DevSettings {
+    pub listen: Option<SocketAddr>,
+    pub database_url: Option<Secret>,
+}
+
 /// Overrides from the command line and the environment (clap already merged those two).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -220,7 +275,7 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Connection string; may hold a password, so it is never logged as is.
-    pub database_url: Secret,
+    pub database_url: Deferred<Secret>,
     pub schema: Ident,
     pub table: Ident,
     pub poll_interval: Duration,
@@ -250,9 +305,9 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
-    pub admin_token: Option<Secret>,
+    pub admin_token: Option<Deferred<Secret>>,
     /// When set, `/metrics` needs `Authorization: Bearer <token>`.
-    pub metrics_token: Option<Secret>,
+    pub metrics_token: Option<Deferred<Secret>>,
     /// Host names answered besides IP literals and localhost (see `crate::http::host`).
     pub allowed_hosts: AllowedHosts,
     pub max_connections: usize,
@@ -262,7 +317,7 @@ pub struct HttpConfig {
 #[derive(Debug, Clone)]
 pub struct SseConfig {
     pub enabled: bool,
-    pub token_secret: Option<Secret>,
+    pub token_secret: Option<Deferred<Secret>>,
     pub heartbeat: Duration,
     pub max_subscribers: usize,
     pub max_token_lifetime: Duration,
@@ -276,7 +331,7 @@ pub struct WebhookConfig {
     pub url: url::Url,
     /// Globs on event_type; `["*"]` when the key is absent.
     pub types: Vec<String>,
-    pub keys: SigningKeys,
+    pub keys: Deferred<SigningKeys>,
     pub timeout: Duration,
     pub max_in_flight: usize,
     /// Entity-ordered delivery for this endpoint (its own `ordering`, or the global one).
@@ -284,50 +339,60 @@ pub struct WebhookConfig {
 }
 
 impl Config {
-    /// Reads `path` (if any), applies overrides and validates. Warns (once: the process
-    /// loads its config once) when the file holds secrets and other users may read it.
-    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+    /// Reads `path` (if any), applies overrides, reads the secrets `needs` says and
+    /// validates (see [`read_file`] for the warning about the file's mode).
+    pub fn load(
+        path: Option<&Path>,
+        overrides: &Overrides,
+        needs: Needs,
+    ) -> Result<Self, ConfigError> {
         let file = match path {
-            Some(p) => {
-                let cannot = |e: std::io::Error| {
-                    ConfigError::new("--config", format!("cannot read {}: {e}", p.display()))
-                };
-                let mut f = std::fs::File::open(p).map_err(cannot)?;
-                let mut text = String::new();
-                f.read_to_string(&mut text).map_err(cannot)?;
-                let file = parse_file(&text)?;
-                let literal = file.literal_secrets();
-                // The mode of the file read, not of whatever the path names a moment later.
-                let open = f.metadata().ok().as_ref().and_then(secret::open_to_others);
-                if let (Some(mode), false) = (open, literal.is_empty()) {
-                    tracing::warn!(
-                        "config file {} holds secrets ({}) and is open to group/others \
-                         (mode {mode:04o}): chmod 600 it, or use env:/file: references",
-                        p.display(),
-                        literal.join(", ")
-                    );
-                }
-                file
-            }
+            Some(p) => read_file(p)?,
             None => FileConfig::default(),
         };
-        Self::from_file(file, overrides)
+        Self::from_file(file, overrides, needs)
     }
 
-    /// Parses and validates TOML text (used by `load` and by tests).
+    /// What `dev` takes from a config file, when the file sets it: `[http] listen`, and
+    /// `database_url` (which the flag and DATABASE_URL override, as for every command). The
+    /// whole file is checked as for any command; no other secret is read.
+    pub fn for_dev(path: &Path, overrides: &Overrides) -> Result<DevSettings, ConfigError> {
+        let file = read_file(path)?;
+        let listen_set = file.http.listen.is_some();
+        let url_set = file.database_url.is_some() || overrides.database_url.is_some();
+        let cfg = Self::from_file(file, overrides, Needs::Database)?;
+        Ok(DevSettings {
+            listen: listen_set.then_some(cfg.http.listen),
+            database_url: url_set.then(|| cfg.database_url.get().clone()),
+        })
+    }
+
+    /// Parses and validates TOML text, reading every secret (`dev`, tests).
     pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
-        Self::from_file(parse_file(text)?, overrides)
+        Self::from_toml_for(text, overrides, Needs::Everything)
     }
 
-    fn from_file(f: FileConfig, o: &Overrides) -> Result<Self, ConfigError> {
+    /// [`Config::from_toml`] reading only the secrets `needs` says.
+    pub fn from_toml_for(
+        text: &str,
+        overrides: &Overrides,
+        needs: Needs,
+    ) -> Result<Self, ConfigError> {
+        Self::from_file(parse_file(text)?, overrides, needs)
+    }
+
+    fn from_file(f: FileConfig, o: &Overrides, needs: Needs) -> Result<Self, ConfigError> {
         let database_url = o
             .database_url
             .clone()
             .or(f.database_url)
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-        let database_url =
-            Secret::resolve(&database_url).map_err(|m| ConfigError::new("database_url", m))?;
-        let database_url = database_tls(database_url, f.database)?;
+        let database_url = match read("database_url", &database_url, needs != Needs::Nothing)? {
+            Deferred::Read(url) => Deferred::Read(database_tls(url, f.database)?),
+            not_read => not_read,
+        };
+        let everything = needs == Needs::Everything;
+        let read_opt = |key: &str, v: Option<&str>| v.map(|r| read(key, r, everything)).transpose();
         let ident = |key: &str, v: Option<String>, d: &str| {
             Ident::new(v.as_deref().unwrap_or(d)).map_err(|e| ConfigError::new(key, e.to_string()))
         };
@@ -356,8 +421,8 @@ impl Config {
                     .unwrap_or(DEFAULT_HTTP_LISTEN)
                     .parse()
                     .map_err(|e| ConfigError::new("http.listen", format!("{e} (want ip:port)")))?,
-                admin_token: resolve_opt("http.admin_token", f.http.admin_token.as_deref())?,
-                metrics_token: resolve_opt("http.metrics_token", f.http.metrics_token.as_deref())?,
+                admin_token: read_opt("http.admin_token", f.http.admin_token.as_deref())?,
+                metrics_token: read_opt("http.metrics_token", f.http.metrics_token.as_deref())?,
                 allowed_hosts: AllowedHosts::parse(
                     f.http.allowed_hosts.as_deref().unwrap_or_default(),
                 )
@@ -369,7 +434,7 @@ impl Config {
                 header_timeout: f.http.header_timeout.unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT),
             },
             sse: {
-                let token_secret = resolve_opt("sse.token_secret", f.sse.token_secret.as_deref())?;
+                let token_secret = read_opt("sse.token_secret", f.sse.token_secret.as_deref())?;
                 SseConfig {
                     // On by default once there is a key to check tokens with.
                     enabled: f.sse.enabled.unwrap_or(token_secret.is_some()),
@@ -387,7 +452,7 @@ impl Config {
                 .webhook
                 .into_iter()
                 .enumerate()
-                .map(|(i, w)| webhook(i, w, f.ordering.unwrap_or_default()))
+                .map(|(i, w)| webhook(i, w, f.ordering.unwrap_or_default(), everything))
                 .collect::<Result<_, _>>()?,
         };
         cfg.validate()?;
@@ -522,6 +587,56 @@ impl Config {
     pub fn qualified_table(&self) -> String {
         format!("{}.{}", self.schema, self.table)
     }
+
+    /// The keys of the secrets this config was loaded without ([`Needs`]): empty for the
+    /// daemon, which uses them all.
+    pub fn unread_secrets(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut note = |key: &str, read: bool| {
+            if !read {
+                keys.push(key.to_owned());
+            }
+        };
+        note("database_url", self.database_url.is_read());
+        for (key, s) in [
+            ("http.admin_token", &self.http.admin_token),
+            ("http.metrics_token", &self.http.metrics_token),
+            ("sse.token_secret", &self.sse.token_secret),
+        ] {
+            note(key, s.as_ref().is_none_or(Deferred::is_read));
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            note(&format!("webhook[{i}].secret"), w.keys.is_read());
+        }
+        keys
+    }
+}
+
+/// Reads and parses a config file; warns (once: the process loads its config once) when it
+/// holds secrets and other users may read it.
+fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
+    let cannot = |e: std::io::Error| {
+        ConfigError::new("--config", format!("cannot read {}: {e}", p.display()))
+    };
+    let mut f = std::fs::File::open(p).map_err(cannot)?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(cannot)?;
+    let file = parse_file(&text).map_err(|e| ConfigError {
+        file: Some(p.to_owned()),
+        ..e
+    })?;
+    let literal = file.literal_secrets();
+    // The mode of the file read, not of whatever the path names a moment later.
+    let open = f.metadata().ok().as_ref().and_then(secret::open_to_others);
+    if let (Some(mode), false) = (open, literal.is_empty()) {
+        tracing::warn!(
+            "config file {} holds secrets ({}) and is open to group/others \
+             (mode {mode:04o}): chmod 600 it, or use env:/file: references",
+            p.display(),
+            literal.join(", ")
+        );
+    }
+    Ok(file)
 }
 
 fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
@@ -529,22 +644,30 @@ fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.into_inner();
-        // toml's message carries the line and a caret; keep its first line of substance.
-        let message = match inner.message().trim() {
-            // Some syntax errors (`A=`) come with an empty message; the full text's first
-            // line still says where.
-            "" => match inner.to_string().lines().next().map(str::trim) {
-                Some(line) if !line.is_empty() => format!("invalid TOML syntax ({line})"),
-                _ => "invalid TOML syntax".to_owned(),
-            },
-            m => m.to_owned(),
-        };
         let key = if key == "." || key.is_empty() {
-            "(file)".to_owned()
+            FILE_KEY.to_owned()
         } else {
             key
         };
-        ConfigError::new(key, message)
+        let last = key.rsplit('.').next().unwrap_or(&key);
+        let message = match inner.message().trim() {
+            // Some syntax errors (`A=`) come with no words: the caret says where.
+            "" => "invalid syntax".to_owned(),
+            // A wrong type's message repeats the value (serde's "invalid type: integer `5`").
+            _ if location::SECRET_KEYS.contains(&last) => {
+                "must be a string: the value itself, env:NAME or file:/path".to_owned()
+            }
+            // toml's words for a string left open (or a bad escape in it).
+            "invalid basic string" => {
+                "invalid basic string: close the \"...\" string on its line, and check its \\ escapes"
+                    .to_owned()
+            }
+            m => m.lines().map(str::trim).collect::<Vec<_>>().join("; "),
+        };
+        ConfigError {
+            at: inner.span().map(|span| Box::new(Location::find(text, span))),
+            ..ConfigError::new(key, message)
+        }
     })
 }
 
@@ -628,9 +751,15 @@ fn egress_policy(f: FileEgress) -> Result<egress::Policy, ConfigError> {
     })
 }
 
-fn resolve_opt(key: &str, v: Option<&str>) -> Result<Option<Secret>, ConfigError> {
-    v.map(|r| Secret::resolve(r).map_err(|m| ConfigError::new(key, m)))
-        .transpose()
+/// Reads the secret `reference` names when `wanted`, or when it is a literal (nothing to
+/// look up, and worth checking); otherwise leaves it [`Deferred::NotRead`].
+fn read(key: &str, reference: &str, wanted: bool) -> Result<Deferred<Secret>, ConfigError> {
+    if !wanted && secret::is_reference(reference) {
+        return Ok(Deferred::NotRead(key.to_owned()));
+    }
+    Secret::resolve(reference)
+        .map(Deferred::Read)
+        .map_err(|m| ConfigError::new(key, m))
 }
 
 /// Webhook names go into `delivered_to` (a comma-joined list on the wire), metric labels and
@@ -643,7 +772,12 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-fn webhook(i: usize, w: FileWebhook, global: Ordering) -> Result<WebhookConfig, ConfigError> {
+fn webhook(
+    i: usize,
+    w: FileWebhook,
+    global: Ordering,
+    read_secret: bool,
+) -> Result<WebhookConfig, ConfigError> {
     let key = |k: &str| format!("webhook[{i}].{k}");
     if !valid_name(&w.name) {
         return Err(ConfigError::new(
@@ -678,8 +812,12 @@ fn webhook(i: usize, w: FileWebhook, global: Ordering) -> Result<WebhookConfig, 
             ));
         }
     }
-    let secret = Secret::resolve(&w.secret).map_err(|m| ConfigError::new(key("secret"), m))?;
-    let keys = SigningKeys::parse(&secret).map_err(|m| ConfigError::new(key("secret"), m))?;
+    let keys = match read(&key("secret"), &w.secret, read_secret)? {
+        Deferred::Read(secret) => Deferred::Read(
+            SigningKeys::parse(&secret).map_err(|m| ConfigError::new(key("secret"), m))?,
+        ),
+        Deferred::NotRead(k) => Deferred::NotRead(k),
+    };
     let max_in_flight = w.max_in_flight.unwrap_or(DEFAULT_WEBHOOK_MAX_IN_FLIGHT);
     if !(1..=10_000).contains(&max_in_flight) {
         return Err(ConfigError::new(
@@ -909,7 +1047,7 @@ mod tests {
             "[database]\nsslmode = \"verify-full\"\nsslrootcert = \"/etc/ca.pem\"",
         )
         .unwrap();
-        let (_, s) = tls::split(c.database_url.expose()).unwrap();
+        let (_, s) = tls::split(c.database_url.get().expose()).unwrap();
         assert_eq!(s.sslmode, Some(tls::SslMode::VerifyFull));
         assert_eq!(s.sslrootcert.as_deref(), Some("/etc/ca.pem"));
         // The same value in both places is fine; different values are an error naming both.
@@ -946,11 +1084,87 @@ mod tests {
     }
 
     #[test]
+    fn references_are_read_only_when_the_command_needs_them() {
+        let text = format!(
+            "database_url = \"env:OUTBOX_RELAY_TEST_UNSET_DB\"\n\
+             [http]\nadmin_token = \"env:OUTBOX_RELAY_TEST_UNSET_A\"\n\
+             [sse]\ntoken_secret = \"file:/nonexistent/outbox-relay-key\"\n\
+             [[webhook]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"env:OUTBOX_RELAY_TEST_UNSET_W\"\n\
+             [[webhook]]\nname = \"b\"\nurl = \"http://x\"\nsecret = \"{SECRET}\"\n"
+        );
+        let with = |needs| Config::from_toml_for(&text, &Overrides::default(), needs);
+        let c = with(Needs::Nothing).unwrap();
+        assert!(
+            c.sse.enabled,
+            "SSE is on: a token secret is configured, read or not"
+        );
+        assert_eq!(
+            c.unread_secrets(),
+            [
+                "database_url",
+                "http.admin_token",
+                "sse.token_secret",
+                "webhook[0].secret"
+            ]
+        );
+        // A literal is read (and checked) by every command.
+        assert!(c.webhooks[1].keys.is_read());
+        let err = with(Needs::Database).unwrap_err();
+        assert_eq!(err.key, "database_url");
+        let err = with(Needs::Everything).unwrap_err();
+        assert_eq!(err.key, "database_url");
+
+        let o = Overrides {
+            database_url: Some("postgres://relay@db/app".into()),
+        };
+        let c = Config::from_toml_for(&text, &o, Needs::Database).unwrap();
+        assert!(c.database_url.is_read());
+        assert_eq!(c.unread_secrets().len(), 3);
+        let err = Config::from_toml_for(&text, &o, Needs::Everything).unwrap_err();
+        assert_eq!(err.key, "http.admin_token");
+        // A bad literal fails even where it is not used.
+        let bad = "[[webhook]]\nname='a'\nurl='http://x'\nsecret='not base64!'";
+        let err = Config::from_toml_for(bad, &Overrides::default(), Needs::Nothing).unwrap_err();
+        assert_eq!(err.key, "webhook[0].secret");
+    }
+
+    #[test]
+    fn toml_errors_say_where_with_the_line_and_a_caret() {
+        let err = load("table = \"OutboxEvent\"\n[http]\nlisten = \"127.0.0.1:9470\n").unwrap_err();
+        assert_eq!(err.key, FILE_KEY);
+        assert_eq!(
+            err.to_string(),
+            "line 3, column 25: invalid TOML: invalid basic string: close the \"...\" string \
+             on its line, and check its \\ escapes\n  \
+             3 | listen = \"127.0.0.1:9470\n    |                         ^"
+        );
+        let err = ConfigError {
+            file: Some("/etc/outbox-relay/config.toml".into()),
+            ..load("batch_size = 100\nbatch_size = \"many\"").unwrap_err()
+        };
+        assert!(
+            err.to_string()
+                .starts_with("/etc/outbox-relay/config.toml:2:1: "),
+            "{err}"
+        );
+        // A secret's wrong type: neither its value nor its line is repeated.
+        let err = load("[[webhook]]\nname = 'a'\nurl = 'http://x'\nsecret = 123456").unwrap_err();
+        assert_eq!(err.key, "webhook[0].secret");
+        assert!(!err.to_string().contains("123456"), "{err}");
+        // Errors found after parsing have no location.
+        let err = load("batch_size = 0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config error at `batch_size`: must be between 1 and 10000"
+        );
+    }
+
+    #[test]
     fn flag_overrides_file() {
         let o = Overrides {
             database_url: Some("postgres://flag@h/db".into()),
         };
         let c = Config::from_toml("database_url = \"postgres://file@h/db\"", &o).unwrap();
-        assert_eq!(c.database_url.expose(), "postgres://flag@h/db");
+        assert_eq!(c.database_url.get().expose(), "postgres://flag@h/db");
     }
 }

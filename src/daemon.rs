@@ -27,6 +27,12 @@ pub struct Daemon {
 impl Daemon {
     /// Binds the HTTP listener and starts everything; returns once listening.
     pub async fn start(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let unread = cfg.unread_secrets();
+        anyhow::ensure!(
+            unread.is_empty(),
+            "internal error: the daemon was given a config loaded without {} (Needs::Everything)",
+            unread.join(", ")
+        );
         let listener = http::bind(cfg.http.listen).await?;
         let max_connections = http::limits::connection_cap(&cfg, cfg.http.max_connections)?;
         let connections = Arc::new(http::limits::Gate::new(
@@ -35,7 +41,7 @@ impl Daemon {
             max_connections,
         ));
         let http_addr = http::local_addr(&listener);
-        let pool = crate::db::pool(&cfg.database_url)?;
+        let pool = crate::db::pool(cfg.database_url.get())?;
         let hub = Arc::new(Hub::default());
         let shared = Arc::new(Shared::new(&cfg, cfg.sse.enabled.then(|| hub.clone()))?);
         let health = shared.health.clone();
@@ -43,7 +49,11 @@ impl Daemon {
             false => None,
             true => Some(SseState {
                 hub: hub.clone(),
-                pool: crate::db::pool_of(&cfg.database_url, crate::db::SSE_POOL_SIZE, Some("sse"))?,
+                pool: crate::db::pool_of(
+                    cfg.database_url.get(),
+                    crate::db::SSE_POOL_SIZE,
+                    Some("sse"),
+                )?,
                 reader: crate::stream::read::Reader::new(&cfg),
                 catch_up: tokio::sync::Semaphore::new(http::sse::CATCH_UP_READS),
                 key: DecodingKey::from_secret(
@@ -51,6 +61,7 @@ impl Daemon {
                         .token_secret
                         .as_ref()
                         .expect("validated: enabled SSE has a token secret")
+                        .get()
                         .expose()
                         .as_bytes(),
                 ),
@@ -77,7 +88,7 @@ impl Daemon {
             dashboard: http::dashboard::Dashboard::new(&cfg, shared.clone()),
             connections: connections.clone(),
             allowed_hosts: Arc::new(cfg.http.allowed_hosts.clone()),
-            metrics_token: cfg.http.metrics_token.clone(),
+            metrics_token: cfg.http.metrics_token.as_ref().map(|t| t.get().clone()),
         });
         let serving = http::Serving {
             connections,

@@ -6,7 +6,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use outbox_relay::cli::{Cli, Command};
 use outbox_relay::commands::{self, NewEvent};
-use outbox_relay::config::{Config, ConfigError, Overrides};
+use outbox_relay::config::{Config, ConfigError, Needs, Overrides};
 use outbox_relay::db::privileges::MissingPrivileges;
 use tokio_util::sync::CancellationToken;
 
@@ -62,10 +62,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let overrides = Overrides {
         database_url: cli.global.database_url.clone(),
     };
-    if let Command::Dev = cli.command {
-        return commands::dev::run(&overrides).await;
+    if let Command::Dev { listen } = cli.command {
+        return commands::dev::run(cli.global.config.as_deref(), &overrides, listen).await;
     }
-    let cfg = Config::load(cli.global.config.as_deref(), &overrides)?;
+    let cfg = Config::load(
+        cli.global.config.as_deref(),
+        &overrides,
+        needs(&cli.command),
+    )?;
     // `listen = false` is the setting for transaction-mode poolers: keep no named
     // statements on the server (see `db::statements`).
     outbox_relay::db::statements::set_pooler_safe(!cfg.listen);
@@ -125,7 +129,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Dev => unreachable!("handled above"),
+        Command::Dev { .. } => unreachable!("handled above"),
+    }
+}
+
+/// The secrets `command` uses: the others stay unread, so a variable only `run` needs (a
+/// webhook's secret, SSE_TOKEN_SECRET) need not be set for `migrate --print` or `status`.
+fn needs(command: &Command) -> Needs {
+    match command {
+        Command::Run | Command::CheckConfig => Needs::Everything,
+        Command::Migrate { print: true, .. }
+        | Command::Migrate {
+            print_grants: Some(_),
+            ..
+        } => Needs::Nothing,
+        Command::Migrate { .. }
+        | Command::Status { .. }
+        | Command::Retry { .. }
+        | Command::Skip { .. }
+        | Command::Purge { .. }
+        | Command::Publish { .. }
+        | Command::Dev { .. } => Needs::Database,
     }
 }
 

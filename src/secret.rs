@@ -67,6 +67,46 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A secret of the config that only some commands use: read (resolved and checked) by the
+/// commands that need it, [`Deferred::NotRead`] for the others, so `migrate --print` or
+/// `status` runs without the environment variable or file that only `run` reads (see
+/// `crate::config::Needs`). A literal is always read: it costs nothing and is checked.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Deferred<T> {
+    Read(T),
+    /// Not read; holds the config key, for the message should code use it after all.
+    NotRead(String),
+}
+
+impl<T> Deferred<T> {
+    /// The value.
+    ///
+    /// # Panics
+    /// When it was not read: a command used a secret it did not ask `Config::load` for, a
+    /// bug the daemon guards against at start (`Config::unread_secrets`).
+    pub fn get(&self) -> &T {
+        match self {
+            Self::Read(v) => v,
+            Self::NotRead(key) => {
+                panic!("{key} was not read: the command loaded the config without it")
+            }
+        }
+    }
+
+    pub fn is_read(&self) -> bool {
+        matches!(self, Self::Read(_))
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Deferred<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read(v) => v.fmt(f),
+            Self::NotRead(key) => write!(f, "NotRead({key})"),
+        }
+    }
+}
+
 /// Whether a config value says where the secret is (`env:NAME`, `file:/path`) rather than
 /// being the secret.
 pub fn is_reference(value: &str) -> bool {

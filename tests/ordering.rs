@@ -168,6 +168,7 @@ async fn a_failed_head_blocks_only_its_key_until_it_is_skipped_or_retried() {
     let cfg = outbox_relay::config::Config::load(
         Some(file.path()),
         &outbox_relay::config::Overrides::default(),
+        outbox_relay::config::Needs::Everything,
     )
     .unwrap();
     db.migrate(&cfg).await;

@@ -675,6 +675,179 @@ async fn migrate_print_is_applicable_sql() {
     }
 }
 
+/// Issue 17.6: a secret only `run` uses (SSE's token secret, a webhook's) is not read by the
+/// commands that do not use it, so they run where its variable is not set; `run` and
+/// `check-config` still stop with exit 2 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_read_only_the_secrets_they_use() {
+    let db = TestDb::new().await;
+    let file = db.config_file(
+        "[sse]\ntoken_secret = \"env:SSE_TOKEN_SECRET\"\n\
+         [[webhook]]\nname = \"main\"\nurl = \"http://127.0.0.1:9/hook\"\n\
+         secret = \"env:MAIN_WEBHOOK_SECRET_UNSET\"\n",
+    );
+    let run = |args: &[&str]| {
+        let mut cmd = relay_cmd(args);
+        cmd.args(["--config", path_str(&file)])
+            .env_remove("SSE_TOKEN_SECRET")
+            .env_remove("MAIN_WEBHOOK_SECRET_UNSET");
+        let what = format!("{args:?}");
+        async move { run_to_end(&what, cmd).await }
+    };
+    let (status, sql, err) = run(&["migrate", "--print"]).await;
+    assert_eq!(status.code(), Some(0), "migrate --print: {err}");
+    assert!(sql.contains("OutboxEvent"), "{sql}");
+    let (status, sql, err) = run(&["migrate", "--print-grants", "app_relay"]).await;
+    assert_eq!(status.code(), Some(0), "migrate --print-grants: {err}");
+    assert!(sql.contains("GRANT"), "{sql}");
+    for args in [
+        &["migrate"][..],
+        &["publish", "--type", "T.ONE"],
+        &["status", "--json"],
+        &["retry", "--failed"],
+        &["purge", "--older-than", "1d"],
+    ] {
+        let (status, _, err) = run(args).await;
+        assert_eq!(status.code(), Some(0), "{args:?}: {err}");
+    }
+    let client = db.client().await;
+    assert_eq!(
+        count_status(&client, "PENDING").await,
+        1,
+        "publish inserted"
+    );
+
+    for sub in ["check-config", "run"] {
+        let (status, _, err) = run(&[sub]).await;
+        assert_eq!(status.code(), Some(2), "{sub}: {err}");
+        assert!(
+            err.contains(
+                "config error at `sse.token_secret`: environment variable \
+                          SSE_TOKEN_SECRET is not set"
+            ),
+            "{sub}: {err}"
+        );
+    }
+}
+
+/// Issue 17.4: a TOML syntax error names the file, line and column, and shows the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_toml_syntax_error_names_file_line_and_column() {
+    let file = write_config("table = \"OutboxEvent\"\n[http]\nlisten = \"127.0.0.1:9470\n");
+    let path = path_str(&file);
+    for sub in ["check-config", "run", "migrate"] {
+        let (status, _, err) = run_to_end(sub, relay_cmd(&[sub, "--config", path])).await;
+        assert_eq!(status.code(), Some(2), "{sub}: {err}");
+        let want = format!(
+            "outbox-relay: {path}:3:25: invalid TOML: invalid basic string: close the \"...\" \
+             string on its line, and check its \\ escapes\n  \
+             3 | listen = \"127.0.0.1:9470\n    |                         ^\n"
+        );
+        assert!(err.contains(&want), "{sub}: want\n{want}\ngot\n{err}");
+    }
+}
+
+/// Issue 17.5: a database nothing answers at is one line naming the host and port tried,
+/// saying "connect" once, without the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_one_line_naming_host_and_port() {
+    let port = free_addr().rsplit_once(':').unwrap().1.to_owned();
+    let url = format!("postgres://relay:pw-Unreachable-9d1@127.0.0.1:{port}/app");
+    for args in [&["status"][..], &["migrate"], &["retry", "--failed"]] {
+        let mut cmd = relay_cmd(args);
+        cmd.env("DATABASE_URL", &url);
+        let (status, out, err) = run_to_end(&format!("{args:?}"), cmd).await;
+        assert_eq!(status.code(), Some(1), "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line, got:\n{err}");
+        let line = lines[0];
+        assert!(
+            line.starts_with(&format!(
+                "outbox-relay: cannot connect to PostgreSQL at 127.0.0.1:{port}: "
+            )),
+            "{args:?}: {line}"
+        );
+        assert!(
+            line.contains("are the host and port in database_url right?"),
+            "{line}"
+        );
+        assert_eq!(
+            line.matches("connect").count(),
+            1,
+            "a repeated phrase: {line}"
+        );
+        assert!(
+            !format!("{out}{err}").contains("pw-Unreachable-9d1"),
+            "{line}"
+        );
+    }
+}
+
+/// Runs `dev` with `args` on `db` until it prints its dashboard line and the first delivery;
+/// returns the address of the dashboard line and the whole stderr, after SIGTERM (exit 0).
+async fn dev_until_ready(db: &TestDb, what: &str, args: &[&str]) -> (String, String) {
+    let mut cmd = relay_cmd(&[&["dev"][..], args].concat());
+    cmd.env("DATABASE_URL", &db.url);
+    let mut dev = Proc::spawn(what, cmd);
+    dev.wait_log(&["Ctrl-C to stop"]).await;
+    let err = dev.stderr();
+    let addr = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("dashboard  http://"))
+        .and_then(|l| l.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("{what}: no dashboard line in\n{err}"))
+        .to_owned();
+    let (status, page) = http_get(&format!("http://{addr}/")).await;
+    assert_eq!(status, 200, "{what}: the dashboard at {addr}: {page}");
+    assert!(page.contains("outbox-relay"), "{what}: {page}");
+    dev.signal(Signal::SIGTERM);
+    let status = dev.wait_exit(EXIT_PATIENCE).await;
+    assert!(status.success(), "{what}: {status}\n{}", dev.stderr());
+    (addr, err)
+}
+
+/// Issue 17.2: `dev` serves where `--listen` says, else where its config file's
+/// `[http] listen` says, and says what it takes from the file; a port in use is an error
+/// naming `--listen`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_listens_where_told() {
+    let db = TestDb::new().await;
+    let flag = free_addr();
+    let (addr, _) = dev_until_ready(&db, "dev --listen", &["--listen", &flag]).await;
+    assert_eq!(addr, flag);
+
+    // The file's address; a secret variable it names need not be set: dev reads no secret.
+    let in_file = free_addr();
+    let file = write_config(&format!(
+        "[http]\nlisten = \"{in_file}\"\n[sse]\ntoken_secret = \"env:DEV_TEST_UNSET_SSE\"\n"
+    ));
+    let (addr, err) = dev_until_ready(&db, "dev --config", &["--config", path_str(&file)]).await;
+    assert_eq!(addr, in_file);
+    assert!(
+        err.contains(&format!(
+            "config {}: dev takes only [http] listen and database_url from it",
+            path_str(&file)
+        )),
+        "{err}"
+    );
+    let flag = free_addr();
+    let args = ["--config", path_str(&file), "--listen", &flag];
+    let (addr, _) = dev_until_ready(&db, "dev --config --listen", &args).await;
+    assert_eq!(addr, flag, "--listen beats the file");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let mut cmd = relay_cmd(&["dev", "--listen", &taken]);
+    cmd.env("DATABASE_URL", &db.url);
+    let (status, _, err) = run_to_end("dev --listen (taken)", cmd).await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("outbox-relay: cannot listen on {taken} ("))
+            && err.contains("--listen"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_on_request() {
     let db = TestDb::new().await;

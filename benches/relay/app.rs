@@ -144,7 +144,7 @@ async fn case_on(ctx: &Ctx<'_>, db: &FreshDb, case: Case) -> anyhow::Result<Valu
     };
     let pid = relay.as_ref().map(RelayProcess::pid);
     let notes = NotifyCounter::listen(db).await?;
-    let mut probe = outbox_relay::db::connect(&db.cfg.database_url).await?;
+    let mut probe = outbox_relay::db::connect(db.cfg.database_url.get()).await?;
 
     ctx.checkpoint().await?;
     let writers = Writers::start(ctx, db, max_rows).await?;
@@ -293,7 +293,7 @@ impl Writers {
         };
         let sql: Arc<str> = insert_one_sql(ctx.p.payload_pad).into();
         for _ in 0..ctx.p.writers {
-            let client = outbox_relay::db::connect(&db.cfg.database_url).await?;
+            let client = outbox_relay::db::connect(db.cfg.database_url.get()).await?;
             let (sql, committed, next, measuring, stop) = (
                 sql.clone(),
                 w.committed.clone(),

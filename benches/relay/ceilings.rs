@@ -43,7 +43,7 @@ pub async fn db_ceiling(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
     let db = ctx.fresh_db().await?;
     let result = async {
         burst(&db.url, events, ctx.p.payload_pad).await?;
-        let client = outbox_relay::db::connect(&db.cfg.database_url).await?;
+        let client = outbox_relay::db::connect(db.cfg.database_url.get()).await?;
         if ctx.p.analyze {
             client.batch_execute(r#"ANALYZE "OutboxEvent""#).await?;
         }
@@ -52,7 +52,7 @@ pub async fn db_ceiling(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
         let q = Arc::new(Queries::for_config(&db.cfg, &shape));
         let mut clients = Vec::new();
         for _ in 0..ctx.p.ceiling_connections {
-            clients.push(outbox_relay::db::connect(&db.cfg.database_url).await?);
+            clients.push(outbox_relay::db::connect(db.cfg.database_url.get()).await?);
         }
 
         ctx.checkpoint().await?;

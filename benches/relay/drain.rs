@@ -62,7 +62,7 @@ async fn drain_run(ctx: &Ctx<'_>, events: usize, hooks: &[Behaviour]) -> anyhow:
     let result = async {
         let burst_s = burst(&db.url, events, ctx.p.payload_pad).await?;
         if ctx.p.analyze {
-            let client = outbox_relay::db::connect(&db.cfg.database_url).await?;
+            let client = outbox_relay::db::connect(db.cfg.database_url.get()).await?;
             client.batch_execute(r#"ANALYZE "OutboxEvent""#).await?;
         }
         ctx.checkpoint().await?;

@@ -97,7 +97,7 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
     let mut clients = Vec::new();
     for _ in 0..p.loaders {
         clients.push(Arc::new(
-            outbox_relay::db::connect(&db.cfg.database_url).await?,
+            outbox_relay::db::connect(db.cfg.database_url.get()).await?,
         ));
     }
     // Before the warm-up: every row the relay claims is then newer than the snapshot.
@@ -237,7 +237,7 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
 /// `count(*)` of the table) and kept until the caller ends it: the vacuum horizon held
 /// where a long report would hold it.
 async fn hold_snapshot(db: &FreshDb) -> anyhow::Result<tokio_postgres::Client> {
-    let (mut cfg, tls) = outbox_relay::db::pg_config(&db.cfg.database_url)?;
+    let (mut cfg, tls) = outbox_relay::db::pg_config(db.cfg.database_url.get())?;
     cfg.application_name(HOLDER_NAME);
     let (client, conn) = cfg.connect(tls).await?;
     tokio::spawn(conn);

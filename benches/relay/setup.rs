@@ -74,7 +74,7 @@ impl Ctx<'_> {
         let cfg = Config::from_toml(&toml, &Overrides::default()).context("bench config")?;
         let db = FreshDb { name, url, cfg };
         let made = async {
-            let mut client = outbox_relay::db::connect(&db.cfg.database_url).await?;
+            let mut client = outbox_relay::db::connect(db.cfg.database_url.get()).await?;
             match ddl {
                 Some(sql) => client.batch_execute(sql).await?,
                 None if self.p.migrate_with_bin => migrate_with_bin(&self.p.relay_bin, &toml)?,
@@ -264,7 +264,7 @@ pub fn finish_relay(relay: &mut RelayProcess) -> anyhow::Result<Value> {
 
 /// Rows by status, e.g. `{"COMPLETED": 50000}`.
 pub async fn status_counts(db: &FreshDb) -> anyhow::Result<Value> {
-    let client = outbox_relay::db::connect(&db.cfg.database_url).await?;
+    let client = outbox_relay::db::connect(db.cfg.database_url.get()).await?;
     let rows = client
         .query(
             r#"SELECT coalesce(status::text, 'NULL'), count(*)::int8 FROM "OutboxEvent" GROUP BY 1"#,
@@ -292,7 +292,7 @@ pub struct NotifyCounter {
 impl NotifyCounter {
     pub async fn listen(db: &FreshDb) -> anyhow::Result<Self> {
         let received = Arc::new(AtomicU64::new(0));
-        let (pg, tls) = outbox_relay::db::pg_config(&db.cfg.database_url)?;
+        let (pg, tls) = outbox_relay::db::pg_config(db.cfg.database_url.get())?;
         let (client, mut conn) = pg.connect(tls).await?;
         let driver = tokio::spawn({
             let received = received.clone();

@@ -3,8 +3,13 @@
 //! Gets a database (DATABASE_URL if given, else a throwaway cluster), migrates, starts a
 //! sample webhook receiver and the relay, publishes a few events (one fails once, to show a
 //! retry) and prints every delivery as the receiver gets it, until Ctrl-C.
+//!
+//! From a config file it takes `[http] listen` and `database_url` only, and says so; the
+//! table, webhook and secrets are the demo's own.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -16,7 +21,7 @@ use base64::Engine;
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::{insert, NewEvent};
-use crate::config::{Config, Overrides};
+use crate::config::{Config, DevSettings, Overrides};
 use crate::deliver::signature::SigningKeys;
 use crate::pgtemp::TempCluster;
 use crate::secret::Secret;
@@ -24,7 +29,8 @@ use crate::secret::Secret;
 /// Table the demo uses in a database it did not create, so it never touches an app's own
 /// `OutboxEvent` table.
 const DEMO_TABLE: &str = "outbox_relay_demo";
-/// Where the demo serves SSE and health: the default `http.listen`.
+/// Where the demo serves SSE and health unless told otherwise: the default `http.listen`
+/// when free, else any free port.
 const DEMO_HTTP: &str = crate::config::DEFAULT_HTTP_LISTEN;
 
 struct Receiver {
@@ -33,9 +39,31 @@ struct Receiver {
     failed_once: Mutex<HashSet<String>>,
 }
 
-pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
-    let (cluster, url, table) = match &overrides.database_url {
-        Some(url) => (None, url.clone(), DEMO_TABLE),
+/// `dev [--listen ADDR]`, with the global `--config` and `--database-url`.
+pub async fn run(
+    config: Option<&Path>,
+    overrides: &Overrides,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let from_file = match config {
+        Some(path) => {
+            let s = Config::for_dev(path, overrides)?;
+            eprintln!(
+                "config {}: dev takes only [http] listen and database_url from it (the demo \
+                 brings its own table, webhook and secrets)",
+                path.display()
+            );
+            s
+        }
+        None => DevSettings::default(),
+    };
+    let database_url = match config {
+        Some(_) => from_file.database_url.map(|u| u.expose().to_owned()),
+        None => overrides.database_url.clone(),
+    };
+    let http_listen = http_listen(listen.or(from_file.listen))?;
+    let (cluster, url, table) = match database_url {
+        Some(url) => (None, url, DEMO_TABLE),
         None => {
             eprintln!(
                 "starting a throwaway PostgreSQL cluster (set DATABASE_URL to use your own)..."
@@ -67,19 +95,22 @@ pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
             .await
     });
 
-    let token_secret =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
-    // The contract's port when free; any port when another relay holds it.
-    let http_listen = match std::net::TcpListener::bind(DEMO_HTTP) {
-        Ok(_) => DEMO_HTTP,
-        Err(_) => "127.0.0.1:0",
-    };
+    let random =
+        || base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+    let token_secret = random();
+    // Off loopback, the dashboard answers only with an admin token (see its "Who may do what").
+    let admin_token = (!http_listen.ip().is_loopback()).then(random);
+    let admin_line = admin_token
+        .as_ref()
+        .map(|t| format!("admin_token = \"{t}\""))
+        .unwrap_or_default();
     let toml = format!(
         r#"
         table = "{table}"
         backoff_initial = "2s"
         [http]
         listen = "{http_listen}"
+        {admin_line}
         [sse]
         token_secret = "{token_secret}"
         [[webhook]]
@@ -94,7 +125,7 @@ pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
             database_url: Some(url.clone()),
         },
     )?;
-    let mut client = crate::db::connect(&cfg.database_url).await?;
+    let mut client = crate::db::connect(cfg.database_url.get()).await?;
     crate::db::migrate::run(&mut client, &cfg)
         .await
         .context("migrating the demo table")?;
@@ -115,6 +146,9 @@ pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
     eprintln!("  table      {}", cfg.qualified_table());
     eprintln!("  receiver   {hook_url}");
     eprintln!("  dashboard  http://{http}/");
+    if let Some(t) = &admin_token {
+        eprintln!("  admin      {t}  (the dashboard asks for it: {http} is not loopback)");
+    }
     eprintln!("  http       http://{http}  (/healthz, /readyz, /metrics, /v1/events)");
     eprintln!();
     eprintln!("Server-Sent Events for org_acme (token valid 24h), from the first event:");
@@ -183,6 +217,26 @@ pub async fn run(overrides: &Overrides) -> anyhow::Result<()> {
     drop(cluster);
     eprintln!("demo stopped");
     Ok(())
+}
+
+/// Where to serve: `asked` (--listen, else the config file's `[http] listen`), which must be
+/// free; otherwise the contract's port when free, any port when another relay holds it.
+fn http_listen(asked: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
+    let default: SocketAddr = DEMO_HTTP.parse().expect("a socket address");
+    match asked {
+        // Tried here so the error names dev's option rather than `[http] listen`.
+        Some(addr) => match std::net::TcpListener::bind(addr) {
+            Ok(_) => Ok(addr),
+            Err(e) => anyhow::bail!(
+                "cannot listen on {addr} ({e}): is another relay or dev running there? choose \
+                 another address with --listen (port 0 picks a free one)"
+            ),
+        },
+        None => Ok(match std::net::TcpListener::bind(default) {
+            Ok(_) => default,
+            Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+        }),
+    }
 }
 
 async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> StatusCode {

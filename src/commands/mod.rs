@@ -18,7 +18,7 @@ const BATCH: i64 = 1000;
 
 /// Connects, checks the role's privileges for `what`, and reads the table's shape.
 async fn open(cfg: &Config, what: Use) -> anyhow::Result<(tokio_postgres::Client, Queries)> {
-    let client = db::connect(&cfg.database_url).await?;
+    let client = db::connect(cfg.database_url.get()).await?;
     privileges::check(&client, cfg, what).await?;
     let table = cfg.qualified_table();
     let shape = shape::inspect(&client, &table).await?;
@@ -53,7 +53,7 @@ pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
         print!("{}", migrate::script(cfg));
         return Ok(());
     }
-    let mut client = db::connect(&cfg.database_url).await?;
+    let mut client = db::connect(cfg.database_url.get()).await?;
     db::server::ensure_writable(&client).await?;
     let managed = migrate::managed_indexes(cfg);
     let before = migrate::existing(&client, cfg, &managed).await?;

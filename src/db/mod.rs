@@ -1,6 +1,7 @@
 //! Everything that talks SQL: connections, the migration, the table's shape and the queries.
 
 pub mod browse;
+mod connect_error;
 pub mod ident;
 pub mod migrate;
 pub mod privileges;
@@ -14,11 +15,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::secret::Secret;
+
+pub use connect_error::{connect_error, servers, servers_of};
 
 /// How long one connection attempt may take before it counts as "database unreachable".
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,65 +94,22 @@ pub fn pg_config(url: &Secret) -> anyhow::Result<(tokio_postgres::Config, tls::C
     Ok((cfg, connector))
 }
 
-/// A failed connection attempt as one line saying what to fix, for the errors a person can
-/// act on (TLS, authentication); others keep tokio-postgres' words, with a hint.
-pub fn connect_error(e: tokio_postgres::Error) -> anyhow::Error {
-    match explain(&e) {
-        Some(line) => anyhow::anyhow!(line),
-        None => anyhow::Error::new(e)
-            .context("cannot connect to the database (check database_url and that it is up)"),
-    }
-}
-
-fn explain(e: &tokio_postgres::Error) -> Option<String> {
-    use std::error::Error as _;
-    if let Some(db) = e.as_db_error() {
-        let msg = db.message();
-        return match db.code() {
-            // `password authentication failed for user "relay"`: the server's words name
-            // the user, never the password.
-            c if *c == SqlState::INVALID_PASSWORD => {
-                Some(format!("{msg}: check the password in database_url"))
-            }
-            c if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-                && msg.contains("certificate") =>
-            {
-                Some(format!(
-                    "{msg}: the client certificate (sslcert, sslkey) must be signed by a CA \
-                     in the server's ssl_ca_file and name the user in its CN"
-                ))
-            }
-            _ => None,
-        };
-    }
-    let mut cause = e.source();
-    let mut no_tls = false;
-    while let Some(c) = cause {
-        if let Some(h) = c.downcast_ref::<tls::HandshakeError>() {
-            return Some(h.0.clone());
-        }
-        // tokio-postgres' own words when the server answers "no" to sslmode=require.
-        no_tls |= c.to_string() == "server does not support TLS";
-        cause = c.source();
-    }
-    if let Some(line) = tls::rustls_error(e).and_then(tls::client_cert_refused) {
-        return Some(line);
-    }
-    if no_tls {
-        return Some(
-            "the server does not offer TLS; sslmode require, verify-ca and verify-full need \
-             ssl = on in its postgresql.conf (sslmode=prefer also accepts a plain connection)"
-                .to_owned(),
-        );
-    }
-    None
-}
-
 /// A pooled connection, with [`connect_error`]'s words when a new one cannot be made.
 pub async fn get(pool: &Pool) -> anyhow::Result<deadpool_postgres::Object> {
+    get_from(pool, None).await
+}
+
+/// [`get`] for a caller that knows the pool's [`servers`], which its error then names.
+pub async fn get_from(
+    pool: &Pool,
+    servers: Option<&str>,
+) -> anyhow::Result<deadpool_postgres::Object> {
     pool.get().await.map_err(|e| match e {
-        deadpool_postgres::PoolError::Backend(e) => connect_error(e),
-        e => anyhow::Error::new(e).context("cannot connect to the database"),
+        deadpool_postgres::PoolError::Backend(e) => connect_error(servers, e),
+        e => anyhow::Error::new(e).context(format!(
+            "no database connection{}",
+            servers.map(|s| format!(" to {s}")).unwrap_or_default()
+        )),
     })
 }
 
@@ -349,7 +308,10 @@ pub async fn connect(url: &Secret) -> anyhow::Result<tokio_postgres::Client> {
     if cfg.get_application_name() == Some(application_name("").as_str()) {
         cfg.application_name(COMMAND_APPLICATION_NAME);
     }
-    let (client, conn) = cfg.connect(tls).await.map_err(connect_error)?;
+    let (client, conn) = cfg
+        .connect(tls)
+        .await
+        .map_err(|e| connect_error(Some(&servers(&cfg)), e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "database connection closed");

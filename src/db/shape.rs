@@ -339,11 +339,7 @@ pub async fn check_adoptable(
 
 fn refuse(qualified_table: &str, e: &Existing) -> anyhow::Result<()> {
     match e.unadoptable() {
-        Some(why) => Err(ConfigError {
-            key: "table".into(),
-            message: format!("{qualified_table} {why}"),
-        }
-        .into()),
+        Some(why) => Err(ConfigError::new("table", format!("{qualified_table} {why}")).into()),
         None => Ok(()),
     }
 }

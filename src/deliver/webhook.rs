@@ -113,7 +113,7 @@ impl Endpoint {
             name: cfg.name.clone(),
             url: cfg.url.clone(),
             filter: TypeFilter::new(&cfg.types)?,
-            keys: cfg.keys.clone(),
+            keys: cfg.keys.get().clone(),
             client,
             permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
             queued: AtomicUsize::new(0),

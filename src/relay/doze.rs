@@ -228,7 +228,7 @@ impl Doze {
         let (client, connection) = cfg
             .connect(tls.clone())
             .await
-            .map_err(crate::db::connect_error)?;
+            .map_err(|e| crate::db::connect_error(Some(&crate::db::servers(&cfg)), e))?;
         let closed = Arc::new(AtomicBool::new(false));
         tokio::spawn({
             let (closed, wake) = (closed.clone(), self.wake.clone());

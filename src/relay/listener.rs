@@ -83,7 +83,10 @@ async fn listen_once(
     // Named apart from the pool's connections, so operators (and tests) can tell it apart
     // in pg_stat_activity.
     cfg.application_name(crate::db::application_name(LISTENER_ROLE));
-    let (client, mut conn) = cfg.connect(tls).await.map_err(crate::db::connect_error)?;
+    let (client, mut conn) = cfg
+        .connect(tls)
+        .await
+        .map_err(|e| crate::db::connect_error(Some(&crate::db::servers(&cfg)), e))?;
     // The connection must be polled for the client to make progress and for notifications
     // to arrive; this task does both and ends when the connection does.
     let notified = wake.to_vec();

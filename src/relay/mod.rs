@@ -210,11 +210,12 @@ async fn wait_for_table(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Queries>> {
     let table = cfg.qualified_table();
+    let servers = crate::db::servers_of(cfg.database_url.get());
     let mut delay = Duration::from_millis(200);
     let mut read_only_reported = false;
     loop {
         let attempt = async {
-            let client = crate::db::get(pool).await?;
+            let client = crate::db::get_from(pool, Some(&servers)).await?;
             privileges::check(&client, cfg, privileges::Use::Run).await?;
             let shape = shape::inspect(&client, &table).await?;
             if crate::db::server::read_only(&client).await? {
@@ -379,7 +380,7 @@ impl Relay {
         ));
         let listener = self.cfg.listen.then(|| {
             tokio::spawn(listener::run(
-                self.cfg.database_url.clone(),
+                self.cfg.database_url.get().clone(),
                 crate::db::migrate::channel(&self.cfg),
                 wakers,
                 endpoints_changed,
@@ -478,7 +479,7 @@ impl Relay {
         // Sleeping without a commit tax (listen mode only; see `doze`).
         let mut doze = self.cfg.listen.then(|| {
             Doze::new(
-                self.cfg.database_url.clone(),
+                self.cfg.database_url.get().clone(),
                 crate::db::migrate::wake_lock(&self.cfg),
                 self.wake.clone(),
             )

@@ -26,7 +26,8 @@ impl Reader {
             .sse
             .token_secret
             .as_ref()
-            .expect("validated: enabled SSE has a token secret");
+            .expect("validated: enabled SSE has a token secret")
+            .get();
         Self {
             sql: crate::db::queries::stream_read(&cfg.qualified_table()),
             key: CursorKey::derive(secret.expose().as_bytes()),

@@ -77,7 +77,7 @@ fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
 impl Dashboard {
     pub fn new(cfg: &Config, shared: Arc<Shared>) -> Self {
         let pool = crate::db::pool_with(
-            &cfg.database_url,
+            cfg.database_url.get(),
             2,
             Some("dashboard"),
             crate::db::browse::DASHBOARD_STATEMENT_TIMEOUT,
@@ -87,7 +87,7 @@ impl Dashboard {
         Self {
             shared,
             pool,
-            admin_token: cfg.http.admin_token.clone(),
+            admin_token: cfg.http.admin_token.as_ref().map(|t| t.get().clone()),
             loopback: cfg.http.listen.ip().is_loopback(),
             channel: crate::db::migrate::channel(cfg),
             ordering: !cfg.ordered_types().is_empty(),
