@@ -42,7 +42,8 @@ impl Incident {
         }
     }
 
-    pub fn is_open(&self) -> bool {
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
         self.open.is_some()
     }
 }

@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::queries::{WAKE_LOCK, WAKE_UNLOCK};
 use crate::db::tls::Connector;
+use crate::incident::Incident;
 use crate::relay::{Health, LOOP_BEAT};
 use crate::secret::Secret;
 
@@ -84,8 +85,8 @@ pub struct Doze {
     wake: Arc<Notify>,
     conn: Option<Conn>,
     armed: bool,
-    /// The last connection failure was logged (one line per outage, not per attempt).
-    failing: bool,
+    /// Connection failures: one warning per outage, not per attempt.
+    failing: Incident,
 }
 
 struct Conn {
@@ -106,7 +107,7 @@ impl Doze {
             wake,
             conn: None,
             armed: false,
-            failing: false,
+            failing: Incident::new("wake lock connection"),
         }
     }
 
@@ -203,20 +204,17 @@ impl Doze {
         }
         match self.connect().await {
             Ok(conn) => {
-                if std::mem::take(&mut self.failing) {
-                    tracing::info!("wake lock connection is back");
-                }
+                self.failing.succeeded();
                 self.conn = Some(conn);
                 true
             }
             Err(e) => {
-                if !std::mem::replace(&mut self.failing, true) {
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "cannot open the wake lock connection: until it is back, the relay \
-                         polls every second instead of sleeping until an insert wakes it"
-                    );
-                }
+                crate::incident_failed!(
+                    self.failing,
+                    error = format!("{e:#}"),
+                    "cannot open the wake lock connection: until it is back, the relay \
+                     polls every second instead of sleeping until an insert wakes it"
+                );
                 false
             }
         }
