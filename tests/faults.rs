@@ -311,7 +311,10 @@ async fn f6_a_poison_event_that_crashes_the_relay_ends_failed_and_the_rest_flow(
     assert!(error.unwrap().starts_with("lease expired"));
     assert_nothing_lost(&t, crashes * WINDOW);
     // The innocent rows that crashed alongside it were delivered apart from it, well
-    // before their own attempts ran out.
+    // before their own attempts ran out. Two lapses is the most an innocent row can have:
+    // after two in a row it is a suspect, so it rides again only as its relay's one suspect
+    // (held from its claim until its outcome is written); the poison is a suspect too from
+    // its third delivery on, and before that no innocent row has lapsed twice.
     let worst: i32 = client
         .query_one(
             "SELECT coalesce(max(retry_count), 0) FROM \"OutboxEvent\" WHERE event_type = $1",

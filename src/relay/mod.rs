@@ -37,7 +37,7 @@ use crate::incident::Incident;
 use crate::stream::Hub;
 use cursor::{ClaimCursor, Look};
 use doze::{Arm, Doze};
-use recorder::{InFlight, Recorded};
+use recorder::{InFlight, Recorded, SuspectAboard};
 
 /// What `/readyz`, systemd readiness and the watchdog report.
 #[derive(Debug, Default)]
@@ -153,8 +153,8 @@ pub struct Relay {
     /// The SSE fan-out, fed by a tail reader this relay runs (None: SSE disabled).
     hub: Option<Arc<Hub>>,
     timeline: Arc<Timeline>,
-    /// A suspect (a row that lapsed twice in a row, see the claim query) is being delivered;
-    /// no second one is claimed until it is done.
+    /// A suspect (a row that lapsed twice in a row, see the claim query) is aboard; no
+    /// second one is claimed until its outcome is written (see [`SuspectAboard`]).
     suspect_in_flight: Arc<AtomicBool>,
 }
 
@@ -692,7 +692,6 @@ impl Relay {
                     ev.claim_token = token;
                     if row.get::<_, bool>(11) {
                         tracing::warn!(event_id = %id, attempt = ev.attempt(), "delivering a suspect on its own: its lease lapsed twice in a row (does it crash or hang the relay?)");
-                        self.suspect_in_flight.store(true, Ordering::Release);
                         suspect = Some(id.clone());
                     }
                     events.push(ev);
@@ -719,16 +718,11 @@ impl Relay {
             let dispatcher = self.dispatcher.clone();
             let tx = tx.clone();
             let hard = hard.clone();
-            let suspect_done = (suspect.as_ref() == Some(&ev.id))
-                .then(|| (self.suspect_in_flight.clone(), self.wake.clone()));
+            let suspect = (suspect.as_ref() == Some(&ev.id))
+                .then(|| SuspectAboard::board(self.suspect_in_flight.clone(), self.wake.clone()));
             tracker.spawn(async move {
                 let crate::deliver::Delivery { outcome, log } =
                     dispatcher.deliver(&ev, &hard).await;
-                if let Some((flag, wake)) = suspect_done {
-                    // The next suspect may go now.
-                    flag.store(false, Ordering::Release);
-                    wake.notify_one();
-                }
                 log_outcome(&ev, &outcome);
                 let rec = Recorded {
                     id: ev.id,
@@ -736,6 +730,7 @@ impl Relay {
                     outcome,
                     log,
                     permit,
+                    suspect,
                 };
                 // The recorder lives until every sender is gone, so this cannot fail.
                 let _ = tx.send(rec).await;

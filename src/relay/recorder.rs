@@ -8,6 +8,7 @@
 //! database stalls.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,33 @@ pub struct Recorded {
     pub log: Vec<AttemptLog>,
     /// The in-flight slot this event held; freed after the write.
     pub permit: OwnedSemaphorePermit,
+    /// Set when the event is a suspect: it stays aboard until its outcome is durable.
+    pub suspect: Option<SuspectAboard>,
+}
+
+/// A suspect (a row whose lease lapsed twice in a row) held by this relay. While one is
+/// aboard the claim loop asks for no other; dropping it, once the outcome is written (or
+/// given up on), lets the next one go. Not at the end of the HTTP call: a suspect delivered
+/// but not yet recorded still lapses with the relay if the next suspect kills it, and an
+/// innocent row would then share the poison event's fate a third time.
+pub struct SuspectAboard {
+    flag: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+}
+
+impl SuspectAboard {
+    /// Marks a suspect aboard; `flag` is the relay's "a suspect is aboard", `wake` its claim loop.
+    pub fn board(flag: Arc<AtomicBool>, wake: Arc<Notify>) -> Self {
+        flag.store(true, Ordering::Release);
+        Self { flag, wake }
+    }
+}
+
+impl Drop for SuspectAboard {
+    fn drop(&mut self) {
+        self.flag.store(false, Ordering::Release);
+        self.wake.notify_one();
+    }
 }
 
 /// Ids (and claim tokens) of the rows this relay holds PROCESSING.
@@ -145,7 +173,7 @@ pub async fn run(
         let rescheduled = batch
             .iter()
             .any(|r| !matches!(r.outcome, Outcome::Completed { .. }));
-        batch.clear(); // drops the permits
+        batch.clear(); // drops the permits, and lets the next suspect go
         signals.capacity_freed.notify_one();
         if rescheduled || signals.wake_on_completion {
             // A retry now waits in the table: let the claimer recompute when to wake.
