@@ -5,12 +5,11 @@
 //! relay's output, `status` and `/metrics` for secrets. Each prints one line of the README's
 //! fault table and writes it to `target/tmp/fault-report/`.
 
-mod common;
-use common::fault::*;
-use common::load::{Load, LOAD_TYPE};
-use common::process::*;
-use common::proxy::Proxy;
-use common::*;
+use crate::common::fault::*;
+use crate::common::load::{Load, LOAD_TYPE};
+use crate::common::process::*;
+use crate::common::proxy::Proxy;
+use crate::common::*;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

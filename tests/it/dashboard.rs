@@ -4,10 +4,9 @@
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them).
 
-mod common;
-use common::browser::*;
-use common::process::*;
-use common::*;
+use crate::common::browser::*;
+use crate::common::process::*;
+use crate::common::*;
 
 use std::sync::Arc;
 

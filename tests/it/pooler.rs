@@ -3,11 +3,10 @@
 //! PostgreSQL). Transaction mode: two poll-only relays share the work, the commands work
 //! twice in a row, and nothing says "prepared statement". Session mode: LISTEN works.
 
-mod common;
-use common::fault::*;
-use common::process::*;
-use common::replication::level_count;
-use common::*;
+use crate::common::fault::*;
+use crate::common::process::*;
+use crate::common::replication::level_count;
+use crate::common::*;
 
 use std::process::{Child, Command, Stdio};
 
@@ -331,7 +330,10 @@ async fn idle_timeouts_and_statement_timeouts_cost_a_line_each_and_lose_nothing(
 async fn timestamps_without_time_zone_are_utc_whatever_the_session_time_zone() {
     let db = TestDb::new().await;
     let direct = db.client().await;
-    direct.batch_execute(common::orm::PRISMA.ddl).await.unwrap();
+    direct
+        .batch_execute(crate::common::orm::PRISMA.ddl)
+        .await
+        .unwrap();
     direct
         .batch_execute(&format!(
             "ALTER DATABASE {} SET TimeZone = 'America/New_York'",

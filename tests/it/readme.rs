@@ -2,14 +2,13 @@
 //! as written against the table an ORM makes (or `migrate` makes), adopted by the `migrate`
 //! command, and the relay delivers the event it inserts.
 
-mod common;
-use common::orm::*;
-use common::process::*;
-use common::*;
+use crate::common::orm::*;
+use crate::common::process::*;
+use crate::common::*;
 
 /// The ```sql block right after `<!-- readme-sql: NAME -->` in the README.
 fn readme_sql(name: &str) -> String {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let marker = format!("<!-- readme-sql: {name} -->");
     let at = readme
         .find(&marker)

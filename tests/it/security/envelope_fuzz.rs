@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::cases;
+use super::cases;
 
 /// JSON string contents, written as they could appear in a payload column: escapes for lone
 /// surrogates, NUL and control characters, direction marks, emoji raw and as surrogate pairs,

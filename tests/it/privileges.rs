@@ -5,13 +5,11 @@
 //! GRANT that fixes it, exit status 2. The table lives in a schema of its own, so USAGE on
 //! the schema is not already granted to PUBLIC as on `public`.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::process::*;
-use common::sse;
-use common::*;
+use crate::common::process::*;
+use crate::common::sse;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const SCHEMA: &str = "app_outbox";

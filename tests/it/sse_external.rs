@@ -9,9 +9,8 @@
 //! Needs Node.js 18+ and npm. The pinned packages (`tests/js/package-lock.json`) are
 //! installed by the test itself on first use, so `cargo test` alone is enough.
 
-mod common;
-use common::sse::{sse_toml, token};
-use common::*;
+use crate::common::sse::{sse_toml, token};
+use crate::common::*;
 
 use std::collections::HashSet;
 use std::fs::File;

@@ -1,9 +1,8 @@
 //! Server-Sent Events against real PostgreSQL and real HTTP: tenant scoping, tokens,
 //! resume with Last-Event-ID, out-of-order commits, several relays, slow subscribers.
 
-mod common;
-use common::sse::*;
-use common::*;
+use crate::common::sse::*;
+use crate::common::*;
 
 use std::io::Read;
 use std::sync::Arc;

@@ -3,9 +3,9 @@
 //! now it checks the table first, changes nothing, exits 2 and says what to do. An outbox an
 //! ORM made is still adopted, and a table that does not exist is still created.
 
+use super::identifiers::{catalog, texts};
 use crate::common::process::{path_str, relay_cmd, run_to_end};
 use crate::common::*;
-use crate::identifiers::{catalog, texts};
 
 /// Everything about one table `migrate` could change: its columns (type, NOT NULL, default),
 /// indexes, triggers and constraints, and its rows as text.

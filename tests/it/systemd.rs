@@ -6,9 +6,8 @@
 //! Each test runs its own throwaway cluster (whatever DATABASE_URL says): they stop or
 //! freeze it.
 
-mod common;
-use common::process::*;
-use common::*;
+use crate::common::process::*;
+use crate::common::*;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;

@@ -1,7 +1,6 @@
 //! Operations in the daemon: retention, and what pooled connections keep.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::time::Duration;
 

@@ -2,8 +2,7 @@
 //! receivers: wake-ups, retries, dead letters, fan-out, routing, bad rows, adoption of an
 //! ORM-made table, and two relays sharing one table.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -439,10 +438,10 @@ async fn bad_rows_never_stall_the_relay() {
 /// without FAILED, a column of the app's own and an index, and a row from before `migrate`.
 fn prisma_ddl() -> String {
     let enum_values = "('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED')";
-    assert!(common::orm::PRISMA.ddl.contains(enum_values));
+    assert!(crate::common::orm::PRISMA.ddl.contains(enum_values));
     format!(
         "{}{}",
-        common::orm::PRISMA
+        crate::common::orm::PRISMA
             .ddl
             .replace(enum_values, "('PENDING', 'PROCESSING', 'COMPLETED')"),
         r#"

@@ -3,14 +3,12 @@
 //! that open dashboards put on the database. The browser end-to-end tests are in
 //! tests/dashboard.rs.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::receiver::{Receiver, Reply};
-use common::{count_held, insert_events, wait_until, webhook_toml, TestDb};
+use crate::common::receiver::{Receiver, Reply};
+use crate::common::{count_held, insert_events, wait_until, webhook_toml, TestDb};
 use serde_json::{json, Value};
 
 async fn get(url: &str, token: Option<&str>) -> (u16, Value) {
@@ -80,7 +78,7 @@ async fn a_pause_holds_events_on_every_relay_and_a_resume_delivers_each_once() {
     assert_eq!(s, 200);
     rx.wait_accepted(&ids).await;
     wait_until("all COMPLETED", || async {
-        common::count_status(&client, "COMPLETED").await == 50
+        crate::common::count_status(&client, "COMPLETED").await == 50
     })
     .await;
     let counts = rx.accepted_counts();
@@ -118,7 +116,7 @@ async fn an_event_page_shows_each_attempt_and_search_pages_without_gaps() {
     let ids = insert_events(&client, 1, "ORDER.CREATED").await;
     let id = &ids[0];
     wait_until("the event COMPLETED", || async {
-        common::row_state(&client, id).await.0 == "COMPLETED"
+        crate::common::row_state(&client, id).await.0 == "COMPLETED"
     })
     .await;
     let (s, body) = get(&format!("{base}/api/events/{id}"), None).await;
@@ -206,7 +204,7 @@ async fn actions_need_the_admin_token_which_is_never_echoed() {
     let base = relay.http_url();
     let ids = insert_events(&client, 1, "ORDER.CREATED").await;
     wait_until("dead letter", || async {
-        common::row_state(&client, &ids[0]).await.0 == "FAILED"
+        crate::common::row_state(&client, &ids[0]).await.0 == "FAILED"
     })
     .await;
 
@@ -216,7 +214,7 @@ async fn actions_need_the_admin_token_which_is_never_echoed() {
     assert_eq!(post(&retry, body.clone(), Some("wrong")).await.0, 401);
     let pause = format!("{base}/api/endpoints/hook/pause");
     assert_eq!(post(&pause, json!({}), None).await.0, 401);
-    assert_eq!(common::row_state(&client, &ids[0]).await.0, "FAILED");
+    assert_eq!(crate::common::row_state(&client, &ids[0]).await.0, "FAILED");
     // Cross-site without the token: refused (with it, the caller holds the credential).
     let cross = reqwest::Client::new()
         .post(&retry)
@@ -258,8 +256,11 @@ async fn commits(admin: &tokio_postgres::Client) -> i64 {
 }
 
 /// Ten dashboards polling every 2 s for a minute cost the database what one does: the
-/// overview's database reads are shared and cached for 5 s.
+/// overview's database reads are shared and cached for 5 s. Long (84 s, it waits out
+/// PostgreSQL's statistics lag), so `--ignored`; `cached::tests` checks the sharing with a
+/// paused clock in the quick suite.
 #[tokio::test]
+#[ignore = "long: 84 s; run with --ignored"]
 async fn open_dashboards_add_a_bounded_number_of_queries() {
     const PAGES: usize = 10;
     const WINDOW: Duration = Duration::from_secs(60);

@@ -4,13 +4,11 @@
 //! and a plain cluster for what `require` and `prefer` do without TLS. Both are started once
 //! for this file and shared; each test has databases of its own.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use common::process::{path_str, relay_cmd, run_to_end, write_config, Proc, EXIT_PATIENCE};
-use common::{count_status, insert_events, wait_until, webhook_toml, Receiver};
+use crate::common::process::{path_str, relay_cmd, run_to_end, write_config, Proc, EXIT_PATIENCE};
+use crate::common::{count_status, insert_events, wait_until, webhook_toml, Receiver};
 use nix::sys::signal::Signal;
 use outbox_relay::pgtemp::TempCluster;
 use outbox_relay::secret::Secret;

@@ -2,9 +2,9 @@
 //! receiver and a real SSE subscriber: whatever the column holds as valid JSON arrives as it
 //! is, signed; what is not JSON is dead-lettered with a reason.
 
+use super::envelope_fuzz::{nested, Received};
 use crate::common::sse::{connect, sse_toml, token};
 use crate::common::*;
-use crate::envelope_fuzz::{nested, Received};
 
 /// The event id and the `data` of an envelope, `data` exactly as sent (read without
 /// serde_json's recursion limit, which a `Value` would hit).

@@ -2,11 +2,10 @@
 //! event is not sent until the previous one was accepted, across several relays, crashes
 //! and failing receivers; a FAILED head blocks only its own key until `retry` or `skip`.
 
-mod common;
-use common::fault::*;
-use common::load::Load;
-use common::process::*;
-use common::*;
+use crate::common::fault::*;
+use crate::common::load::Load;
+use crate::common::process::*;
+use crate::common::*;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -3,11 +3,10 @@
 //! runs the relay binary against private clusters of its own and checks what arrived, how
 //! often it was said, and what the rows say.
 
-mod common;
-use common::fault::*;
-use common::process::*;
-use common::replication::*;
-use common::*;
+use crate::common::fault::*;
+use crate::common::process::*;
+use crate::common::replication::*;
+use crate::common::*;
 
 /// The relay's words for a read-only server (see `db::server::READ_ONLY`).
 const READ_ONLY_LINE: &str = "points at a read-only server";

@@ -1,9 +1,8 @@
 //! The real `outbox-relay` binary as a child process, against real PostgreSQL and the
 //! harness's real HTTP receiver: crashes, signals, exit codes, the CLI and database outages.
 
-mod common;
-use common::process::*;
-use common::*;
+use crate::common::process::*;
+use crate::common::*;
 
 use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
@@ -1060,7 +1059,7 @@ async fn migrate_keeps_optional_indexes_only_while_their_feature_is_configured()
 
     let both = format!(
         "{}\n{}ordering = \"entity\"\n",
-        common::sse::sse_toml("15s"),
+        crate::common::sse::sse_toml("15s"),
         webhook_toml("main", "http://127.0.0.1:9/")
     );
     let out = migrate(&both).await;
@@ -1123,7 +1122,7 @@ async fn idle_http_clients_cannot_take_the_descriptors_delivery_needs() {
     const NOFILE: u64 = 250;
     const CLIENTS: usize = 300;
     let db = TestDb::new().await;
-    let rx = common::receiver::Receiver::start().await;
+    let rx = crate::common::receiver::Receiver::start().await;
     let addr = free_addr();
     let file = db.config_file(&format!(
         "{}[http]\nlisten = \"{addr}\"\nheader_timeout = \"10m\"\n",

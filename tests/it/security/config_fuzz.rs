@@ -5,7 +5,7 @@
 use outbox_relay::config::{Config, Overrides};
 use proptest::prelude::*;
 
-use crate::cases;
+use super::cases;
 
 /// A password planted in generated database URLs: no error message may repeat it.
 const PLANTED_PASSWORD: &str = "pw-Planted-7f3c";

@@ -18,9 +18,6 @@
 //! - [`secrets_at_rest`]: secrets other users can read (a config or secret file's mode, a
 //!   password in `--database-url`) are warned about once, never shown.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod config_fuzz;
 mod connections;
 mod egress;

@@ -1,0 +1,26 @@
+//! The integration suite, as one binary: each module below was its own test binary, and
+//! each compiled the shared harness (`common`) again. Real servers throughout: PostgreSQL
+//! (DATABASE_URL, else a throwaway cluster), HTTP receivers, PgBouncer, a browser.
+//!
+//! `cargo test` runs the quick checks; the long fault and load runs are `#[ignore]`d and
+//! run by `cargo test -- --ignored` (`.ci/run` runs both).
+
+mod common;
+
+mod dashboard;
+mod dashboard_api;
+mod delivery;
+mod failover;
+mod faults;
+mod ops;
+mod ordering;
+mod pooler;
+mod privileges;
+mod process;
+mod readme;
+mod security;
+mod smoke;
+mod sse;
+mod sse_external;
+mod systemd;
+mod tls;
