@@ -57,7 +57,7 @@ pub const DEFAULT_LONG_TRANSACTION_WARNING: Duration = Duration::from_secs(300);
 /// `[egress] deny_private_addresses`: off. Webhook URLs come from the operator's own file and
 /// mostly point at internal services on private addresses; on by default, those deployments
 /// would stop delivering. Turn it on where URLs come from people who should not reach the
-/// relay's network (README, "Outbound addresses").
+/// relay's network (docs/configuration.md, "Outbound addresses").
 pub const DEFAULT_EGRESS_DENY_PRIVATE_ADDRESSES: bool = false;
 /// The longest duration any key accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);

@@ -2,8 +2,8 @@
 //! (`FAULT_RATE` events/s, default 300, for `FAULT_SECONDS`, default 20) against real
 //! PostgreSQL and real HTTP receivers, does one kind of damage, then checks that every
 //! committed event was accepted by every receiver, counts duplicates, and greps all the
-//! relay's output, `status` and `/metrics` for secrets. Each prints one line of the README's
-//! fault table and writes it to `target/tmp/fault-report/`.
+//! relay's output, `status` and `/metrics` for secrets. Each prints one line of the fault
+//! table in docs/reliability.md and writes it to `target/tmp/fault-report/`.
 
 use crate::common::fault::*;
 use crate::common::load::{Load, LOAD_TYPE};

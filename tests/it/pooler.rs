@@ -324,8 +324,8 @@ async fn idle_timeouts_and_statement_timeouts_cost_a_line_each_and_lose_nothing(
 /// reads created_at and writes processed_at as UTC (envelope, dashboard, oldest pending age),
 /// and says once at start how it reads created_at. A row written from a New York session
 /// with an explicit UTC value arrives with that time; one left to the column's default
-/// (CURRENT_TIMESTAMP, New York's wall clock) arrives with that reading taken as UTC, as the
-/// README says.
+/// (CURRENT_TIMESTAMP, New York's wall clock) arrives with that reading taken as UTC, as
+/// docs/configuration.md says ("Timestamps without time zone").
 #[tokio::test(flavor = "multi_thread")]
 async fn timestamps_without_time_zone_are_utc_whatever_the_session_time_zone() {
     let db = TestDb::new().await;

@@ -1,4 +1,4 @@
-//! The dashboard's JSON API (shapes in the README, "Dashboard").
+//! The dashboard's JSON API (shapes in docs/dashboard.md, "API").
 //!
 //! Reads that any number of open pages poll (`/api/overview`) are served from memory and
 //! from results cached for [`CACHE_FOR`], so the queries the dashboard adds do not grow with

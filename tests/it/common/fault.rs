@@ -1,5 +1,6 @@
 //! The fault suite's harness: relay configs with every secret in play, the tally of what
-//! was published against what receivers accepted, the README row, and the secrets grep.
+//! was published against what receivers accepted, the row of docs/reliability.md's fault
+//! table, and the secrets grep.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -113,7 +114,7 @@ pub async fn wait_ready(what: &str, http: &str) {
     .await;
 }
 
-/// The outcome of one fault run, as the README table shows it.
+/// The outcome of one fault run, as the fault table in docs/reliability.md shows it.
 #[derive(Debug)]
 pub struct Tally {
     pub sent: usize,
@@ -218,7 +219,7 @@ pub async fn settle(
     t
 }
 
-/// Prints the README row and keeps it under target/tmp/fault-report/.
+/// Prints the docs/reliability.md row and keeps it under target/tmp/fault-report/.
 pub fn report(n: u32, fault: &str, what: &str, t: &Tally) {
     let row = format!(
         "| {n}. {fault} | {what} | {} | {} | {} | {} |",
