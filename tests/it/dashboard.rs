@@ -1,5 +1,5 @@
 //! The built-in web dashboard, end to end: the real relay binary, real PostgreSQL, a real
-//! webhook receiver, and headless Chromium (tests/common/browser.rs) clicking through the
+//! webhook receiver, and headless Chromium (tests/it/common/browser.rs) clicking through the
 //! pages as a person would. Screenshots land in target/dashboard-screenshots/.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them).

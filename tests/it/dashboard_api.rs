@@ -1,7 +1,7 @@
 //! The dashboard's JSON API against real PostgreSQL and real HTTP (issue 7): pausing an
 //! endpoint across relays, an event's history, search paging, the admin token, and the load
 //! that open dashboards put on the database. The browser end-to-end tests are in
-//! tests/dashboard.rs.
+//! tests/it/dashboard.rs.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Our SSE stream read by a client nobody on this team wrote: the `eventsource` npm package,
 //! a WHATWG EventSource for Node.js, driven by `tests/js/sse_client.mjs`.
 //!
-//! Our own test client (`tests/common/sse.rs`) parses the wire format from the same reading
+//! Our own test client (`tests/it/common/sse.rs`) parses the wire format from the same reading
 //! of the spec as the relay writes it, so the two could share a mistake. This one cannot: it
 //! has to find our named events, and when its relay goes away it has to come back by itself,
 //! with its own `Last-Event-ID`, and be given exactly what it missed.

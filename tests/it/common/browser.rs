@@ -1,5 +1,5 @@
 //! Headless Chromium driven through Debian's chromedriver (WebDriver, with the `fantoccini`
-//! crate), for the dashboard's end-to-end tests (tests/dashboard.rs).
+//! crate), for the dashboard's end-to-end tests (tests/it/dashboard.rs).
 //!
 //! Each [`Browser`] is its own chromedriver child on a free loopback port, its own Chromium
 //! session and its own throwaway profile directory. Dropping it (also on panic) kills

@@ -273,7 +273,7 @@ pub async fn migrate_url(url: &str, extra: &str) {
     outbox_relay::db::migrate::run(&mut c, &cfg).await.unwrap();
 }
 
-/// The release an in-place upgrade starts from (tests/faults.rs, the migrate-under-a-running-
+/// The release an in-place upgrade starts from (tests/it/faults.rs, the migrate-under-a-running-
 /// previous-release fault): the last landed release, 97f8ebf. Move it at each release, to the
 /// release before the one being made: the version still running while the new `migrate` runs.
 pub const PREVIOUS_RELEASE: &str = "97f8ebf71e1cc677b035c64fa8d14267ecf41414";
