@@ -7,7 +7,8 @@
 //!   table's shape ([`db::shape`]), every query ([`db::queries`]), what it checks of the
 //!   server it reached ([`db::server`]: writable, not a standby) and of its role
 //!   ([`db::privileges`]: the GRANTs each command needs). Operator actions and the queue
-//!   gauges, for the commands and the dashboard alike, are in [`db::admin`].
+//!   gauges, for the commands and the dashboard alike, are in [`db::admin`]; the daemon's
+//!   upkeep statements (housekeeping, retention) in [`db::maintenance`].
 //! - [`relay`]: the daemon. The claim loop wakes on NOTIFY ([`relay::listener`]) or a timer,
 //!   claims with `FOR UPDATE SKIP LOCKED`, spawns deliveries, and [`relay::recorder`] writes
 //!   outcomes back in batches and keeps leases alive.

@@ -1,10 +1,12 @@
 //! Everything that talks SQL: connections, the migration, the table's shape, the queries,
-//! and the operator's actions and the queue gauges ([`admin`]).
+//! the operator's actions and the queue gauges ([`admin`]), and the daemon's upkeep
+//! statements ([`maintenance`]).
 
 pub mod admin;
 pub mod browse;
 mod connect_error;
 pub mod ident;
+pub mod maintenance;
 pub mod migrate;
 pub mod privileges;
 pub mod queries;
