@@ -6,7 +6,9 @@
 //! - [`db`]: connections ([`db::pool`]), the migration ([`db::migrate`], SQL in `sql/`), the
 //!   table's shape ([`db::shape`]), every query ([`db::queries`]), what it checks of the
 //!   server it reached ([`db::server`]: writable, not a standby) and of its role
-//!   ([`db::privileges`]: the GRANTs each command needs).
+//!   ([`db::privileges`]: the GRANTs each command needs). Operator actions and the queue
+//!   gauges, for the commands and the dashboard alike, are in [`db::admin`]; the daemon's
+//!   upkeep statements (housekeeping, retention) in [`db::maintenance`].
 //! - [`relay`]: the daemon. The claim loop wakes on NOTIFY ([`relay::listener`]) or a timer,
 //!   claims with `FOR UPDATE SKIP LOCKED`, spawns deliveries, and [`relay::recorder`] writes
 //!   outcomes back in batches and keeps leases alive.
@@ -18,7 +20,8 @@
 //!   page and its JSON API; its reads are in [`db::browse`], its in-memory figures in
 //!   [`activity`]).
 //! - [`event`]: a claimed row and its JSON envelope.
-//! - [`commands`]: `migrate`, `status`, `retry`, `purge`, `publish` and the `dev` demo.
+//! - [`commands`]: `migrate`, `status`, `retry`, `skip`, `purge`, `publish` and the `dev`
+//!   demo: arguments and printing around [`db::admin`].
 //! - [`pgtemp`]: a throwaway PostgreSQL cluster for `dev` and the tests.
 //! - [`systemd`]: `Type=notify` readiness, status and the watchdog, when run by systemd.
 

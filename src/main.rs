@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use outbox_relay::cli::{Cli, Command};
-use outbox_relay::commands::{self, NewEvent};
+use outbox_relay::commands;
 use outbox_relay::config::{Config, ConfigError, Needs, Overrides};
+use outbox_relay::db::admin::NewEvent;
 use outbox_relay::db::privileges::MissingPrivileges;
 use tokio_util::sync::CancellationToken;
 

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::Context;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::db::admin::Queue;
 
 pub const CLAIMED: &str = "outbox_events_claimed_total";
 pub const COMPLETED: &str = "outbox_events_completed_total";
@@ -200,23 +201,13 @@ pub fn attempt(sink: &str, outcome: &'static str, took: Duration) {
 #[derive(Default)]
 pub struct QueueGauges(crate::cached::Cached<Queue>);
 
-/// The queue as the last refresh saw it.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct Queue {
-    pub pending: i64,
-    pub processing: i64,
-    pub failed: i64,
-    /// None when nothing is PENDING.
-    pub oldest_pending_age_seconds: Option<f64>,
-}
-
 impl QueueGauges {
     /// Refreshes the gauges unless they are fresh; returns the queue (None: the database
     /// has not answered yet).
     pub async fn refresh(&self, pool: &deadpool_postgres::Pool, table: &str) -> Option<Queue> {
         self.0
             .get(QUEUE_REFRESH, "queue gauges", || async {
-                let q = read_queue(pool, table).await?;
+                let q = crate::db::admin::queue(pool, table).await?;
                 gauge!(PENDING).set(q.pending as f64);
                 gauge!(OLDEST_PENDING).set(q.oldest_pending_age_seconds.unwrap_or(0.0));
                 gauge!(DEAD_LETTERS).set(q.failed as f64);
@@ -224,17 +215,4 @@ impl QueueGauges {
             })
             .await
     }
-}
-
-/// The queue in one statement, on the partial indexes.
-async fn read_queue(pool: &deadpool_postgres::Pool, table: &str) -> anyhow::Result<Queue> {
-    let sql = crate::db::queries::queue_read(table);
-    let rows = crate::db::query(pool, &sql, &[]).await?;
-    let row = rows.first().context("the queue query returned no row")?;
-    Ok(Queue {
-        pending: row.get(0),
-        processing: row.get(1),
-        failed: row.get(2),
-        oldest_pending_age_seconds: row.get(3),
-    })
 }

@@ -6,12 +6,15 @@
 //! with `try`, so the others simply skip the round (behind a transaction-mode pooler, a
 //! transaction-scoped lock per batch instead).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-
-use crate::relay::rounds::Rounds;
 use tokio_util::sync::CancellationToken;
+
+use crate::db::maintenance::{purge_batch, retention_lock, RetentionLock};
+use crate::db::queries::Queries;
+use crate::relay::rounds::Rounds;
 
 /// Rows per DELETE.
 pub const BATCH: i64 = 1000;
@@ -25,24 +28,20 @@ pub fn interval(retention: Duration) -> Duration {
     (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
-/// The advisory lock key for a table's retention, the same in every relay.
-pub const LOCK_KEY_SQL: &str = "hashtext('outbox_relay.retention.' || $1)";
-
 /// Runs until `stop`: every [`interval`], right after a claim round, deletes expired rows if
 /// no other relay is.
 pub async fn run(
     pool: Pool,
-    purge_sql: String,
-    table: String,
+    q: Arc<Queries>,
     retention: Duration,
     mut rounds: Rounds,
     stop: CancellationToken,
 ) {
     let mut last = None;
     while rounds.next(interval(retention), &mut last, &stop).await {
-        match purge_round(&pool, &purge_sql, &table, retention, &stop).await {
+        match purge_round(&pool, &q, retention, &stop).await {
             Ok(Some(n)) if n > 0 => {
-                tracing::info!(deleted = n, table = %table, "retention: deleted COMPLETED rows older than {}", humantime::format_duration(retention))
+                tracing::info!(deleted = n, table = %q.table, "retention: deleted COMPLETED rows older than {}", humantime::format_duration(retention))
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(
@@ -56,35 +55,24 @@ pub async fn run(
 /// One round. Some(deleted) when this relay held the lock, None when another did.
 async fn purge_round(
     pool: &Pool,
-    purge_sql: &str,
-    table: &str,
+    q: &Queries,
     retention: Duration,
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<u64>> {
     let client = pool.get().await?;
     if crate::db::statements::pooler_safe() {
-        return in_transactions(client, purge_sql, table, retention.as_secs_f64(), stop).await;
+        return in_transactions(client, q, retention.as_secs_f64(), stop).await;
     }
-    if !lock_call(&client, "pg_try_advisory_lock", table).await? {
+    if !retention_lock(&client, RetentionLock::TrySession, &q.table).await? {
         return Ok(None);
     }
-    let deleted = delete_expired(&client, purge_sql, retention, stop).await;
-    let unlocked = lock_call(&client, "pg_advisory_unlock", table).await;
+    let deleted = delete_expired(&client, q, retention, stop).await;
+    let unlocked = retention_lock(&client, RetentionLock::Release, &q.table).await;
     if unlocked.is_err() {
         // A session lock must not go back into the pool: drop the connection, which ends it.
         let _ = deadpool_postgres::Object::take(client);
     }
     Ok(Some(deleted?))
-}
-
-/// `SELECT function(key)` for one of the advisory lock functions, on the table's key.
-async fn lock_call(
-    client: &impl deadpool_postgres::GenericClient,
-    function: &str,
-    table: &str,
-) -> anyhow::Result<bool> {
-    let sql = format!("SELECT {function}({LOCK_KEY_SQL})");
-    Ok(client.query_one(&sql, &[&table]).await?.get(0))
 }
 
 /// [`purge_round`] behind a transaction-mode pooler, where a session lock would stay on
@@ -93,18 +81,17 @@ async fn lock_call(
 /// with SKIP LOCKED). Its statements are prepared and closed inside the transaction.
 async fn in_transactions(
     mut client: deadpool_postgres::Object,
-    purge_sql: &str,
-    table: &str,
+    q: &Queries,
     secs: f64,
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<u64>> {
     let mut total = 0;
     loop {
         let tx = client.transaction().await?;
-        if !lock_call(&tx, "pg_try_advisory_xact_lock", table).await? {
+        if !retention_lock(&tx, RetentionLock::TryTransaction, &q.table).await? {
             return Ok((total > 0).then_some(total));
         }
-        let n = tx.execute(purge_sql, &[&secs, &BATCH]).await?;
+        let n = purge_batch(&tx, q, secs, BATCH).await?;
         tx.commit().await?;
         total += n;
         metrics::counter!(crate::metrics::RETENTION_DELETED).increment(n);
@@ -117,15 +104,14 @@ async fn in_transactions(
 
 async fn delete_expired(
     client: &deadpool_postgres::Client,
-    purge_sql: &str,
+    q: &Queries,
     retention: Duration,
     stop: &CancellationToken,
 ) -> anyhow::Result<u64> {
-    let stmt = client.prepare_cached(purge_sql).await?;
     let secs = retention.as_secs_f64();
     let mut total = 0;
     loop {
-        let n = client.execute(&stmt, &[&secs, &BATCH]).await?;
+        let n = purge_batch(client, q, secs, BATCH).await?;
         total += n;
         metrics::counter!(crate::metrics::RETENTION_DELETED).increment(n);
         if n < BATCH as u64 || stop.is_cancelled() {

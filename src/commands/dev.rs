@@ -20,8 +20,8 @@ use axum::Router;
 use base64::Engine;
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::{insert, NewEvent};
 use crate::config::{Config, DevSettings, Overrides};
+use crate::db::admin::{insert, NewEvent};
 use crate::deliver::signature::SigningKeys;
 use crate::pgtemp::TempCluster;
 use crate::secret::Secret;

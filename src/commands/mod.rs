@@ -1,20 +1,20 @@
-//! The one-shot commands: migrate, status, retry, purge, publish (and `dev` in its module).
+//! The one-shot commands: migrate, status, retry, skip, purge, publish (and `dev` in its
+//! module). Each opens a checked connection, runs the operation in [`crate::db::admin`]
+//! (which the dashboard shares) and prints what it did.
 
 pub mod dev;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::db::admin::{self, BlockedKey, IdAction, NewEvent, On};
 use crate::db::privileges::{self, Use};
-use crate::db::queries::{glob_to_like, Queries};
-use crate::db::statements as st;
+use crate::db::queries::Queries;
 use crate::db::{self, migrate, shape};
-
-/// Rows changed per statement by `purge` and `retry --failed`.
-const BATCH: i64 = 1000;
 
 /// Connects, checks the role's privileges for `what`, and reads the table's shape.
 async fn open(cfg: &Config, what: Use) -> anyhow::Result<(tokio_postgres::Client, Queries)> {
@@ -34,17 +34,6 @@ async fn open_writable(
     let (client, q) = open(cfg, what).await?;
     db::server::ensure_writable(&client).await?;
     Ok((client, q))
-}
-
-/// Wakes every relay on this table (rows just became due without an INSERT).
-async fn notify(client: &tokio_postgres::Client, cfg: &Config) -> anyhow::Result<()> {
-    st::execute(
-        client,
-        "SELECT pg_notify($1, '')",
-        &[&migrate::channel(cfg)],
-    )
-    .await?;
-    Ok(())
 }
 
 /// `migrate [--print]`.
@@ -104,65 +93,24 @@ pub struct StatusReport {
     pub oldest_pending_age_seconds: Option<f64>,
     pub dead_letters: i64,
     /// Entity keys held up by a FAILED event (ordered mode only; at most
-    /// [`BLOCKED_KEYS_SHOWN`]), oldest first.
+    /// [`admin::BLOCKED_KEYS_SHOWN`]), oldest first.
     pub blocked_keys: Vec<BlockedKey>,
     /// Webhook endpoints paused from the dashboard (their events are held).
     pub paused_endpoints: Vec<String>,
 }
 
-/// An entity key whose next event waits for an operator (`retry` or `skip` its head).
-#[derive(Debug, Clone, Serialize)]
-pub struct BlockedKey {
-    pub entity_type: String,
-    pub entity_id: String,
-    /// The FAILED event holding it up.
-    pub event_id: String,
-    pub error_message: Option<String>,
-    /// Events of the key waiting behind it.
-    pub waiting: i64,
-}
-
-impl From<&tokio_postgres::Row> for BlockedKey {
-    /// A row of the blocked-keys query.
-    fn from(r: &tokio_postgres::Row) -> Self {
-        Self {
-            entity_type: r.get(0),
-            entity_id: r.get(1),
-            event_id: r.get(2),
-            error_message: r.get(3),
-            waiting: r.get(4),
-        }
-    }
-}
-
-/// The most blocked keys `status` lists.
-pub const BLOCKED_KEYS_SHOWN: i64 = 100;
-
 /// Gathers the status report.
 pub async fn status_report(cfg: &Config) -> anyhow::Result<StatusReport> {
     let (client, q) = open(cfg, Use::Status).await?;
-    let mut counts = std::collections::BTreeMap::new();
-    for s in ["PENDING", "PROCESSING", "COMPLETED", "FAILED"] {
-        counts.insert(s.to_owned(), 0);
-    }
-    for row in st::query(&client, &q.status_counts, &[]).await? {
-        counts.insert(row.get(0), row.get(1));
-    }
-    let oldest: Option<f64> = st::query_one(&client, &q.oldest_pending, &[]).await?.get(0);
+    let on = On::Client(&client);
+    let counts = admin::status_counts(on, &q).await?;
+    let oldest = admin::oldest_pending(on, &q).await?;
     let blocked_keys = if cfg.ordered_types().is_empty() {
         Vec::new()
     } else {
-        st::query(&client, &q.blocked_keys, &[&BLOCKED_KEYS_SHOWN])
-            .await?
-            .iter()
-            .map(BlockedKey::from)
-            .collect()
+        admin::blocked_keys(on, &q).await?
     };
-    let paused_endpoints = st::query(&client, &q.paused_list, &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let paused_endpoints = admin::paused_endpoints(on, &q).await?;
     Ok(StatusReport {
         paused_endpoints,
         table: cfg.qualified_table(),
@@ -221,55 +169,60 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `skip --id ...`. Returns how many events were skipped.
-pub async fn skip(cfg: &Config, ids: &[String]) -> anyhow::Result<u64> {
+/// `retry --id` and `skip --id`: applies `action`, names each id it did not change and
+/// why (`not_done`), and wakes the relays when any changed. Returns how many changed.
+async fn by_ids(
+    cfg: &Config,
+    action: IdAction,
+    ids: &[String],
+    not_done: &str,
+) -> anyhow::Result<u64> {
     let (client, q) = open_writable(cfg, Use::Change).await?;
-    let rows = st::query(&client, &q.skip_ids, &[&ids])
+    let on = On::Client(&client);
+    let doing = match action {
+        IdAction::Retry => "retrying",
+        IdAction::Skip => "skipping",
+    };
+    let done: HashSet<String> = admin::by_ids(on, &q, action, ids)
         .await
-        .context("skipping events (are the ids of the table's id type?)")?;
-    let done: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        .with_context(|| format!("{doing} events (are the ids of the table's id type?)"))?
+        .into_iter()
+        .collect();
     for id in ids.iter().filter(|id| !done.contains(*id)) {
-        eprintln!("{id}: not skipped (no such event, or it is not FAILED, or already skipped)");
+        eprintln!("{id}: {not_done}");
     }
     if !done.is_empty() {
-        // The events behind them are due now.
-        notify(&client, cfg).await?;
+        admin::wake_relays(on, &migrate::channel(cfg)).await?;
     }
-    eprintln!("{} event(s) skipped", done.len());
     Ok(done.len() as u64)
+}
+
+/// `skip --id ...`. Returns how many events were skipped.
+pub async fn skip(cfg: &Config, ids: &[String]) -> anyhow::Result<u64> {
+    let n = by_ids(
+        cfg,
+        IdAction::Skip,
+        ids,
+        "not skipped (no such event, or it is not FAILED, or already skipped)",
+    )
+    .await?;
+    eprintln!("{n} event(s) skipped");
+    Ok(n)
 }
 
 /// `retry --id ...` or `retry --failed [--type GLOB]`. Returns how many rows went back.
 pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> anyhow::Result<u64> {
-    let (client, q) = open_writable(cfg, Use::Change).await?;
     let total = if !ids.is_empty() {
-        let rows = st::query(&client, &q.retry_ids, &[&ids])
-            .await
-            .context("retrying events (are the ids of the table's id type?)")?;
-        let done: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-        for id in ids.iter().filter(|id| !done.contains(*id)) {
-            eprintln!("{id}: not retried (no such event, or it is not FAILED)");
-        }
-        done.len() as u64
+        let why = "not retried (no such event, or it is not FAILED)";
+        by_ids(cfg, IdAction::Retry, ids, why).await?
     } else {
-        let pattern = glob_to_like(event_type.unwrap_or("*"));
-        let mut total = 0;
-        loop {
-            let n = st::execute(&client, &q.retry_failed, &[&pattern, &BATCH]).await?;
-            total += n;
-            if n > 0 {
-                notify(&client, cfg).await?;
-            }
-            if n < BATCH as u64 {
-                break;
-            }
-            eprintln!("... {total} retried so far");
-        }
-        total
+        let (client, q) = open_writable(cfg, Use::Change).await?;
+        let glob = event_type.unwrap_or("*");
+        admin::retry_failed(&client, &q, &migrate::channel(cfg), glob, |total| {
+            eprintln!("... {total} retried so far")
+        })
+        .await?
     };
-    if total > 0 {
-        notify(&client, cfg).await?;
-    }
     eprintln!("{total} event(s) back to PENDING");
     Ok(total)
 }
@@ -277,18 +230,12 @@ pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> an
 /// `purge --older-than D`. Returns how many rows were deleted.
 pub async fn purge(cfg: &Config, older_than: Duration) -> anyhow::Result<u64> {
     let (client, q) = open_writable(cfg, Use::Purge).await?;
-    let secs = older_than.as_secs_f64();
-    let mut total = 0;
-    loop {
-        let n = st::execute(&client, &q.purge, &[&secs, &BATCH]).await?;
-        total += n;
-        if n < BATCH as u64 {
-            break;
-        }
-        if total % (BATCH as u64 * 10) == 0 {
+    let total = admin::purge(&client, &q, older_than, |total| {
+        if total % (admin::BATCH as u64 * 10) == 0 {
             eprintln!("... {total} deleted so far");
         }
-    }
+    })
+    .await?;
     eprintln!(
         "{total} COMPLETED event(s) older than {} deleted",
         humantime::format_duration(older_than)
@@ -296,64 +243,10 @@ pub async fn purge(cfg: &Config, older_than: Duration) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// One event to insert.
-#[derive(Debug, Clone, Default)]
-pub struct NewEvent {
-    pub event_type: String,
-    pub org_id: Option<String>,
-    pub entity_type: Option<String>,
-    pub entity_id: Option<String>,
-    /// JSON text.
-    pub payload: String,
-}
-
-/// Inserts one event with an open client; returns its id.
-pub async fn insert(
-    client: &impl tokio_postgres::GenericClient,
-    q: &Queries,
-    e: &NewEvent,
-) -> anyhow::Result<String> {
-    serde_json::from_str::<serde_json::Value>(&e.payload).context("--payload is not valid JSON")?;
-    let id = uuid::Uuid::new_v4().to_string();
-    let row = if q.publish.contains("$6") {
-        client
-            .query_one(
-                &q.publish,
-                &[
-                    &e.event_type,
-                    &e.org_id,
-                    &e.entity_type,
-                    &e.entity_id,
-                    &e.payload,
-                    &id,
-                ],
-            )
-            .await?
-    } else {
-        client
-            .query_one(
-                &q.publish,
-                &[
-                    &e.event_type,
-                    &e.org_id,
-                    &e.entity_type,
-                    &e.entity_id,
-                    &e.payload,
-                ],
-            )
-            .await?
-    };
-    Ok(row.get(0))
-}
-
-/// `publish`.
+/// `publish`: prints the new event's id.
 pub async fn publish(cfg: &Config, e: &NewEvent) -> anyhow::Result<String> {
     let (mut client, q) = open_writable(cfg, Use::Publish).await?;
-    // In a transaction: its statements stay on one server connection behind a
-    // transaction-mode pooler (see `db::statements`).
-    let tx = client.transaction().await?;
-    let id = insert(&tx, &q, e).await?;
-    tx.commit().await?;
+    let id = admin::publish(&mut client, &q, e).await?;
     println!("{id}");
     Ok(id)
 }

@@ -1,8 +1,12 @@
-//! Everything that talks SQL: connections, the migration, the table's shape and the queries.
+//! Everything that talks SQL: connections, the migration, the table's shape, the queries,
+//! the operator's actions and the queue gauges ([`admin`]), and the daemon's upkeep
+//! statements ([`maintenance`]).
 
+pub mod admin;
 pub mod browse;
 mod connect_error;
 pub mod ident;
+pub mod maintenance;
 pub mod migrate;
 pub mod privileges;
 pub mod queries;
@@ -225,13 +229,6 @@ pub fn abandon(pool: &Pool, client: deadpool_postgres::Object) -> anyhow::Error 
 /// Connections SSE subscribers share for catching up from the database: a pool of their
 /// own, so a crowd reconnecting at once cannot starve the claim loop.
 pub const SSE_POOL_SIZE: usize = 4;
-
-/// `NOTIFY channel, payload` through the pool: '' wakes every relay on the table (rows
-/// became due without an INSERT); see [`crate::deliver::pause`] for the other payload.
-pub async fn notify(pool: &Pool, channel: &str, payload: &str) -> anyhow::Result<()> {
-    query(pool, "SELECT pg_notify($1, $2)", &[&channel, &payload]).await?;
-    Ok(())
-}
 
 /// Whether a database error in `e`'s chain carries one of `states`.
 pub fn has_sql_state(e: &anyhow::Error, states: &[tokio_postgres::error::SqlState]) -> bool {

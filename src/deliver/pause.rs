@@ -15,6 +15,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::db::admin::{self, On};
 use crate::db::queries::Queries;
 use crate::deliver::Dispatcher;
 use crate::relay::rounds::Rounds;
@@ -28,8 +29,10 @@ const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 /// Reads the paused set and applies it to this relay's endpoints.
 pub async fn load(pool: &Pool, q: &Queries, dispatcher: &Dispatcher) -> anyhow::Result<()> {
-    let rows = crate::db::query(pool, &q.paused_list, &[]).await?;
-    let paused: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    let paused: HashSet<String> = admin::paused_endpoints(On::Pool(pool), q)
+        .await?
+        .into_iter()
+        .collect();
     for e in dispatcher.endpoints() {
         let now = paused.contains(&e.name);
         if e.set_paused(now) {
@@ -81,17 +84,17 @@ pub async fn set(
         .endpoint(name)
         .ok_or_else(|| anyhow::anyhow!("no webhook named {name:?}"))?;
     let changed = if paused {
-        crate::db::query(pool, &q.pause, &[&name, &by]).await?;
+        admin::pause_endpoint(pool, q, name, by).await?;
         endpoint.set_paused(true)
     } else {
-        crate::db::query(pool, &q.resume, &[&name]).await?;
+        admin::resume_endpoint(pool, q, name).await?;
         endpoint.set_paused(false)
     };
-    crate::db::notify(pool, channel, ENDPOINTS_CHANGED).await?;
+    admin::notify(On::Pool(pool), channel, ENDPOINTS_CHANGED).await?;
     if !paused {
         let released = release_held(pool, q).await?;
         tracing::info!(endpoint = name, released, "held events released");
-        crate::db::notify(pool, channel, "").await?;
+        admin::wake_relays(On::Pool(pool), channel).await?;
     }
     Ok(changed)
 }
@@ -101,9 +104,7 @@ pub async fn set(
 pub async fn release_held(pool: &Pool, q: &Queries) -> anyhow::Result<u64> {
     let mut total = 0;
     loop {
-        let n = crate::db::query(pool, &q.release_held, &[&RELEASE_BATCH])
-            .await?
-            .len() as u64;
+        let n = admin::release_held_batch(pool, q, RELEASE_BATCH).await?;
         total += n;
         if n < RELEASE_BATCH as u64 {
             return Ok(total);

@@ -353,8 +353,7 @@ impl Relay {
         let retention = self.cfg.retention.map(|keep| {
             tokio::spawn(crate::retention::run(
                 self.pool.clone(),
-                self.queries.purge.clone(),
-                self.queries.table.clone(),
+                self.queries.clone(),
                 keep,
                 rounds.clone(),
                 stop_background.clone(),
@@ -372,7 +371,7 @@ impl Relay {
         ));
         let housekeeping = tokio::spawn(housekeeping::run(
             self.pool.clone(),
-            self.queries.fail_unknown.clone(),
+            self.queries.clone(),
             self.cfg.poll_interval,
             self.cfg.long_transaction_warning,
             rounds,

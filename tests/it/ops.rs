@@ -43,7 +43,7 @@ async fn retention_deletes_only_old_completed_rows_one_relay_at_a_time() {
         .query_one(
             &format!(
                 "SELECT pg_try_advisory_lock({})",
-                outbox_relay::retention::LOCK_KEY_SQL
+                outbox_relay::db::maintenance::RETENTION_LOCK_KEY
             ),
             &[&table],
         )

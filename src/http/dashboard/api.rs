@@ -20,7 +20,7 @@ use tokio_postgres::error::SqlState;
 
 use super::{Access, ApiError, Peer};
 use crate::cached::Cached;
-use crate::commands::BlockedKey;
+use crate::db::admin::{self, BlockedKey, IdAction, On};
 use crate::db::browse::{self, Search};
 use crate::db::queries::Queries;
 use crate::event::ClaimedEvent;
@@ -122,7 +122,9 @@ pub async fn overview(
         (Some(pool), Some(q)) if up && d.ordering => {
             d.cache
                 .blocked
-                .get(CACHE_FOR, "blocked keys", || read_blocked(pool, q))
+                .get(CACHE_FOR, "blocked keys", || {
+                    admin::blocked_keys(On::Pool(pool), q)
+                })
                 .await
         }
         _ => None,
@@ -183,19 +185,6 @@ async fn read_instances(pool: &deadpool_postgres::Pool) -> anyhow::Result<Vec<In
             since: r.get(2),
         })
         .collect())
-}
-
-async fn read_blocked(
-    pool: &deadpool_postgres::Pool,
-    q: &Queries,
-) -> anyhow::Result<Vec<BlockedKey>> {
-    let rows = crate::db::query(
-        pool,
-        &q.blocked_keys,
-        &[&crate::commands::BLOCKED_KEYS_SHOWN],
-    )
-    .await?;
-    Ok(rows.iter().map(BlockedKey::from).collect())
 }
 
 /// `GET /api/events?...`: a page of events, newest first.
@@ -324,21 +313,19 @@ fn peer(p: &Option<Extension<Peer>>) -> String {
         .map_or_else(|| "unknown".into(), |Extension(Peer(a))| a.to_string())
 }
 
-/// Runs an id action (`sql` takes `$1::text[]` and returns the ids it changed), wakes the
-/// relays, logs it and answers `{done, not_done}`.
+/// Runs an id action, wakes the relays, logs it and answers `{done, not_done}`.
 async fn id_action(
     app: &App,
     headers: &HeaderMap,
     who: &Option<Extension<Peer>>,
     body: &Bytes,
-    action: &'static str,
-    sql: impl Fn(&Queries) -> &str,
+    action: IdAction,
 ) -> Result<Response, ApiError> {
     app.dashboard.allow(headers, Access::Act)?;
     let ids = ids(body)?;
     let (pool, q) = (pool(app)?, queries(app)?);
-    let rows = match crate::db::query(pool, sql(q), &[&ids]).await {
-        Ok(rows) => rows,
+    let done = match admin::by_ids(On::Pool(pool), q, action, &ids).await {
+        Ok(done) => done,
         Err(e) if browse::is_bad_id(&e) => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
@@ -347,13 +334,12 @@ async fn id_action(
         }
         Err(e) => return Err(internal(e)),
     };
-    let done: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     let not_done: Vec<&String> = ids.iter().filter(|i| !done.contains(i)).collect();
     if !done.is_empty() {
         wake(app, pool).await;
     }
     tracing::info!(
-        action,
+        action = action.name(),
         peer = %peer(who),
         done = done.len(),
         not_done = not_done.len(),
@@ -368,7 +354,7 @@ async fn id_action(
 /// Rows became due without an INSERT: wake every relay on the table, this one directly (it
 /// may run poll-only).
 async fn wake(app: &App, pool: &deadpool_postgres::Pool) {
-    if let Err(e) = crate::db::notify(pool, &app.dashboard.channel, "").await {
+    if let Err(e) = admin::wake_relays(On::Pool(pool), &app.dashboard.channel).await {
         tracing::debug!(error = format!("{e:#}"), "cannot notify the other relays");
     }
     app.dashboard.shared.wake.notify_one();
@@ -381,7 +367,7 @@ pub async fn retry(
     who: Option<Extension<Peer>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    id_action(&app, &headers, &who, &body, "retry", |q| &q.retry_ids).await
+    id_action(&app, &headers, &who, &body, IdAction::Retry).await
 }
 
 /// `POST /api/events/skip {"ids": [...]}`: FAILED events given up, unblocking their keys.
@@ -391,7 +377,7 @@ pub async fn skip(
     who: Option<Extension<Peer>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    id_action(&app, &headers, &who, &body, "skip", |q| &q.skip_ids).await
+    id_action(&app, &headers, &who, &body, IdAction::Skip).await
 }
 
 async fn set_paused(
