@@ -1,6 +1,7 @@
 //! Everything that talks SQL: connections, the migration, the table's shape and the queries.
 
 pub mod browse;
+pub mod claims;
 mod connect_error;
 pub mod ident;
 pub mod migrate;

@@ -23,7 +23,6 @@ use crate::cached::Cached;
 use crate::commands::BlockedKey;
 use crate::db::browse::{self, Search};
 use crate::db::queries::Queries;
-use crate::event::ClaimedEvent;
 use crate::http::App;
 
 /// How long instances and blocked keys are reused between polls.
@@ -255,15 +254,15 @@ pub async fn event(
     app.dashboard.allow(&headers, Access::Read)?;
     let (pool, q) = (pool(&app)?, queries(&app)?);
     let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no event with id {id:?}"));
-    let rows = match crate::db::query(pool, &browse::event_sql(&q.table, &q.shape), &[&id]).await {
-        Ok(rows) => rows,
-        Err(e) if browse::is_bad_id(&e) => return Err(not_found()),
-        Err(e) => return Err(internal(e)),
-    };
-    let row = rows.first().ok_or_else(not_found)?;
-    let ev = ClaimedEvent::try_from(row).map_err(|e| internal(e.into()))?;
+    let browse::EventPage { event: ev, fields } =
+        match browse::event(pool, &q.table, &q.shape, &id).await {
+            Ok(Some(page)) => page,
+            Ok(None) => return Err(not_found()),
+            Err(e) if browse::is_bad_id(&e) => return Err(not_found()),
+            Err(e) => return Err(internal(e)),
+        };
     let fields: serde_json::Map<String, Value> =
-        serde_json::from_str(&row.get::<_, String>(10)).map_err(|e| internal(e.into()))?;
+        serde_json::from_str(&fields).map_err(|e| internal(e.into()))?;
     let raw = |s: String| RawValue::from_string(s).ok();
     let payload = match &ev.payload {
         Some(p) => raw(p.clone()).or_else(|| raw(json!(p).to_string())),

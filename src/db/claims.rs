@@ -1,0 +1,271 @@
+//! The outbox row as Rust sees it, for the statements that move events: claim, next due,
+//! the sweep below the claim cursor, and the dashboard's read of one event (which builds
+//! its envelope from the row).
+//!
+//! The SQL says where each parameter and column goes ([`crate::db::queries`]); this module is
+//! the only Rust that knows it. Callers pass and get typed values, so a column added to a
+//! statement changes the statement and one decoder here, not every file that reads a row.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::db::queries::Queries;
+use crate::event::ClaimedEvent;
+use crate::stream::cursor::Snapshot;
+
+/// The columns the claim and the dashboard's event read start with (`e`: the outbox row),
+/// read by [`event`]. One list, so the envelope the dashboard shows is built from the same
+/// columns, by the same code, as the one a receiver gets. The claim also reads the status.
+pub const EVENT_COLUMNS: &str = "e.id::text, e.status::text, e.event_type, e.org_id, \
+e.entity_type, e.entity_id, e.payload::text, e.retry_count, \
+(extract(epoch FROM e.created_at) * 1000000)::int8, e.delivered_to";
+
+/// How many columns [`EVENT_COLUMNS`] is: where a statement's own columns begin.
+pub const EVENT_WIDTH: usize = 10;
+
+/// Reads [`EVENT_COLUMNS`] from the start of a row. The claim token is left nil: only a
+/// claim has one.
+pub fn event(row: &Row) -> Result<ClaimedEvent, tokio_postgres::Error> {
+    Ok(ClaimedEvent {
+        id: row.try_get(0)?,
+        event_type: row.try_get(2)?,
+        org_id: row.try_get(3)?,
+        entity_type: row.try_get(4)?,
+        entity_id: row.try_get(5)?,
+        payload: row.try_get(6)?,
+        retry_count: row.try_get(7)?,
+        created_us: row.try_get::<_, Option<i64>>(8)?.unwrap_or_default(),
+        delivered_to: row.try_get(9)?,
+        claim_token: Uuid::nil(),
+    })
+}
+
+/// Where a claim looks for work: the relay's cursor (see [`crate::relay::cursor`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LookFrom {
+    /// Transactions at or below `after` whose fresh rows are still to be looked at.
+    pub probe: Vec<u64>,
+    /// `(stream_xid, stream_seq)`: every fresh row above it is still to be looked at.
+    pub after: (u64, i64),
+    /// Leases that lapsed at or before this database clock (epoch seconds) were all seen
+    /// (None: look from the start).
+    pub lease_floor: Option<f64>,
+}
+
+/// What one claim asks for.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// Most rows of each kind (fresh, due, lapsed).
+    pub limit: usize,
+    pub lease: Duration,
+    /// A lapse that uses up the last attempt dead-letters the row instead of claiming it.
+    pub max_attempts: u32,
+    /// The fencing token left on every row claimed: the record and lease extension match it.
+    pub token: Uuid,
+    /// Whether a suspect may come along (false while one is aboard).
+    pub suspects_wanted: bool,
+    pub from: LookFrom,
+}
+
+/// What one claim statement saw, for the cursor to move past.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Look {
+    /// The statement's snapshot.
+    pub snapshot: Snapshot,
+    /// The database clock (epoch seconds).
+    pub at: f64,
+    /// Fresh candidates looked at (at most the claim's limit).
+    pub candidates: usize,
+    /// The last candidate's position.
+    pub last: Option<(u64, i64)>,
+    /// Transactions with candidates the claim did not take.
+    pub unclaimed: Vec<u64>,
+    /// Lapsed leases claimed.
+    pub lapsed: usize,
+    /// Suspects claimed (at most one; more may have lapsed).
+    pub suspects: usize,
+}
+
+/// One row a claim updated.
+#[derive(Debug)]
+pub struct ClaimedRow {
+    pub id: String,
+    /// Its lease lapsed with its last attempt: the claim made it FAILED, there is nothing to
+    /// deliver.
+    pub dead_lettered: bool,
+    /// Its lease lapsed twice in a row: it may be what crashes relays.
+    pub suspect: bool,
+    /// The event with this claim's token, or why the row cannot be read (it then comes back
+    /// when its lease lapses).
+    pub event: Result<ClaimedEvent, tokio_postgres::Error>,
+}
+
+/// A claim's result: what it looked at, and the rows it took (none, often).
+#[derive(Debug)]
+pub struct Claimed {
+    pub look: Look,
+    pub rows: Vec<ClaimedRow>,
+}
+
+/// Claims a batch in one statement (see the claim query in [`crate::db::queries`]).
+pub async fn claim(pool: &Pool, q: &Queries, c: &Claim) -> anyhow::Result<Claimed> {
+    let rows = crate::db::query(
+        pool,
+        &q.claim,
+        &[
+            &(c.limit as i64),
+            &c.lease.as_secs_f64(),
+            &(c.max_attempts as i32),
+            &c.token,
+            &(c.suspects_wanted as i64),
+            &xid_list(&c.from.probe),
+            &c.from.after.0.to_string(),
+            &c.from.after.1,
+            &c.from.lease_floor,
+        ],
+    )
+    .await
+    .context("claiming events")?;
+    let look = rows
+        .first()
+        .map(look)
+        .transpose()?
+        .context("the claim returned no row")?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(id) = row.try_get::<_, Option<String>>(0)? else {
+            continue; // nothing claimed: the row only says what the claim looked at
+        };
+        claimed.push(ClaimedRow {
+            id,
+            dead_lettered: row.try_get::<_, String>(1)? == "FAILED",
+            suspect: row.try_get(11)?,
+            event: event(row).map(|ev| ClaimedEvent {
+                claim_token: c.token,
+                ..ev
+            }),
+        });
+    }
+    Ok(Claimed {
+        look,
+        rows: claimed,
+    })
+}
+
+/// Transaction ids as an array literal, which the statement casts to `xid8[]` (a Rust
+/// integer has no `xid8` to bind to).
+fn xid_list(xids: &[u64]) -> String {
+    let list: Vec<String> = xids.iter().map(u64::to_string).collect();
+    format!("{{{}}}", list.join(","))
+}
+
+/// The claim's last columns, the same on every row it returns.
+fn look(row: &Row) -> anyhow::Result<Look> {
+    let snapshot: String = row.try_get(12)?;
+    let last_xid: Option<String> = row.try_get(15)?;
+    let last_seq: Option<i64> = row.try_get(16)?;
+    Ok(Look {
+        snapshot: Snapshot::parse(&snapshot).with_context(|| format!("snapshot {snapshot:?}"))?,
+        at: row.try_get(13)?,
+        candidates: row.try_get::<_, i64>(14)? as usize,
+        last: match (last_xid, last_seq) {
+            (Some(x), Some(s)) => Some((x.parse().context("transaction id")?, s)),
+            _ => None,
+        },
+        unclaimed: row
+            .try_get::<_, Vec<String>>(17)?
+            .iter()
+            .map(|x| x.parse().with_context(|| format!("transaction id {x:?}")))
+            .collect::<anyhow::Result<_>>()?,
+        lapsed: row.try_get::<_, i64>(18)? as usize,
+        suspects: row.try_get::<_, i64>(19)? as usize,
+    })
+}
+
+/// How long until something falls due (None: nothing waits).
+#[derive(Debug, Clone, Copy)]
+pub struct NextDue {
+    /// The earliest retry.
+    pub retry: Option<Duration>,
+    /// The earliest lease past the floor to lapse (None also when not asked).
+    pub lapse: Option<Duration>,
+}
+
+/// When the next retry falls due and, when `leases`, the next lease past `lease_floor`
+/// lapses. One already due is zero away.
+pub async fn next_due(
+    pool: &Pool,
+    q: &Queries,
+    lease_floor: Option<f64>,
+    leases: bool,
+) -> anyhow::Result<NextDue> {
+    let rows = crate::db::query(pool, &q.next_due, &[&lease_floor, &leases]).await?;
+    let row = rows.first().context("no row")?;
+    let secs = |i: usize| {
+        row.get::<_, Option<f64>>(i)
+            .map(|s| Duration::from_secs_f64(s.max(0.0)))
+    };
+    Ok(NextDue {
+        retry: secs(0),
+        lapse: secs(1),
+    })
+}
+
+/// What a sweep below the claim cursor found.
+#[derive(Debug, Clone, Default)]
+pub struct Swept {
+    /// Transactions with fresh rows at or below the cursor's position.
+    pub strays: Vec<u64>,
+    /// The earliest lease in flight that lapsed at or before the floor (epoch seconds).
+    pub lapsed: Option<f64>,
+}
+
+/// Sweeps below the claim cursor's position `after` and lease floor `floor`.
+pub async fn sweep(
+    pool: &Pool,
+    q: &Queries,
+    after: (u64, i64),
+    floor: f64,
+) -> anyhow::Result<Swept> {
+    let rows = crate::db::query(pool, &q.sweep, &[&after.0.to_string(), &after.1, &floor]).await?;
+    let row = rows.first().context("the sweep returned no row")?;
+    let strays = row
+        .get::<_, Vec<String>>(0)
+        .iter()
+        .map(|x| x.parse().context("transaction id"))
+        .collect::<anyhow::Result<Vec<u64>>>()?;
+    Ok(Swept {
+        strays,
+        lapsed: row.get(1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_width_counts_the_event_columns() {
+        let mut depth = 0;
+        let mut columns = 1;
+        for c in EVENT_COLUMNS.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => columns += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(columns, EVENT_WIDTH);
+    }
+
+    #[test]
+    fn transaction_ids_are_sent_as_an_array_literal() {
+        assert_eq!(xid_list(&[]), "{}");
+        assert_eq!(xid_list(&[12, 15]), "{12,15}");
+    }
+}
