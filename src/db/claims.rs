@@ -1,6 +1,6 @@
-//! The outbox row as Rust sees it, for the statements that move events: claim, next due,
-//! the sweep below the claim cursor, and the dashboard's read of one event (which builds
-//! its envelope from the row).
+//! The outbox row as Rust sees it, for the statements that move events: claim, record,
+//! lease extension, next due, the sweep below the claim cursor, and the dashboard's read of
+//! one event (which builds its envelope from the row).
 //!
 //! The SQL says where each parameter and column goes ([`crate::db::queries`]); this module is
 //! the only Rust that knows it. Callers pass and get typed values, so a column added to a
@@ -184,6 +184,96 @@ fn look(row: &Row) -> anyhow::Result<Look> {
         lapsed: row.try_get::<_, i64>(18)? as usize,
         suspects: row.try_get::<_, i64>(19)? as usize,
     })
+}
+
+/// When a row is next looked at, after an outcome.
+#[derive(Debug, Clone, Copy)]
+pub enum NextAttempt<'a> {
+    /// As it was (a delivered or dead-lettered row is never due again).
+    Unchanged,
+    /// This long from now, on the database clock.
+    After(Duration),
+    /// Not until one of these paused endpoints is resumed (or at once, if none still is).
+    Held(&'a [String]),
+}
+
+/// One delivery's outcome as the row takes it.
+#[derive(Debug)]
+pub struct RowOutcome<'a> {
+    pub id: &'a str,
+    /// The claim's token: a row re-claimed by another relay since is left alone.
+    pub token: Uuid,
+    pub status: &'a str,
+    /// The attempt counts against `max_attempts`.
+    pub failed: bool,
+    pub error: Option<&'a str>,
+    pub next: NextAttempt<'a>,
+    /// Endpoints that have accepted the event, now.
+    pub delivered: &'a [String],
+    /// The attempts made, as a JSON array, to append to the row's history (None: none).
+    pub attempts: Option<String>,
+}
+
+/// Records a batch of outcomes in one fenced UPDATE; returns the ids of the rows it changed.
+pub async fn record(
+    pool: &Pool,
+    q: &Queries,
+    batch: &[RowOutcome<'_>],
+) -> anyhow::Result<Vec<String>> {
+    let n = batch.len();
+    let (mut ids, mut tokens, mut statuses) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut failed, mut errors, mut delays, mut delivered, mut logs, mut held_for) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for o in batch {
+        ids.push(o.id);
+        tokens.push(o.token);
+        statuses.push(o.status);
+        failed.push(o.failed as i32);
+        errors.push(o.error);
+        let (delay, held) = match o.next {
+            NextAttempt::Unchanged => (None, None),
+            NextAttempt::After(d) => (Some(d.as_secs_f64()), None),
+            NextAttempt::Held(paused) => (Some(f64::INFINITY), Some(paused.join(","))),
+        };
+        delays.push(delay);
+        held_for.push(held);
+        delivered.push(o.delivered.join(","));
+        logs.push(o.attempts.as_deref());
+    }
+    let rows = crate::db::query(
+        pool,
+        &q.record,
+        &[
+            &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered, &logs, &held_for,
+        ],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Extends the leases of the rows held under these tokens; returns how many it extended.
+pub async fn extend_leases(
+    pool: &Pool,
+    q: &Queries,
+    held: &[(String, Uuid)],
+    lease: Duration,
+) -> anyhow::Result<usize> {
+    let (ids, tokens): (Vec<&str>, Vec<Uuid>) = held.iter().map(|(i, t)| (i.as_str(), *t)).unzip();
+    let rows = crate::db::query(pool, &q.extend, &[&ids, &tokens, &lease.as_secs_f64()]).await?;
+    Ok(rows.len())
 }
 
 /// How long until something falls due (None: nothing waits).

@@ -7,7 +7,7 @@
 //! convert to an enum. The app's timestamps are read with `extract(epoch FROM ...)`, which
 //! takes a column without time zone as UTC whatever the session's TimeZone.
 //!
-//! The statements that move events (claim, next due, sweep) are run through
+//! The statements that move events (claim, record, extend, next due, sweep) are run through
 //! [`crate::db::claims`], which alone binds their parameters and reads their columns by
 //! position.
 
