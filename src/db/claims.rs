@@ -1,6 +1,6 @@
 //! The outbox row as Rust sees it, for the statements that move events: claim, record,
-//! lease extension, next due, the sweep below the claim cursor, and the dashboard's read of
-//! one event (which builds its envelope from the row).
+//! lease extension, next due, the sweep below the claim cursor, and the reads that build an
+//! envelope from a row (the dashboard's event, the SSE read).
 //!
 //! The SQL says where each parameter and column goes ([`crate::db::queries`]); this module is
 //! the only Rust that knows it. Callers pass and get typed values, so a column added to a
@@ -10,16 +10,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::db::queries::Queries;
+use crate::db::statements;
 use crate::event::ClaimedEvent;
 use crate::stream::cursor::Snapshot;
 
 /// The columns the claim and the dashboard's event read start with (`e`: the outbox row),
 /// read by [`event`]. One list, so the envelope the dashboard shows is built from the same
-/// columns, by the same code, as the one a receiver gets. The claim also reads the status.
+/// columns, by the same code, as the one a receiver gets. The claim also reads the status;
+/// the SSE read carries fewer columns ([`stream_read`]), read by the same code.
 pub const EVENT_COLUMNS: &str = "e.id::text, e.status::text, e.event_type, e.org_id, \
 e.entity_type, e.entity_id, e.payload::text, e.retry_count, \
 (extract(epoch FROM e.created_at) * 1000000)::int8, e.delivered_to";
@@ -31,16 +34,30 @@ pub const EVENT_WIDTH: usize = 10;
 /// claim has one.
 pub fn event(row: &Row) -> Result<ClaimedEvent, tokio_postgres::Error> {
     Ok(ClaimedEvent {
-        id: row.try_get(0)?,
-        event_type: row.try_get(2)?,
-        org_id: row.try_get(3)?,
-        entity_type: row.try_get(4)?,
-        entity_id: row.try_get(5)?,
-        payload: row.try_get(6)?,
         retry_count: row.try_get(7)?,
-        created_us: row.try_get::<_, Option<i64>>(8)?.unwrap_or_default(),
         delivered_to: row.try_get(9)?,
-        claim_token: Uuid::nil(),
+        ..envelope(row, 0, 2, 8)?
+    })
+}
+
+/// The columns an envelope is built from, wherever a statement put them: the id at `id`,
+/// event_type, org_id, entity_type, entity_id and payload from `fields` on, created_us at
+/// `created`. The rest is left at its default.
+fn envelope(
+    row: &Row,
+    id: usize,
+    fields: usize,
+    created: usize,
+) -> Result<ClaimedEvent, tokio_postgres::Error> {
+    Ok(ClaimedEvent {
+        id: row.try_get(id)?,
+        event_type: row.try_get(fields)?,
+        org_id: row.try_get(fields + 1)?,
+        entity_type: row.try_get(fields + 2)?,
+        entity_id: row.try_get(fields + 3)?,
+        payload: row.try_get(fields + 4)?,
+        created_us: row.try_get::<_, Option<i64>>(created)?.unwrap_or_default(),
+        ..ClaimedEvent::default()
     })
 }
 
@@ -331,6 +348,72 @@ pub async fn sweep(
     Ok(Swept {
         strays,
         lapsed: row.get(1),
+    })
+}
+
+/// Where an SSE read starts (see [`crate::db::queries::stream_read`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamFrom<'a> {
+    pub base: &'a Snapshot,
+    /// The later snapshot whose difference from `base` is being walked (None: this
+    /// statement's own).
+    pub next: Option<&'a Snapshot>,
+    /// Only rows with a higher stream_seq.
+    pub after: i64,
+    /// One org's rows, or (None) every org's.
+    pub org: Option<&'a str>,
+    pub limit: usize,
+}
+
+/// One SSE read: the statement's snapshot and clock, then the rows, in stream order.
+#[derive(Debug)]
+pub struct StreamRead {
+    pub snapshot: Snapshot,
+    /// Epoch seconds.
+    pub at: i64,
+    /// `(stream_xid, stream_seq, event)`; the events carry no retry count, delivered_to or
+    /// token (streams need none).
+    pub rows: Vec<(u64, i64, ClaimedEvent)>,
+    /// What the read took on the wire (see [`crate::db::put_back`]).
+    pub bytes: usize,
+}
+
+/// Reads a page of the stream on `client` (a connection the caller holds on to).
+pub async fn stream_read(
+    client: &deadpool_postgres::Client,
+    sql: &str,
+    from: &StreamFrom<'_>,
+) -> anyhow::Result<StreamRead> {
+    let base = from.base.to_string();
+    let next = from.next.map(Snapshot::to_string);
+    let params: [&(dyn ToSql + Sync); 5] =
+        [&base, &next, &from.after, &from.org, &(from.limit as i64)];
+    let rows = if statements::pooler_safe() {
+        statements::query(client, sql, &params).await?
+    } else {
+        let stmt = client.prepare_cached(sql).await?;
+        client.query(&stmt, &params).await?
+    };
+    let first = rows
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("stream read returned no row"))?;
+    let snapshot: String = first.try_get(0)?;
+    let at: i64 = first.try_get(1)?;
+    let snapshot = Snapshot::parse(&snapshot)
+        .ok_or_else(|| anyhow::anyhow!("unreadable snapshot {snapshot:?}"))?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(xid) = row.try_get::<_, Option<String>>(2)? else {
+            break; // the one all-NULL row: nothing new
+        };
+        let ev = envelope(row, 4, 5, 10)?;
+        found.push((xid.parse::<u64>()?, row.try_get::<_, i64>(3)?, ev));
+    }
+    Ok(StreamRead {
+        snapshot,
+        at,
+        rows: found,
+        bytes: crate::db::result_bytes(&rows),
     })
 }
 

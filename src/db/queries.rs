@@ -7,9 +7,9 @@
 //! convert to an enum. The app's timestamps are read with `extract(epoch FROM ...)`, which
 //! takes a column without time zone as UTC whatever the session's TimeZone.
 //!
-//! The statements that move events (claim, record, extend, next due, sweep) are run through
-//! [`crate::db::claims`], which alone binds their parameters and reads their columns by
-//! position.
+//! The statements that move events (claim, record, extend, next due, sweep, the stream
+//! read) are run through [`crate::db::claims`], which alone binds their parameters and
+//! reads their columns by position.
 
 use crate::db::claims::EVENT_COLUMNS;
 use crate::db::ident::quote_literal;
