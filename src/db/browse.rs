@@ -291,19 +291,34 @@ pub fn is_bad_id(e: &anyhow::Error) -> bool {
 /// fitting index gives up instead of loading the database.
 pub const DASHBOARD_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs a search on `pool`.
-pub async fn search(
-    pool: &deadpool_postgres::Pool,
-    s: &SearchSql,
-) -> anyhow::Result<Vec<tokio_postgres::Row>> {
+/// One event a search found.
+pub struct Found {
+    /// The event's list fields, a JSON object.
+    pub json: String,
+    /// For [`encode_cursor`]: its created_at as PostgreSQL printed it, and its id.
+    pub created_at: String,
+    pub id: String,
+}
+
+/// Runs a search on `pool`: up to one row more than its page (see [`Search::to_sql`]).
+pub async fn search(pool: &deadpool_postgres::Pool, s: &SearchSql) -> anyhow::Result<Vec<Found>> {
     let params: Vec<&(dyn ToSql + Sync)> = s
         .params
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
-    crate::db::query(pool, &s.sql, &params)
+    let rows = crate::db::query(pool, &s.sql, &params)
         .await
-        .context("searching events")
+        .context("searching events")?;
+    rows.iter()
+        .map(|r| {
+            Ok(Found {
+                json: r.try_get(0)?,
+                created_at: r.try_get(1)?,
+                id: r.try_get(2)?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

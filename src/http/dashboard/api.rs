@@ -208,7 +208,7 @@ pub async fn events(
     let sql = search
         .to_sql(&q.table, &q.shape)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.0))?;
-    let rows = browse::search(pool, &sql).await.map_err(|e| {
+    let mut rows = browse::search(pool, &sql).await.map_err(|e| {
         if crate::db::has_sql_state(&e, &[SqlState::QUERY_CANCELED]) {
             ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -219,17 +219,14 @@ pub async fn events(
         }
     })?;
     let more = rows.len() as i64 > sql.limit;
-    let page = &rows[..rows.len().min(sql.limit as usize)];
-    let next = match (more, page.last()) {
-        (true, Some(last)) => Some(browse::encode_cursor(
-            &last.get::<_, String>(1),
-            &last.get::<_, String>(2),
-        )),
+    rows.truncate(sql.limit as usize);
+    let next = match (more, rows.last()) {
+        (true, Some(last)) => Some(browse::encode_cursor(&last.created_at, &last.id)),
         _ => None,
     };
-    let events: Vec<Box<RawValue>> = page
-        .iter()
-        .map(|r| RawValue::from_string(r.get(0)))
+    let events: Vec<Box<RawValue>> = rows
+        .into_iter()
+        .map(|r| RawValue::from_string(r.json))
         .collect::<Result<_, _>>()
         .map_err(|e| internal(e.into()))?;
     Ok(json_response(&json!({ "events": events, "next": next })))
