@@ -4,8 +4,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-/// One row as the claim query returns it. Columns the app may leave NULL stay optional here;
-/// [`ClaimedEvent::validate`] decides whether the row can be delivered at all.
+/// One outbox row as the relay delivers it (read by [`crate::db::claims`]). Columns the app
+/// may leave NULL stay optional here; [`ClaimedEvent::validate`] decides whether the row can
+/// be delivered at all.
 #[derive(Debug, Clone, Default)]
 pub struct ClaimedEvent {
     /// The id as text (uuid, text and bigint ids all render losslessly).
@@ -104,26 +105,6 @@ pub fn format_timestamp(micros: i64) -> String {
         .unwrap_or_default()
         .format("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string()
-}
-
-impl TryFrom<&tokio_postgres::Row> for ClaimedEvent {
-    type Error = tokio_postgres::Error;
-
-    /// Reads a row of the claim query (columns in its RETURNING order).
-    fn try_from(row: &tokio_postgres::Row) -> Result<Self, Self::Error> {
-        Ok(Self {
-            id: row.try_get(0)?,
-            event_type: row.try_get(2)?,
-            org_id: row.try_get(3)?,
-            entity_type: row.try_get(4)?,
-            entity_id: row.try_get(5)?,
-            payload: row.try_get(6)?,
-            retry_count: row.try_get(7)?,
-            created_us: row.try_get::<_, Option<i64>>(8)?.unwrap_or_default(),
-            delivered_to: row.try_get(9)?,
-            claim_token: Uuid::nil(),
-        })
-    }
 }
 
 #[cfg(test)]

@@ -7,13 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use deadpool_postgres::Pool;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use outbox_relay::db::claims::{self, NextAttempt, RowOutcome};
 use outbox_relay::db::queries::Queries;
 use outbox_relay::deliver::signature::SigningKeys;
 use outbox_relay::event::ClaimedEvent;
+use outbox_relay::relay::cursor::ClaimCursor;
 use outbox_relay::secret::Secret;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -24,8 +27,8 @@ use crate::receiver::Behaviour;
 use crate::setup::{cpu_figures, status_counts, Ctx};
 
 /// The relay's defaults (src/config.rs) for the claim's lease and attempt parameters.
-const LEASE_SECS: f64 = 30.0;
-const MAX_ATTEMPTS: i32 = 12;
+const LEASE: Duration = Duration::from_secs(30);
+const MAX_ATTEMPTS: u32 = 12;
 
 /// What one database worker did.
 #[derive(Default)]
@@ -50,18 +53,24 @@ pub async fn db_ceiling(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
         let table = db.cfg.qualified_table();
         let shape = outbox_relay::db::shape::inspect(&client, &table).await?;
         let q = Arc::new(Queries::for_config(&db.cfg, &shape));
-        let mut clients = Vec::new();
+        // A pool each: one connection, used one statement at a time, as the relay's claims
+        // and records use theirs.
+        let mut pools = Vec::new();
         for _ in 0..ctx.p.ceiling_connections {
-            clients.push(outbox_relay::db::connect(db.cfg.database_url.get()).await?);
+            pools.push(outbox_relay::db::pool_of(
+                db.cfg.database_url.get(),
+                1,
+                None,
+            )?);
         }
 
         ctx.checkpoint().await?;
         let m0 = ctx.marks(None)?;
         let t0 = Instant::now();
-        let batch = ctx.p.ceiling_batch as i64;
-        let tasks: Vec<_> = clients
+        let batch = ctx.p.ceiling_batch;
+        let tasks: Vec<_> = pools
             .into_iter()
-            .map(|c| tokio::spawn(db_worker(c, q.clone(), batch)))
+            .map(|pool| tokio::spawn(db_worker(pool, q.clone(), batch)))
             .collect();
         let mut total = Worker::default();
         for t in tasks {
@@ -99,46 +108,56 @@ pub async fn db_ceiling(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
     result
 }
 
-/// Claim a batch, record it COMPLETED, until a claim finds nothing.
-async fn db_worker(
-    client: tokio_postgres::Client,
-    q: Arc<Queries>,
-    batch: i64,
-) -> anyhow::Result<Worker> {
-    let claim = client.prepare(&q.claim).await?;
-    let record = client.prepare(&q.record).await?;
+/// Claim a batch, record it COMPLETED, until a claim finds nothing, through the relay's own
+/// calls ([`claims`]) and claim cursor.
+async fn db_worker(pool: Pool, q: Arc<Queries>, batch: usize) -> anyhow::Result<Worker> {
     let mut w = Worker::default();
+    let mut cursor = ClaimCursor::new();
+    let delivered = ["hook1".to_owned()];
     loop {
         let token = Uuid::new_v4();
         let t = Instant::now();
-        let rows = client
-            .query(&claim, &[&batch, &LEASE_SECS, &MAX_ATTEMPTS, &token, &1i64])
-            .await?;
+        let claimed = claims::claim(
+            &pool,
+            &q,
+            &claims::Claim {
+                limit: batch,
+                lease: LEASE,
+                max_attempts: MAX_ATTEMPTS,
+                token,
+                suspects_wanted: true,
+                from: cursor.look_from(),
+            },
+        )
+        .await?;
         w.claim += t.elapsed();
         w.claims += 1;
-        if rows.is_empty() {
-            return Ok(w);
+        cursor.advance(&claimed.look, batch, true);
+        if claimed.rows.is_empty() {
+            if claimed.look.unclaimed.is_empty() {
+                return Ok(w);
+            }
+            continue; // rows the other workers hold right now
         }
-        let n = rows.len();
-        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let tokens = vec![token; n];
-        let statuses = vec!["COMPLETED"; n];
-        let failed = vec![0i32; n];
-        let errors: Vec<Option<&str>> = vec![None; n];
-        let delays: Vec<Option<f64>> = vec![None; n];
-        let delivered = vec!["hook1"; n];
+        let outcomes: Vec<_> = claimed
+            .rows
+            .iter()
+            .map(|r| RowOutcome {
+                id: &r.id,
+                token,
+                status: "COMPLETED",
+                failed: false,
+                error: None,
+                next: NextAttempt::Unchanged,
+                delivered: &delivered,
+                attempts: None,
+            })
+            .collect();
         let t = Instant::now();
-        client
-            .query(
-                &record,
-                &[
-                    &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered,
-                ],
-            )
-            .await?;
+        claims::record(&pool, &q, &outcomes).await?;
         w.record += t.elapsed();
         w.records += 1;
-        w.rows += n as u64;
+        w.rows += outcomes.len() as u64;
     }
 }
 

@@ -10,7 +10,9 @@ use anyhow::Context;
 use base64::Engine;
 use tokio_postgres::types::ToSql;
 
+use crate::db::claims::{self, EVENT_COLUMNS};
 use crate::db::shape::TableShape;
+use crate::event::ClaimedEvent;
 
 /// Most events one search page returns.
 pub const MAX_PAGE: i64 = 200;
@@ -29,12 +31,10 @@ const EVENT_FIELDS: &str = "jsonb_build_object(
     'error_message', e.error_message, 'skipped', e.skipped_at IS NOT NULL,
     'held', e.status = 'PENDING' AND e.next_attempt_at = 'infinity')";
 
-/// One event: the claim query's first ten columns (so the envelope is built by the same
-/// code that sends it), then its fields with the history and lease.
+/// One event: the claim's [`EVENT_COLUMNS`] (so the envelope is built by the same code that
+/// sends it), then its fields with the history and lease.
 const EVENT: &str = "
-SELECT e.id::text, e.status::text, e.event_type, e.org_id, e.entity_type, e.entity_id,
-       e.payload::text, e.retry_count, (extract(epoch FROM e.created_at) * 1000000)::int8,
-       e.delivered_to,
+SELECT {event_columns},
        ({fields} || jsonb_build_object(
            'delivered_to', e.delivered_to, 'attempts', coalesce(e.attempts, '[]'),
            'lease_expires_at', e.lease_expires_at))::text
@@ -242,11 +242,37 @@ impl Search {
 }
 
 /// The one-event statement for a table.
-pub fn event_sql(table: &str, shape: &TableShape) -> String {
+fn event_sql(table: &str, shape: &TableShape) -> String {
     EVENT
+        .replace("{event_columns}", EVENT_COLUMNS)
         .replace("{fields}", &event_fields(shape))
         .replace("{t}", table)
         .replace("{id}", shape.id_type)
+}
+
+/// One event as its dashboard page shows it.
+pub struct EventPage {
+    pub event: ClaimedEvent,
+    /// Its list fields with its history and lease: a JSON object.
+    pub fields: String,
+}
+
+/// Reads the event `id` (None: no such row). An id that is not of the table's type fails
+/// ([`is_bad_id`]).
+pub async fn event(
+    pool: &deadpool_postgres::Pool,
+    table: &str,
+    shape: &TableShape,
+    id: &str,
+) -> anyhow::Result<Option<EventPage>> {
+    let rows = crate::db::query(pool, &event_sql(table, shape), &[&id]).await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    Ok(Some(EventPage {
+        event: claims::event(row)?,
+        fields: row.try_get(claims::EVENT_WIDTH)?,
+    }))
 }
 
 /// Whether a database error says the id was not of the table's type (`abc` for a uuid id).
@@ -265,19 +291,34 @@ pub fn is_bad_id(e: &anyhow::Error) -> bool {
 /// fitting index gives up instead of loading the database.
 pub const DASHBOARD_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs a search on `pool`.
-pub async fn search(
-    pool: &deadpool_postgres::Pool,
-    s: &SearchSql,
-) -> anyhow::Result<Vec<tokio_postgres::Row>> {
+/// One event a search found.
+pub struct Found {
+    /// The event's list fields, a JSON object.
+    pub json: String,
+    /// For [`encode_cursor`]: its created_at as PostgreSQL printed it, and its id.
+    pub created_at: String,
+    pub id: String,
+}
+
+/// Runs a search on `pool`: up to one row more than its page (see [`Search::to_sql`]).
+pub async fn search(pool: &deadpool_postgres::Pool, s: &SearchSql) -> anyhow::Result<Vec<Found>> {
     let params: Vec<&(dyn ToSql + Sync)> = s
         .params
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
-    crate::db::query(pool, &s.sql, &params)
+    let rows = crate::db::query(pool, &s.sql, &params)
         .await
-        .context("searching events")
+        .context("searching events")?;
+    rows.iter()
+        .map(|r| {
+            Ok(Found {
+                json: r.try_get(0)?,
+                created_at: r.try_get(1)?,
+                id: r.try_get(2)?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

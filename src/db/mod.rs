@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod browse;
+pub mod claims;
 mod connect_error;
 pub mod ident;
 pub mod maintenance;

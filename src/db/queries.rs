@@ -6,7 +6,12 @@
 //! literals cast to `{st}`, never parameters, because a text parameter does not implicitly
 //! convert to an enum. The app's timestamps are read with `extract(epoch FROM ...)`, which
 //! takes a column without time zone as UTC whatever the session's TimeZone.
+//!
+//! The statements that move events (claim, record, extend, next due, sweep, the stream
+//! read) are run through [`crate::db::claims`], which alone binds their parameters and
+//! reads their columns by position.
 
+use crate::db::claims::EVENT_COLUMNS;
 use crate::db::ident::quote_literal;
 use crate::db::shape::TableShape;
 
@@ -51,12 +56,13 @@ const DUE: &str =
 /// relay with at most one suspect aboard, and the innocent rows that crashed alongside it are
 /// delivered apart from it instead of sharing its fate until they all end FAILED.
 ///
-/// Columns 0-11: the claimed row (all NULL when none was), 11 whether it is a suspect. Then,
+/// Columns 0-11, the claimed row (all NULL when none was): 0-9
+/// [`crate::db::claims::EVENT_COLUMNS`], 10 error_message, 11 whether it is a suspect. Then,
 /// the same on every row, for the cursor: 12 this statement's snapshot, 13 its clock (epoch
 /// seconds), 14 how many fresh candidates it looked at (at most $1), 15-16 the last one's
 /// position, 17 the transaction ids of candidates it did not claim (locked by another relay,
 /// held back by entity order, or not yet due), 18-19 how many lapsed leases and suspects it
-/// claimed.
+/// claimed. [`crate::db::claims::claim`] binds the parameters and reads the columns.
 /// $1 limit, $2 lease seconds, $3 max_attempts, $4 claim token, $5 suspects wanted (0 or 1),
 /// $6 xid8[] as text, $7 xid8 as text, $8 bigint, $9 epoch seconds or NULL.
 const CLAIM: &str = "
@@ -123,9 +129,7 @@ UPDATE {t} AS e SET
         UNION ALL SELECT id, false FROM fresh
         UNION ALL SELECT id, false FROM due) AS c
  WHERE e.id = c.id
-RETURNING e.id::text, e.status::text, e.event_type, e.org_id, e.entity_type, e.entity_id,
-          e.payload::text, e.retry_count, (extract(epoch FROM e.created_at) * 1000000)::int8,
-          e.delivered_to, e.error_message, c.suspect
+RETURNING {event_columns}, e.error_message, c.suspect
 )
 SELECT k.*, snap.s::text, extract(epoch FROM snap.at)::float8,
        (SELECT count(*) FROM cand)::int8,
@@ -458,6 +462,7 @@ impl Queries {
         let gate = if ordered_types.is_empty() { "" } else { GATE };
         let r = |sql: &str| {
             let mut sql = sql
+                .replace("{event_columns}", EVENT_COLUMNS)
                 .replace("{gate}", gate)
                 .replace("{fresh}", FRESH)
                 .replace("{due}", DUE)

@@ -31,29 +31,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::stream::cursor::Snapshot;
+use crate::db::claims::{Look, LookFrom};
 
 /// How often, at most, a sweep looks below the cursor.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
-
-/// What one claim statement saw (its last columns).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Look {
-    /// The statement's snapshot.
-    pub snapshot: Snapshot,
-    /// The database clock (epoch seconds).
-    pub at: f64,
-    /// Fresh candidates looked at (at most the claim's limit).
-    pub candidates: usize,
-    /// The last candidate's position.
-    pub last: Option<(u64, i64)>,
-    /// Transactions with candidates the claim did not take.
-    pub unclaimed: Vec<u64>,
-    /// Lapsed leases claimed.
-    pub lapsed: usize,
-    /// Suspects claimed (at most one; more may have lapsed).
-    pub suspects: usize,
-}
 
 #[derive(Debug)]
 pub struct ClaimCursor {
@@ -105,24 +86,22 @@ impl ClaimCursor {
         }
     }
 
-    /// The claim's parameters $6-$9: probe as an `xid8[]` literal, the position, the floor.
-    pub fn params(&self) -> (String, String, i64, Option<f64>) {
-        let list: Vec<String> = self.probe.iter().map(u64::to_string).collect();
-        (
-            format!("{{{}}}", list.join(",")),
-            self.after.0.to_string(),
-            self.after.1,
-            self.lease_floor,
-        )
+    /// Where the next claim looks.
+    pub fn look_from(&self) -> LookFrom {
+        LookFrom {
+            probe: self.probe.clone(),
+            after: self.after,
+            lease_floor: self.lease_floor,
+        }
     }
 
-    /// Where lease lookups start (NEXT_DUE's $1).
+    /// Where lease lookups start.
     pub fn lease_floor(&self) -> Option<f64> {
         self.lease_floor
     }
 
-    /// Whether the next lapse must be looked up (NEXT_DUE's $2); otherwise
-    /// [`ClaimCursor::next_lapse`] still holds.
+    /// Whether the next lapse must be looked up; otherwise [`ClaimCursor::next_lapse`] still
+    /// holds.
     pub fn must_look_up_leases(&self) -> bool {
         self.leases_known_until
             .is_none_or(|until| Instant::now() >= until)
@@ -194,6 +173,15 @@ impl ClaimCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::cursor::Snapshot;
+
+    fn from(probe: &[u64], after: (u64, i64), lease_floor: Option<f64>) -> LookFrom {
+        LookFrom {
+            probe: probe.to_vec(),
+            after,
+            lease_floor,
+        }
+    }
 
     fn snap(xmin: u64, xmax: u64, xip: &[u64]) -> Snapshot {
         Snapshot {
@@ -223,7 +211,7 @@ mod tests {
             100,
             true,
         );
-        assert_eq!(c.params(), ("{12,15}".into(), "20".into(), 0, Some(100.0)));
+        assert_eq!(c.look_from(), from(&[12, 15], (20, 0), Some(100.0)));
     }
 
     #[test]
@@ -234,7 +222,7 @@ mod tests {
             100,
             true,
         );
-        assert_eq!(c.params().0, "{11,15,18}");
+        assert_eq!(c.look_from().probe, [11, 15, 18]);
     }
 
     #[test]
@@ -246,13 +234,13 @@ mod tests {
             2,
             true,
         );
-        assert_eq!(c.params(), ("{12}".into(), "14".into(), 3, Some(100.0)));
+        assert_eq!(c.look_from(), from(&[12], (14, 3), Some(100.0)));
         // A later full look whose last candidate was one of the probed transactions keeps the
         // position and drops 12 only once it is visible and below the last candidate.
         c.advance(&look(snap(13, 31, &[16]), 2, Some((12, 9)), &[]), 2, true);
-        assert_eq!(c.params(), ("{12}".into(), "14".into(), 3, Some(100.0)));
+        assert_eq!(c.look_from(), from(&[12], (14, 3), Some(100.0)));
         c.advance(&look(snap(16, 31, &[16]), 1, Some((12, 9)), &[]), 2, true);
-        assert_eq!(c.params(), ("{16}".into(), "31".into(), 0, Some(100.0)));
+        assert_eq!(c.look_from(), from(&[16], (31, 0), Some(100.0)));
     }
 
     #[test]
@@ -266,7 +254,7 @@ mod tests {
         c.advance(&look(snap(10, 20, &[15]), 3, Some((18, 7)), &[]), 100, true);
         assert_eq!(c.sweep_bounds(), Some(((20, 0), 100.0)));
         c.swept(&[3, 15, 25], Some(40.0));
-        assert_eq!(c.params(), ("{3,15}".into(), "20".into(), 0, Some(39.0)));
+        assert_eq!(c.look_from(), from(&[3, 15], (20, 0), Some(39.0)));
     }
 
     #[test]

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -29,13 +28,14 @@ use uuid::Uuid;
 
 use crate::activity::Timeline;
 use crate::config::Config;
+use crate::db::claims::{self, Swept};
 use crate::db::queries::Queries;
 use crate::db::{privileges, shape};
 use crate::deliver::Dispatcher;
 use crate::event::ClaimedEvent;
 use crate::incident::Incident;
 use crate::stream::Hub;
-use cursor::{ClaimCursor, Look};
+use cursor::ClaimCursor;
 use doze::{Arm, Doze};
 use recorder::{InFlight, Recorded, SuspectAboard};
 
@@ -647,49 +647,31 @@ impl Relay {
     ) -> anyhow::Result<Claimed> {
         let token = Uuid::new_v4();
         let suspects_wanted = !self.suspect_in_flight.load(Ordering::Acquire);
-        let (probe, after_xid, after_seq, lease_floor) = cursor.params();
-        let rows = crate::db::query(
-            &self.pool,
-            &self.queries.claim,
-            &[
-                &(limit as i64),
-                &self.cfg.lease.as_secs_f64(),
-                &(self.cfg.max_attempts as i32),
-                &token,
-                &(suspects_wanted as i64),
-                &probe,
-                &after_xid,
-                &after_seq,
-                &lease_floor,
-            ],
-        )
-        .await
-        .context("claiming events")?;
+        let claim = claims::Claim {
+            limit,
+            lease: self.cfg.lease,
+            max_attempts: self.cfg.max_attempts,
+            token,
+            suspects_wanted,
+            from: cursor.look_from(),
+        };
+        let claims::Claimed { look, rows } =
+            claims::claim(&self.pool, &self.queries, &claim).await?;
         self.health.database.store(true, Ordering::Release);
-        let look = rows
-            .first()
-            .map(claim_look)
-            .transpose()?
-            .context("the claim returned no row")?;
         cursor.advance(&look, limit, suspects_wanted);
         let mut events = Vec::with_capacity(rows.len());
         let mut suspect = None;
-        let mut claimed = 0;
-        for row in &rows {
-            let Some(id) = row.get::<_, Option<String>>(0) else {
-                continue; // nothing claimed: the row only says what the claim looked at
-            };
-            claimed += 1;
-            let status: String = row.get(1);
-            if status == "FAILED" {
+        let claimed = rows.len();
+        for row in rows {
+            let id = row.id;
+            if row.dead_lettered {
                 crate::metrics::dead_lettered();
                 tracing::warn!(event_id = %id, "dead-lettered after its last lease lapsed (the relay holding it died or hung)");
                 continue;
             }
-            match ClaimedEvent::try_from(row) {
-                Ok(mut ev) => {
-                    ev.claim_token = token;
-                    if row.get::<_, bool>(11) {
+            match row.event {
+                Ok(ev) => {
+                    if row.suspect {
                         tracing::warn!(event_id = %id, attempt = ev.attempt(), "delivering a suspect on its own: its lease lapsed twice in a row (does it crash or hang the relay?)");
                         suspect = Some(id.clone());
                     }
@@ -744,27 +726,13 @@ impl Relay {
     /// How long until a retry falls due or a lease lapses (None: nothing waits).
     async fn next_due(&self, cursor: &mut ClaimCursor) -> anyhow::Result<Option<Duration>> {
         let leases = cursor.must_look_up_leases();
-        let rows = crate::db::query(
-            &self.pool,
-            &self.queries.next_due,
-            &[&cursor.lease_floor(), &leases],
-        )
-        .await?;
-        let row = rows.first().context("no row")?;
-        let secs = |i: usize| {
-            row.get::<_, Option<f64>>(i)
-                .map(|s| Duration::from_secs_f64(s.max(0.0)))
-        };
+        let due = claims::next_due(&self.pool, &self.queries, cursor.lease_floor(), leases).await?;
         if leases {
-            cursor.leases_looked_up(secs(1), self.cfg.lease);
+            cursor.leases_looked_up(due.lapse, self.cfg.lease);
         }
-        Ok([secs(0), cursor.next_lapse()].into_iter().flatten().min())
+        Ok([due.retry, cursor.next_lapse()].into_iter().flatten().min())
     }
 }
-
-/// What a sweep found: transactions with fresh rows below the cursor's position, and the
-/// earliest lease that lapsed below its floor (see [`ClaimCursor::swept`]).
-type Swept = (Vec<u64>, Option<f64>);
 
 /// The sweep below the claim cursor (see [`cursor`]), run as a task of its own so that the
 /// claims go on meanwhile.
@@ -783,7 +751,7 @@ impl Sweep {
             match futures_util::FutureExt::now_or_never(done)
                 .map(|r| r.map_err(anyhow::Error::from))
             {
-                Some(Ok(Ok((strays, lapsed)))) => {
+                Some(Ok(Ok(Swept { strays, lapsed }))) => {
                     if !strays.is_empty() || lapsed.is_some() {
                         tracing::info!(
                             transactions = strays.len(),
@@ -813,19 +781,11 @@ impl Sweep {
             relay.wake.clone(),
         );
         self.running = Some(tokio::spawn(async move {
-            let rows =
-                crate::db::query(&pool, &queries.sweep, &[&xid.to_string(), &seq, &floor]).await?;
-            let row = rows.first().context("the sweep returned no row")?;
-            let strays = row
-                .get::<_, Vec<String>>(0)
-                .iter()
-                .map(|x| x.parse().context("transaction id"))
-                .collect::<anyhow::Result<Vec<u64>>>()?;
-            let lapsed: Option<f64> = row.get(1);
-            if !strays.is_empty() || lapsed.is_some() {
+            let swept = claims::sweep(&pool, &queries, (xid, seq), floor).await?;
+            if !swept.strays.is_empty() || swept.lapsed.is_some() {
                 wake.notify_one(); // the claim loop takes the findings in its next round
             }
-            Ok((strays, lapsed))
+            Ok(swept)
         }));
     }
 }
@@ -837,31 +797,6 @@ pub struct Claimed {
     pub rows: usize,
     /// It saw fresh rows it could not take (locked, held back, not due).
     pub left_fresh: bool,
-}
-
-/// The claim's last columns: what it looked at (see the claim query).
-fn claim_look(row: &tokio_postgres::Row) -> anyhow::Result<Look> {
-    let snapshot: String = row.try_get(12)?;
-    let last_xid: Option<String> = row.try_get(15)?;
-    let last_seq: Option<i64> = row.try_get(16)?;
-    let xids = |v: Vec<String>| -> anyhow::Result<Vec<u64>> {
-        v.iter()
-            .map(|x| x.parse().with_context(|| format!("transaction id {x:?}")))
-            .collect()
-    };
-    Ok(Look {
-        snapshot: crate::stream::cursor::Snapshot::parse(&snapshot)
-            .with_context(|| format!("snapshot {snapshot:?}"))?,
-        at: row.try_get(13)?,
-        candidates: row.try_get::<_, i64>(14)? as usize,
-        last: match (last_xid, last_seq) {
-            (Some(x), Some(s)) => Some((x.parse().context("transaction id")?, s)),
-            _ => None,
-        },
-        unclaimed: xids(row.try_get(17)?)?,
-        lapsed: row.try_get::<_, i64>(18)? as usize,
-        suspects: row.try_get::<_, i64>(19)? as usize,
-    })
 }
 
 /// "Delivery failed" lines at warn per second; a failing endpoint can fail thousands of

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::activity::Timeline;
+use crate::db::claims::{self, NextAttempt, RowOutcome};
 use crate::db::queries::Queries;
 use crate::deliver::webhook::AttemptLog;
 use crate::deliver::Outcome;
@@ -80,13 +81,13 @@ impl InFlight {
         }
     }
 
-    fn snapshot(&self) -> (Vec<String>, Vec<Uuid>) {
+    fn snapshot(&self) -> Vec<(String, Uuid)> {
         self.0
             .lock()
             .expect("in-flight lock")
             .iter()
             .map(|(k, v)| (k.clone(), *v))
-            .unzip()
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -184,60 +185,41 @@ pub async fn run(
 
 /// One UPDATE for the whole batch; returns the ids of the rows it changed.
 async fn write(pool: &Pool, q: &Queries, batch: &[Recorded]) -> anyhow::Result<Vec<String>> {
-    let n = batch.len();
-    let (mut ids, mut tokens, mut statuses) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut failed, mut errors, mut delays, mut delivered, mut logs, mut held_for) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for r in batch {
-        ids.push(r.id.as_str());
-        tokens.push(r.token);
-        statuses.push(r.outcome.status());
-        let (f, e, d, to): (i32, Option<&str>, Option<f64>, &Vec<String>) = match &r.outcome {
-            Outcome::Completed { delivered } => (0, None, None, delivered),
-            Outcome::Retry {
-                delay,
-                error,
-                delivered,
-            } => (1, Some(error), Some(delay.as_secs_f64()), delivered),
-            Outcome::Dead { error, delivered } => (1, Some(error), None, delivered),
-            Outcome::Release { delay, delivered } => {
-                (0, None, Some(delay.as_secs_f64()), delivered)
-            }
-            Outcome::Hold { delivered, .. } => (0, None, Some(f64::INFINITY), delivered),
-        };
-        held_for.push(match &r.outcome {
-            Outcome::Hold { paused, .. } => Some(paused.join(",")),
-            _ => None,
-        });
-        failed.push(f);
-        errors.push(e);
-        delays.push(d);
-        delivered.push(to.join(","));
-        logs.push(if r.log.is_empty() {
+    let rows = batch.iter().map(row).collect::<anyhow::Result<Vec<_>>>()?;
+    claims::record(pool, q, &rows).await
+}
+
+/// What an outcome does to its row.
+fn row(r: &Recorded) -> anyhow::Result<RowOutcome<'_>> {
+    let (failed, error, next, delivered) = match &r.outcome {
+        Outcome::Completed { delivered } => (false, None, NextAttempt::Unchanged, delivered),
+        Outcome::Retry {
+            delay,
+            error,
+            delivered,
+        } => (true, Some(error), NextAttempt::After(*delay), delivered),
+        Outcome::Dead { error, delivered } => {
+            (true, Some(error), NextAttempt::Unchanged, delivered)
+        }
+        Outcome::Release { delay, delivered } => {
+            (false, None, NextAttempt::After(*delay), delivered)
+        }
+        Outcome::Hold { delivered, paused } => (false, None, NextAttempt::Held(paused), delivered),
+    };
+    Ok(RowOutcome {
+        id: &r.id,
+        token: r.token,
+        status: r.outcome.status(),
+        failed,
+        error: error.map(String::as_str),
+        next,
+        delivered,
+        attempts: if r.log.is_empty() {
             None
         } else {
             Some(serde_json::to_string(&r.log)?)
-        });
-    }
-    let rows = crate::db::query(
-        pool,
-        &q.record,
-        &[
-            &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered, &logs, &held_for,
-        ],
-    )
-    .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+        },
+    })
 }
 
 /// Extends the lease of every in-flight row every `lease / 3`, so a live relay never loses a
@@ -258,15 +240,14 @@ pub async fn keep_leases(
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        let (ids, tokens) = inflight.snapshot();
-        if ids.is_empty() {
+        let held = inflight.snapshot();
+        if held.is_empty() {
             continue;
         }
-        let secs = lease.as_secs_f64();
-        match crate::db::query(&pool, &queries.extend, &[&ids, &tokens, &secs]).await {
-            Ok(rows) => {
+        match claims::extend_leases(&pool, &queries, &held, lease).await {
+            Ok(extended) => {
                 extensions.succeeded();
-                tracing::debug!(extended = rows.len(), "leases extended")
+                tracing::debug!(extended, "leases extended")
             }
             Err(e) => crate::incident_failed!(
                 extensions,

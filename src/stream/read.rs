@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::Config;
+use crate::db::claims;
 use crate::event::ClaimedEvent;
 use crate::stream::cursor::{Cursor, CursorKey, Snapshot};
 
@@ -86,49 +87,23 @@ pub async fn next_page(
     org: Option<&str>,
     limit: usize,
 ) -> anyhow::Result<Page> {
-    let base = cursor.base.to_string();
     let (next, after) = match &cursor.next {
-        Some((next, seq)) => (Some(next.to_string()), *seq),
+        Some((next, seq)) => (Some(next), *seq),
         None => (None, i64::MIN),
     };
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-        [&base, &next, &after, &org, &(limit as i64)];
-    let rows = if crate::db::statements::pooler_safe() {
-        crate::db::statements::query(client, &reader.sql, &params).await?
-    } else {
-        let stmt = client.prepare_cached(&reader.sql).await?;
-        client.query(&stmt, &params).await?
+    let from = claims::StreamFrom {
+        base: &cursor.base,
+        next,
+        after,
+        org,
+        limit,
     };
-    let first = rows
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("stream read returned no row"))?;
-    let now_snapshot: String = first.try_get(0)?;
-    let now_at: i64 = first.try_get(1)?;
+    let read = claims::stream_read(client, &reader.sql, &from).await?;
     let (later, at) = match &cursor.next {
         Some((next, _)) => (next.clone(), cursor.at),
-        None => (
-            Snapshot::parse(&now_snapshot)
-                .ok_or_else(|| anyhow::anyhow!("unreadable snapshot {now_snapshot:?}"))?,
-            now_at,
-        ),
+        None => (read.snapshot, read.at),
     };
-    let mut found = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let Some(xid) = row.try_get::<_, Option<String>>(2)? else {
-            break; // the one all-NULL row: nothing new
-        };
-        let ev = ClaimedEvent {
-            id: row.try_get(4)?,
-            event_type: row.try_get(5)?,
-            org_id: row.try_get(6)?,
-            entity_type: row.try_get(7)?,
-            entity_id: row.try_get(8)?,
-            payload: row.try_get(9)?,
-            created_us: row.try_get::<_, Option<i64>>(10)?.unwrap_or_default(),
-            ..ClaimedEvent::default()
-        };
-        found.push((ev, xid.parse::<u64>()?, row.try_get::<_, i64>(3)?));
-    }
+    let found = read.rows;
     let full = found.len() >= limit;
     let within = |seq: i64| Cursor {
         base: cursor.base.clone(),
@@ -138,7 +113,7 @@ pub async fn next_page(
     // Past the difference: everything visible in `later` has been read.
     let done = Cursor::at_snapshot(later.clone(), at);
     let (after, more) = match (full, cursor.next.is_some()) {
-        (true, _) => (within(found.last().map_or(i64::MIN, |f| f.2)), true),
+        (true, _) => (within(found.last().map_or(i64::MIN, |f| f.1)), true),
         // The difference is exhausted; what became visible since still has to be read.
         (false, true) => (done, true),
         (false, false) => (done, false),
@@ -147,7 +122,7 @@ pub async fn next_page(
     let events = found
         .iter()
         .enumerate()
-        .filter_map(|(i, (ev, xid, seq))| {
+        .filter_map(|(i, (xid, seq, ev))| {
             // The last event of a complete read carries the short cursor that follows it.
             let position = if i == last && !full {
                 after.clone()
@@ -169,7 +144,7 @@ pub async fn next_page(
         events,
         cursor: after,
         more,
-        bytes: crate::db::result_bytes(&rows),
+        bytes: read.bytes,
     })
 }
 

@@ -23,7 +23,6 @@ use crate::cached::Cached;
 use crate::db::admin::{self, BlockedKey, IdAction, On};
 use crate::db::browse::{self, Search};
 use crate::db::queries::Queries;
-use crate::event::ClaimedEvent;
 use crate::http::App;
 
 /// How long instances and blocked keys are reused between polls.
@@ -198,7 +197,7 @@ pub async fn events(
     let sql = search
         .to_sql(&q.table, &q.shape)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.0))?;
-    let rows = browse::search(pool, &sql).await.map_err(|e| {
+    let mut rows = browse::search(pool, &sql).await.map_err(|e| {
         if crate::db::has_sql_state(&e, &[SqlState::QUERY_CANCELED]) {
             ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -209,17 +208,14 @@ pub async fn events(
         }
     })?;
     let more = rows.len() as i64 > sql.limit;
-    let page = &rows[..rows.len().min(sql.limit as usize)];
-    let next = match (more, page.last()) {
-        (true, Some(last)) => Some(browse::encode_cursor(
-            &last.get::<_, String>(1),
-            &last.get::<_, String>(2),
-        )),
+    rows.truncate(sql.limit as usize);
+    let next = match (more, rows.last()) {
+        (true, Some(last)) => Some(browse::encode_cursor(&last.created_at, &last.id)),
         _ => None,
     };
-    let events: Vec<Box<RawValue>> = page
-        .iter()
-        .map(|r| RawValue::from_string(r.get(0)))
+    let events: Vec<Box<RawValue>> = rows
+        .into_iter()
+        .map(|r| RawValue::from_string(r.json))
         .collect::<Result<_, _>>()
         .map_err(|e| internal(e.into()))?;
     Ok(json_response(&json!({ "events": events, "next": next })))
@@ -244,15 +240,15 @@ pub async fn event(
     app.dashboard.allow(&headers, Access::Read)?;
     let (pool, q) = (pool(&app)?, queries(&app)?);
     let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no event with id {id:?}"));
-    let rows = match crate::db::query(pool, &browse::event_sql(&q.table, &q.shape), &[&id]).await {
-        Ok(rows) => rows,
-        Err(e) if browse::is_bad_id(&e) => return Err(not_found()),
-        Err(e) => return Err(internal(e)),
-    };
-    let row = rows.first().ok_or_else(not_found)?;
-    let ev = ClaimedEvent::try_from(row).map_err(|e| internal(e.into()))?;
+    let browse::EventPage { event: ev, fields } =
+        match browse::event(pool, &q.table, &q.shape, &id).await {
+            Ok(Some(page)) => page,
+            Ok(None) => return Err(not_found()),
+            Err(e) if browse::is_bad_id(&e) => return Err(not_found()),
+            Err(e) => return Err(internal(e)),
+        };
     let fields: serde_json::Map<String, Value> =
-        serde_json::from_str(&row.get::<_, String>(10)).map_err(|e| internal(e.into()))?;
+        serde_json::from_str(&fields).map_err(|e| internal(e.into()))?;
     let raw = |s: String| RawValue::from_string(s).ok();
     let payload = match &ev.payload {
         Some(p) => raw(p.clone()).or_else(|| raw(json!(p).to_string())),
