@@ -27,9 +27,6 @@ pub const BATCH: i64 = 1000;
 /// The most blocked keys [`blocked_keys`] lists.
 pub const BLOCKED_KEYS_SHOWN: i64 = 100;
 
-/// The status values the relay knows; `status` shows each, even at 0.
-const KNOWN_STATUSES: [&str; 4] = ["PENDING", "PROCESSING", "COMPLETED", "FAILED"];
-
 /// Where a statement runs. A command holds one connection of its own; the dashboard, the
 /// gauges and pause share the relay's pool (bounded by [`crate::db::CLIENT_DEADLINE`]).
 #[derive(Clone, Copy)]
@@ -73,8 +70,10 @@ pub async fn wake_relays(on: On<'_>, channel: &str) -> anyhow::Result<()> {
 /// Rows per status value: the ones the relay knows always (0 when none), unknown values
 /// too, NULL as "NULL".
 pub async fn status_counts(on: On<'_>, q: &Queries) -> anyhow::Result<BTreeMap<String, i64>> {
-    let mut counts: BTreeMap<String, i64> =
-        KNOWN_STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+    let mut counts: BTreeMap<String, i64> = crate::db::browse::STATUSES
+        .iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
     for row in on.query(&q.status_counts, &[]).await? {
         counts.insert(row.get(0), row.get(1));
     }

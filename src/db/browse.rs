@@ -17,6 +17,7 @@ use crate::event::ClaimedEvent;
 /// Most events one search page returns.
 pub const MAX_PAGE: i64 = 200;
 pub const DEFAULT_PAGE: i64 = 50;
+/// The status values the relay knows: a search may filter on them, `status` shows each.
 pub const STATUSES: [&str; 4] = ["PENDING", "PROCESSING", "COMPLETED", "FAILED"];
 
 /// The list fields of an event, as one JSON object. `next_attempt_at` only means something

@@ -180,6 +180,17 @@ fn xid_list(xids: &[u64]) -> String {
     format!("{{{}}}", list.join(","))
 }
 
+/// A transaction id as the statements return it (`xid8` as text).
+fn xid(text: &str) -> anyhow::Result<u64> {
+    text.parse()
+        .with_context(|| format!("transaction id {text:?}"))
+}
+
+/// A list of transaction ids ([`xid`]).
+fn xids(texts: Vec<String>) -> anyhow::Result<Vec<u64>> {
+    texts.iter().map(|x| xid(x)).collect()
+}
+
 /// The claim's last columns, the same on every row it returns.
 fn look(row: &Row) -> anyhow::Result<Look> {
     let snapshot: String = row.try_get(12)?;
@@ -190,14 +201,10 @@ fn look(row: &Row) -> anyhow::Result<Look> {
         at: row.try_get(13)?,
         candidates: row.try_get::<_, i64>(14)? as usize,
         last: match (last_xid, last_seq) {
-            (Some(x), Some(s)) => Some((x.parse().context("transaction id")?, s)),
+            (Some(x), Some(s)) => Some((xid(&x)?, s)),
             _ => None,
         },
-        unclaimed: row
-            .try_get::<_, Vec<String>>(17)?
-            .iter()
-            .map(|x| x.parse().with_context(|| format!("transaction id {x:?}")))
-            .collect::<anyhow::Result<_>>()?,
+        unclaimed: xids(row.try_get(17)?)?,
         lapsed: row.try_get::<_, i64>(18)? as usize,
         suspects: row.try_get::<_, i64>(19)? as usize,
     })
@@ -340,14 +347,9 @@ pub async fn sweep(
 ) -> anyhow::Result<Swept> {
     let rows = crate::db::query(pool, &q.sweep, &[&after.0.to_string(), &after.1, &floor]).await?;
     let row = rows.first().context("the sweep returned no row")?;
-    let strays = row
-        .get::<_, Vec<String>>(0)
-        .iter()
-        .map(|x| x.parse().context("transaction id"))
-        .collect::<anyhow::Result<Vec<u64>>>()?;
     Ok(Swept {
-        strays,
-        lapsed: row.get(1),
+        strays: xids(row.try_get(0)?)?,
+        lapsed: row.try_get(1)?,
     })
 }
 
@@ -388,12 +390,7 @@ pub async fn stream_read(
     let next = from.next.map(Snapshot::to_string);
     let params: [&(dyn ToSql + Sync); 5] =
         [&base, &next, &from.after, &from.org, &(from.limit as i64)];
-    let rows = if statements::pooler_safe() {
-        statements::query(client, sql, &params).await?
-    } else {
-        let stmt = client.prepare_cached(sql).await?;
-        client.query(&stmt, &params).await?
-    };
+    let rows = statements::query_pooled(client, sql, &params).await?;
     let first = rows
         .first()
         .ok_or_else(|| anyhow::anyhow!("stream read returned no row"))?;
@@ -407,7 +404,7 @@ pub async fn stream_read(
             break; // the one all-NULL row: nothing new
         };
         let ev = envelope(row, 4, 5, 10)?;
-        found.push((xid.parse::<u64>()?, row.try_get::<_, i64>(3)?, ev));
+        found.push((self::xid(&xid)?, row.try_get::<_, i64>(3)?, ev));
     }
     Ok(StreamRead {
         snapshot,

@@ -136,13 +136,10 @@ pub async fn query(
     params: &[&(dyn ToSql + Sync)],
 ) -> anyhow::Result<Vec<Row>> {
     let client = get(pool).await?;
-    let result = tokio::time::timeout(CLIENT_DEADLINE, async {
-        if statements::pooler_safe() {
-            return statements::query(&client, sql, params).await;
-        }
-        let stmt = client.prepare_cached(sql).await?;
-        client.query(&stmt, params).await
-    })
+    let result = tokio::time::timeout(
+        CLIENT_DEADLINE,
+        statements::query_pooled(&client, sql, params),
+    )
     .await;
     match result {
         Ok(rows) => {

@@ -56,6 +56,20 @@ pub async fn query(
     client.query_typed(sql, &typed).await
 }
 
+/// [`query`] on a pooled connection, whose statement cache keeps each SQL text prepared once
+/// per connection (when not pooler-safe).
+pub async fn query_pooled(
+    client: &deadpool_postgres::Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, Error> {
+    if pooler_safe() {
+        return query(client, sql, params).await;
+    }
+    let stmt = client.prepare_cached(sql).await?;
+    client.query(&stmt, params).await
+}
+
 /// [`query`] for a statement that returns exactly one row.
 pub async fn query_one(
     client: &Client,
