@@ -5,7 +5,7 @@
 
 - the dashboard parses, uses a `datasource` template variable for every panel and query;
 - every PromQL expression (panels, template variables, alert rules) names only metrics the
-  relay exports (the constants in src/metrics.rs, with _bucket/_sum/_count for histograms)
+  relay exports (the constants in src/observe/metrics.rs, with _bucket/_sum/_count for histograms)
   or Prometheus' own `up`;
 - every metric the relay exports is shown on the dashboard;
 - every alert rule has an expr, a severity and a summary.
@@ -30,7 +30,7 @@ problems = []
 
 
 def exported_metrics():
-    src = (ROOT / "src/metrics.rs").read_text()
+    src = (ROOT / "src/observe/metrics.rs").read_text()
     consts = dict(re.findall(r'pub const (\w+): &str = "(outbox_\w+)";', src))
     histograms = set(re.findall(r"describe_histogram!\(\s*(\w+)", src))
     names = set()
@@ -40,7 +40,7 @@ def exported_metrics():
         else:
             names.add(name)
     if not names:
-        sys.exit("no metric constants found in src/metrics.rs")
+        sys.exit("no metric constants found in src/observe/metrics.rs")
     return names, {consts[c] for c in histograms}
 
 

@@ -14,10 +14,10 @@ use serde::Deserialize;
 
 use crate::db::ident::Ident;
 use crate::db::tls;
-use crate::deliver::egress;
-use crate::deliver::signature::SigningKeys;
 use crate::http::host::AllowedHosts;
 use crate::secret::{self, Deferred, Secret};
+use crate::sinks::webhook::egress;
+use crate::sinks::webhook::signature::SigningKeys;
 
 mod location;
 pub use location::Location;

@@ -1,47 +1,46 @@
-//! outbox-relay: delivers transactional-outbox rows from PostgreSQL to signed webhooks.
+//! outbox-relay: delivers transactional-outbox rows from PostgreSQL to signed webhooks and
+//! to SSE subscribers.
 //!
 //! Map of the crate:
 //! - [`config`]: the TOML config, environment and flags, validated once; [`secret`] keeps
 //!   secret values out of logs.
 //! - [`db`]: connections ([`db::pool`]), the migration ([`db::migrate`], SQL in `sql/`), the
-//!   table's shape ([`db::shape`]), every query ([`db::queries`]), what it checks of the
-//!   server it reached ([`db::server`]: writable, not a standby) and of its role
-//!   ([`db::privileges`]: the GRANTs each command needs). Operator actions and the queue
-//!   gauges, for the commands and the dashboard alike, are in [`db::admin`]; the daemon's
-//!   upkeep statements (housekeeping, retention) in [`db::maintenance`].
-//! - [`relay`]: the daemon. The claim loop wakes on NOTIFY ([`relay::listener`]) or a timer,
-//!   claims with `FOR UPDATE SKIP LOCKED`, spawns deliveries, and [`relay::recorder`] writes
+//!   table's shape ([`db::shape`]), the statements ([`db::queries`]), what it checks of the
+//!   server it reached ([`db::server`]) and of its role ([`db::privileges`]). Typed claim,
+//!   record and lease SQL is in [`db::claims`]; operator actions and queue gauges (for the
+//!   commands and the dashboard alike) in [`db::admin`]; upkeep statements in
+//!   [`db::maintenance`]; the dashboard's reads in [`db::browse`].
+//! - [`relay`]: the claim loop. It wakes on NOTIFY ([`relay::listener`]) or a timer, claims
+//!   with `FOR UPDATE SKIP LOCKED`, spawns deliveries, and [`relay::recorder`] writes
 //!   outcomes back in batches and keeps leases alive.
-//! - [`deliver`]: routing, Standard Webhooks signing, backoff and the outcome of an attempt;
-//!   [`deliver::pause`] pauses an endpoint on every relay sharing the table;
-//!   [`deliver::egress`] keeps webhook requests off private addresses when asked to.
-//! - [`logging`]: log lines, with control characters in logged values escaped.
-//! - [`http`]: SSE, health, `/metrics` and the dashboard ([`http::dashboard`]: an embedded
-//!   page and its JSON API; its reads are in [`db::browse`], its in-memory figures in
-//!   [`activity`]).
+//! - [`sinks`]: where events go. Routing, the outcome of an attempt and endpoint pause are
+//!   shared; [`sinks::webhook`] (Standard Webhooks signing, egress guard) and
+//!   [`sinks::sse`] (the fan-out hub, cursors, the tail reader) are the sinks.
+//! - [`background`]: periodic upkeep run after claim rounds (housekeeping, retention).
+//! - [`backoff`]: retry delays for events, and the reconnect backoff of the daemon's loops.
 //! - [`event`]: a claimed row and its JSON envelope.
+//! - [`health`]: liveness the HTTP side, systemd and the daemon read; what they share.
+//! - [`observe`]: metrics, the dashboard's in-memory activity, log-flood guards.
+//! - [`logging`]: log lines, with control characters in logged values escaped.
+//! - [`http`]: SSE, health, `/metrics` and the dashboard ([`http::dashboard`]).
+//! - [`daemon`]: `run`: start-up, shutdown, systemd readiness and the watchdog.
 //! - [`commands`]: `migrate`, `status`, `retry`, `skip`, `purge`, `publish` and the `dev`
 //!   demo: arguments and printing around [`db::admin`].
 //! - [`pgtemp`]: a throwaway PostgreSQL cluster for `dev` and the tests.
-//! - [`systemd`]: `Type=notify` readiness, status and the watchdog, when run by systemd.
 
-pub mod activity;
-pub mod cached;
+pub mod background;
+pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod db;
-pub mod deliver;
 pub mod event;
+pub mod health;
 pub mod http;
-pub mod incident;
 pub mod logging;
-pub mod metrics;
+pub mod observe;
 pub mod pgtemp;
 pub mod relay;
-pub mod retention;
 pub mod secret;
-pub mod shutdown;
-pub mod stream;
-pub mod systemd;
+pub mod sinks;

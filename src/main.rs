@@ -77,7 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run => {
             let shutdown = CancellationToken::new();
-            outbox_relay::shutdown::on_signal(shutdown.clone());
+            outbox_relay::daemon::shutdown::on_signal(shutdown.clone());
             outbox_relay::daemon::Daemon::start(cfg, shutdown)
                 .await?
                 .wait()

@@ -14,10 +14,10 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use outbox_relay::db::claims::{self, NextAttempt, RowOutcome};
 use outbox_relay::db::queries::Queries;
-use outbox_relay::deliver::signature::SigningKeys;
 use outbox_relay::event::ClaimedEvent;
 use outbox_relay::relay::cursor::ClaimCursor;
 use outbox_relay::secret::Secret;
+use outbox_relay::sinks::webhook::signature::SigningKeys;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -193,7 +193,7 @@ pub async fn receiver_ceiling(ctx: &Ctx<'_>, requests: usize) -> anyhow::Result<
                 let req = Request::post("/hook")
                     .header(HOST, addr.to_string())
                     .header(CONTENT_TYPE, "application/json")
-                    .header("user-agent", outbox_relay::deliver::webhook::USER_AGENT)
+                    .header("user-agent", outbox_relay::sinks::webhook::USER_AGENT)
                     .header("webhook-id", &id)
                     .header("webhook-timestamp", ts.to_string())
                     .header("webhook-signature", keys.sign(&id, ts, &body))

@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DevSettings, Overrides};
 use crate::db::admin::{insert, NewEvent};
-use crate::deliver::signature::SigningKeys;
 use crate::pgtemp::TempCluster;
 use crate::secret::Secret;
+use crate::sinks::webhook::signature::SigningKeys;
 
 /// Table the demo uses in a database it did not create, so it never touches an app's own
 /// `OutboxEvent` table.
@@ -130,16 +130,16 @@ pub async fn run(
         .await
         .context("migrating the demo table")?;
 
-    crate::shutdown::on_signal(shutdown.clone());
+    crate::daemon::shutdown::on_signal(shutdown.clone());
     let daemon = crate::daemon::Daemon::start(cfg.clone(), shutdown.clone()).await?;
     let http = daemon.http_addr;
     let token = crate::http::auth::mint(token_secret.as_bytes(), "org_acme", None, 24 * 3600);
     // A cursor from the very start, so the curl below also shows the sample events.
-    let from_start = crate::stream::cursor::Cursor::at_snapshot(
-        crate::stream::cursor::Snapshot::empty(),
+    let from_start = crate::sinks::sse::cursor::Cursor::at_snapshot(
+        crate::sinks::sse::cursor::Snapshot::empty(),
         chrono::Utc::now().timestamp(),
     )
-    .encode(&crate::stream::read::Reader::new(&cfg).key, "org_acme");
+    .encode(&crate::sinks::sse::read::Reader::new(&cfg).key, "org_acme");
 
     eprintln!();
     eprintln!("  database   {}", crate::secret::redact_url(&url));

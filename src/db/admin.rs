@@ -55,7 +55,7 @@ impl On<'_> {
 }
 
 /// `NOTIFY channel, payload`: '' wakes every relay on the table (rows became due without an
-/// INSERT, which would have notified); see [`crate::deliver::pause`] for the other payload.
+/// INSERT, which would have notified); see [`crate::sinks::pause`] for the other payload.
 pub async fn notify(on: On<'_>, channel: &str, payload: &str) -> anyhow::Result<()> {
     on.query("SELECT pg_notify($1, $2)", &[&channel, &payload])
         .await?;
@@ -271,7 +271,7 @@ pub async fn publish(client: &mut Client, q: &Queries, e: &NewEvent) -> anyhow::
 }
 
 /// Records `name` as paused by `by` (the first pause's time and peer stay); the relays
-/// learn of it from [`crate::deliver::pause`].
+/// learn of it from [`crate::sinks::pause`].
 pub async fn pause_endpoint(pool: &Pool, q: &Queries, name: &str, by: &str) -> anyhow::Result<()> {
     super::query(pool, &q.pause, &[&name, &by]).await?;
     Ok(())

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::db::queries::Queries;
 use crate::db::statements;
 use crate::event::ClaimedEvent;
-use crate::stream::cursor::Snapshot;
+use crate::sinks::sse::cursor::Snapshot;
 
 /// The columns the claim and the dashboard's event read start with (`e`: the outbox row),
 /// read by [`event`]. One list, so the envelope the dashboard shows is built from the same

@@ -1,7 +1,7 @@
 //! The statements of the daemon's upkeep: dead-lettering rows of a status the relay does not
 //! know, finding the oldest open transaction, and retention's lock and delete batches. Their
-//! loops, timing, logging and metrics stay with the callers ([`crate::relay::housekeeping`],
-//! [`crate::retention`]); the SQL lives here, with the rest of it.
+//! loops, timing, logging and metrics stay with the callers ([`crate::background::housekeeping`],
+//! [`crate::background::retention`]); the SQL lives here, with the rest of it.
 
 use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::ToSql;

@@ -6,7 +6,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::deliver::routing::TypeFilter;
+use crate::sinks::routing::TypeFilter;
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`, between the app that mints tokens and the
 /// relay.

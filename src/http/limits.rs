@@ -122,7 +122,8 @@ impl Gate {
             return Some(p);
         }
         self.refused.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!(crate::metrics::HTTP_REFUSED, "limit" => self.what).increment(1);
+        ::metrics::counter!(crate::observe::metrics::HTTP_REFUSED, "limit" => self.what)
+            .increment(1);
         let mut logged = self.logged.lock().expect("not poisoned");
         logged.1 += 1;
         if logged.0.is_none_or(|at| at.elapsed() >= LOG_EVERY) {

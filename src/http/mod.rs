@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::relay::Health;
+use crate::health::Health;
 
 /// Shared by every handler.
 pub struct App {
@@ -37,8 +37,8 @@ pub struct App {
     /// For the queue gauges of `/metrics`.
     pub pool: deadpool_postgres::Pool,
     pub table: String,
-    pub hub: Arc<crate::stream::Hub>,
-    pub queue: crate::metrics::QueueGauges,
+    pub hub: Arc<crate::sinks::sse::Hub>,
+    pub queue: crate::observe::metrics::QueueGauges,
     pub dashboard: dashboard::Dashboard,
     /// Connections open now, for `/metrics`.
     pub connections: Arc<limits::Gate>,
@@ -95,14 +95,14 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
                 .into_response();
         }
     }
-    let handle = crate::metrics::handle();
+    let handle = crate::observe::metrics::handle();
     if app.health.database_up() {
         app.queue.refresh(&app.pool, &app.table).await;
     }
     let up = app.health.database_up();
-    ::metrics::gauge!(crate::metrics::UP).set(if up { 1.0 } else { 0.0 });
-    ::metrics::gauge!(crate::metrics::SSE_SUBSCRIBERS).set(app.hub.subscribers() as f64);
-    ::metrics::gauge!(crate::metrics::HTTP_CONNECTIONS).set(app.connections.held() as f64);
+    ::metrics::gauge!(crate::observe::metrics::UP).set(if up { 1.0 } else { 0.0 });
+    ::metrics::gauge!(crate::observe::metrics::SSE_SUBSCRIBERS).set(app.hub.subscribers() as f64);
+    ::metrics::gauge!(crate::observe::metrics::HTTP_CONNECTIONS).set(app.connections.held() as f64);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{authorize, Denied, Grant};
 use super::{App, ConnKill};
-use crate::stream::cursor::{Advance, Cursor, Snapshot};
-use crate::stream::{read, Hub, OrgPage, StreamEvent, Subscribed};
+use crate::sinks::sse::cursor::{Advance, Cursor, Snapshot};
+use crate::sinks::sse::{read, Hub, OrgPage, StreamEvent, Subscribed};
 
 /// Bytes buffered per subscriber between its forwarder and its socket (beyond what the
 /// kernel's socket buffers hold). A single larger message still goes through, alone.

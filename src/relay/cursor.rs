@@ -173,7 +173,7 @@ impl ClaimCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::cursor::Snapshot;
+    use crate::sinks::sse::cursor::Snapshot;
 
     fn from(probe: &[u64], after: (u64, i64), lease_floor: Option<f64>) -> LookFrom {
         LookFrom {

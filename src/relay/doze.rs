@@ -48,8 +48,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::queries::{WAKE_LOCK, WAKE_UNLOCK};
 use crate::db::tls::Connector;
-use crate::incident::Incident;
-use crate::relay::{Health, LOOP_BEAT};
+use crate::health::{Health, LOOP_BEAT};
+use crate::observe::incident::Incident;
 use crate::secret::Secret;
 
 /// The lock connection's role in its application_name (`outbox-relay waker host/pid`).

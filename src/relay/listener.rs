@@ -15,10 +15,10 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::ident::quote_ident;
-use crate::deliver::pause::ENDPOINTS_CHANGED;
-use crate::incident::Incident;
-use crate::relay::Health;
+use crate::health::Health;
+use crate::observe::incident::Incident;
 use crate::secret::Secret;
+use crate::sinks::pause::ENDPOINTS_CHANGED;
 
 /// How often the idle LISTEN connection proves it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);

@@ -10,15 +10,12 @@
 
 pub mod cursor;
 pub mod doze;
-pub mod housekeeping;
 pub mod listener;
 pub mod recorder;
-pub mod rounds;
-pub mod warn_budget;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -26,94 +23,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::activity::Timeline;
 use crate::config::Config;
 use crate::db::claims::{self, Swept};
 use crate::db::queries::Queries;
 use crate::db::{privileges, shape};
-use crate::deliver::Dispatcher;
 use crate::event::ClaimedEvent;
-use crate::incident::Incident;
-use crate::stream::Hub;
+use crate::health::{Health, Shared, LOOP_BEAT};
+use crate::observe::activity::Timeline;
+use crate::observe::incident::Incident;
+use crate::observe::warn_budget::WarnBudget;
+use crate::sinks::sse::Hub;
+use crate::sinks::Dispatcher;
 use cursor::ClaimCursor;
 use doze::{Arm, Doze};
 use recorder::{InFlight, Recorded, SuspectAboard};
-
-/// What `/readyz`, systemd readiness and the watchdog report.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// The last database round trip succeeded.
-    pub database: AtomicBool,
-    /// The LISTEN connection is up (always false in poll-only mode).
-    pub listening: AtomicBool,
-    /// When the claim loop last went round, in ms since [`Health::epoch`]; 0 before it starts.
-    loop_beat_ms: AtomicU64,
-    epoch: std::sync::OnceLock<Instant>,
-}
-
-/// What the relay shares with the HTTP side (`/readyz`, SSE, the dashboard). The daemon
-/// makes it before the relay starts, so the dashboard works while the database is down.
-pub struct Shared {
-    pub health: Arc<Health>,
-    /// The SSE fan-out, fed by a tail reader the relay runs (None: SSE disabled).
-    pub hub: Option<Arc<Hub>>,
-    pub dispatcher: Arc<Dispatcher>,
-    /// Delivered events and failed attempts per second, for the dashboard.
-    pub timeline: Arc<Timeline>,
-    /// The statements for the table's shape, once the relay has found the table.
-    pub queries: OnceLock<Arc<Queries>>,
-    /// Wakes the claim loop (as a NOTIFY would): for a dashboard retry in poll-only mode.
-    pub wake: Arc<Notify>,
-}
-
-impl Shared {
-    pub fn new(cfg: &Config, hub: Option<Arc<Hub>>) -> anyhow::Result<Self> {
-        let timeline = Arc::new(Timeline::default());
-        Ok(Self {
-            health: Arc::default(),
-            hub,
-            dispatcher: Arc::new(Dispatcher::new(cfg, timeline.clone())?),
-            timeline,
-            queries: OnceLock::new(),
-            wake: Arc::default(),
-        })
-    }
-}
-
-/// The claim loop proves it is alive at least this often, even when idle (without a query).
-pub const LOOP_BEAT: Duration = Duration::from_secs(5);
-
-impl Health {
-    /// Ready: the database answers and, unless poll-only, LISTEN is active.
-    pub fn ready(&self, listen: bool) -> bool {
-        self.database_up() && (!listen || self.listening.load(Ordering::Acquire))
-    }
-
-    /// The last database round trip succeeded.
-    pub fn database_up(&self) -> bool {
-        self.database.load(Ordering::Acquire)
-    }
-
-    fn epoch(&self) -> Instant {
-        *self.epoch.get_or_init(Instant::now)
-    }
-
-    /// Called by the claim loop each time round.
-    pub fn beat(&self) {
-        let ms = self.epoch().elapsed().as_millis() as u64;
-        self.loop_beat_ms.store(ms.max(1), Ordering::Release);
-    }
-
-    /// How long since the claim loop last went round (None: it has not started). A wedged
-    /// loop shows here, and the systemd watchdog stops being fed.
-    pub fn since_beat(&self) -> Option<Duration> {
-        let at = self.loop_beat_ms.load(Ordering::Acquire);
-        (at > 0).then(|| {
-            Duration::from_millis(self.epoch().elapsed().as_millis() as u64)
-                .saturating_sub(Duration::from_millis(at))
-        })
-    }
-}
 
 /// Pause after a claim finds rows due but claims none twice in a row: they are locked by other
 /// relays, or (ordered mode) held back behind an earlier event of their key. Doubles each time in a row,
@@ -174,7 +97,7 @@ pub async fn run(
     let queries = Arc::new(queries);
     let _ = shared.queries.set(queries.clone());
     // Before the first claim: a relay that does not know an endpoint is paused would send.
-    while let Err(e) = crate::deliver::pause::load(&pool, &queries, &shared.dispatcher).await {
+    while let Err(e) = crate::sinks::pause::load(&pool, &queries, &shared.dispatcher).await {
         tracing::warn!(error = format!("{e:#}"), "cannot read the paused endpoints; retrying (run `outbox-relay migrate` if the table is missing)");
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -184,7 +107,7 @@ pub async fn run(
     // Rows held for an endpoint that is no longer paused (or no longer configured) would
     // otherwise wait for a resume that never comes; those still owed to a paused endpoint
     // are held again when claimed.
-    match crate::deliver::pause::release_held(&pool, &queries).await {
+    match crate::sinks::pause::release_held(&pool, &queries).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(released = n, "held events released at start"),
         Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot release held events"),
@@ -267,7 +190,7 @@ impl Relay {
         // Room for each endpoint's in-flight requests plus as many queued behind them, so a
         // saturated endpoint never takes the whole window from the healthy ones.
         let per_endpoint = |w: &crate::config::WebhookConfig| {
-            w.max_in_flight * (1 + crate::deliver::webhook::QUEUE_PER_SLOT)
+            w.max_in_flight * (1 + crate::sinks::webhook::QUEUE_PER_SLOT)
         };
         let window: usize = cfg.webhooks.iter().map(per_endpoint).sum();
         let capacity_total = window.max(cfg.batch_size as usize);
@@ -314,7 +237,7 @@ impl Relay {
         let give_up = CancellationToken::new();
         let tracker = TaskTracker::new();
         let (tx, rx) = mpsc::channel::<Recorded>(self.capacity_total);
-        let (announcer, rounds) = rounds::channel();
+        let (announcer, rounds) = crate::background::channel();
 
         let recorder = tokio::spawn(recorder::run(
             self.pool.clone(),
@@ -340,9 +263,9 @@ impl Relay {
         let tail_wake = self.hub.is_some().then(|| Arc::new(Notify::new()));
         let tail = self.hub.clone().zip(tail_wake.clone()).map(|(hub, wake)| {
             wakers.push(wake.clone());
-            tokio::spawn(crate::stream::tail::run(
+            tokio::spawn(crate::sinks::sse::tail::run(
                 self.pool.clone(),
-                crate::stream::read::Reader::new(&self.cfg),
+                crate::sinks::sse::read::Reader::new(&self.cfg),
                 hub,
                 wake,
                 rounds.clone(),
@@ -351,7 +274,7 @@ impl Relay {
             ))
         });
         let retention = self.cfg.retention.map(|keep| {
-            tokio::spawn(crate::retention::run(
+            tokio::spawn(crate::background::retention::run(
                 self.pool.clone(),
                 self.queries.clone(),
                 keep,
@@ -359,9 +282,9 @@ impl Relay {
                 stop_background.clone(),
             ))
         });
-        let summary = tokio::spawn(crate::metrics::summarize(stop_background.clone()));
+        let summary = tokio::spawn(crate::observe::metrics::summarize(stop_background.clone()));
         let endpoints_changed = Arc::new(Notify::new());
-        let paused = tokio::spawn(crate::deliver::pause::watch(
+        let paused = tokio::spawn(crate::sinks::pause::watch(
             self.pool.clone(),
             self.queries.clone(),
             self.dispatcher.clone(),
@@ -369,7 +292,7 @@ impl Relay {
             rounds.clone(),
             stop_background.clone(),
         ));
-        let housekeeping = tokio::spawn(housekeeping::run(
+        let housekeeping = tokio::spawn(crate::background::housekeeping::run(
             self.pool.clone(),
             self.queries.clone(),
             self.cfg.poll_interval,
@@ -456,7 +379,7 @@ impl Relay {
         tracker: &TaskTracker,
         tx: &mpsc::Sender<Recorded>,
         hard: &CancellationToken,
-        announcer: &rounds::Announcer,
+        announcer: &crate::background::Announcer,
         tail_wake: Option<&Notify>,
     ) {
         let poll = self.cfg.poll_interval;
@@ -665,7 +588,7 @@ impl Relay {
         for row in rows {
             let id = row.id;
             if row.dead_lettered {
-                crate::metrics::dead_lettered();
+                crate::observe::metrics::dead_lettered();
                 tracing::warn!(event_id = %id, "dead-lettered after its last lease lapsed (the relay holding it died or hung)");
                 continue;
             }
@@ -682,7 +605,7 @@ impl Relay {
                 }
             }
         }
-        crate::metrics::claimed(events.len() as u64);
+        crate::observe::metrics::claimed(events.len() as u64);
         // Oldest first, whatever order the UPDATE returned them in.
         events.sort_by_key(|e| e.created_us);
         for ev in events {
@@ -702,8 +625,7 @@ impl Relay {
             let suspect = (suspect.as_ref() == Some(&ev.id))
                 .then(|| SuspectAboard::board(self.suspect_in_flight.clone(), self.wake.clone()));
             tracker.spawn(async move {
-                let crate::deliver::Delivery { outcome, log } =
-                    dispatcher.deliver(&ev, &hard).await;
+                let crate::sinks::Delivery { outcome, log } = dispatcher.deliver(&ev, &hard).await;
                 log_outcome(&ev, &outcome);
                 let rec = Recorded {
                     id: ev.id,
@@ -800,22 +722,22 @@ pub struct Claimed {
 }
 
 /// "Delivery failed" lines at warn per second; a failing endpoint can fail thousands of
-/// attempts a second, and the rest go to debug (see [`warn_budget`]).
-static FAILURE_WARNINGS: warn_budget::WarnBudget = warn_budget::WarnBudget::new(10);
+/// attempts a second, and the rest go to debug (see [`WarnBudget`]).
+static FAILURE_WARNINGS: WarnBudget = WarnBudget::new(10);
 
 /// Logs an outcome and counts it. Failures name the event, attempt, every failing endpoint
 /// with its status or error (`name: HTTP 500: ...`), and when the next attempt is due.
-fn log_outcome(ev: &ClaimedEvent, outcome: &crate::deliver::Outcome) {
-    use crate::deliver::Outcome::*;
+fn log_outcome(ev: &ClaimedEvent, outcome: &crate::sinks::Outcome) {
+    use crate::sinks::Outcome::*;
     let event_type = ev.event_type.as_deref().unwrap_or("<NULL>");
     match outcome {
         Completed { .. } => {
             let lag = chrono::Utc::now().timestamp_micros() - ev.created_us;
-            crate::metrics::completed(Duration::from_micros(lag.max(0) as u64));
+            crate::observe::metrics::completed(Duration::from_micros(lag.max(0) as u64));
             tracing::debug!(event_id = %ev.id, event_type, attempt = ev.attempt(), "delivered")
         }
         Retry { delay, error, .. } => {
-            crate::metrics::retried();
+            crate::observe::metrics::retried();
             let now = chrono::Utc::now();
             let next = now
                 + chrono::Duration::from_std(*delay).unwrap_or_else(|_| chrono::Duration::zero());
@@ -837,7 +759,7 @@ fn log_outcome(ev: &ClaimedEvent, outcome: &crate::deliver::Outcome) {
             }
         }
         Dead { error, .. } => {
-            crate::metrics::dead_lettered();
+            crate::observe::metrics::dead_lettered();
             tracing::error!(
                 event_id = %ev.id, event_type, attempt = ev.attempt(), %error,
                 "delivery failed for good; event is FAILED (dead letter)"

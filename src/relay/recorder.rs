@@ -17,12 +17,12 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::activity::Timeline;
 use crate::db::claims::{self, NextAttempt, RowOutcome};
 use crate::db::queries::Queries;
-use crate::deliver::webhook::AttemptLog;
-use crate::deliver::Outcome;
-use crate::incident::Incident;
+use crate::observe::activity::Timeline;
+use crate::observe::incident::Incident;
+use crate::sinks::webhook::AttemptLog;
+use crate::sinks::Outcome;
 
 /// Most outcomes written by one statement.
 pub const MAX_RECORD_BATCH: usize = 1000;

@@ -19,11 +19,11 @@ use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 
 use super::{Access, ApiError, Peer};
-use crate::cached::Cached;
 use crate::db::admin::{self, BlockedKey, IdAction, On};
 use crate::db::browse::{self, Search};
 use crate::db::queries::Queries;
 use crate::http::App;
+use crate::observe::cached::Cached;
 
 /// How long instances and blocked keys are reused between polls.
 pub const CACHE_FOR: Duration = Duration::from_secs(5);
@@ -394,7 +394,7 @@ async fn set_paused(
     let (pool, q) = (pool(app)?, queries(app)?);
     let by = peer(who);
     let changed =
-        crate::deliver::pause::set(pool, q, &d.channel, &d.shared.dispatcher, name, paused, &by)
+        crate::sinks::pause::set(pool, q, &d.channel, &d.shared.dispatcher, name, paused, &by)
             .await
             .map_err(internal)?;
     if !paused {

@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::config::Config;
-use crate::relay::Shared;
+use crate::health::Shared;
 use crate::secret::Secret;
 
 use super::App;

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use outbox_relay::config::{Config, Overrides};
+use outbox_relay::health::Health;
 use outbox_relay::pgtemp::TempCluster;
-use outbox_relay::relay::Health;
 use outbox_relay::secret::Secret;
 use tokio_util::sync::CancellationToken;
 

@@ -7,9 +7,9 @@
 use axum::http::{HeaderMap, HeaderValue};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use outbox_relay::deliver::signature::SigningKeys;
 use outbox_relay::event::ClaimedEvent;
 use outbox_relay::secret::Secret;
+use outbox_relay::sinks::webhook::signature::SigningKeys;
 use proptest::prelude::*;
 use serde::Deserialize;
 use serde_json::value::RawValue;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use outbox_relay::stream::cursor::{Cursor, CursorKey, Snapshot, MAX_CURSOR_LEN};
+use outbox_relay::sinks::sse::cursor::{Cursor, CursorKey, Snapshot, MAX_CURSOR_LEN};
 
 use crate::common::sse::*;
 use crate::common::*;

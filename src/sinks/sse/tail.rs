@@ -11,11 +11,11 @@ use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::incident::Incident;
-use crate::relay::rounds::Rounds;
-use crate::stream::cursor::Cursor;
-use crate::stream::read::{self, Reader};
-use crate::stream::Hub;
+use crate::background::Rounds;
+use crate::observe::incident::Incident;
+use crate::sinks::sse::cursor::Cursor;
+use crate::sinks::sse::read::{self, Reader};
+use crate::sinks::sse::Hub;
 
 /// Rows per read.
 pub const PAGE: usize = 1000;

@@ -169,7 +169,7 @@ pub struct LastError {
 
 /// An endpoint's health over [`HEALTH_WINDOW`].
 #[derive(Debug, Serialize, PartialEq)]
-pub struct Health {
+pub struct EndpointHealth {
     pub window_seconds: u64,
     pub attempts: u64,
     pub succeeded: u64,
@@ -223,11 +223,11 @@ impl EndpointStats {
         self.last_error.lock().expect("stats lock").clone()
     }
 
-    pub fn health(&self) -> Health {
+    pub fn health(&self) -> EndpointHealth {
         self.health_at(unix_now())
     }
 
-    fn health_at(&self, now: u64) -> Health {
+    fn health_at(&self, now: u64) -> EndpointHealth {
         let current = now / BUCKET_SECONDS;
         let (mut attempts, mut succeeded) = (0u64, 0u64);
         let mut latency = [0u64; LATENCY_BUCKETS];
@@ -253,7 +253,7 @@ impl EndpointStats {
                 .unwrap_or(LATENCY_BUCKETS - 1);
             LATENCY_BASE_MS * LATENCY_GROWTH.powi(k as i32)
         });
-        Health {
+        EndpointHealth {
             window_seconds: HEALTH_WINDOW.as_secs(),
             attempts,
             succeeded,

@@ -4,6 +4,9 @@
 //! `/healthz` answers while the database is still unreachable. The relay then waits for
 //! the database and runs until `shutdown`.
 
+pub mod shutdown;
+pub mod systemd;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,9 +14,9 @@ use jsonwebtoken::DecodingKey;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::health::{Health, Shared};
 use crate::http::{self, sse::SseState, App};
-use crate::relay::{Health, Shared};
-use crate::stream::Hub;
+use crate::sinks::sse::Hub;
 
 /// A started daemon.
 pub struct Daemon {
@@ -54,7 +57,7 @@ impl Daemon {
                     crate::db::SSE_POOL_SIZE,
                     Some("sse"),
                 )?,
-                reader: crate::stream::read::Reader::new(&cfg),
+                reader: crate::sinks::sse::read::Reader::new(&cfg),
                 catch_up: tokio::sync::Semaphore::new(http::sse::CATCH_UP_READS),
                 key: DecodingKey::from_secret(
                     cfg.sse
@@ -75,8 +78,8 @@ impl Daemon {
                 ),
             }),
         };
-        crate::metrics::handle(); // install the recorder before anything counts
-        crate::metrics::register_zeroes(cfg.webhooks.iter().map(|w| w.name.as_str()));
+        crate::observe::metrics::handle(); // install the recorder before anything counts
+        crate::observe::metrics::register_zeroes(cfg.webhooks.iter().map(|w| w.name.as_str()));
         let app = Arc::new(App {
             health: health.clone(),
             listen: cfg.listen,
@@ -105,7 +108,7 @@ impl Daemon {
             http_stop.clone(),
         ));
         tracing::info!(listen = %http_addr, sse = cfg.sse.enabled, "HTTP listening");
-        let notifier = crate::systemd::spawn(health.clone(), cfg.listen, shutdown.clone());
+        let notifier = crate::daemon::systemd::spawn(health.clone(), cfg.listen, shutdown.clone());
         let stopped = shutdown.clone();
         let task = tokio::spawn(async move {
             let result = crate::relay::run(cfg, pool, shutdown, shared).await;

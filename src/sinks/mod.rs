@@ -4,22 +4,22 @@
 //! it yet, sends to them concurrently, and [`decide`]s what the row becomes. The decision is a
 //! pure function so every branch is tested without a network.
 
-pub mod backoff;
-pub mod egress;
 pub mod pause;
 pub mod routing;
-pub mod signature;
+pub mod sse;
 pub mod webhook;
 
 use std::sync::Arc;
+
+use crate::backoff;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::activity::Timeline;
 use crate::config::Config;
 use crate::event::ClaimedEvent;
+use crate::observe::activity::Timeline;
 use webhook::{Attempt, AttemptLog, Endpoint};
 
 /// Longest error_message written to a row (the contract asks for a bounded length).

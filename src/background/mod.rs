@@ -3,6 +3,9 @@
 //! relay's statements then all happen at its poll, and nothing runs between polls but the
 //! LISTEN heartbeat.
 
+pub mod housekeeping;
+pub mod retention;
+
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;

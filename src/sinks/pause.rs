@@ -4,7 +4,7 @@
 //! all instances and across restarts. The relay that takes the action applies it at once and
 //! announces it with a NOTIFY ([`ENDPOINTS_CHANGED`]) on the table's channel; the others
 //! reload on that, and every few claim rounds anyway (a poll-only relay hears no NOTIFY).
-//! While paused, events still owed to the endpoint are held (see [`crate::deliver::Outcome`]);
+//! While paused, events still owed to the endpoint are held (see [`crate::sinks::Outcome`]);
 //! a resume releases them.
 
 use std::collections::HashSet;
@@ -15,10 +15,10 @@ use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::background::Rounds;
 use crate::db::admin::{self, On};
 use crate::db::queries::Queries;
-use crate::deliver::Dispatcher;
-use crate::relay::rounds::Rounds;
+use crate::sinks::Dispatcher;
 
 /// The NOTIFY payload that tells relays to reload the paused set (new rows notify with '').
 pub const ENDPOINTS_CHANGED: &str = "endpoints";

@@ -8,9 +8,9 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
+use crate::background::Rounds;
 use crate::db::maintenance;
 use crate::db::queries::Queries;
-use crate::relay::rounds::Rounds;
 
 /// Runs at most this often, however short the poll interval.
 const MIN_EVERY: Duration = Duration::from_secs(5);
@@ -56,10 +56,10 @@ async fn watch_horizon(pool: &Pool, warn_after: Duration) {
         }
     };
     let Some(t) = oldest else {
-        metrics::gauge!(crate::metrics::OLDEST_TRANSACTION).set(0.0);
+        metrics::gauge!(crate::observe::metrics::OLDEST_TRANSACTION).set(0.0);
         return;
     };
-    metrics::gauge!(crate::metrics::OLDEST_TRANSACTION).set(t.age_seconds);
+    metrics::gauge!(crate::observe::metrics::OLDEST_TRANSACTION).set(t.age_seconds);
     if t.age_seconds >= warn_after.as_secs_f64() {
         tracing::warn!(
             pid = t.pid,

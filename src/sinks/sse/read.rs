@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::config::Config;
 use crate::db::claims;
 use crate::event::ClaimedEvent;
-use crate::stream::cursor::{Cursor, CursorKey, Snapshot};
+use crate::sinks::sse::cursor::{Cursor, CursorKey, Snapshot};
 
 /// How streams read the table: the statement, and the key their cursors are signed with.
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ pub struct StreamEvent {
 
 impl StreamEvent {
     /// The frame with `cursor` as its id instead of the tail's position, for a subscriber
-    /// whose position differs ([`crate::stream::cursor::Advance::Ahead`]).
+    /// whose position differs ([`crate::sinks::sse::cursor::Advance::Ahead`]).
     pub fn frame_at(&self, cursor: &Cursor, key: &CursorKey) -> Bytes {
         // The frame starts with the `id:` line; the id never holds a line break.
         let rest = self
@@ -187,7 +187,7 @@ impl Unstreamable {
             reason,
             "event not sent to SSE subscribers: {why} (webhooks get it if it has a type)"
         );
-        metrics::counter!(crate::metrics::SSE_SKIPPED, "reason" => reason).increment(1);
+        metrics::counter!(crate::observe::metrics::SSE_SKIPPED, "reason" => reason).increment(1);
     }
 }
 

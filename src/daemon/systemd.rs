@@ -23,7 +23,7 @@ use sd_notify::NotifyState;
 use tokio::time::{interval, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::relay::{Health, LOOP_BEAT};
+use crate::health::{Health, LOOP_BEAT};
 
 /// How often the task looks at [`Health`]: READY follows readiness within this.
 const CHECK_EVERY: Duration = Duration::from_millis(250);

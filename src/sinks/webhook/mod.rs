@@ -1,5 +1,8 @@
 //! One `[[webhook]]` endpoint: its HTTP client, signing keys and concurrency limit.
 
+pub mod egress;
+pub mod signature;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,12 +12,12 @@ use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::activity::{EndpointStats, Timeline};
+use crate::backoff::retry_after;
 use crate::config::WebhookConfig;
-use crate::deliver::backoff::retry_after;
-use crate::deliver::egress::{self, Denied, GuardedResolver};
-use crate::deliver::routing::TypeFilter;
-use crate::deliver::signature::SigningKeys;
+use crate::observe::activity::{EndpointStats, Timeline};
+use crate::sinks::routing::TypeFilter;
+use egress::{Denied, GuardedResolver};
+use signature::SigningKeys;
 
 /// `user-agent` of every request.
 pub const USER_AGENT: &str = concat!("outbox-relay/", env!("CARGO_PKG_VERSION"));
@@ -79,7 +82,7 @@ pub struct Endpoint {
     max_in_flight: usize,
     timeout: Duration,
     backoff_max: Duration,
-    /// Set from the paused-endpoints table (see [`crate::deliver::pause`]).
+    /// Set from the paused-endpoints table (see [`crate::sinks::pause`]).
     paused: AtomicBool,
     /// This instance's recent attempts, for the dashboard.
     pub stats: EndpointStats,
@@ -188,14 +191,14 @@ impl Endpoint {
         drop(permit);
         let took = started.elapsed();
         let (outcome, error) = match &result {
-            Attempt::Accepted => (crate::metrics::SUCCESS, None),
+            Attempt::Accepted => (crate::observe::metrics::SUCCESS, None),
             Attempt::Failed { error, .. } if error.starts_with(TIMED_OUT) => {
-                (crate::metrics::TIMEOUT, Some(error))
+                (crate::observe::metrics::TIMEOUT, Some(error))
             }
-            Attempt::Failed { error, .. } => (crate::metrics::FAILURE, Some(error)),
+            Attempt::Failed { error, .. } => (crate::observe::metrics::FAILURE, Some(error)),
             Attempt::Busy | Attempt::Cancelled | Attempt::Paused => return (result, None),
         };
-        crate::metrics::attempt(&self.name, outcome, took);
+        crate::observe::metrics::attempt(&self.name, outcome, took);
         self.stats.record(took, error.map(String::as_str));
         if error.is_some() {
             self.timeline.failed();

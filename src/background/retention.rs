@@ -12,9 +12,9 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
+use crate::background::Rounds;
 use crate::db::maintenance::{purge_batch, retention_lock, RetentionLock};
 use crate::db::queries::Queries;
-use crate::relay::rounds::Rounds;
 
 /// Rows per DELETE.
 pub const BATCH: i64 = 1000;
@@ -94,7 +94,7 @@ async fn in_transactions(
         let n = purge_batch(&tx, q, secs, BATCH).await?;
         tx.commit().await?;
         total += n;
-        metrics::counter!(crate::metrics::RETENTION_DELETED).increment(n);
+        metrics::counter!(crate::observe::metrics::RETENTION_DELETED).increment(n);
         if n < BATCH as u64 || stop.is_cancelled() {
             return Ok(Some(total));
         }
@@ -113,7 +113,7 @@ async fn delete_expired(
     loop {
         let n = purge_batch(client, q, secs, BATCH).await?;
         total += n;
-        metrics::counter!(crate::metrics::RETENTION_DELETED).increment(n);
+        metrics::counter!(crate::observe::metrics::RETENTION_DELETED).increment(n);
         if n < BATCH as u64 || stop.is_cancelled() {
             return Ok(total);
         }

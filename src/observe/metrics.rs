@@ -199,7 +199,7 @@ pub fn attempt(sink: &str, outcome: &'static str, took: Duration) {
 /// Refreshes the queue gauges when they are older than [`QUEUE_REFRESH`]: concurrent
 /// scrapes (and dashboards) wait for one query instead of each running their own.
 #[derive(Default)]
-pub struct QueueGauges(crate::cached::Cached<Queue>);
+pub struct QueueGauges(crate::observe::cached::Cached<Queue>);
 
 impl QueueGauges {
     /// Refreshes the gauges unless they are fresh; returns the queue (None: the database
