@@ -1,6 +1,7 @@
-//! When to try again: exponential backoff with jitter, and `Retry-After`.
+//! When to try again: an event's next attempt (exponential backoff with jitter, and
+//! `Retry-After`), and the daemon's loops that retry a failing call ([`Backoff`]).
 //!
-//! Pure functions; the random part is passed in so tests are exact.
+//! Pure; the random part is passed in so tests are exact.
 
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +15,48 @@ pub fn retry_delay(failed: u32, initial: Duration, max: Duration, jitter: f64) -
     let base = initial.saturating_mul(1u32 << exp.min(31)).min(max);
     let factor = 0.5 + 0.5 * jitter.clamp(0.0, 1.0);
     base.mul_f64(factor).max(Duration::from_millis(1))
+}
+
+/// The delay of a loop that retries a failing call (a reconnect, a claim, a write): the
+/// first failure waits `first`, each failure in a row doubles it up to `max`, and a success
+/// starts over. Several relays that lost the database together retry together; that is
+/// fine for these calls (one each), unlike event retries, which are spread out by jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    /// Failures since the last success.
+    failures: u32,
+}
+
+impl Backoff {
+    pub const fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            failures: 0,
+        }
+    }
+
+    /// A call failed: how long to wait before the next try.
+    pub fn failed(&mut self) -> Duration {
+        let wait = self
+            .first
+            .saturating_mul(1 << self.failures.min(31))
+            .min(self.max);
+        self.failures = self.failures.saturating_add(1);
+        wait
+    }
+
+    /// A call succeeded: the next failure waits `first` again.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// No failure since the last success (or ever).
+    pub fn is_clear(&self) -> bool {
+        self.failures == 0
+    }
 }
 
 /// Parses a `Retry-After` value (delay-seconds or an HTTP date), capped at `max`.
@@ -48,6 +91,29 @@ mod tests {
         assert_eq!(retry_delay(40, S, H, 1.0), H);
         assert_eq!(retry_delay(u32::MAX, S, H, 1.0), H);
         assert!(retry_delay(13, S, H, 0.0) >= H / 2);
+    }
+
+    #[test]
+    fn a_loop_backoff_doubles_to_its_cap_and_starts_over_after_a_success() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(500));
+        assert!(b.is_clear());
+        let waits: Vec<Duration> = (0..5).map(|_| b.failed()).collect();
+        assert_eq!(waits, [ms(100), ms(200), ms(400), ms(500), ms(500)]);
+        assert!(!b.is_clear());
+        b.succeeded();
+        assert!(b.is_clear());
+        assert_eq!(b.failed(), ms(100));
+        let mut flat = Backoff::new(ms(100), ms(100));
+        flat.failed();
+        assert!(
+            !flat.is_clear(),
+            "a failure shows even when the delay cannot grow"
+        );
+        for _ in 0..40 {
+            flat.failed();
+        }
+        assert_eq!(flat.failed(), ms(100));
     }
 
     #[test]

@@ -8,53 +8,67 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::background::Rounds;
-use crate::db::maintenance;
+use crate::db::maintenance::{self, OldTransaction};
 use crate::db::queries::Queries;
 
 /// Runs at most this often, however short the poll interval.
 const MIN_EVERY: Duration = Duration::from_secs(5);
 
-/// Until `stop`: every `every` (at least [`MIN_EVERY`]), right after a claim round, one
-/// round of checks.
-pub async fn run(
-    pool: Pool,
-    q: Arc<Queries>,
-    every: Duration,
-    warn_after: Duration,
-    mut rounds: Rounds,
-    stop: CancellationToken,
-) {
-    let mut last = None;
-    while rounds.next(every.max(MIN_EVERY), &mut last, &stop).await {
-        sweep_unknown(&pool, &q).await;
-        watch_horizon(&pool, warn_after).await;
-    }
+/// The housekeeping service: every poll interval (at least [`MIN_EVERY`]), one round of
+/// checks.
+pub struct Housekeeping {
+    pub pool: Pool,
+    pub queries: Arc<Queries>,
+    pub every: Duration,
+    /// Warn while the oldest open transaction is older than this.
+    pub warn_after: Duration,
 }
 
-/// Dead-letters rows whose status the relay does not know.
-async fn sweep_unknown(pool: &Pool, q: &Queries) {
-    match maintenance::fail_unknown(pool, q).await {
-        Ok(ids) => {
-            for id in ids {
-                tracing::warn!(event_id = %id, "row had an unknown status; marked FAILED");
+/// What one round found. A check that could not run is `Err`, logged at debug: the claim
+/// loop already reports a database that is down.
+#[derive(Debug)]
+pub struct Report {
+    /// Rows dead-lettered for an unknown status.
+    pub unknown: anyhow::Result<Vec<String>>,
+    /// The oldest open transaction holding a snapshot.
+    pub oldest: anyhow::Result<Option<OldTransaction>>,
+}
+
+impl super::Service for Housekeeping {
+    type Report = Report;
+    const NAME: &'static str = "housekeeping";
+
+    fn period(&self) -> Duration {
+        self.every.max(MIN_EVERY)
+    }
+
+    async fn run_once(&mut self, _stop: &CancellationToken) -> anyhow::Result<Report> {
+        Ok(Report {
+            unknown: maintenance::fail_unknown(&self.pool, &self.queries).await,
+            oldest: maintenance::oldest_transaction(&self.pool).await,
+        })
+    }
+
+    fn report(&self, report: &Report) {
+        match &report.unknown {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::warn!(event_id = %id, "row had an unknown status; marked FAILED");
+                }
             }
+            Err(e) => tracing::debug!(error = format!("{e:#}"), "unknown-status sweep skipped"),
         }
-        Err(e) => tracing::debug!(error = format!("{e:#}"), "unknown-status sweep skipped"),
+        match &report.oldest {
+            Ok(oldest) => watch_horizon(oldest.as_ref(), self.warn_after),
+            Err(e) => tracing::debug!(error = format!("{e:#}"), "transaction age check skipped"),
+        }
     }
 }
 
 /// Reports the oldest open transaction as a gauge, and warns while it is older than
 /// `warn_after`: dead rows cannot be vacuumed meanwhile, so the outbox's indexes bloat and
 /// claims slow down. Nothing is lost; the operator should end that transaction.
-async fn watch_horizon(pool: &Pool, warn_after: Duration) {
-    let oldest = match maintenance::oldest_transaction(pool).await {
-        Ok(oldest) => oldest,
-        Err(e) => {
-            tracing::debug!(error = format!("{e:#}"), "transaction age check skipped");
-            return;
-        }
-    };
+fn watch_horizon(oldest: Option<&OldTransaction>, warn_after: Duration) {
     let Some(t) = oldest else {
         metrics::gauge!(crate::observe::metrics::OLDEST_TRANSACTION).set(0.0);
         return;

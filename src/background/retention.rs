@@ -12,7 +12,6 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::background::Rounds;
 use crate::db::maintenance::{purge_batch, retention_lock, RetentionLock};
 use crate::db::queries::Queries;
 
@@ -28,97 +27,113 @@ pub fn interval(retention: Duration) -> Duration {
     (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
-/// Runs until `stop`: every [`interval`], right after a claim round, deletes expired rows if
-/// no other relay is.
-pub async fn run(
-    pool: Pool,
-    q: Arc<Queries>,
-    retention: Duration,
-    mut rounds: Rounds,
-    stop: CancellationToken,
-) {
-    let mut last = None;
-    while rounds.next(interval(retention), &mut last, &stop).await {
-        match purge_round(&pool, &q, retention, &stop).await {
-            Ok(Some(n)) if n > 0 => {
-                tracing::info!(deleted = n, table = %q.table, "retention: deleted COMPLETED rows older than {}", humantime::format_duration(retention))
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(
-                error = format!("{e:#}"),
-                "retention round failed; will try again"
-            ),
+/// The retention service: every [`interval`], deletes expired rows if no other relay is.
+pub struct Retention {
+    pub pool: Pool,
+    pub queries: Arc<Queries>,
+    /// COMPLETED rows older than this are deleted.
+    pub keep: Duration,
+}
+
+/// What one round did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Report {
+    /// This relay held the lock and deleted this many rows.
+    Deleted(u64),
+    /// Another relay holds the lock: it does this round.
+    Skipped,
+}
+
+impl super::Service for Retention {
+    type Report = Report;
+    const NAME: &'static str = "retention";
+
+    fn period(&self) -> Duration {
+        interval(self.keep)
+    }
+
+    async fn run_once(&mut self, stop: &CancellationToken) -> anyhow::Result<Report> {
+        let client = self.pool.get().await?;
+        let q = &self.queries;
+        let secs = self.keep.as_secs_f64();
+        if crate::db::statements::pooler_safe() {
+            return in_transactions(client, q, secs, stop).await;
+        }
+        if !retention_lock(&client, RetentionLock::TrySession, &q.table).await? {
+            return Ok(Report::Skipped);
+        }
+        let deleted = delete_batches(stop, || purge_batch(&client, q, secs, BATCH)).await;
+        let unlocked = retention_lock(&client, RetentionLock::Release, &q.table).await;
+        if unlocked.is_err() {
+            // A session lock must not go back into the pool: drop the connection, which ends it.
+            let _ = deadpool_postgres::Object::take(client);
+        }
+        Ok(Report::Deleted(deleted?))
+    }
+
+    fn report(&self, report: &Report) {
+        if let Report::Deleted(n @ 1..) = report {
+            tracing::info!(deleted = n, table = %self.queries.table, "retention: deleted COMPLETED rows older than {}", humantime::format_duration(self.keep));
         }
     }
 }
 
-/// One round. Some(deleted) when this relay held the lock, None when another did.
-async fn purge_round(
-    pool: &Pool,
-    q: &Queries,
-    retention: Duration,
-    stop: &CancellationToken,
-) -> anyhow::Result<Option<u64>> {
-    let client = pool.get().await?;
-    if crate::db::statements::pooler_safe() {
-        return in_transactions(client, q, retention.as_secs_f64(), stop).await;
-    }
-    if !retention_lock(&client, RetentionLock::TrySession, &q.table).await? {
-        return Ok(None);
-    }
-    let deleted = delete_expired(&client, q, retention, stop).await;
-    let unlocked = retention_lock(&client, RetentionLock::Release, &q.table).await;
-    if unlocked.is_err() {
-        // A session lock must not go back into the pool: drop the connection, which ends it.
-        let _ = deadpool_postgres::Object::take(client);
-    }
-    Ok(Some(deleted?))
-}
-
-/// [`purge_round`] behind a transaction-mode pooler, where a session lock would stay on
-/// whichever server connection took it: each batch is a transaction of its own under the
+/// A round behind a transaction-mode pooler, where a session lock would stay on whichever
+/// server connection took it: each batch is a transaction of its own under the
 /// transaction-scoped lock (another relay may take a turn between batches; both delete
 /// with SKIP LOCKED). Its statements are prepared and closed inside the transaction.
 async fn in_transactions(
-    mut client: deadpool_postgres::Object,
+    client: deadpool_postgres::Object,
     q: &Queries,
     secs: f64,
     stop: &CancellationToken,
-) -> anyhow::Result<Option<u64>> {
-    let mut total = 0;
-    loop {
+) -> anyhow::Result<Report> {
+    let client = tokio::sync::Mutex::new(client);
+    let held = std::sync::atomic::AtomicBool::new(false);
+    let batch = || async {
+        let mut client = client.lock().await;
         let tx = client.transaction().await?;
         if !retention_lock(&tx, RetentionLock::TryTransaction, &q.table).await? {
-            return Ok((total > 0).then_some(total));
+            return Ok(0);
         }
+        held.store(true, std::sync::atomic::Ordering::Relaxed);
         let n = purge_batch(&tx, q, secs, BATCH).await?;
         tx.commit().await?;
-        total += n;
-        metrics::counter!(crate::observe::metrics::RETENTION_DELETED).increment(n);
-        if n < BATCH as u64 || stop.is_cancelled() {
-            return Ok(Some(total));
-        }
-        tokio::time::sleep(BATCH_PAUSE).await;
-    }
+        Ok(n)
+    };
+    let deleted = delete_batches(stop, batch).await?;
+    // Another relay held the lock from the first batch on: it does this round.
+    Ok(if held.into_inner() {
+        Report::Deleted(deleted)
+    } else {
+        Report::Skipped
+    })
 }
 
-async fn delete_expired(
-    client: &deadpool_postgres::Client,
-    q: &Queries,
-    retention: Duration,
+/// Deletes in batches of [`BATCH`] until one comes back short or `stop`, pausing
+/// [`BATCH_PAUSE`] between them, and counts the rows in the metrics as it goes.
+async fn delete_batches<F>(
     stop: &CancellationToken,
-) -> anyhow::Result<u64> {
-    let secs = retention.as_secs_f64();
-    let mut total = 0;
-    loop {
-        let n = purge_batch(client, q, secs, BATCH).await?;
-        total += n;
-        metrics::counter!(crate::observe::metrics::RETENTION_DELETED).increment(n);
-        if n < BATCH as u64 || stop.is_cancelled() {
-            return Ok(total);
+    mut batch: impl FnMut() -> F,
+) -> anyhow::Result<u64>
+where
+    F: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let counted = || {
+        let next = batch();
+        async move {
+            let n = next.await?;
+            metrics::counter!(crate::observe::metrics::RETENTION_DELETED).increment(n);
+            Ok(n)
         }
-        tokio::time::sleep(BATCH_PAUSE).await;
-    }
+    };
+    crate::db::in_batches(BATCH, counted, |_| async {
+        !stop.is_cancelled() && {
+            tokio::time::sleep(BATCH_PAUSE).await;
+            true
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

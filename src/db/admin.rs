@@ -190,18 +190,19 @@ pub async fn retry_failed(
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<u64> {
     let pattern = glob_to_like(glob);
-    let mut total = 0;
-    loop {
-        let n = st::execute(client, &q.retry_failed, &[&pattern, &BATCH]).await?;
-        total += n;
+    let pattern = &pattern;
+    let batch = || async move {
+        let n = st::execute(client, &q.retry_failed, &[pattern, &BATCH]).await?;
         if n > 0 {
             wake_relays(On::Client(client), channel).await?;
         }
-        if n < BATCH as u64 {
-            return Ok(total);
-        }
+        Ok(n)
+    };
+    super::in_batches(BATCH, batch, |total| {
         progress(total);
-    }
+        std::future::ready(true)
+    })
+    .await
 }
 
 /// Deletes COMPLETED events processed more than `older_than` ago, [`BATCH`] rows a
@@ -213,15 +214,12 @@ pub async fn purge(
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<u64> {
     let secs = older_than.as_secs_f64();
-    let mut total = 0;
-    loop {
-        let n = st::execute(client, &q.purge, &[&secs, &BATCH]).await?;
-        total += n;
-        if n < BATCH as u64 {
-            return Ok(total);
-        }
+    let batch = || async move { Ok(st::execute(client, &q.purge, &[&secs, &BATCH]).await?) };
+    super::in_batches(BATCH, batch, |total| {
         progress(total);
-    }
+        std::future::ready(true)
+    })
+    .await
 }
 
 /// One event to insert.

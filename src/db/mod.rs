@@ -127,6 +127,29 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// and keepalives never fire while a middlebox still acknowledges).
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(35);
 
+/// Repeats `batch` (a statement that acts on at most `size` rows and returns how many) until
+/// one comes back short: a large backlog is worked through in short statements, none holding
+/// its locks for long. After each full batch, `between(total so far)` says whether to go on
+/// (a progress line, a pause, a stop request). Returns the total.
+pub async fn in_batches<B, W>(
+    size: i64,
+    mut batch: impl FnMut() -> B,
+    mut between: impl FnMut(u64) -> W,
+) -> anyhow::Result<u64>
+where
+    B: std::future::Future<Output = anyhow::Result<u64>>,
+    W: std::future::Future<Output = bool>,
+{
+    let mut total = 0;
+    loop {
+        let n = batch().await?;
+        total += n;
+        if n < size as u64 || !between(total).await {
+            return Ok(total);
+        }
+    }
+}
+
 /// Runs one statement on a pooled connection, bounded by [`CLIENT_DEADLINE`]; past it, the
 /// connection is [`abandon`]ed. Prepared once per connection, or pooler-safe (see
 /// [`statements`]).

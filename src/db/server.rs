@@ -53,3 +53,18 @@ pub async fn keep_idle_session(client: &Client) -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+/// Subscribes this session to the table's NOTIFY channel. The channel is a name the config
+/// validated; it is quoted as an identifier all the same.
+pub async fn listen(client: &Client, channel: &str) -> anyhow::Result<()> {
+    client
+        .batch_execute(&format!("LISTEN {}", super::ident::quote_ident(channel)))
+        .await?;
+    Ok(())
+}
+
+/// The cheapest round trip: proves an idle connection (LISTEN's) is still alive, since a
+/// half-open TCP connection otherwise looks idle forever.
+pub async fn ping(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.simple_query("SELECT 1").await.map(drop)
+}

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::ident::quote_ident;
+use crate::backoff::Backoff;
 use crate::health::Health;
 use crate::observe::incident::Incident;
 use crate::secret::Secret;
@@ -40,7 +40,7 @@ pub async fn run(
     health: Arc<Health>,
     stop: CancellationToken,
 ) {
-    let mut delay = FIRST_RECONNECT_DELAY;
+    let mut backoff = Backoff::new(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY);
     let mut lost = Incident::new("the LISTEN connection");
     loop {
         let session = listen_once(
@@ -50,24 +50,24 @@ pub async fn run(
             &endpoints_changed,
             &health,
             &stop,
-            (&mut delay, &mut lost),
+            (&mut backoff, &mut lost),
         );
         match session.await {
             Ok(()) => return, // stopped
             Err(e) => {
                 health.listening.store(false, Ordering::Release);
+                let delay = backoff.failed();
                 crate::incident_failed!(lost, error = format!("{e:#}"), retry_in = ?delay, "LISTEN connection lost; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return,
+                }
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => return,
-        }
-        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
     }
 }
 
-/// One connection's life. Returns Ok only when asked to stop. Once listening, `delay` starts
+/// One connection's life. Returns Ok only when asked to stop. Once listening, `backoff` starts
 /// over and `lost` closes: the next incident (a failover, a restart) is a new one,
 /// reconnected as fast and logged at warn again.
 async fn listen_once(
@@ -77,7 +77,7 @@ async fn listen_once(
     endpoints_changed: &Arc<Notify>,
     health: &Health,
     stop: &CancellationToken,
-    (delay, lost): (&mut Duration, &mut Incident),
+    (backoff, lost): (&mut Backoff, &mut Incident),
 ) -> anyhow::Result<()> {
     let (mut cfg, tls) = crate::db::pg_config(url)?;
     // Named apart from the pool's connections, so operators (and tests) can tell it apart
@@ -106,10 +106,8 @@ async fn listen_once(
         Err(anyhow::anyhow!("server closed the connection"))
     });
     crate::db::server::keep_idle_session(&client).await?;
-    client
-        .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
-        .await?;
-    *delay = FIRST_RECONNECT_DELAY;
+    crate::db::server::listen(&client, channel).await?;
+    backoff.succeeded();
     lost.succeeded();
     health.listening.store(true, Ordering::Release);
     tracing::info!(channel, "listening for new events");
@@ -127,7 +125,7 @@ async fn listen_once(
                 };
             }
             _ = heartbeat.tick() => {
-                match tokio::time::timeout(HEARTBEAT_TIMEOUT, client.simple_query("SELECT 1")).await {
+                match tokio::time::timeout(HEARTBEAT_TIMEOUT, crate::db::server::ping(&client)).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => { driver.abort(); return Err(e.into()); }
                     Err(_) => {

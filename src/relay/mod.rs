@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::background;
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::db::claims::{self, Swept};
 use crate::db::queries::Queries;
@@ -134,7 +136,7 @@ async fn wait_for_table(
 ) -> anyhow::Result<Option<Queries>> {
     let table = cfg.qualified_table();
     let servers = crate::db::servers_of(cfg.database_url.get());
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut read_only_reported = false;
     loop {
         let attempt = async {
@@ -172,9 +174,8 @@ async fn wait_for_table(
             Err(e) if privileges::is_missing(&e) => return Err(e),
             Err(e) => {
                 health.database.store(false, Ordering::Release);
-                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "relay not started yet");
-                let wait = delay;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                let wait = backoff.failed();
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?wait, "relay not started yet");
                 wait
             }
         };
@@ -237,7 +238,7 @@ impl Relay {
         let give_up = CancellationToken::new();
         let tracker = TaskTracker::new();
         let (tx, rx) = mpsc::channel::<Recorded>(self.capacity_total);
-        let (announcer, rounds) = crate::background::channel();
+        let (announcer, rounds) = background::channel();
 
         let recorder = tokio::spawn(recorder::run(
             self.pool.clone(),
@@ -274,30 +275,38 @@ impl Relay {
             ))
         });
         let retention = self.cfg.retention.map(|keep| {
-            tokio::spawn(crate::background::retention::run(
-                self.pool.clone(),
-                self.queries.clone(),
-                keep,
+            tokio::spawn(background::run(
+                background::retention::Retention {
+                    pool: self.pool.clone(),
+                    queries: self.queries.clone(),
+                    keep,
+                },
                 rounds.clone(),
+                None,
                 stop_background.clone(),
             ))
         });
         let summary = tokio::spawn(crate::observe::metrics::summarize(stop_background.clone()));
         let endpoints_changed = Arc::new(Notify::new());
-        let paused = tokio::spawn(crate::sinks::pause::watch(
-            self.pool.clone(),
-            self.queries.clone(),
-            self.dispatcher.clone(),
-            endpoints_changed.clone(),
+        let paused = tokio::spawn(background::run(
+            crate::sinks::pause::PausedSet {
+                pool: self.pool.clone(),
+                queries: self.queries.clone(),
+                dispatcher: self.dispatcher.clone(),
+            },
             rounds.clone(),
+            Some(endpoints_changed.clone()),
             stop_background.clone(),
         ));
-        let housekeeping = tokio::spawn(crate::background::housekeeping::run(
-            self.pool.clone(),
-            self.queries.clone(),
-            self.cfg.poll_interval,
-            self.cfg.long_transaction_warning,
+        let housekeeping = tokio::spawn(background::run(
+            background::housekeeping::Housekeeping {
+                pool: self.pool.clone(),
+                queries: self.queries.clone(),
+                every: self.cfg.poll_interval,
+                warn_after: self.cfg.long_transaction_warning,
+            },
             rounds,
+            None,
             stop_background.clone(),
         ));
         let listener = self.cfg.listen.then(|| {
@@ -379,7 +388,7 @@ impl Relay {
         tracker: &TaskTracker,
         tx: &mpsc::Sender<Recorded>,
         hard: &CancellationToken,
-        announcer: &crate::background::Announcer,
+        announcer: &background::Announcer,
         tail_wake: Option<&Notify>,
     ) {
         let poll = self.cfg.poll_interval;
@@ -387,7 +396,7 @@ impl Relay {
         // Claim in chunks worth a transaction: under a backlog, wait until half the window
         // is free rather than claim one row per freed slot.
         let worth_claiming = batch.min(self.capacity_total / 2).max(1);
-        let mut failures: u32 = 0;
+        let mut failures = Backoff::new(Duration::from_millis(200), Duration::from_millis(12_800));
         let mut contended: u32 = 0;
         // The claims fail because the server is read-only, and that was said.
         let mut read_only = false;
@@ -458,7 +467,8 @@ impl Relay {
                     // More may be due right now: a full batch left some, and while this relay
                     // is awake, new rows arrive without a NOTIFY. Claim until a claim comes
                     // back empty; only then is it worth the handshake of going to sleep.
-                    (failures, contended) = (0, 0);
+                    failures.succeeded();
+                    contended = 0;
                     if claimed.rows >= LINGER_MIN_ROWS {
                         last_found = tokio::time::Instant::now();
                     }
@@ -468,11 +478,11 @@ impl Relay {
                 // shortly instead of going to sleep, whose handshake waits for the inserts in
                 // flight (a commit's time) before the last claim can see them.
                 Ok(_) if last_found.elapsed() < LINGER => {
-                    failures = 0;
+                    failures.succeeded();
                     LINGER_STEP
                 }
                 Ok(claimed) => {
-                    failures = 0;
+                    failures.succeeded();
                     match self.next_due(&mut cursor).await {
                         // Rows are there but this claim could not take them: locked by
                         // another relay's claim, or held back behind an earlier event of their
@@ -500,9 +510,8 @@ impl Relay {
                     }
                 }
                 Err(e) => {
-                    failures += 1;
                     self.health.database.store(false, Ordering::Release);
-                    let delay = Duration::from_millis(100 * 2u64.pow(failures.min(7))).min(poll);
+                    let delay = failures.failed().min(poll);
                     if !crate::db::server::is_read_only(&e) {
                         crate::incident_failed!(claims, error = format!("{e:#}"), retry_in = ?delay, "claim failed; retrying");
                     } else {
@@ -523,7 +532,10 @@ impl Relay {
                 continue;
             }
             let mut deadline = tokio::time::Instant::now() + wait;
-            if let Some(doze) = doze.as_mut().filter(|_| wait >= ARM_AFTER && failures == 0) {
+            if let Some(doze) = doze
+                .as_mut()
+                .filter(|_| wait >= ARM_AFTER && failures.is_clear())
+            {
                 let arm = if self.health.listening.load(Ordering::Acquire) {
                     doze.arm(deadline, &self.health, shutdown).await
                 } else {

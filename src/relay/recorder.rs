@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::db::claims::{self, NextAttempt, RowOutcome};
 use crate::db::queries::Queries;
 use crate::observe::activity::Timeline;
@@ -125,7 +126,7 @@ pub async fn run(
     let mut batch = Vec::with_capacity(MAX_RECORD_BATCH);
     let mut writes = Incident::new("recording outcomes");
     while rx.recv_many(&mut batch, MAX_RECORD_BATCH).await > 0 {
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             match write(&pool, &queries, &batch).await {
                 Ok(written) => {
@@ -160,13 +161,13 @@ pub async fn run(
                     break;
                 }
                 Err(e) => {
+                    let delay = backoff.failed();
                     crate::incident_failed!(writes, error = format!("{e:#}"), events = batch.len(), retry_in = ?delay,
                         "cannot record outcomes; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = give_up.cancelled() => {}
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -9,13 +9,11 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::background::Rounds;
 use crate::db::admin::{self, On};
 use crate::db::queries::Queries;
 use crate::sinks::Dispatcher;
@@ -27,12 +25,18 @@ const RELEASE_BATCH: i64 = 5000;
 /// Reloads in claim rounds at most this often.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
-/// Reads the paused set and applies it to this relay's endpoints.
-pub async fn load(pool: &Pool, q: &Queries, dispatcher: &Dispatcher) -> anyhow::Result<()> {
+/// Reads the paused set and applies it to this relay's endpoints; returns the endpoints whose
+/// state changed, with their new state (true: paused).
+pub async fn load(
+    pool: &Pool,
+    q: &Queries,
+    dispatcher: &Dispatcher,
+) -> anyhow::Result<Vec<(String, bool)>> {
     let paused: HashSet<String> = admin::paused_endpoints(On::Pool(pool), q)
         .await?
         .into_iter()
         .collect();
+    let mut changed = Vec::new();
     for e in dispatcher.endpoints() {
         let now = paused.contains(&e.name);
         if e.set_paused(now) {
@@ -41,31 +45,37 @@ pub async fn load(pool: &Pool, q: &Queries, dispatcher: &Dispatcher) -> anyhow::
                 "{}",
                 if now { "endpoint paused" } else { "endpoint resumed" }
             );
+            changed.push((e.name.clone(), now));
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
-/// Until `stop`: reloads the paused set when a relay announces a change, and after claim
-/// rounds at most every [`RELOAD_EVERY`].
-pub async fn watch(
-    pool: Pool,
-    q: Arc<Queries>,
-    dispatcher: Arc<Dispatcher>,
-    changed: Arc<Notify>,
-    mut rounds: Rounds,
-    stop: CancellationToken,
-) {
-    let mut last = Some(Instant::now());
-    loop {
-        tokio::select! {
-            _ = changed.notified() => {}
-            more = rounds.next(RELOAD_EVERY, &mut last, &stop) => if !more { return },
-            _ = stop.cancelled() => return,
-        }
-        if let Err(e) = load(&pool, &q, &dispatcher).await {
-            tracing::debug!(error = format!("{e:#}"), "paused endpoints not reloaded");
-        }
+/// Keeps this relay's paused set in step with the table's: reloads it when a relay announces
+/// a change (the listener's nudge) and after claim rounds at most every [`RELOAD_EVERY`]. The
+/// set was loaded at start, so the first reload is one period in.
+pub struct PausedSet {
+    pub pool: Pool,
+    pub queries: Arc<Queries>,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+impl crate::background::Service for PausedSet {
+    /// The endpoints whose state changed (true: now paused).
+    type Report = Vec<(String, bool)>;
+    const NAME: &'static str = "paused endpoints";
+    const AT_START: bool = false;
+
+    fn period(&self) -> Duration {
+        RELOAD_EVERY
+    }
+
+    async fn run_once(&mut self, _stop: &CancellationToken) -> anyhow::Result<Self::Report> {
+        load(&self.pool, &self.queries, &self.dispatcher).await
+    }
+
+    fn failed(&self, e: &anyhow::Error) {
+        tracing::debug!(error = format!("{e:#}"), "paused endpoints not reloaded");
     }
 }
 
@@ -102,12 +112,6 @@ pub async fn set(
 /// Makes every held row due again; returns how many. Rows still owed to an endpoint that
 /// stays paused are held again when claimed.
 pub async fn release_held(pool: &Pool, q: &Queries) -> anyhow::Result<u64> {
-    let mut total = 0;
-    loop {
-        let n = admin::release_held_batch(pool, q, RELEASE_BATCH).await?;
-        total += n;
-        if n < RELEASE_BATCH as u64 {
-            return Ok(total);
-        }
-    }
+    let batch = || admin::release_held_batch(pool, q, RELEASE_BATCH);
+    crate::db::in_batches(RELEASE_BATCH, batch, |_| std::future::ready(true)).await
 }

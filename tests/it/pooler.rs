@@ -131,15 +131,39 @@ async fn transaction_mode_two_poll_only_relays_and_the_commands() {
     let url = bouncer.url(&db.url);
     let rx = Receiver::start().await;
     // A lease far longer than a delivery here: a redelivery would be a lost outcome write.
-    let extra = "listen = false\npoll_interval = \"100ms\"\nbatch_size = 20\nlease = \"60s\"";
+    // Retention runs at the first claim round: the expired rows below go in batches, each a
+    // transaction of its own under the transaction-scoped lock (a session lock would stay
+    // on whichever server connection took it).
+    let extra = "listen = false\npoll_interval = \"100ms\"\nbatch_size = 20\nlease = \"60s\"\n\
+                 retention = \"1h\"";
+    let direct = db.client().await;
+    let expired = 2500; // more than one retention batch
+    direct
+        .execute(
+            "INSERT INTO \"OutboxEvent\" (event_type, payload, status, processed_at)
+             SELECT 'EXPIRED', '{}', 'COMPLETED', now() - interval '1 day'
+               FROM generate_series(1, $1)",
+            &[&expired],
+        )
+        .await
+        .unwrap();
     let (file_a, http_a) = relay_config(&url, &[("main", &rx)], extra);
     let (file_b, http_b) = relay_config(&url, &[("main", &rx)], extra);
     let mut a = relay("relay-a", &file_a);
     let mut b = relay("relay-b", &file_b);
     wait_ready("relay a ready", &http_a).await;
     wait_ready("relay b ready", &http_b).await;
+    wait_until("retention deleted the expired rows", || {
+        let direct = &direct;
+        async move { count_status(direct, "COMPLETED").await == 0 }
+    })
+    .await;
+    let deleted = [&a, &b].map(|r| r.stderr().matches("retention: deleted").count());
+    assert!(
+        deleted.iter().sum::<usize>() >= 1,
+        "no retention line: {deleted:?}"
+    );
 
-    let direct = db.client().await;
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.extend(insert_events(&direct, EVENTS / 5, "POOLED").await);

@@ -5,13 +5,14 @@
 //! it starts: subscribers that need older rows read them themselves.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::background::Rounds;
+use crate::backoff::Backoff;
 use crate::observe::incident::Incident;
 use crate::sinks::sse::cursor::Cursor;
 use crate::sinks::sse::read::{self, Reader};
@@ -32,29 +33,28 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut cursor: Option<Cursor> = None;
-    let mut failures: u32 = 0;
+    let mut failures = Backoff::new(Duration::from_millis(200), Duration::from_millis(12_800));
     let mut reads = Incident::new("SSE tail reads");
     loop {
         let result = step(&pool, &reader, &mut cursor, &hub).await;
         if result.is_ok() {
             reads.succeeded();
         }
-        let mut last_read = Some(Instant::now());
+        let mut last_read = Some(tokio::time::Instant::now());
         match result {
             Ok(true) => {
-                failures = 0;
+                failures.succeeded();
                 continue; // a full page: more is visible already
             }
             Ok(false) => {
-                failures = 0;
+                failures.succeeded();
                 tokio::select! {
                     _ = wake.notified() => {}
                     more = rounds.next(poll, &mut last_read, &stop) => if !more { return },
                 }
             }
             Err(e) => {
-                failures += 1;
-                let delay = Duration::from_millis(100 * 2u64.pow(failures.min(7)));
+                let delay = failures.failed();
                 crate::incident_failed!(reads, error = format!("{e:#}"), retry_in = ?delay, "SSE tail read failed");
                 tokio::select! {
                     _ = wake.notified() => {}
