@@ -6,7 +6,7 @@
 //! relay could then open neither database connections nor answer `/healthz`, so delivery
 //! stopped until they left. Now:
 //!
-//! - a client has [`HttpConfig::header_timeout`] to send a complete request head, counted
+//! - a client has [`crate::config::HttpConfig::header_timeout`] to send a complete request head, counted
 //!   from when it connects and, on a kept-alive connection, from the end of the previous
 //!   response (hyper's header read timeout, which also bounds idle keep-alive);
 //! - at most `http.max_connections` connections are served at once; past that, a new one is

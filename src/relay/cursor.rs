@@ -18,7 +18,7 @@
 //! known (or, with none, that period) nothing can lapse unseen.
 //!
 //! The cursor lives in one relay's memory: each relay keeps its own, and a restarted relay
-//! starts from the bottom of the index. A sweep ([`Sweep`]) is the safety net for rows that
+//! starts from the bottom of the index. A sweep (in [`super::claim`]) is the safety net for rows that
 //! reach the fresh index behind every cursor (a relay of an earlier release still running
 //! during an upgrade puts retries back without a token) and for leases that lapsed behind
 //! the floor (a claim statement that ran longer than a lease): every `poll_interval` (at most

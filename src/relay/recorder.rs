@@ -1,4 +1,5 @@
-//! Writes delivery outcomes back in batches, and keeps the leases of work in progress alive.
+//! Writes delivery outcomes back in batches (the leases of work in progress are kept alive
+//! by [`super::leases`]).
 //!
 //! Delivery tasks send their [`Recorded`] outcome here; the recorder takes whatever has
 //! queued up (one or a thousand) and writes it in a single fenced UPDATE, so the database sees
@@ -7,9 +8,8 @@
 //! given back only once the outcome is durable, so memory stays bounded even when the
 //! database stalls.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::leases::InFlight;
 use crate::backoff::Backoff;
 use crate::db::claims::{self, NextAttempt, RowOutcome};
 use crate::db::queries::Queries;
@@ -63,40 +64,6 @@ impl Drop for SuspectAboard {
     fn drop(&mut self) {
         self.flag.store(false, Ordering::Release);
         self.wake.notify_one();
-    }
-}
-
-/// Ids (and claim tokens) of the rows this relay holds PROCESSING.
-#[derive(Default)]
-pub struct InFlight(Mutex<HashMap<String, Uuid>>);
-
-impl InFlight {
-    pub fn insert(&self, id: String, token: Uuid) {
-        self.0.lock().expect("in-flight lock").insert(id, token);
-    }
-
-    fn remove<'a>(&self, ids: impl Iterator<Item = &'a String>) {
-        let mut map = self.0.lock().expect("in-flight lock");
-        for id in ids {
-            map.remove(id);
-        }
-    }
-
-    fn snapshot(&self) -> Vec<(String, Uuid)> {
-        self.0
-            .lock()
-            .expect("in-flight lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.lock().expect("in-flight lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -221,40 +188,4 @@ fn row(r: &Recorded) -> anyhow::Result<RowOutcome<'_>> {
             Some(serde_json::to_string(&r.log)?)
         },
     })
-}
-
-/// Extends the lease of every in-flight row every `lease / 3`, so a live relay never loses a
-/// slow delivery to another relay, while a dead one's rows come back within one lease.
-pub async fn keep_leases(
-    pool: Pool,
-    queries: Arc<Queries>,
-    inflight: Arc<InFlight>,
-    lease: Duration,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(lease / 3);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.reset();
-    let mut extensions = Incident::new("extending leases");
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        let held = inflight.snapshot();
-        if held.is_empty() {
-            continue;
-        }
-        match claims::extend_leases(&pool, &queries, &held, lease).await {
-            Ok(extended) => {
-                extensions.succeeded();
-                tracing::debug!(extended, "leases extended")
-            }
-            Err(e) => crate::incident_failed!(
-                extensions,
-                error = format!("{e:#}"),
-                "cannot extend leases"
-            ),
-        }
-    }
 }
