@@ -43,7 +43,7 @@ SELECT {event_columns},
 
 /// Relay daemons connected to this database, by the instance in their application_name
 /// (`outbox-relay [role ]host/pid`, see [`crate::db::application_name`]).
-pub const INSTANCES: &str = r"
+const INSTANCES: &str = r"
 SELECT substring(application_name FROM '^outbox-relay (?:[a-z]+ )?(\S+/\d+)$'),
        count(*)::int8, to_json(min(backend_start))#>>'{}'
   FROM pg_stat_activity
@@ -51,6 +51,30 @@ SELECT substring(application_name FROM '^outbox-relay (?:[a-z]+ )?(\S+/\d+)$'),
    AND application_name ~ '^outbox-relay ([a-z]+ )?\S+/\d+$'
  GROUP BY 1
  ORDER BY 3";
+
+/// A relay daemon connected to the database.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Instance {
+    /// `host/pid`.
+    pub name: String,
+    pub connections: i64,
+    /// Its oldest connection's start.
+    pub since: String,
+}
+
+/// The relay daemons connected to this database, by their connections' application_name.
+pub async fn instances(pool: &deadpool_postgres::Pool) -> anyhow::Result<Vec<Instance>> {
+    let rows = super::query(pool, INSTANCES, &[]).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Instance {
+                name: r.try_get(0)?,
+                connections: r.try_get(1)?,
+                since: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
 
 /// A search, as the dashboard's query string gives it.
 #[derive(Debug, Default, Clone, serde::Deserialize)]

@@ -414,6 +414,21 @@ pub async fn stream_read(
     })
 }
 
+/// The current snapshot and the statement's clock (epoch seconds): where a subscriber that
+/// starts live, from now, begins.
+pub async fn stream_now(client: &deadpool_postgres::Client) -> anyhow::Result<(Snapshot, i64)> {
+    let row = statements::query_one(
+        client,
+        "SELECT pg_current_snapshot()::text, extract(epoch FROM statement_timestamp())::int8",
+        &[],
+    )
+    .await?;
+    let text: String = row.try_get(0)?;
+    let snapshot =
+        Snapshot::parse(&text).ok_or_else(|| anyhow::anyhow!("unreadable snapshot {text:?}"))?;
+    Ok((snapshot, row.try_get(1)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,18 +33,8 @@ const MAX_IDS: usize = 1000;
 /// The overview's cached database reads.
 #[derive(Default)]
 pub struct Cache {
-    instances: Cached<Vec<Instance>>,
+    instances: Cached<Vec<browse::Instance>>,
     blocked: Cached<Vec<BlockedKey>>,
-}
-
-/// A relay daemon connected to the database.
-#[derive(Debug, Clone, Serialize)]
-pub struct Instance {
-    /// `host/pid`.
-    pub name: String,
-    pub connections: i64,
-    /// Its oldest connection's start.
-    pub since: String,
 }
 
 fn unavailable(what: &str) -> ApiError {
@@ -112,7 +102,7 @@ pub async fn overview(
         Some(pool) if up => {
             d.cache
                 .instances
-                .get(CACHE_FOR, "instances", || read_instances(pool))
+                .get(CACHE_FOR, "instances", || browse::instances(pool))
                 .await
         }
         _ => None,
@@ -172,18 +162,6 @@ pub async fn overview(
         "blocked_keys": blocked.unwrap_or_default(),
     });
     Ok(json_response(&body))
-}
-
-async fn read_instances(pool: &deadpool_postgres::Pool) -> anyhow::Result<Vec<Instance>> {
-    let rows = crate::db::query(pool, browse::INSTANCES, &[]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| Instance {
-            name: r.get(0),
-            connections: r.get(1),
-            since: r.get(2),
-        })
-        .collect())
 }
 
 /// `GET /api/events?...`: a page of events, newest first.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::config::Config;
 use crate::db::claims;
 use crate::event::ClaimedEvent;
-use crate::sinks::sse::cursor::{Cursor, CursorKey, Snapshot};
+use crate::sinks::sse::cursor::{Cursor, CursorKey};
 
 /// How streams read the table: the statement, and the key their cursors are signed with.
 #[derive(Debug, Clone)]
@@ -150,16 +150,8 @@ pub async fn next_page(
 
 /// The current snapshot: the cursor of a subscriber that starts live, from now.
 pub async fn now(client: &deadpool_postgres::Client) -> anyhow::Result<Cursor> {
-    let row = crate::db::statements::query_one(
-        client,
-        "SELECT pg_current_snapshot()::text, extract(epoch FROM statement_timestamp())::int8",
-        &[],
-    )
-    .await?;
-    let text: String = row.get(0);
-    let snapshot =
-        Snapshot::parse(&text).ok_or_else(|| anyhow::anyhow!("unreadable snapshot {text:?}"))?;
-    Ok(Cursor::at_snapshot(snapshot, row.get(1)))
+    let (snapshot, at) = crate::db::claims::stream_now(client).await?;
+    Ok(Cursor::at_snapshot(snapshot, at))
 }
 
 /// Why a row cannot be streamed (webhooks still get it when it has a type).
@@ -249,6 +241,7 @@ fn frame(id: &str, event_type: &str, data: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::sse::cursor::Snapshot;
 
     fn key() -> CursorKey {
         CursorKey::derive(b"k")
