@@ -18,7 +18,8 @@
 //!   [`sinks::sse`] (the fan-out hub, cursors, the tail reader) are the sinks.
 //! - [`background`]: periodic upkeep run after claim rounds (housekeeping, retention).
 //! - [`backoff`]: retry delays for events, and the reconnect backoff of the daemon's loops.
-//! - [`event`]: a claimed row and its JSON envelope.
+//! - [`event`]: a claimed row and its JSON envelope; [`outcome`]: what a delivery comes to
+//!   and what it writes back.
 //! - [`health`]: liveness the HTTP side, systemd and the daemon read; what they share.
 //! - [`observe`]: metrics, the dashboard's in-memory activity, log-flood guards.
 //! - [`logging`]: log lines, with control characters in logged values escaped.
@@ -40,6 +41,7 @@ pub mod health;
 pub mod http;
 pub mod logging;
 pub mod observe;
+pub mod outcome;
 pub mod pgtemp;
 pub mod relay;
 pub mod secret;

@@ -299,7 +299,8 @@ impl Relay {
             let suspect = (suspect.as_ref() == Some(&ev.id))
                 .then(|| SuspectAboard::board(self.suspect_in_flight.clone(), self.wake.clone()));
             tracker.spawn(async move {
-                let crate::sinks::Delivery { outcome, log } = dispatcher.deliver(&ev, &hard).await;
+                let crate::outcome::Delivery { outcome, log } =
+                    dispatcher.deliver(&ev, &hard).await;
                 log_outcome(&ev, &outcome);
                 let rec = Recorded {
                     id: ev.id,
@@ -401,8 +402,8 @@ static FAILURE_WARNINGS: WarnBudget = WarnBudget::new(10);
 
 /// Logs an outcome and counts it. Failures name the event, attempt, every failing endpoint
 /// with its status or error (`name: HTTP 500: ...`), and when the next attempt is due.
-fn log_outcome(ev: &ClaimedEvent, outcome: &crate::sinks::Outcome) {
-    use crate::sinks::Outcome::*;
+fn log_outcome(ev: &ClaimedEvent, outcome: &crate::outcome::Outcome) {
+    use crate::outcome::Outcome::*;
     let event_type = ev.event_type.as_deref().unwrap_or("<NULL>");
     match outcome {
         Completed { .. } => {

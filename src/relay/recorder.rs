@@ -19,12 +19,11 @@ use uuid::Uuid;
 
 use super::leases::InFlight;
 use crate::backoff::Backoff;
-use crate::db::claims::{self, NextAttempt, RowOutcome};
+use crate::db::claims::{self};
 use crate::db::queries::Queries;
 use crate::observe::activity::Timeline;
 use crate::observe::incident::Incident;
-use crate::sinks::webhook::AttemptLog;
-use crate::sinks::Outcome;
+use crate::outcome::{AttemptLog, Outcome};
 
 /// Most outcomes written by one statement.
 pub const MAX_RECORD_BATCH: usize = 1000;
@@ -153,39 +152,9 @@ pub async fn run(
 
 /// One UPDATE for the whole batch; returns the ids of the rows it changed.
 async fn write(pool: &Pool, q: &Queries, batch: &[Recorded]) -> anyhow::Result<Vec<String>> {
-    let rows = batch.iter().map(row).collect::<anyhow::Result<Vec<_>>>()?;
+    let rows = batch
+        .iter()
+        .map(|r| r.outcome.row(&r.id, r.token, &r.log))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     claims::record(pool, q, &rows).await
-}
-
-/// What an outcome does to its row.
-fn row(r: &Recorded) -> anyhow::Result<RowOutcome<'_>> {
-    let (failed, error, next, delivered) = match &r.outcome {
-        Outcome::Completed { delivered } => (false, None, NextAttempt::Unchanged, delivered),
-        Outcome::Retry {
-            delay,
-            error,
-            delivered,
-        } => (true, Some(error), NextAttempt::After(*delay), delivered),
-        Outcome::Dead { error, delivered } => {
-            (true, Some(error), NextAttempt::Unchanged, delivered)
-        }
-        Outcome::Release { delay, delivered } => {
-            (false, None, NextAttempt::After(*delay), delivered)
-        }
-        Outcome::Hold { delivered, paused } => (false, None, NextAttempt::Held(paused), delivered),
-    };
-    Ok(RowOutcome {
-        id: &r.id,
-        token: r.token,
-        status: r.outcome.status(),
-        failed,
-        error: error.map(String::as_str),
-        next,
-        delivered,
-        attempts: if r.log.is_empty() {
-            None
-        } else {
-            Some(serde_json::to_string(&r.log)?)
-        },
-    })
 }

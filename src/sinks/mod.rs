@@ -10,69 +10,22 @@ pub mod sse;
 pub mod webhook;
 
 use std::sync::Arc;
-
-use crate::backoff;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff;
 use crate::config::Config;
 use crate::event::ClaimedEvent;
 use crate::observe::activity::Timeline;
-use webhook::{Attempt, AttemptLog, Endpoint};
+use crate::outcome::{Delivery, Outcome};
+use webhook::{Attempt, Endpoint};
 
 /// Longest error_message written to a row (the contract asks for a bounded length).
 pub const MAX_ERROR_LEN: usize = 1000;
 /// How soon an event put back because an endpoint was saturated is tried again.
 pub const BUSY_DELAY: Duration = Duration::from_millis(250);
-
-/// What becomes of a claimed row.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Every endpoint that wants it has accepted it (or none wants it).
-    Completed { delivered: Vec<String> },
-    /// A failed attempt; try again after `delay`.
-    Retry {
-        delay: Duration,
-        error: String,
-        delivered: Vec<String>,
-    },
-    /// The last allowed attempt failed, or the row cannot be delivered at all: dead letter.
-    Dead {
-        error: String,
-        delivered: Vec<String>,
-    },
-    /// Not an attempt (shutdown, saturated endpoint): back to PENDING after `delay`.
-    Release {
-        delay: Duration,
-        delivered: Vec<String>,
-    },
-    /// Only paused endpoints (`paused`) still want it: PENDING, held until one of them is
-    /// resumed.
-    Hold {
-        delivered: Vec<String>,
-        paused: Vec<String>,
-    },
-}
-
-/// A delivery's outcome and the attempts it made on the way.
-#[derive(Debug)]
-pub struct Delivery {
-    pub outcome: Outcome,
-    pub log: Vec<AttemptLog>,
-}
-
-impl Outcome {
-    /// The status the row gets.
-    pub fn status(&self) -> &'static str {
-        match self {
-            Outcome::Completed { .. } => "COMPLETED",
-            Outcome::Retry { .. } | Outcome::Release { .. } | Outcome::Hold { .. } => "PENDING",
-            Outcome::Dead { .. } => "FAILED",
-        }
-    }
-}
 
 /// Retry policy, copied out of the config.
 #[derive(Debug, Clone, Copy)]

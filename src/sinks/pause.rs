@@ -4,7 +4,7 @@
 //! all instances and across restarts. The relay that takes the action applies it at once and
 //! announces it with a NOTIFY ([`ENDPOINTS_CHANGED`]) on the table's channel; the others
 //! reload on that, and every few claim rounds anyway (a poll-only relay hears no NOTIFY).
-//! While paused, events still owed to the endpoint are held (see [`crate::sinks::Outcome`]);
+//! While paused, events still owed to the endpoint are held (see [`crate::outcome::Outcome`]);
 //! a resume releases them.
 
 use std::collections::HashSet;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::retry_after;
 use crate::config::WebhookConfig;
 use crate::observe::activity::{EndpointStats, Timeline};
+use crate::outcome::AttemptLog;
 use crate::sinks::routing::TypeFilter;
 use egress::{Denied, GuardedResolver};
 use signature::SigningKeys;
@@ -53,19 +54,6 @@ pub enum Attempt {
     /// An operator paused the endpoint: not sent, not an attempt; the event is held until
     /// the endpoint is resumed.
     Paused,
-}
-
-/// One attempt as the event's history keeps it (the `attempts` column, the dashboard).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AttemptLog {
-    /// RFC 3339, when the request started.
-    pub at: String,
-    pub endpoint: String,
-    pub ok: bool,
-    /// The HTTP status, when there was a response.
-    pub status: Option<u16>,
-    pub error: Option<String>,
-    pub ms: f64,
 }
 
 /// A webhook endpoint, shared by every delivery task.
