@@ -1160,6 +1160,17 @@ mod tests {
     }
 
     #[test]
+    fn a_table_that_is_not_an_outbox_reads_as_an_error_at_table() {
+        let why = "is a view, not a plain table";
+        let db_side = crate::db::shape::Unadoptable {
+            table: "\"public\".\"v\"".into(),
+            why: why.into(),
+        };
+        let config_side = ConfigError::new("table", format!("\"public\".\"v\" {why}"));
+        assert_eq!(db_side.to_string(), config_side.to_string());
+    }
+
+    #[test]
     fn flag_overrides_file() {
         let o = Overrides {
             database_url: Some("postgres://flag@h/db".into()),
