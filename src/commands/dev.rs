@@ -126,7 +126,7 @@ pub async fn run(
         },
     )?;
     let mut client = crate::db::connect(cfg.database_url.get()).await?;
-    crate::db::migrate::run(&mut client, &cfg)
+    crate::db::migrate::run(&mut client, &cfg.table_settings())
         .await
         .context("migrating the demo table")?;
 

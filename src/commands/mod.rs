@@ -38,15 +38,16 @@ async fn open_writable(
 
 /// `migrate [--print]`.
 pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
+    let settings = cfg.table_settings();
     if print {
-        print!("{}", migrate::script(cfg));
+        print!("{}", migrate::script(&settings));
         return Ok(());
     }
     let mut client = db::connect(cfg.database_url.get()).await?;
     db::server::ensure_writable(&client).await?;
-    let managed = migrate::managed_indexes(cfg);
-    let before = migrate::existing(&client, cfg, &managed).await?;
-    migrate::run(&mut client, cfg).await?;
+    let managed = migrate::managed_indexes(&settings);
+    let before = migrate::existing(&client, &settings, &managed).await?;
+    migrate::run(&mut client, &settings).await?;
     let shape = shape::inspect(&client, &cfg.qualified_table()).await?;
     for (ix, had) in managed.iter().zip(before) {
         let what = match (had, ix.wanted) {
@@ -66,7 +67,7 @@ pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
         cfg.qualified_table(),
         shape.id_type,
         shape.status_type,
-        migrate::channel(cfg)
+        migrate::channel(&settings)
     );
     if !shape.id_has_default {
         eprintln!(
@@ -192,7 +193,7 @@ async fn by_ids(
         eprintln!("{id}: {not_done}");
     }
     if !done.is_empty() {
-        admin::wake_relays(on, &migrate::channel(cfg)).await?;
+        admin::wake_relays(on, &migrate::channel(&cfg.table_settings())).await?;
     }
     Ok(done.len() as u64)
 }
@@ -218,9 +219,13 @@ pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> an
     } else {
         let (client, q) = open_writable(cfg, Use::Change).await?;
         let glob = event_type.unwrap_or("*");
-        admin::retry_failed(&client, &q, &migrate::channel(cfg), glob, |total| {
-            eprintln!("... {total} retried so far")
-        })
+        admin::retry_failed(
+            &client,
+            &q,
+            &migrate::channel(&cfg.table_settings()),
+            glob,
+            |total| eprintln!("... {total} retried so far"),
+        )
         .await?
     };
     eprintln!("{total} event(s) back to PENDING");

@@ -434,7 +434,7 @@ impl Queries {
     pub fn for_config(cfg: &crate::config::Config, shape: &TableShape) -> Self {
         Self::new(
             &cfg.qualified_table(),
-            &crate::db::migrate::qualified_paused_table(cfg),
+            &crate::db::migrate::qualified_paused_table(&cfg.table_settings()),
             shape,
             &cfg.ordered_types(),
         )

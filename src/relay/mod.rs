@@ -144,7 +144,7 @@ async fn wait_for_table(
             if crate::db::server::read_only(&client).await? {
                 return Ok(None);
             }
-            crate::db::migrate::warn_missing_indexes(&client, cfg).await;
+            crate::db::migrate::warn_missing_indexes(&client, &cfg.table_settings()).await;
             anyhow::Ok(Some(shape))
         };
         let wait = match attempt.await {
@@ -303,7 +303,7 @@ impl Relay {
         let listener = self.cfg.listen.then(|| {
             tokio::spawn(listener::run(
                 self.cfg.database_url.get().clone(),
-                crate::db::migrate::channel(&self.cfg),
+                crate::db::migrate::channel(&self.cfg.table_settings()),
                 wakers,
                 endpoints_changed,
                 self.health.clone(),
@@ -402,7 +402,7 @@ impl Relay {
         let mut doze = self.cfg.listen.then(|| {
             Doze::new(
                 self.cfg.database_url.get().clone(),
-                crate::db::migrate::wake_lock(&self.cfg),
+                crate::db::migrate::wake_lock(&self.cfg.table_settings()),
                 self.wake.clone(),
             )
         });
