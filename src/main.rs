@@ -101,7 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             print!(
                 "{}",
-                outbox_relay::db::privileges::grants_script(&cfg, &role)
+                outbox_relay::db::privileges::grants_script(&cfg.table_settings(), &role)
             );
             Ok(())
         }

@@ -19,8 +19,9 @@ use crate::db::{self, migrate, shape};
 /// Connects, checks the role's privileges for `what`, and reads the table's shape.
 async fn open(cfg: &Config, what: Use) -> anyhow::Result<(tokio_postgres::Client, Queries)> {
     let client = db::connect(cfg.database_url.get()).await?;
-    privileges::check(&client, cfg, what).await?;
-    let table = cfg.qualified_table();
+    let settings = cfg.table_settings();
+    privileges::check(&client, &settings, what).await?;
+    let table = settings.qualified_table();
     let shape = shape::inspect(&client, &table).await?;
     Ok((client, Queries::for_config(cfg, &shape)))
 }

@@ -132,19 +132,20 @@ async fn wait_for_table(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Queries>> {
-    let table = cfg.qualified_table();
+    let settings = cfg.table_settings();
+    let table = settings.qualified_table();
     let servers = crate::db::servers_of(cfg.database_url.get());
     let mut delay = Duration::from_millis(200);
     let mut read_only_reported = false;
     loop {
         let attempt = async {
             let client = crate::db::get_from(pool, Some(&servers)).await?;
-            privileges::check(&client, cfg, privileges::Use::Run).await?;
+            privileges::check(&client, &settings, privileges::Use::Run).await?;
             let shape = shape::inspect(&client, &table).await?;
             if crate::db::server::read_only(&client).await? {
                 return Ok(None);
             }
-            crate::db::migrate::warn_missing_indexes(&client, &cfg.table_settings()).await;
+            crate::db::migrate::warn_missing_indexes(&client, &settings).await;
             anyhow::Ok(Some(shape))
         };
         let wait = match attempt.await {
