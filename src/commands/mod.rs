@@ -23,7 +23,7 @@ async fn open(cfg: &Config, what: Use) -> anyhow::Result<(tokio_postgres::Client
     privileges::check(&client, &settings, what).await?;
     let table = settings.qualified_table();
     let shape = shape::inspect(&client, &table).await?;
-    Ok((client, Queries::for_config(cfg, &shape)))
+    Ok((client, Queries::for_table(&settings, &shape)))
 }
 
 /// [`open`] for a command that writes: a clear error on a standby (see

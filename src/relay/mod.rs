@@ -158,7 +158,7 @@ async fn wait_for_table(
                 if let Some(caveat) = shape.created_at_caveat() {
                     tracing::warn!(table = %table, column = "created_at", "{caveat}");
                 }
-                return Ok(Some(Queries::for_config(cfg, &shape)));
+                return Ok(Some(Queries::for_table(&settings, &shape)));
             }
             Ok(None) => {
                 // Not ready: nothing can be claimed there.
