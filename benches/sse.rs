@@ -475,7 +475,7 @@ async fn repetition_on(
     );
     let cfg = Config::from_toml(&toml, &Overrides::default()).context("bench config")?;
     let mut migrator = outbox_relay::db::connect(cfg.database_url.get()).await?;
-    outbox_relay::db::migrate::run(&mut migrator, &cfg).await?;
+    outbox_relay::db::migrate::run(&mut migrator, &cfg.table_settings()).await?;
     drop(migrator);
 
     let mut relay = RelayProcess::start(&p.relay_bin, &toml, addr)?;

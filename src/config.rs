@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::db::ident::Ident;
+use crate::db::table::TableSettings;
 use crate::db::tls;
 use crate::http::host::AllowedHosts;
 use crate::secret::{self, Deferred, Secret};
@@ -581,6 +582,18 @@ impl Config {
         patterns.sort();
         patterns.dedup();
         patterns
+    }
+
+    /// The table and what of this config `db` renders its statements, indexes and
+    /// privileges with (`db` takes these values rather than the config).
+    pub fn table_settings(&self) -> TableSettings {
+        TableSettings {
+            schema: self.schema.clone(),
+            table: self.table.clone(),
+            ordered_types: self.ordered_types(),
+            sse: self.sse.enabled,
+            retention: self.retention.is_some(),
+        }
     }
 
     /// `"public"."OutboxEvent"`, quoted and safe to splice into SQL.
@@ -1157,6 +1170,37 @@ mod tests {
             err.to_string(),
             "config error at `batch_size`: must be between 1 and 10000"
         );
+    }
+
+    #[test]
+    fn table_settings_carry_what_db_renders_with() {
+        // The defaults: what `TableSettings::for_tests` stands for in db's unit tests.
+        assert_eq!(
+            load("").unwrap().table_settings(),
+            TableSettings::for_tests(DEFAULT_TABLE)
+        );
+        let text = format!(
+            "schema = \"app\"\ntable = \"events\"\nretention = \"off\"\n\
+             [sse]\nenabled = true\ntoken_secret = \"{SECRET}\"\n\
+             [[webhook]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"{SECRET}\"\n\
+             ordering = \"entity\"\ntypes = [\"ORDER.*\"]\n"
+        );
+        let s = load(&text).unwrap().table_settings();
+        assert_eq!(s.qualified_table(), r#""app"."events""#);
+        assert_eq!(s.ordered_types, ["ORDER.%"]);
+        assert!(s.sse);
+        assert!(!s.retention);
+    }
+
+    #[test]
+    fn a_table_that_is_not_an_outbox_reads_as_an_error_at_table() {
+        let why = "is a view, not a plain table";
+        let db_side = crate::db::shape::Unadoptable {
+            table: "\"public\".\"v\"".into(),
+            why: why.into(),
+        };
+        let config_side = ConfigError::new("table", format!("\"public\".\"v\" {why}"));
+        assert_eq!(db_side.to_string(), config_side.to_string());
     }
 
     #[test]

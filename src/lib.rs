@@ -9,7 +9,9 @@
 //!   server it reached ([`db::server`]) and of its role ([`db::privileges`]). Typed claim,
 //!   record and lease SQL is in [`db::claims`]; operator actions and queue gauges (for the
 //!   commands and the dashboard alike) in [`db::admin`]; upkeep statements in
-//!   [`db::maintenance`]; the dashboard's reads in [`db::browse`].
+//!   [`db::maintenance`]; the dashboard's reads in [`db::browse`]. `db` takes plain values
+//!   ([`db::table::TableSettings`], built by [`config::Config::table_settings`]), never the
+//!   config, which depends on `db` for its identifiers and TLS settings.
 //! - [`relay`]: the claim loop. It wakes on NOTIFY ([`relay::listener`]) or a timer, claims
 //!   with `FOR UPDATE SKIP LOCKED`, spawns deliveries, and [`relay::recorder`] writes
 //!   outcomes back in batches and keeps leases alive.

@@ -9,6 +9,7 @@ use outbox_relay::commands;
 use outbox_relay::config::{Config, ConfigError, Needs, Overrides};
 use outbox_relay::db::admin::NewEvent;
 use outbox_relay::db::privileges::MissingPrivileges;
+use outbox_relay::db::shape::Unadoptable;
 use tokio_util::sync::CancellationToken;
 
 /// Exit status for a bad config, bad arguments (clap uses 2 as well) or a missing privilege.
@@ -27,20 +28,31 @@ fn main() -> ExitCode {
         .expect("starting the tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if let Some(c) = e.downcast_ref::<ConfigError>() {
-                eprintln!("outbox-relay: {c}");
-                return ExitCode::from(EXIT_CONFIG);
+        Err(e) => match operator_error(&e) {
+            Some(line) => {
+                eprintln!("outbox-relay: {line}");
+                ExitCode::from(EXIT_CONFIG)
             }
-            // Permanent until a DBA grants it: like a bad config, not worth a restart loop.
-            if let Some(m) = e.downcast_ref::<MissingPrivileges>() {
-                eprintln!("outbox-relay: {m}");
-                return ExitCode::from(EXIT_CONFIG);
+            None => {
+                eprintln!("outbox-relay: {e:#}");
+                ExitCode::FAILURE
             }
-            eprintln!("outbox-relay: {e:#}");
-            ExitCode::FAILURE
-        }
+        },
     }
+}
+
+/// The error as one line, without the context around it, when only the operator can fix it:
+/// the config (a bad key, a `table` naming a relation that is not an outbox) or a privilege
+/// the role lacks (permanent until a DBA grants it). Such errors exit [`EXIT_CONFIG`], not
+/// worth a restart loop.
+fn operator_error(e: &anyhow::Error) -> Option<String> {
+    let config = e.downcast_ref::<ConfigError>().map(ToString::to_string);
+    config
+        .or_else(|| e.downcast_ref::<Unadoptable>().map(ToString::to_string))
+        .or_else(|| {
+            e.downcast_ref::<MissingPrivileges>()
+                .map(ToString::to_string)
+        })
 }
 
 /// Every user of the machine can read a process's arguments (`ps`, `/proc/PID/cmdline`), so a
@@ -89,7 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             print!(
                 "{}",
-                outbox_relay::db::privileges::grants_script(&cfg, &role)
+                outbox_relay::db::privileges::grants_script(&cfg.table_settings(), &role)
             );
             Ok(())
         }

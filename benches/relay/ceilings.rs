@@ -52,7 +52,7 @@ pub async fn db_ceiling(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
         }
         let table = db.cfg.qualified_table();
         let shape = outbox_relay::db::shape::inspect(&client, &table).await?;
-        let q = Arc::new(Queries::for_config(&db.cfg, &shape));
+        let q = Arc::new(Queries::for_table(&db.cfg.table_settings(), &shape));
         // A pool each: one connection, used one statement at a time, as the relay's claims
         // and records use theirs.
         let mut pools = Vec::new();

@@ -78,7 +78,9 @@ impl Ctx<'_> {
             match ddl {
                 Some(sql) => client.batch_execute(sql).await?,
                 None if self.p.migrate_with_bin => migrate_with_bin(&self.p.relay_bin, &toml)?,
-                None => outbox_relay::db::migrate::run(&mut client, &db.cfg).await?,
+                None => {
+                    outbox_relay::db::migrate::run(&mut client, &db.cfg.table_settings()).await?
+                }
             }
             anyhow::Ok(())
         }
@@ -305,7 +307,7 @@ impl NotifyCounter {
                 }
             }
         });
-        let channel = outbox_relay::db::migrate::channel(&db.cfg);
+        let channel = outbox_relay::db::migrate::channel(&db.cfg.table_settings());
         client
             .batch_execute(&format!("LISTEN {}", quote_ident(&channel)))
             .await?;

@@ -125,8 +125,9 @@ pub async fn run(
             database_url: Some(url.clone()),
         },
     )?;
+    let settings = cfg.table_settings();
     let mut client = crate::db::connect(cfg.database_url.get()).await?;
-    crate::db::migrate::run(&mut client, &cfg)
+    crate::db::migrate::run(&mut client, &settings)
         .await
         .context("migrating the demo table")?;
 
@@ -173,8 +174,8 @@ pub async fn run(
     );
     eprintln!("Ctrl-C to stop.\n");
 
-    let shape = crate::db::shape::inspect(&client, &cfg.qualified_table()).await?;
-    let q = crate::db::queries::Queries::for_config(&cfg, &shape);
+    let shape = crate::db::shape::inspect(&client, &settings.qualified_table()).await?;
+    let q = crate::db::queries::Queries::for_table(&settings, &shape);
     let samples = [
         ("PROJECT.CREATED", "org_acme", "p_1", r#"{"name":"Apollo"}"#),
         (

@@ -19,10 +19,11 @@ use crate::db::{self, migrate, shape};
 /// Connects, checks the role's privileges for `what`, and reads the table's shape.
 async fn open(cfg: &Config, what: Use) -> anyhow::Result<(tokio_postgres::Client, Queries)> {
     let client = db::connect(cfg.database_url.get()).await?;
-    privileges::check(&client, cfg, what).await?;
-    let table = cfg.qualified_table();
+    let settings = cfg.table_settings();
+    privileges::check(&client, &settings, what).await?;
+    let table = settings.qualified_table();
     let shape = shape::inspect(&client, &table).await?;
-    Ok((client, Queries::for_config(cfg, &shape)))
+    Ok((client, Queries::for_table(&settings, &shape)))
 }
 
 /// [`open`] for a command that writes: a clear error on a standby (see
@@ -38,15 +39,16 @@ async fn open_writable(
 
 /// `migrate [--print]`.
 pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
+    let settings = cfg.table_settings();
     if print {
-        print!("{}", migrate::script(cfg));
+        print!("{}", migrate::script(&settings));
         return Ok(());
     }
     let mut client = db::connect(cfg.database_url.get()).await?;
     db::server::ensure_writable(&client).await?;
-    let managed = migrate::managed_indexes(cfg);
-    let before = migrate::existing(&client, cfg, &managed).await?;
-    migrate::run(&mut client, cfg).await?;
+    let managed = migrate::managed_indexes(&settings);
+    let before = migrate::existing(&client, &settings, &managed).await?;
+    migrate::run(&mut client, &settings).await?;
     let shape = shape::inspect(&client, &cfg.qualified_table()).await?;
     for (ix, had) in managed.iter().zip(before) {
         let what = match (had, ix.wanted) {
@@ -66,7 +68,7 @@ pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
         cfg.qualified_table(),
         shape.id_type,
         shape.status_type,
-        migrate::channel(cfg)
+        migrate::channel(&settings)
     );
     if !shape.id_has_default {
         eprintln!(
@@ -192,7 +194,7 @@ async fn by_ids(
         eprintln!("{id}: {not_done}");
     }
     if !done.is_empty() {
-        admin::wake_relays(on, &migrate::channel(cfg)).await?;
+        admin::wake_relays(on, &migrate::channel(&cfg.table_settings())).await?;
     }
     Ok(done.len() as u64)
 }
@@ -218,9 +220,13 @@ pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> an
     } else {
         let (client, q) = open_writable(cfg, Use::Change).await?;
         let glob = event_type.unwrap_or("*");
-        admin::retry_failed(&client, &q, &migrate::channel(cfg), glob, |total| {
-            eprintln!("... {total} retried so far")
-        })
+        admin::retry_failed(
+            &client,
+            &q,
+            &migrate::channel(&cfg.table_settings()),
+            glob,
+            |total| eprintln!("... {total} retried so far"),
+        )
         .await?
     };
     eprintln!("{total} event(s) back to PENDING");

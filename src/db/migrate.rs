@@ -7,8 +7,8 @@
 
 use anyhow::Context;
 
-use crate::config::Config;
 use crate::db::ident::{derived_name, quote_ident, quote_literal, Ident};
+use crate::db::table::TableSettings;
 
 /// The migration steps in order: (file name, template).
 const STEPS: &[(&str, &str)] = &[
@@ -48,11 +48,11 @@ const MIGRATE_LOCK_KEY: i64 = 0x6f7574626f78;
 
 /// NOTIFY channel for this table: derived from schema and table so that two relays serving
 /// two tables in one database never wake each other.
-pub fn channel(cfg: &Config) -> String {
+pub fn channel(settings: &TableSettings) -> String {
     let name = format!(
         "outbox_relay.{}.{}",
-        cfg.schema.as_str(),
-        cfg.table.as_str()
+        settings.schema.as_str(),
+        settings.table.as_str()
     );
     name.chars().take(crate::db::ident::MAX_IDENT_LEN).collect()
 }
@@ -61,10 +61,10 @@ pub fn channel(cfg: &Config) -> String {
 /// inserts take it shared, a relay about to sleep takes it exclusively. The two-key form, so
 /// it cannot collide with an app's single-`bigint` advisory locks: a fixed class ("obrw" in
 /// ASCII) and a key derived from the NOTIFY channel, so each table has its own.
-pub fn wake_lock(cfg: &Config) -> (i32, i32) {
+pub fn wake_lock(settings: &TableSettings) -> (i32, i32) {
     use sha2::{Digest, Sha256};
     const CLASS: i32 = 0x6f62_7277;
-    let digest = Sha256::digest(channel(cfg).as_bytes());
+    let digest = Sha256::digest(channel(settings).as_bytes());
     (
         CLASS,
         i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
@@ -77,8 +77,8 @@ pub fn paused_table(t: &Ident) -> String {
 }
 
 /// `paused_table`, schema-qualified and quoted.
-pub fn qualified_paused_table(cfg: &Config) -> String {
-    format!("{}.{}", cfg.schema, quote_ident(&paused_table(&cfg.table)))
+pub fn qualified_paused_table(settings: &TableSettings) -> String {
+    settings.in_schema(&paused_table(&settings.table))
 }
 
 /// An index `migrate` builds and drops `CONCURRENTLY`, outside the steps' transactions: a
@@ -93,7 +93,7 @@ pub struct ManagedIndex {
     pub name: String,
     /// What it serves (a feature and the setting that turns it on), for messages.
     pub serves: &'static str,
-    /// The config in hand wants it.
+    /// The settings in hand want it.
     pub wanted: bool,
     /// The CREATE statement; None for an index of an earlier release that is dropped.
     template: Option<&'static str>,
@@ -101,8 +101,8 @@ pub struct ManagedIndex {
 
 impl ManagedIndex {
     /// Schema-qualified and quoted, for SQL.
-    pub fn qualified(&self, cfg: &Config) -> String {
-        format!("{}.{}", cfg.schema, quote_ident(&self.name))
+    pub fn qualified(&self, settings: &TableSettings) -> String {
+        settings.in_schema(&self.name)
     }
 
     /// An index of an earlier release, dropped by this one.
@@ -111,10 +111,10 @@ impl ManagedIndex {
     }
 }
 
-/// The managed indexes, and whether `cfg` wants each. Those to create come before those
+/// The managed indexes, and whether `settings` wants each. Those to create come before those
 /// they replace, so the claim always has an index while `migrate` runs.
-pub fn managed_indexes(cfg: &Config) -> Vec<ManagedIndex> {
-    let t = &cfg.table;
+pub fn managed_indexes(settings: &TableSettings) -> Vec<ManagedIndex> {
+    let t = &settings.table;
     vec![
         ManagedIndex {
             name: derived_name("", t, "_relay_fresh_idx"),
@@ -149,29 +149,29 @@ pub fn managed_indexes(cfg: &Config) -> Vec<ManagedIndex> {
         ManagedIndex {
             name: derived_name("", t, "_relay_ordering_idx"),
             serves: "entity-ordered delivery (ordering = \"entity\" on a webhook)",
-            wanted: !cfg.ordered_types().is_empty(),
+            wanted: !settings.ordered_types.is_empty(),
             template: Some(include_str!("../../sql/indexes/ordering_index.sql")),
         },
         ManagedIndex {
             name: derived_name("", t, "_relay_stream_idx"),
             serves: "Server-Sent Events ([sse] enabled)",
-            wanted: cfg.sse.enabled,
+            wanted: settings.sse,
             template: Some(include_str!("../../sql/indexes/stream_index.sql")),
         },
     ]
 }
 
-/// The template variables: this config's names.
-fn vars(cfg: &Config) -> Vec<(&'static str, String)> {
-    let table = cfg.qualified_table();
-    let t = &cfg.table;
+/// The template variables: the names of this table and its objects.
+fn vars(settings: &TableSettings) -> Vec<(&'static str, String)> {
+    let table = settings.qualified_table();
+    let t = &settings.table;
     let stream_seq = derived_name("", t, "_stream_seq");
-    let (wake_class, wake_key) = wake_lock(cfg);
+    let (wake_class, wake_key) = wake_lock(settings);
     let index = |suffix: &str| quote_ident(&derived_name("", t, suffix));
     vec![
         ("{{table}}", table.clone()),
         ("{{table_literal}}", quote_literal(&table)),
-        ("{{schema}}", cfg.schema.to_string()),
+        ("{{schema}}", settings.schema.to_string()),
         ("{{fresh_idx}}", index("_relay_fresh_idx")),
         ("{{due_idx}}", index("_relay_due_idx")),
         ("{{lapse_idx}}", index("_relay_lapse_idx")),
@@ -184,21 +184,21 @@ fn vars(cfg: &Config) -> Vec<(&'static str, String)> {
             "{{notify_fn}}",
             quote_ident(&derived_name("outbox_relay_notify_", t, "")),
         ),
-        ("{{channel_literal}}", quote_literal(&channel(cfg))),
+        ("{{channel_literal}}", quote_literal(&channel(settings))),
         ("{{wake_lock_class}}", wake_class.to_string()),
         ("{{wake_lock_key}}", wake_key.to_string()),
         ("{{stream_seq}}", quote_ident(&stream_seq)),
         ("{{paused_table}}", quote_ident(&paused_table(t))),
         (
             "{{stream_seq_literal}}",
-            quote_literal(&format!("{}.{}", cfg.schema, quote_ident(&stream_seq))),
+            quote_literal(&settings.in_schema(&stream_seq)),
         ),
     ]
 }
 
-/// The SQL of each step with this config's names filled in.
-pub fn render(cfg: &Config) -> Vec<(&'static str, String)> {
-    let vars = vars(cfg);
+/// The SQL of each step with this table's names filled in.
+pub fn render(settings: &TableSettings) -> Vec<(&'static str, String)> {
+    let vars = vars(settings);
     STEPS
         .iter()
         .map(|(name, template)| (*name, fill(template, &vars)))
@@ -211,12 +211,12 @@ fn fill(template: &str, vars: &[(&'static str, String)]) -> String {
         .fold(template.to_string(), |s, (k, v)| s.replace(k, v))
 }
 
-/// The statements that create the managed indexes `cfg` wants and drop the others, each
+/// The statements that create the managed indexes `settings` wants and drop the others, each
 /// `CONCURRENTLY` (see [`ManagedIndex`]), so they run one by one outside a transaction
 /// block, after the steps.
-pub fn index_statements(cfg: &Config) -> Vec<String> {
-    let vars = vars(cfg);
-    managed_indexes(cfg)
+pub fn index_statements(settings: &TableSettings) -> Vec<String> {
+    let vars = vars(settings);
+    managed_indexes(settings)
         .iter()
         .map(|ix| match ix.template {
             Some(template) if ix.wanted => fill(template, &vars),
@@ -224,12 +224,12 @@ pub fn index_statements(cfg: &Config) -> Vec<String> {
                 "-- The config does not use {}: its index goes (migrate again after \
                  turning it on).\nDROP INDEX CONCURRENTLY IF EXISTS {};\n",
                 ix.serves,
-                ix.qualified(cfg)
+                ix.qualified(settings)
             ),
             None => format!(
                 "-- An index for {}, replaced.\nDROP INDEX CONCURRENTLY IF EXISTS {};\n",
                 ix.serves,
-                ix.qualified(cfg)
+                ix.qualified(settings)
             ),
         })
         .collect()
@@ -238,10 +238,10 @@ pub fn index_statements(cfg: &Config) -> Vec<String> {
 /// Which of `indexes` exist now.
 pub async fn existing(
     client: &tokio_postgres::Client,
-    cfg: &Config,
+    settings: &TableSettings,
     indexes: &[ManagedIndex],
 ) -> anyhow::Result<Vec<bool>> {
-    let names: Vec<String> = indexes.iter().map(|ix| ix.qualified(cfg)).collect();
+    let names: Vec<String> = indexes.iter().map(|ix| ix.qualified(settings)).collect();
     let row = super::statements::query_one(
         client,
         "SELECT array_agg(to_regclass(n) IS NOT NULL ORDER BY i)
@@ -253,11 +253,11 @@ pub async fn existing(
     Ok(row.get(0))
 }
 
-/// Warns about each managed index `cfg` wants that is missing (a `migrate` run with another
+/// Warns about each managed index `settings` wants that is missing (a `migrate` run with another
 /// config dropped it, none ran since the feature was turned on, or none since an upgrade).
-pub async fn warn_missing_indexes(client: &tokio_postgres::Client, cfg: &Config) {
-    let managed = managed_indexes(cfg);
-    match existing(client, cfg, &managed).await {
+pub async fn warn_missing_indexes(client: &tokio_postgres::Client, settings: &TableSettings) {
+    let managed = managed_indexes(settings);
+    match existing(client, settings, &managed).await {
         Ok(exists) => {
             for (ix, _) in managed.iter().zip(exists).filter(|(ix, e)| ix.wanted && !e) {
                 tracing::warn!(
@@ -273,13 +273,13 @@ pub async fn warn_missing_indexes(client: &tokio_postgres::Client, cfg: &Config)
 }
 
 /// The whole migration as one script, for `migrate --print`.
-pub fn script(cfg: &Config) -> String {
+pub fn script(settings: &TableSettings) -> String {
     let mut out = format!(
         "-- outbox-relay {} migration for {}\n-- Idempotent: safe to apply more than once.\n",
         env!("CARGO_PKG_VERSION"),
-        cfg.qualified_table()
+        settings.qualified_table()
     );
-    for (name, sql) in render(cfg) {
+    for (name, sql) in render(settings) {
         out.push_str(&format!(
             "\n-- {name}\nBEGIN;\n{}\nCOMMIT;\n",
             sql.trim_end()
@@ -290,7 +290,7 @@ pub fn script(cfg: &Config) -> String {
          way,\n-- drop the INVALID index it left (\\d in psql shows it) before running \
          this again.\n",
     );
-    for sql in index_statements(cfg) {
+    for sql in index_statements(settings) {
         out.push_str(&format!("{}\n", sql.trim_end()));
     }
     out.push_str(
@@ -303,23 +303,29 @@ pub fn script(cfg: &Config) -> String {
 /// Applies every step, each in its own transaction, under an advisory lock, after checking
 /// that an existing table can be adopted (changing nothing when not). `lock_timeout` keeps
 /// an ALTER TABLE from queueing (and blocking the app) behind a long transaction.
-pub async fn run(client: &mut tokio_postgres::Client, cfg: &Config) -> anyhow::Result<()> {
+pub async fn run(
+    client: &mut tokio_postgres::Client,
+    settings: &TableSettings,
+) -> anyhow::Result<()> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK_KEY])
         .await?;
-    let result = apply(client, cfg).await;
+    let result = apply(client, settings).await;
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK_KEY])
         .await?;
     result
 }
 
-async fn apply(client: &mut tokio_postgres::Client, cfg: &Config) -> anyhow::Result<()> {
+async fn apply(
+    client: &mut tokio_postgres::Client,
+    settings: &TableSettings,
+) -> anyhow::Result<()> {
     // Every step changes an existing table in place (IF NOT EXISTS): on a table that is not
     // an outbox they would add the relay's columns, indexes and trigger to it before any
     // step failed. Checked under the lock, so no concurrent migrate creates it meanwhile.
-    crate::db::shape::check_adoptable(client, &cfg.qualified_table()).await?;
-    for (name, sql) in render(cfg) {
+    crate::db::shape::check_adoptable(client, &settings.qualified_table()).await?;
+    for (name, sql) in render(settings) {
         let tx = client.transaction().await?;
         // IF NOT EXISTS skips are expected on every re-run: keep their NOTICEs out of the logs.
         tx.batch_execute("SET LOCAL lock_timeout = '10s'; SET LOCAL client_min_messages = warning")
@@ -337,24 +343,27 @@ async fn apply(client: &mut tokio_postgres::Client, cfg: &Config) -> anyhow::Res
     client
         .batch_execute("SET lock_timeout = '10s'; SET client_min_messages = warning")
         .await?;
-    let managed = managed_indexes(cfg);
+    let managed = managed_indexes(settings);
     for ix in &managed {
         let invalid: bool = client
             .query_one(
                 "SELECT count(*) > 0 FROM pg_index WHERE indexrelid = to_regclass($1) \
                  AND NOT indisvalid",
-                &[&ix.qualified(cfg)],
+                &[&ix.qualified(settings)],
             )
             .await?
             .get(0);
         if invalid {
             tracing::warn!(index = %ix.name, "dropping an invalid index a failed build left");
             client
-                .batch_execute(&format!("DROP INDEX CONCURRENTLY {}", ix.qualified(cfg)))
+                .batch_execute(&format!(
+                    "DROP INDEX CONCURRENTLY {}",
+                    ix.qualified(settings)
+                ))
                 .await?;
         }
     }
-    for (ix, sql) in managed.iter().zip(index_statements(cfg)) {
+    for (ix, sql) in managed.iter().zip(index_statements(settings)) {
         client
             .batch_execute(&sql)
             .await
@@ -369,12 +378,11 @@ async fn apply(client: &mut tokio_postgres::Client, cfg: &Config) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Overrides;
 
     #[test]
     fn renders_every_placeholder() {
-        let cfg = Config::from_toml("table = \"Outbox_2\"", &Overrides::default()).unwrap();
-        let script = script(&cfg);
+        let settings = TableSettings::for_tests("Outbox_2");
+        let script = script(&settings);
         assert!(!script.contains("{{"), "unfilled placeholder in:\n{script}");
         assert!(script.contains(r#""public"."Outbox_2""#));
         assert!(script.contains("'outbox_relay.public.Outbox_2'"));

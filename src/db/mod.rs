@@ -14,6 +14,7 @@ pub mod queries;
 pub mod server;
 pub mod shape;
 pub mod statements;
+pub mod table;
 pub mod tls;
 
 use std::time::Duration;

@@ -15,9 +15,9 @@ use std::fmt;
 use anyhow::Context;
 use tokio_postgres::Client;
 
-use crate::config::Config;
 use crate::db::ident::{derived_name, quote_ident, Ident};
 use crate::db::migrate::paused_table;
+use crate::db::table::TableSettings;
 
 /// What a command does with the table, for the privileges it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,15 +108,15 @@ fn grant(privileges: &[&str], kind: Kind, object: &str, role: &str) -> String {
 }
 
 /// The stream sequence's bare name (migration 005).
-fn stream_seq(cfg: &Config) -> String {
-    derived_name("", &cfg.table, "_stream_seq")
+fn stream_seq(settings: &TableSettings) -> String {
+    derived_name("", &settings.table, "_stream_seq")
 }
 
-/// The privileges `what` needs with this config.
-pub fn needs(cfg: &Config, what: Use) -> Vec<Privilege> {
-    let s = &cfg.schema;
-    let table = |p| Privilege::new(p, Kind::Table, s, cfg.table.as_str());
-    let paused = |p| Privilege::new(p, Kind::Table, s, &paused_table(&cfg.table));
+/// The privileges `what` needs with these settings.
+pub fn needs(settings: &TableSettings, what: Use) -> Vec<Privilege> {
+    let s = &settings.schema;
+    let table = |p| Privilege::new(p, Kind::Table, s, settings.table.as_str());
+    let paused = |p| Privilege::new(p, Kind::Table, s, &paused_table(&settings.table));
     let mut out = vec![
         Privilege::new("USAGE", Kind::Schema, s, s.as_str()),
         table("SELECT"),
@@ -127,11 +127,11 @@ pub fn needs(cfg: &Config, what: Use) -> Vec<Privilege> {
         Use::Purge => out.extend([table("UPDATE"), table("DELETE")]),
         Use::Publish => out.extend([
             table("INSERT"),
-            Privilege::new("USAGE", Kind::Sequence, s, &stream_seq(cfg)),
+            Privilege::new("USAGE", Kind::Sequence, s, &stream_seq(settings)),
         ]),
         Use::Run => {
             out.push(table("UPDATE"));
-            if cfg.retention.is_some() {
+            if settings.retention {
                 out.push(table("DELETE"));
             }
             out.extend(["SELECT", "INSERT", "UPDATE", "DELETE"].map(paused));
@@ -142,28 +142,37 @@ pub fn needs(cfg: &Config, what: Use) -> Vec<Privilege> {
 
 /// `migrate --print-grants ROLE`: every GRANT the runtime role needs for all commands, the
 /// dashboard and SSE, as a script a DBA can run (idempotent: granting twice is harmless).
-pub fn grants_script(cfg: &Config, role: &Ident) -> String {
-    let s = &cfg.schema;
+pub fn grants_script(settings: &TableSettings, role: &Ident) -> String {
+    let s = &settings.schema;
     let r = role.to_string();
     let all = ["SELECT", "INSERT", "UPDATE", "DELETE"];
-    let qualified = |name: &str| format!("{s}.{}", quote_ident(name));
     [
         format!(
             "-- outbox-relay {}: the privileges runtime role {r} needs on {} (run, the \
              dashboard, SSE,\n-- status, retry, skip, purge, publish). Run as the owner (the \
              role that ran migrate) or a superuser.",
             env!("CARGO_PKG_VERSION"),
-            cfg.qualified_table()
+            settings.qualified_table()
         ),
         grant(&["USAGE"], Kind::Schema, &s.to_string(), &r),
-        grant(&all, Kind::Table, &cfg.qualified_table(), &r),
-        grant(&all, Kind::Table, &qualified(&paused_table(&cfg.table)), &r),
-        grant(&["USAGE"], Kind::Sequence, &qualified(&stream_seq(cfg)), &r),
+        grant(&all, Kind::Table, &settings.qualified_table(), &r),
+        grant(
+            &all,
+            Kind::Table,
+            &settings.in_schema(&paused_table(&settings.table)),
+            &r,
+        ),
+        grant(
+            &["USAGE"],
+            Kind::Sequence,
+            &settings.in_schema(&stream_seq(settings)),
+            &r,
+        ),
         format!(
             "-- An adopted table whose id is a serial (DEFAULT nextval(...), not an IDENTITY \
              column):\n-- `publish` and app roles also need USAGE on that sequence. Its name: \
              SELECT pg_get_serial_sequence('{}', 'id');",
-            cfg.qualified_table().replace('\'', "''")
+            settings.qualified_table().replace('\'', "''")
         ),
         format!(
             "-- Optional: without it the oldest-transaction gauge and warning see only {r}'s \
@@ -238,8 +247,8 @@ SELECT current_user::text, array_agg(CASE u.k
 
 /// Checks that the session's role has what `what` needs: an error of type
 /// [`MissingPrivileges`] naming every one it lacks.
-pub async fn check(client: &Client, cfg: &Config, what: Use) -> anyhow::Result<()> {
-    let wanted = needs(cfg, what);
+pub async fn check(client: &Client, settings: &TableSettings, what: Use) -> anyhow::Result<()> {
+    let wanted = needs(settings, what);
     let col = |f: fn(&Privilege) -> &str| wanted.iter().map(f).collect::<Vec<&str>>();
     // Through `statements`: no named statement left behind a transaction-mode pooler.
     let row = super::statements::query_one(
@@ -279,17 +288,16 @@ pub fn is_missing(e: &anyhow::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Overrides;
 
-    fn cfg(toml: &str) -> Config {
-        Config::from_toml(toml, &Overrides::default()).unwrap()
+    fn settings() -> TableSettings {
+        TableSettings::for_tests("OutboxEvent")
     }
 
     #[test]
     fn grants_cover_every_use_and_are_quoted() {
-        let cfg = cfg("table = \"OutboxEvent\"");
+        let settings = settings();
         let role = Ident::new("relay_rt").unwrap();
-        let script = grants_script(&cfg, &role);
+        let script = grants_script(&settings, &role);
         let lines: Vec<&str> = script.lines().filter(|l| !l.starts_with("--")).collect();
         assert_eq!(
             lines,
@@ -301,7 +309,7 @@ mod tests {
             ]
         );
         for what in [Use::Status, Use::Change, Use::Purge, Use::Publish, Use::Run] {
-            for p in needs(&cfg, what) {
+            for p in needs(&settings, what) {
                 let covered = lines
                     .iter()
                     .any(|l| l.contains(p.privilege) && l.contains(&format!(" {} TO", p.object())));
@@ -312,21 +320,24 @@ mod tests {
 
     #[test]
     fn run_needs_delete_only_with_retention() {
-        let deletes = |c: &Config| {
+        let deletes = |c: &TableSettings| {
             needs(c, Use::Run)
                 .iter()
                 .any(|p| p.privilege == "DELETE" && p.object() == c.qualified_table())
         };
-        assert!(deletes(&cfg("")));
-        assert!(!deletes(&cfg("retention = \"off\"")));
+        assert!(deletes(&settings()));
+        assert!(!deletes(&TableSettings {
+            retention: false,
+            ..settings()
+        }));
     }
 
     #[test]
     fn privileges_on_one_object_share_a_grant() {
-        let cfg = cfg("");
+        let settings = settings();
         let e = MissingPrivileges {
             role: "relay".into(),
-            missing: needs(&cfg, Use::Purge),
+            missing: needs(&settings, Use::Purge),
         };
         assert_eq!(
             e.to_string(),
@@ -336,8 +347,8 @@ mod tests {
 
     #[test]
     fn the_error_is_one_line_with_the_fix() {
-        let cfg = cfg("table = \"OutboxEvent\"");
-        let update = needs(&cfg, Use::Change).pop().unwrap();
+        let settings = settings();
+        let update = needs(&settings, Use::Change).pop().unwrap();
         let e = MissingPrivileges {
             role: "relay".into(),
             missing: vec![update],

@@ -14,6 +14,7 @@
 use crate::db::claims::EVENT_COLUMNS;
 use crate::db::ident::quote_literal;
 use crate::db::shape::TableShape;
+use crate::db::table::TableSettings;
 
 /// The error_message of a row whose lease lapsed. Also how the claim recognises a row that
 /// lapses a second time in a row: a suspect (see [`CLAIM`]).
@@ -430,19 +431,18 @@ pub struct Queries {
 }
 
 impl Queries {
-    /// The statements for the configured table.
-    pub fn for_config(cfg: &crate::config::Config, shape: &TableShape) -> Self {
+    /// The statements for the table in `settings` (its paused table, its ordered types).
+    pub fn for_table(settings: &TableSettings, shape: &TableShape) -> Self {
         Self::new(
-            &cfg.qualified_table(),
-            &crate::db::migrate::qualified_paused_table(cfg),
+            &settings.qualified_table(),
+            &crate::db::migrate::qualified_paused_table(settings),
             shape,
-            &cfg.ordered_types(),
+            &settings.ordered_types,
         )
     }
 
     /// `paused_table`: quoted and qualified. `ordered_types`: LIKE patterns of the event
-    /// types delivered in entity order ([`crate::config::Config::ordered_types`]); empty for
-    /// none.
+    /// types delivered in entity order ([`TableSettings::ordered_types`]); empty for none.
     pub fn new(
         qualified_table: &str,
         paused_table: &str,

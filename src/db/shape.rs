@@ -8,7 +8,6 @@
 
 use anyhow::{bail, Context};
 
-use crate::config::ConfigError;
 use crate::db::ident::quote_ident;
 
 /// Relay-owned columns that `migrate` adds; their absence means it has not run.
@@ -325,8 +324,20 @@ pub async fn existing(
     }))
 }
 
-/// Refuses a relation the relay cannot use as its outbox, as an error at the config's
-/// `table` (exit status 2: the config names the wrong table). A missing one passes.
+/// A relation the relay cannot use as its outbox ([`Existing::unadoptable`]). The config's
+/// `table` names the wrong relation, so it reads as the config error it is (the words of
+/// `crate::config::ConfigError` at `table`) and `main` exits 2 with it, as for one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config error at `table`: {table} {why}")]
+pub struct Unadoptable {
+    /// Quoted `schema.table`.
+    pub table: String,
+    /// What is wrong with it, and what to do.
+    pub why: String,
+}
+
+/// Refuses a relation the relay cannot use as its outbox, as an [`Unadoptable`] error (exit
+/// status 2: the config names the wrong table). A missing one passes.
 pub async fn check_adoptable(
     client: &tokio_postgres::Client,
     qualified_table: &str,
@@ -339,7 +350,11 @@ pub async fn check_adoptable(
 
 fn refuse(qualified_table: &str, e: &Existing) -> anyhow::Result<()> {
     match e.unadoptable() {
-        Some(why) => Err(ConfigError::new("table", format!("{qualified_table} {why}")).into()),
+        Some(why) => Err(Unadoptable {
+            table: qualified_table.to_owned(),
+            why,
+        }
+        .into()),
         None => Ok(()),
     }
 }

@@ -112,19 +112,20 @@ async fn wait_for_table(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Queries>> {
-    let table = cfg.qualified_table();
+    let settings = cfg.table_settings();
+    let table = settings.qualified_table();
     let servers = crate::db::servers_of(cfg.database_url.get());
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut read_only_reported = false;
     loop {
         let attempt = async {
             let client = crate::db::get_from(pool, Some(&servers)).await?;
-            privileges::check(&client, cfg, privileges::Use::Run).await?;
+            privileges::check(&client, &settings, privileges::Use::Run).await?;
             let shape = shape::inspect(&client, &table).await?;
             if crate::db::server::read_only(&client).await? {
                 return Ok(None);
             }
-            crate::db::migrate::warn_missing_indexes(&client, cfg).await;
+            crate::db::migrate::warn_missing_indexes(&client, &settings).await;
             anyhow::Ok(Some(shape))
         };
         let wait = match attempt.await {
@@ -137,7 +138,7 @@ async fn wait_for_table(
                 if let Some(caveat) = shape.created_at_caveat() {
                     tracing::warn!(table = %table, column = "created_at", "{caveat}");
                 }
-                return Ok(Some(Queries::for_config(cfg, &shape)));
+                return Ok(Some(Queries::for_table(&settings, &shape)));
             }
             Ok(None) => {
                 // Not ready: nothing can be claimed there.
@@ -290,7 +291,7 @@ impl Relay {
         let listener = self.cfg.listen.then(|| {
             tokio::spawn(listener::run(
                 self.cfg.database_url.get().clone(),
-                crate::db::migrate::channel(&self.cfg),
+                crate::db::migrate::channel(&self.cfg.table_settings()),
                 wakers,
                 endpoints_changed,
                 self.health.clone(),

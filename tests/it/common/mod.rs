@@ -132,7 +132,9 @@ impl TestDb {
     /// Runs the migration for `cfg`.
     pub async fn migrate(&self, cfg: &Config) {
         let mut c = self.client().await;
-        outbox_relay::db::migrate::run(&mut c, cfg).await.unwrap();
+        outbox_relay::db::migrate::run(&mut c, &cfg.table_settings())
+            .await
+            .unwrap();
     }
 }
 

@@ -270,7 +270,9 @@ pub async fn migrate_url(url: &str, extra: &str) {
     )
     .unwrap();
     let mut c = connect(url).await;
-    outbox_relay::db::migrate::run(&mut c, &cfg).await.unwrap();
+    outbox_relay::db::migrate::run(&mut c, &cfg.table_settings())
+        .await
+        .unwrap();
 }
 
 /// The release an in-place upgrade starts from (tests/it/faults.rs, the migrate-under-a-running-
