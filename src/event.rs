@@ -1,14 +1,15 @@
-//! A claimed outbox row, and the JSON envelope receivers get.
+//! An outbox event ([`Event`]: what every sink sends), a claimed one ([`Claimed`]: the event
+//! with the relay's progress on it), and the JSON envelope receivers get.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-/// One outbox row as the relay delivers it (read by [`crate::db::claims`]). Columns the app
-/// may leave NULL stay optional here; [`ClaimedEvent::validate`] decides whether the row can
-/// be delivered at all.
+/// One outbox row as a sink sends it (read by [`crate::db::claims`]): what SSE streams and
+/// what a webhook's envelope carries. Columns the app may leave NULL stay optional here;
+/// [`Event::validate`] decides whether the row can be delivered at all.
 #[derive(Debug, Clone, Default)]
-pub struct ClaimedEvent {
+pub struct Event {
     /// The id as text (uuid, text and bigint ids all render losslessly).
     pub id: String,
     pub event_type: Option<String>,
@@ -17,14 +18,30 @@ pub struct ClaimedEvent {
     pub entity_id: Option<String>,
     /// The payload's JSON text, passed through to receivers without re-encoding.
     pub payload: Option<String>,
-    /// Failed attempts so far; this attempt is number `retry_count + 1`.
-    pub retry_count: i32,
     /// created_at in microseconds since the Unix epoch.
     pub created_us: i64,
-    /// Webhooks that already accepted this event.
+}
+
+/// An event this relay claimed for delivery: the event, how far delivery got, and the claim's
+/// fencing token.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub event: Event,
+    /// Failed attempts so far; this attempt is number `retry_count + 1`.
+    pub retry_count: i32,
+    /// Endpoints that already accepted this event.
     pub delivered_to: Vec<String>,
-    /// The fencing token of this claim.
-    pub claim_token: Uuid,
+    /// The fencing token of this claim: its outcome is written only while it still holds.
+    pub token: Uuid,
+}
+
+impl Claimed {
+    /// The attempt this delivery is, counting from 1.
+    pub fn attempt(&self) -> u32 {
+        u32::try_from(self.retry_count)
+            .unwrap_or(0)
+            .saturating_add(1)
+    }
 }
 
 /// Why a row cannot be delivered. Recorded as the row's error_message, and the row is FAILED.
@@ -57,14 +74,7 @@ fn json_null() -> &'static RawValue {
     NULL.get_or_init(|| RawValue::from_string("null".into()).expect("null is JSON"))
 }
 
-impl ClaimedEvent {
-    /// The attempt this delivery is, counting from 1.
-    pub fn attempt(&self) -> u32 {
-        u32::try_from(self.retry_count)
-            .unwrap_or(0)
-            .saturating_add(1)
-    }
-
+impl Event {
     /// Checks the row is deliverable: it has a type and its payload parses as JSON. A payload
     /// that is an array, a string or a number is delivered as it is.
     ///
@@ -111,18 +121,15 @@ pub fn format_timestamp(micros: i64) -> String {
 mod tests {
     use super::*;
 
-    fn event(payload: Option<&str>, event_type: Option<&str>) -> ClaimedEvent {
-        ClaimedEvent {
+    fn event(payload: Option<&str>, event_type: Option<&str>) -> Event {
+        Event {
             id: "evt_1".into(),
             event_type: event_type.map(Into::into),
             org_id: Some("org_1".into()),
             entity_type: Some("Project".into()),
             entity_id: Some("p_42".into()),
             payload: payload.map(Into::into),
-            retry_count: 2,
             created_us: 1_795_867_200_123_456,
-            delivered_to: vec![],
-            claim_token: Uuid::nil(),
         }
     }
 

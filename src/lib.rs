@@ -20,7 +20,7 @@
 //!   [`sinks::sse`] (the fan-out hub, cursors, the tail reader) are the sinks.
 //! - [`background`]: periodic upkeep run after claim rounds (housekeeping, retention).
 //! - [`backoff`]: retry delays for events, and the reconnect backoff of the daemon's loops.
-//! - [`event`]: a claimed row and its JSON envelope; [`outcome`]: what a delivery comes to
+//! - [`event`]: an event, a claimed one, and the JSON envelope; [`outcome`]: what a delivery comes to
 //!   and what it writes back.
 //! - [`health`]: liveness the HTTP side, systemd and the daemon read; what they share.
 //! - [`observe`]: metrics, the dashboard's in-memory activity, log-flood guards.

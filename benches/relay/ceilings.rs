@@ -14,7 +14,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use outbox_relay::db::claims::{self, NextAttempt, RowOutcome};
 use outbox_relay::db::queries::Queries;
-use outbox_relay::event::ClaimedEvent;
+use outbox_relay::event::Event;
 use outbox_relay::relay::cursor::ClaimCursor;
 use outbox_relay::secret::Secret;
 use outbox_relay::sinks::webhook::signature::SigningKeys;
@@ -233,7 +233,7 @@ pub async fn receiver_ceiling(ctx: &Ctx<'_>, requests: usize) -> anyhow::Result<
 
 /// Event `n`'s id and body as the relay would send them (its own envelope code).
 fn envelope(n: usize, pad: &str) -> (String, Vec<u8>) {
-    let ev = ClaimedEvent {
+    let ev = Event {
         id: Uuid::new_v4().to_string(),
         event_type: Some("BENCH.EVENT".into()),
         org_id: Some(ORG.into()),
@@ -242,7 +242,6 @@ fn envelope(n: usize, pad: &str) -> (String, Vec<u8>) {
         // jsonb's text form of the bench payload.
         payload: Some(format!(r#"{{"pad": "{pad}", "bench_n": {n}}}"#)),
         created_us: chrono::Utc::now().timestamp_micros(),
-        ..ClaimedEvent::default()
     };
     let (event_type, data) = ev.validate().expect("a valid bench event");
     let body = ev.envelope(event_type, &data, Some(1));

@@ -12,7 +12,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::db::claims::{self, EVENT_COLUMNS};
 use crate::db::shape::TableShape;
-use crate::event::ClaimedEvent;
+use crate::event::Event;
 
 /// Most events one search page returns.
 pub const MAX_PAGE: i64 = 200;
@@ -277,7 +277,9 @@ fn event_sql(table: &str, shape: &TableShape) -> String {
 
 /// One event as its dashboard page shows it.
 pub struct EventPage {
-    pub event: ClaimedEvent,
+    pub event: Event,
+    /// The endpoints that accepted it.
+    pub delivered_to: Vec<String>,
     /// Its list fields with its history and lease: a JSON object.
     pub fields: String,
 }
@@ -294,8 +296,10 @@ pub async fn event(
     let Some(row) = rows.first() else {
         return Ok(None);
     };
+    let (event, _, delivered_to) = claims::event(row)?;
     Ok(Some(EventPage {
-        event: claims::event(row)?,
+        event,
+        delivered_to,
         fields: row.try_get(claims::EVENT_WIDTH)?,
     }))
 }

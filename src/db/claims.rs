@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::db::queries::Queries;
 use crate::db::statements;
-use crate::event::ClaimedEvent;
+use crate::event::{Claimed, Event};
 use crate::sinks::sse::cursor::Snapshot;
 
 /// The columns the claim and the dashboard's event read start with (`e`: the outbox row),
@@ -30,26 +30,22 @@ e.entity_type, e.entity_id, e.payload::text, e.retry_count, \
 /// How many columns [`EVENT_COLUMNS`] is: where a statement's own columns begin.
 pub const EVENT_WIDTH: usize = 10;
 
-/// Reads [`EVENT_COLUMNS`] from the start of a row. The claim token is left nil: only a
-/// claim has one.
-pub fn event(row: &Row) -> Result<ClaimedEvent, tokio_postgres::Error> {
-    Ok(ClaimedEvent {
-        retry_count: row.try_get(7)?,
-        delivered_to: row.try_get(9)?,
-        ..envelope(row, 0, 2, 8)?
-    })
+/// Reads [`EVENT_COLUMNS`] from the start of a row: the event, and how far delivery got
+/// (failed attempts, the endpoints that accepted it).
+pub fn event(row: &Row) -> Result<(Event, i32, Vec<String>), tokio_postgres::Error> {
+    Ok((envelope(row, 0, 2, 8)?, row.try_get(7)?, row.try_get(9)?))
 }
 
 /// The columns an envelope is built from, wherever a statement put them: the id at `id`,
 /// event_type, org_id, entity_type, entity_id and payload from `fields` on, created_us at
-/// `created`. The rest is left at its default.
+/// `created`.
 fn envelope(
     row: &Row,
     id: usize,
     fields: usize,
     created: usize,
-) -> Result<ClaimedEvent, tokio_postgres::Error> {
-    Ok(ClaimedEvent {
+) -> Result<Event, tokio_postgres::Error> {
+    Ok(Event {
         id: row.try_get(id)?,
         event_type: row.try_get(fields)?,
         org_id: row.try_get(fields + 1)?,
@@ -57,7 +53,6 @@ fn envelope(
         entity_id: row.try_get(fields + 3)?,
         payload: row.try_get(fields + 4)?,
         created_us: row.try_get::<_, Option<i64>>(created)?.unwrap_or_default(),
-        ..ClaimedEvent::default()
     })
 }
 
@@ -118,18 +113,18 @@ pub struct ClaimedRow {
     pub suspect: bool,
     /// The event with this claim's token, or why the row cannot be read (it then comes back
     /// when its lease lapses).
-    pub event: Result<ClaimedEvent, tokio_postgres::Error>,
+    pub event: Result<Claimed, tokio_postgres::Error>,
 }
 
 /// A claim's result: what it looked at, and the rows it took (none, often).
 #[derive(Debug)]
-pub struct Claimed {
+pub struct ClaimResult {
     pub look: Look,
     pub rows: Vec<ClaimedRow>,
 }
 
 /// Claims a batch in one statement (see the claim query in [`crate::db::queries`]).
-pub async fn claim(pool: &Pool, q: &Queries, c: &Claim) -> anyhow::Result<Claimed> {
+pub async fn claim(pool: &Pool, q: &Queries, c: &Claim) -> anyhow::Result<ClaimResult> {
     let rows = crate::db::query(
         pool,
         &q.claim,
@@ -161,13 +156,15 @@ pub async fn claim(pool: &Pool, q: &Queries, c: &Claim) -> anyhow::Result<Claime
             id,
             dead_lettered: row.try_get::<_, String>(1)? == "FAILED",
             suspect: row.try_get(11)?,
-            event: event(row).map(|ev| ClaimedEvent {
-                claim_token: c.token,
-                ..ev
+            event: event(row).map(|(event, retry_count, delivered_to)| Claimed {
+                event,
+                retry_count,
+                delivered_to,
+                token: c.token,
             }),
         });
     }
-    Ok(Claimed {
+    Ok(ClaimResult {
         look,
         rows: claimed,
     })
@@ -373,9 +370,8 @@ pub struct StreamRead {
     pub snapshot: Snapshot,
     /// Epoch seconds.
     pub at: i64,
-    /// `(stream_xid, stream_seq, event)`; the events carry no retry count, delivered_to or
-    /// token (streams need none).
-    pub rows: Vec<(u64, i64, ClaimedEvent)>,
+    /// `(stream_xid, stream_seq, event)`.
+    pub rows: Vec<(u64, i64, Event)>,
     /// What the read took on the wire (see [`crate::db::put_back`]).
     pub bytes: usize,
 }

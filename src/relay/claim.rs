@@ -18,7 +18,7 @@ use super::Relay;
 use crate::background;
 use crate::backoff::Backoff;
 use crate::db::claims::{self, Swept};
-use crate::event::ClaimedEvent;
+use crate::event::Claimed;
 use crate::health::LOOP_BEAT;
 use crate::observe::incident::Incident;
 use crate::observe::warn_budget::WarnBudget;
@@ -241,7 +241,7 @@ impl Relay {
         tracker: &TaskTracker,
         tx: &mpsc::Sender<Recorded>,
         hard: &CancellationToken,
-    ) -> anyhow::Result<Claimed> {
+    ) -> anyhow::Result<ClaimReport> {
         let token = Uuid::new_v4();
         let suspects_wanted = !self.suspect_in_flight.load(Ordering::Acquire);
         let claim = claims::Claim {
@@ -252,7 +252,7 @@ impl Relay {
             suspects_wanted,
             from: cursor.look_from(),
         };
-        let claims::Claimed { look, rows } =
+        let claims::ClaimResult { look, rows } =
             claims::claim(&self.pool, &self.queries, &claim).await?;
         self.health.database.store(true, Ordering::Release);
         cursor.advance(&look, limit, suspects_wanted);
@@ -281,7 +281,7 @@ impl Relay {
         }
         crate::observe::metrics::claimed(events.len() as u64);
         // Oldest first, whatever order the UPDATE returned them in.
-        events.sort_by_key(|e| e.created_us);
+        events.sort_by_key(|e| e.event.created_us);
         for ev in events {
             let permit = match self.capacity.clone().try_acquire_owned() {
                 Ok(p) => p,
@@ -292,18 +292,18 @@ impl Relay {
                     .await
                     .expect("never closed"),
             };
-            self.inflight.insert(ev.id.clone(), token);
+            self.inflight.insert(ev.event.id.clone(), token);
             let dispatcher = self.dispatcher.clone();
             let tx = tx.clone();
             let hard = hard.clone();
-            let suspect = (suspect.as_ref() == Some(&ev.id))
+            let suspect = (suspect.as_ref() == Some(&ev.event.id))
                 .then(|| SuspectAboard::board(self.suspect_in_flight.clone(), self.wake.clone()));
             tracker.spawn(async move {
                 let crate::outcome::Delivery { outcome, log } =
                     dispatcher.deliver(&ev, &hard).await;
                 log_outcome(&ev, &outcome);
                 let rec = Recorded {
-                    id: ev.id,
+                    id: ev.event.id,
                     token,
                     outcome,
                     log,
@@ -314,7 +314,7 @@ impl Relay {
                 let _ = tx.send(rec).await;
             });
         }
-        Ok(Claimed {
+        Ok(ClaimReport {
             rows: claimed,
             left_fresh: !look.unclaimed.is_empty(),
         })
@@ -389,7 +389,7 @@ impl Sweep {
 
 /// What a claim did.
 #[derive(Debug, Clone, Copy)]
-pub struct Claimed {
+pub struct ClaimReport {
     /// Rows it updated (dead-lettered lapses included).
     pub rows: usize,
     /// It saw fresh rows it could not take (locked, held back, not due).
@@ -402,14 +402,14 @@ static FAILURE_WARNINGS: WarnBudget = WarnBudget::new(10);
 
 /// Logs an outcome and counts it. Failures name the event, attempt, every failing endpoint
 /// with its status or error (`name: HTTP 500: ...`), and when the next attempt is due.
-fn log_outcome(ev: &ClaimedEvent, outcome: &crate::outcome::Outcome) {
+fn log_outcome(ev: &Claimed, outcome: &crate::outcome::Outcome) {
     use crate::outcome::Outcome::*;
-    let event_type = ev.event_type.as_deref().unwrap_or("<NULL>");
+    let event_type = ev.event.event_type.as_deref().unwrap_or("<NULL>");
     match outcome {
         Completed { .. } => {
-            let lag = chrono::Utc::now().timestamp_micros() - ev.created_us;
+            let lag = chrono::Utc::now().timestamp_micros() - ev.event.created_us;
             crate::observe::metrics::completed(Duration::from_micros(lag.max(0) as u64));
-            tracing::debug!(event_id = %ev.id, event_type, attempt = ev.attempt(), "delivered")
+            tracing::debug!(event_id = %ev.event.id, event_type, attempt = ev.attempt(), "delivered")
         }
         Retry { delay, error, .. } => {
             crate::observe::metrics::retried();
@@ -419,7 +419,7 @@ fn log_outcome(ev: &ClaimedEvent, outcome: &crate::outcome::Outcome) {
             macro_rules! failed {
                 ($level:ident $(, $extra:ident = $value:expr)?) => {
                     tracing::$level!(
-                        event_id = %ev.id, event_type, attempt = ev.attempt(), %error,
+                        event_id = %ev.event.id, event_type, attempt = ev.attempt(), %error,
                         retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
                         next_attempt_at = %next.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
                         $($extra = $value,)?
@@ -436,11 +436,11 @@ fn log_outcome(ev: &ClaimedEvent, outcome: &crate::outcome::Outcome) {
         Dead { error, .. } => {
             crate::observe::metrics::dead_lettered();
             tracing::error!(
-                event_id = %ev.id, event_type, attempt = ev.attempt(), %error,
+                event_id = %ev.event.id, event_type, attempt = ev.attempt(), %error,
                 "delivery failed for good; event is FAILED (dead letter)"
             )
         }
-        Release { .. } => tracing::debug!(event_id = %ev.id, "released without an attempt"),
-        Hold { .. } => tracing::debug!(event_id = %ev.id, "held for a paused endpoint"),
+        Release { .. } => tracing::debug!(event_id = %ev.event.id, "released without an attempt"),
+        Hold { .. } => tracing::debug!(event_id = %ev.event.id, "held for a paused endpoint"),
     }
 }

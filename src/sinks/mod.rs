@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff;
 use crate::config::Config;
-use crate::event::ClaimedEvent;
+use crate::event::Claimed;
 use crate::observe::activity::Timeline;
 use crate::outcome::{Delivery, Outcome};
 use webhook::{Attempt, Endpoint};
@@ -77,8 +77,8 @@ impl Dispatcher {
 
     /// Delivers one event to every endpoint still owed it. `cancel` is the hard shutdown: it
     /// abandons requests in flight, and the event is released untouched.
-    pub async fn deliver(&self, ev: &ClaimedEvent, cancel: &CancellationToken) -> Delivery {
-        let (event_type, data) = match ev.validate() {
+    pub async fn deliver(&self, ev: &Claimed, cancel: &CancellationToken) -> Delivery {
+        let (event_type, data) = match ev.event.validate() {
             Ok(v) => v,
             Err(e) => {
                 let outcome = Outcome::Dead {
@@ -105,8 +105,10 @@ impl Dispatcher {
                 log: Vec::new(),
             };
         }
-        let body = Bytes::from(ev.envelope(event_type, &data, Some(ev.attempt())));
-        let sends = targets.iter().map(|e| e.send(&ev.id, body.clone(), cancel));
+        let body = Bytes::from(ev.event.envelope(event_type, &data, Some(ev.attempt())));
+        let sends = targets
+            .iter()
+            .map(|e| e.send(&ev.event.id, body.clone(), cancel));
         let (attempts, log): (Vec<_>, Vec<_>) = futures_util::future::join_all(sends)
             .await
             .into_iter()
@@ -121,7 +123,7 @@ impl Dispatcher {
 
 /// Folds the per-endpoint attempts into the row's outcome. `jitter` in [0, 1).
 pub fn decide<'a>(
-    ev: &ClaimedEvent,
+    ev: &Claimed,
     results: impl IntoIterator<Item = (&'a str, Attempt)>,
     policy: &RetryPolicy,
     jitter: f64,
@@ -216,18 +218,17 @@ mod tests {
         ..POLICY
     };
 
-    fn ev(retry_count: i32, delivered: &[&str]) -> ClaimedEvent {
-        ClaimedEvent {
-            id: "e".into(),
-            event_type: Some("T".into()),
-            org_id: None,
-            entity_type: None,
-            entity_id: None,
-            payload: Some("{}".into()),
+    fn ev(retry_count: i32, delivered: &[&str]) -> Claimed {
+        Claimed {
+            event: crate::event::Event {
+                id: "e".into(),
+                event_type: Some("T".into()),
+                payload: Some("{}".into()),
+                ..Default::default()
+            },
             retry_count,
-            created_us: 0,
             delivered_to: delivered.iter().map(|s| s.to_string()).collect(),
-            claim_token: Uuid::nil(),
+            token: Uuid::nil(),
         }
     }
 

@@ -218,13 +218,16 @@ pub async fn event(
     app.dashboard.allow(&headers, Access::Read)?;
     let (pool, q) = (pool(&app)?, queries(&app)?);
     let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no event with id {id:?}"));
-    let browse::EventPage { event: ev, fields } =
-        match browse::event(pool, &q.table, &q.shape, &id).await {
-            Ok(Some(page)) => page,
-            Ok(None) => return Err(not_found()),
-            Err(e) if browse::is_bad_id(&e) => return Err(not_found()),
-            Err(e) => return Err(internal(e)),
-        };
+    let browse::EventPage {
+        event: ev,
+        delivered_to,
+        fields,
+    } = match browse::event(pool, &q.table, &q.shape, &id).await {
+        Ok(Some(page)) => page,
+        Ok(None) => return Err(not_found()),
+        Err(e) if browse::is_bad_id(&e) => return Err(not_found()),
+        Err(e) => return Err(internal(e)),
+    };
     let fields: serde_json::Map<String, Value> =
         serde_json::from_str(&fields).map_err(|e| internal(e.into()))?;
     let raw = |s: String| RawValue::from_string(s).ok();
@@ -246,7 +249,7 @@ pub async fn event(
             json!({
                 "name": e.name,
                 "wants": ev.event_type.as_deref().is_some_and(|t| e.wants(t)),
-                "accepted": ev.delivered_to.contains(&e.name),
+                "accepted": delivered_to.contains(&e.name),
                 "paused": e.is_paused(),
             })
         })

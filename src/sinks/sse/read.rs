@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::config::Config;
 use crate::db::claims;
-use crate::event::ClaimedEvent;
+use crate::event::Event;
 use crate::sinks::sse::cursor::{Cursor, CursorKey};
 
 /// How streams read the table: the statement, and the key their cursors are signed with.
@@ -185,7 +185,7 @@ impl Unstreamable {
 
 /// Builds the stream form of a row.
 fn stream_event(
-    ev: &ClaimedEvent,
+    ev: &Event,
     xid: u64,
     seq: i64,
     cursor: Cursor,
@@ -257,12 +257,12 @@ mod tests {
 
     #[test]
     fn a_frame_can_carry_another_id() {
-        let ev = ClaimedEvent {
+        let ev = Event {
             id: "1".into(),
             event_type: Some("A.B".into()),
             org_id: Some("o".into()),
             payload: Some("{\"x\":\n1}".into()),
-            ..ClaimedEvent::default()
+            ..Event::default()
         };
         let tail = Cursor::at_snapshot(Snapshot::empty(), 1);
         let mine = Cursor::at_snapshot(Snapshot::parse("5:9:6").unwrap(), 2);
@@ -294,12 +294,12 @@ mod tests {
 
     #[test]
     fn rows_that_would_break_framing_are_not_streamed() {
-        let ev = |t: Option<&str>| ClaimedEvent {
+        let ev = |t: Option<&str>| Event {
             id: "1".into(),
             event_type: t.map(Into::into),
             org_id: Some("o".into()),
             payload: Some("{}".into()),
-            ..ClaimedEvent::default()
+            ..Event::default()
         };
         let c = Cursor::at_snapshot(Snapshot::empty(), 1);
         for (t, why) in [
