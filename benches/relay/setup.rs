@@ -307,7 +307,7 @@ impl NotifyCounter {
                 }
             }
         });
-        let channel = outbox_relay::db::migrate::channel(&db.cfg.table_settings());
+        let channel = db.cfg.table_settings().channel();
         client
             .batch_execute(&format!("LISTEN {}", quote_ident(&channel)))
             .await?;

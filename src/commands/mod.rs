@@ -68,7 +68,7 @@ pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
         cfg.qualified_table(),
         shape.id_type,
         shape.status_type,
-        migrate::channel(&settings)
+        settings.channel()
     );
     if !shape.id_has_default {
         eprintln!(
@@ -194,7 +194,7 @@ async fn by_ids(
         eprintln!("{id}: {not_done}");
     }
     if !done.is_empty() {
-        admin::wake_relays(on, &migrate::channel(&cfg.table_settings())).await?;
+        admin::wake_relays(on, &cfg.table_settings().channel()).await?;
     }
     Ok(done.len() as u64)
 }
@@ -223,7 +223,7 @@ pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> an
         admin::retry_failed(
             &client,
             &q,
-            &migrate::channel(&cfg.table_settings()),
+            &cfg.table_settings().channel(),
             glob,
             |total| eprintln!("... {total} retried so far"),
         )

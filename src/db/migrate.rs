@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 
-use crate::db::ident::{derived_name, quote_ident, quote_literal, Ident};
+use crate::db::ident::{derived_name, quote_ident, quote_literal};
 use crate::db::table::TableSettings;
 
 /// The migration steps in order: (file name, template).
@@ -45,41 +45,6 @@ const STEPS: &[(&str, &str)] = &[
 /// Session-level advisory lock key serialising concurrent `migrate` runs (several relays
 /// starting at once). Arbitrary, fixed: "outbox" in ASCII.
 const MIGRATE_LOCK_KEY: i64 = 0x6f7574626f78;
-
-/// NOTIFY channel for this table: derived from schema and table so that two relays serving
-/// two tables in one database never wake each other.
-pub fn channel(settings: &TableSettings) -> String {
-    let name = format!(
-        "outbox_relay.{}.{}",
-        settings.schema.as_str(),
-        settings.table.as_str()
-    );
-    name.chars().take(crate::db::ident::MAX_IDENT_LEN).collect()
-}
-
-/// The advisory lock of the wake-up handshake for this table (see `crate::relay::doze`):
-/// inserts take it shared, a relay about to sleep takes it exclusively. The two-key form, so
-/// it cannot collide with an app's single-`bigint` advisory locks: a fixed class ("obrw" in
-/// ASCII) and a key derived from the NOTIFY channel, so each table has its own.
-pub fn wake_lock(settings: &TableSettings) -> (i32, i32) {
-    use sha2::{Digest, Sha256};
-    const CLASS: i32 = 0x6f62_7277;
-    let digest = Sha256::digest(channel(settings).as_bytes());
-    (
-        CLASS,
-        i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
-    )
-}
-
-/// The table of paused endpoints beside an outbox table `t` (unquoted, in the same schema).
-pub fn paused_table(t: &Ident) -> String {
-    derived_name("", t, "_relay_paused")
-}
-
-/// `paused_table`, schema-qualified and quoted.
-pub fn qualified_paused_table(settings: &TableSettings) -> String {
-    settings.in_schema(&paused_table(&settings.table))
-}
 
 /// An index `migrate` builds and drops `CONCURRENTLY`, outside the steps' transactions: a
 /// plain CREATE INDEX blocks the app's inserts for the whole build, a plain DROP INDEX while
@@ -166,7 +131,7 @@ fn vars(settings: &TableSettings) -> Vec<(&'static str, String)> {
     let table = settings.qualified_table();
     let t = &settings.table;
     let stream_seq = derived_name("", t, "_stream_seq");
-    let (wake_class, wake_key) = wake_lock(settings);
+    let (wake_class, wake_key) = settings.wake_lock();
     let index = |suffix: &str| quote_ident(&derived_name("", t, suffix));
     vec![
         ("{{table}}", table.clone()),
@@ -184,11 +149,11 @@ fn vars(settings: &TableSettings) -> Vec<(&'static str, String)> {
             "{{notify_fn}}",
             quote_ident(&derived_name("outbox_relay_notify_", t, "")),
         ),
-        ("{{channel_literal}}", quote_literal(&channel(settings))),
+        ("{{channel_literal}}", quote_literal(&settings.channel())),
         ("{{wake_lock_class}}", wake_class.to_string()),
         ("{{wake_lock_key}}", wake_key.to_string()),
         ("{{stream_seq}}", quote_ident(&stream_seq)),
-        ("{{paused_table}}", quote_ident(&paused_table(t))),
+        ("{{paused_table}}", quote_ident(&settings.paused_table())),
         (
             "{{stream_seq_literal}}",
             quote_literal(&settings.in_schema(&stream_seq)),

@@ -16,7 +16,6 @@ use anyhow::Context;
 use tokio_postgres::Client;
 
 use crate::db::ident::{derived_name, quote_ident, Ident};
-use crate::db::migrate::paused_table;
 use crate::db::table::TableSettings;
 
 /// What a command does with the table, for the privileges it needs.
@@ -116,7 +115,7 @@ fn stream_seq(settings: &TableSettings) -> String {
 pub fn needs(settings: &TableSettings, what: Use) -> Vec<Privilege> {
     let s = &settings.schema;
     let table = |p| Privilege::new(p, Kind::Table, s, settings.table.as_str());
-    let paused = |p| Privilege::new(p, Kind::Table, s, &paused_table(&settings.table));
+    let paused = |p| Privilege::new(p, Kind::Table, s, &settings.paused_table());
     let mut out = vec![
         Privilege::new("USAGE", Kind::Schema, s, s.as_str()),
         table("SELECT"),
@@ -159,7 +158,7 @@ pub fn grants_script(settings: &TableSettings, role: &Ident) -> String {
         grant(
             &all,
             Kind::Table,
-            &settings.in_schema(&paused_table(&settings.table)),
+            &settings.in_schema(&settings.paused_table()),
             &r,
         ),
         grant(

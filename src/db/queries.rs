@@ -393,7 +393,7 @@ SELECT s.snap::text, extract(epoch FROM statement_timestamp())::int8,
      LIMIT $5) e ON true";
 
 /// The wake-up handshake (see `crate::relay::doze`): a relay about to sleep takes the
-/// table's wake lock ([`crate::db::migrate::wake_lock`]) exclusively, at session level, on
+/// table's wake lock ([`crate::db::table::TableSettings::wake_lock`]) exclusively, at session level, on
 /// its own connection. Waits for every inserting transaction that holds it shared (they
 /// commit or roll back first); from the moment it is requested, new inserts NOTIFY.
 /// $1 class, $2 key.
@@ -435,7 +435,7 @@ impl Queries {
     pub fn for_table(settings: &TableSettings, shape: &TableShape) -> Self {
         Self::new(
             &settings.qualified_table(),
-            &crate::db::migrate::qualified_paused_table(settings),
+            &settings.qualified_paused_table(),
             shape,
             &settings.ordered_types,
         )

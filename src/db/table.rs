@@ -4,7 +4,7 @@
 //! Built from the config (`crate::config::Config::table_settings`), so that `db` depends on
 //! plain values, never on the config itself.
 
-use crate::db::ident::{quote_ident, Ident};
+use crate::db::ident::{derived_name, quote_ident, Ident, MAX_IDENT_LEN};
 
 /// The outbox table and the settings that change the SQL around it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,41 @@ impl TableSettings {
     /// Another object in the table's schema (`name` unquoted), qualified and quoted.
     pub fn in_schema(&self, name: &str) -> String {
         format!("{}.{}", self.schema, quote_ident(name))
+    }
+
+    /// NOTIFY channel for this table: derived from schema and table so that two relays
+    /// serving two tables in one database never wake each other.
+    pub fn channel(&self) -> String {
+        let name = format!(
+            "outbox_relay.{}.{}",
+            self.schema.as_str(),
+            self.table.as_str()
+        );
+        name.chars().take(MAX_IDENT_LEN).collect()
+    }
+
+    /// The advisory lock of the wake-up handshake for this table (see `crate::relay::doze`):
+    /// inserts take it shared, a relay about to sleep takes it exclusively. The two-key
+    /// form, so it cannot collide with an app's single-`bigint` advisory locks: a fixed class
+    /// ("obrw" in ASCII) and a key derived from the NOTIFY channel, so each table has its own.
+    pub fn wake_lock(&self) -> (i32, i32) {
+        use sha2::{Digest, Sha256};
+        const CLASS: i32 = 0x6f62_7277;
+        let digest = Sha256::digest(self.channel().as_bytes());
+        (
+            CLASS,
+            i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
+        )
+    }
+
+    /// The table of paused endpoints beside the outbox table (unquoted, in the same schema).
+    pub fn paused_table(&self) -> String {
+        derived_name("", &self.table, "_relay_paused")
+    }
+
+    /// [`Self::paused_table`], schema-qualified and quoted.
+    pub fn qualified_paused_table(&self) -> String {
+        self.in_schema(&self.paused_table())
     }
 
     /// The default config's settings for `table` in `public`, for unit tests.

@@ -73,7 +73,7 @@ impl Relay {
         let mut doze = self.cfg.listen.then(|| {
             Doze::new(
                 self.cfg.database_url.get().clone(),
-                crate::db::migrate::wake_lock(&self.cfg.table_settings()),
+                self.cfg.table_settings().wake_lock(),
                 self.wake.clone(),
             )
         });

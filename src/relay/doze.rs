@@ -4,7 +4,7 @@
 //! cluster-wide lock, so an insert trigger that always notifies caps the app's write rate.
 //! A relay that is busy claiming needs no notification; only one that is about to sleep
 //! does. So the insert trigger (`sql/004_notify_trigger.sql`) takes the table's wake lock
-//! ([`crate::db::migrate::wake_lock`]) in *shared* mode with `pg_try_advisory_xact_lock_shared`
+//! ([`crate::db::table::TableSettings::wake_lock`]) in *shared* mode with `pg_try_advisory_xact_lock_shared`
 //! and notifies only when that fails; a relay going to sleep first takes the same lock
 //! *exclusively* on a connection of its own ([`Doze::arm`]), then claims once more, and
 //! sleeps holding it. The first wake-up makes it let go ([`Doze::disarm`]), so inserts stop

@@ -291,7 +291,7 @@ impl Relay {
         let listener = self.cfg.listen.then(|| {
             tokio::spawn(listener::run(
                 self.cfg.database_url.get().clone(),
-                crate::db::migrate::channel(&self.cfg.table_settings()),
+                self.cfg.table_settings().channel(),
                 wakers,
                 endpoints_changed,
                 self.health.clone(),

@@ -616,7 +616,7 @@ struct Notifications {
 impl Notifications {
     async fn listen(url: &str, cfg: &outbox_relay::config::Config) -> Self {
         use futures_util::StreamExt;
-        let channel = outbox_relay::db::migrate::channel(&cfg.table_settings());
+        let channel = cfg.table_settings().channel();
         let secret = outbox_relay::secret::Secret::new(url.to_owned());
         let (pg, tls) = outbox_relay::db::pg_config(&secret).unwrap();
         let (client, mut conn) = pg.connect(tls).await.unwrap();
@@ -679,7 +679,7 @@ async fn wake_lock_exclusive(
     cfg: &outbox_relay::config::Config,
     granted: bool,
 ) -> bool {
-    let (class, key) = outbox_relay::db::migrate::wake_lock(&cfg.table_settings());
+    let (class, key) = cfg.table_settings().wake_lock();
     // pg_locks shows the two int4 keys as oids (unsigned).
     let (class, key) = (class as u32 as i64, key as u32 as i64);
     client
@@ -701,7 +701,7 @@ async fn inserts_notify_only_while_a_relay_holds_or_awaits_the_wake_lock() {
     db.migrate(&cfg).await;
     let notes = Notifications::listen(&db.url, &cfg).await;
     let mut app = db.client().await;
-    let (class, key) = outbox_relay::db::migrate::wake_lock(&cfg.table_settings());
+    let (class, key) = cfg.table_settings().wake_lock();
 
     for _ in 0..10 {
         insert_events(&app, 1, "NOBODY.ASLEEP").await;

@@ -89,7 +89,7 @@ impl Dashboard {
             pool,
             admin_token: cfg.http.admin_token.as_ref().map(|t| t.get().clone()),
             loopback: cfg.http.listen.ip().is_loopback(),
-            channel: crate::db::migrate::channel(&cfg.table_settings()),
+            channel: cfg.table_settings().channel(),
             ordering: !cfg.ordered_types().is_empty(),
             started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             cache: api::Cache::default(),
