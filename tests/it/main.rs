@@ -7,6 +7,7 @@
 
 mod common;
 
+mod background;
 mod dashboard;
 mod dashboard_api;
 mod delivery;
