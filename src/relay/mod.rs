@@ -170,7 +170,7 @@ impl Relay {
         // Room for each endpoint's in-flight requests plus as many queued behind them, so a
         // saturated endpoint never takes the whole window from the healthy ones.
         let per_endpoint = |w: &crate::config::WebhookConfig| {
-            w.max_in_flight * (1 + crate::sinks::webhook::QUEUE_PER_SLOT)
+            w.max_in_flight * (1 + crate::sinks::endpoint::QUEUE_PER_SLOT)
         };
         let window: usize = cfg.webhooks.iter().map(per_endpoint).sum();
         let capacity_total = window.max(cfg.batch_size as usize);

@@ -4,6 +4,7 @@
 //! it yet, sends to them concurrently, and [`decide`]s what the row becomes. The decision is a
 //! pure function so every branch is tested without a network.
 
+pub mod endpoint;
 pub mod pause;
 pub mod routing;
 pub mod sse;
@@ -20,7 +21,7 @@ use crate::config::Config;
 use crate::event::Claimed;
 use crate::observe::activity::Timeline;
 use crate::outcome::{Delivery, Outcome};
-use webhook::{Attempt, Endpoint};
+use endpoint::{Attempt, Endpoint, Message};
 
 /// Longest error_message written to a row (the contract asks for a bounded length).
 pub const MAX_ERROR_LEN: usize = 1000;
@@ -53,7 +54,8 @@ impl Dispatcher {
             .webhooks
             .iter()
             .map(|w| {
-                Endpoint::new(w, cfg.backoff_max, egress.clone(), timeline.clone()).map(Arc::new)
+                webhook::endpoint(w, cfg.backoff_max, egress.clone(), timeline.clone())
+                    .map(Arc::new)
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
@@ -105,10 +107,12 @@ impl Dispatcher {
                 log: Vec::new(),
             };
         }
-        let body = Bytes::from(ev.event.envelope(event_type, &data, Some(ev.attempt())));
-        let sends = targets
-            .iter()
-            .map(|e| e.send(&ev.event.id, body.clone(), cancel));
+        let msg = Message {
+            event: &ev.event,
+            event_type,
+            body: Bytes::from(ev.event.envelope(event_type, &data, Some(ev.attempt()))),
+        };
+        let sends = targets.iter().map(|e| e.send(&msg, cancel));
         let (attempts, log): (Vec<_>, Vec<_>) = futures_util::future::join_all(sends)
             .await
             .into_iter()
@@ -133,7 +137,7 @@ pub fn decide<'a>(
     // The longest Retry-After, and whether every failing endpoint sent one.
     let mut retry_after: Option<Duration> = None;
     let mut all_said_when = true;
-    let (mut busy, mut cancelled) = (false, false);
+    let (mut busy, mut cancelled, mut rejected) = (false, false, false);
     let mut paused = Vec::new();
     for (name, attempt) in results {
         match attempt {
@@ -146,6 +150,10 @@ pub fn decide<'a>(
                 all_said_when &= ra.is_some();
                 retry_after = retry_after.max(ra);
             }
+            Attempt::Rejected { error } => {
+                errors.push(format!("{name}: {error}"));
+                rejected = true;
+            }
             Attempt::Busy => busy = true,
             Attempt::Cancelled => cancelled = true,
             Attempt::Paused => paused.push(name.to_owned()),
@@ -154,7 +162,8 @@ pub fn decide<'a>(
     if !errors.is_empty() {
         let error = truncate(errors.join("; "), MAX_ERROR_LEN);
         let failed = u32::try_from(ev.retry_count).unwrap_or(0).saturating_add(1);
-        if failed >= policy.max_attempts {
+        // A destination that refuses the event for good will refuse every retry too.
+        if rejected || failed >= policy.max_attempts {
             return Outcome::Dead { error, delivered };
         }
         // The receiver's Retry-After replaces our guess when every failing endpoint sent one
@@ -380,5 +389,25 @@ mod tests {
             panic!()
         };
         assert!(error.len() <= MAX_ERROR_LEN && error.ends_with("..."));
+    }
+
+    #[test]
+    fn a_rejection_dead_letters_at_once_keeping_what_others_accepted() {
+        let rejected = Attempt::Rejected {
+            error: "no stream for subject".into(),
+        };
+        let o = decide(
+            &ev(0, &[]),
+            [("a", Attempt::Accepted), ("b", rejected)],
+            &POLICY_LONG,
+            0.5,
+        );
+        assert_eq!(
+            o,
+            Outcome::Dead {
+                error: "b: no stream for subject".into(),
+                delivered: vec!["a".into()],
+            }
+        );
     }
 }

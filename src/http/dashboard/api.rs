@@ -127,7 +127,8 @@ pub async fn overview(
             let h = e.stats.health();
             json!({
                 "name": e.name,
-                "url": e.display_url(),
+                "url": e.target(),
+                "kind": e.kind(),
                 "paused": e.is_paused(),
                 "window_seconds": h.window_seconds,
                 "attempts": h.attempts,

@@ -1,0 +1,259 @@
+//! One configured destination, whatever its kind: the part every sink shares. Routing by
+//! `types`, the `max_in_flight` limit and its bounded wait queue, pause, cancellation at
+//! shutdown, metrics, the dashboard's figures and the attempt log are here; how an event is
+//! handed over is the [`Sink`]'s.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Event;
+use crate::observe::activity::{EndpointStats, Timeline};
+use crate::outcome::AttemptLog;
+use crate::sinks::routing::TypeFilter;
+
+/// Deliveries that may wait for one of an endpoint's `max_in_flight` slots, per slot.
+/// Waiting rows keep the pipeline full (the next send starts the moment one ends, while the
+/// claim and the outcome writes of others proceed); past this the endpoint is saturated and
+/// takes no more of the relay's window ([`Attempt::Busy`]).
+pub const QUEUE_PER_SLOT: usize = 7;
+
+/// How a timed-out attempt's error begins (the metrics count timeouts apart).
+pub const TIMED_OUT: &str = "timed out after";
+
+/// What one try to hand an event to one endpoint came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The destination took it (a 2xx; a broker's ack).
+    Accepted,
+    /// It did not, this time: a non-2xx, a refused connection, a timeout, no ack. Counts as a
+    /// failed attempt; retried with backoff.
+    Failed {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// It never will (a broker that refuses the message for good: no stream for its subject,
+    /// too large): dead-lettered at once with the reason.
+    Rejected { error: String },
+    /// The endpoint is saturated (`max_in_flight` busy and [`QUEUE_PER_SLOT`] times as many
+    /// queued): not sent, not an attempt. The event is put back briefly so a slow endpoint
+    /// cannot hold the relay's whole in-flight window hostage.
+    Busy,
+    /// Shutdown cut the delivery short: not an attempt.
+    Cancelled,
+    /// An operator paused the endpoint: not sent, not an attempt; the event is held until
+    /// the endpoint is resumed.
+    Paused,
+}
+
+/// What a sink hands over: the event and its envelope (the same bytes for every sink).
+pub struct Message<'a> {
+    pub event: &'a Event,
+    /// The event's type (checked present before any sink sees it).
+    pub event_type: &'a str,
+    /// The JSON envelope of this attempt.
+    pub body: Bytes,
+}
+
+/// What one hand-over came to: the attempt and, for HTTP, the response's status.
+pub struct Sent {
+    pub attempt: Attempt,
+    pub status: Option<u16>,
+}
+
+impl Sent {
+    pub fn new(attempt: Attempt) -> Self {
+        Self {
+            attempt,
+            status: None,
+        }
+    }
+}
+
+/// A kind of destination: only what is specific to it. Retries, backoff, dead letters,
+/// pause, ordering, limits, metrics and the dashboard are the same for every sink.
+pub trait Sink: Send + Sync {
+    /// `webhook`, `nats`, ...: shown in the dashboard and logs.
+    fn kind(&self) -> &'static str;
+
+    /// Where it sends, safe to show (no credentials).
+    fn target(&self) -> String;
+
+    /// Hands one event over and waits until the destination has it for good (a 2xx, a
+    /// JetStream ack). Never panics and never returns an error: every way it can go wrong
+    /// is an [`Attempt`]. Errors that are timeouts begin with [`TIMED_OUT`].
+    fn send<'a>(&'a self, msg: &'a Message<'a>) -> BoxFuture<'a, Sent>;
+}
+
+/// An endpoint's settings that do not depend on its kind.
+pub struct Settings<'a> {
+    pub name: &'a str,
+    pub types: &'a [String],
+    pub max_in_flight: usize,
+    /// How long a delivery may wait for one of the `max_in_flight` slots.
+    pub timeout: Duration,
+}
+
+/// A configured destination, shared by every delivery task.
+pub struct Endpoint {
+    pub name: String,
+    filter: TypeFilter,
+    sink: Box<dyn Sink>,
+    /// `max_in_flight` permits: sends on the wire to this endpoint.
+    permits: Arc<Semaphore>,
+    /// Deliveries waiting for a permit; bounded by `max_in_flight * QUEUE_PER_SLOT`.
+    queued: AtomicUsize,
+    max_in_flight: usize,
+    timeout: Duration,
+    /// Set from the paused-endpoints table (see [`crate::sinks::pause`]).
+    paused: AtomicBool,
+    /// This instance's recent attempts, for the dashboard.
+    pub stats: EndpointStats,
+    timeline: Arc<Timeline>,
+}
+
+impl Endpoint {
+    pub fn new(
+        settings: Settings<'_>,
+        sink: Box<dyn Sink>,
+        timeline: Arc<Timeline>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            name: settings.name.to_owned(),
+            filter: TypeFilter::new(settings.types)?,
+            sink,
+            permits: Arc::new(Semaphore::new(settings.max_in_flight)),
+            queued: AtomicUsize::new(0),
+            max_in_flight: settings.max_in_flight,
+            timeout: settings.timeout,
+            paused: AtomicBool::new(false),
+            stats: EndpointStats::default(),
+            timeline,
+        })
+    }
+
+    /// `webhook`, `nats`, ...
+    pub fn kind(&self) -> &'static str {
+        self.sink.kind()
+    }
+
+    /// Where it sends, safe to show.
+    pub fn target(&self) -> String {
+        self.sink.target()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Returns whether it changed.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        self.paused.swap(paused, Ordering::AcqRel) != paused
+    }
+
+    /// Sends on the wire to this endpoint now.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.permits.available_permits()
+    }
+
+    /// Whether this endpoint subscribes to the event type.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.filter.matches(event_type)
+    }
+
+    /// Hands `msg` to the sink within this endpoint's limits. A real attempt (the sink was
+    /// called) also comes with its [`AttemptLog`].
+    pub async fn send(
+        &self,
+        msg: &Message<'_>,
+        cancel: &CancellationToken,
+    ) -> (Attempt, Option<AttemptLog>) {
+        if self.is_paused() {
+            return (Attempt::Paused, None);
+        }
+        let Some(_queued) = QueueSlot::take(&self.queued, self.max_in_flight * QUEUE_PER_SLOT)
+        else {
+            return (Attempt::Busy, None);
+        };
+        let permit = tokio::select! {
+            p = tokio::time::timeout(self.timeout, self.permits.acquire()) => match p {
+                Ok(Ok(p)) => p,
+                _ => return (Attempt::Busy, None),
+            },
+            _ = cancel.cancelled() => return (Attempt::Cancelled, None),
+        };
+        drop(_queued);
+        let at = chrono::Utc::now();
+        let started = std::time::Instant::now();
+        let sent = tokio::select! {
+            s = self.sink.send(msg) => s,
+            _ = cancel.cancelled() => Sent::new(Attempt::Cancelled),
+        };
+        drop(permit);
+        let took = started.elapsed();
+        let (outcome, error) = match &sent.attempt {
+            Attempt::Accepted => (crate::observe::metrics::SUCCESS, None),
+            Attempt::Failed { error, .. } if error.starts_with(TIMED_OUT) => {
+                (crate::observe::metrics::TIMEOUT, Some(error))
+            }
+            Attempt::Failed { error, .. } | Attempt::Rejected { error } => {
+                (crate::observe::metrics::FAILURE, Some(error))
+            }
+            Attempt::Busy | Attempt::Cancelled | Attempt::Paused => return (sent.attempt, None),
+        };
+        crate::observe::metrics::attempt(&self.name, outcome, took);
+        self.stats.record(took, error.map(String::as_str));
+        if error.is_some() {
+            self.timeline.failed();
+        }
+        let log = AttemptLog {
+            at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            endpoint: self.name.clone(),
+            ok: error.is_none(),
+            status: sent.status,
+            error: error.cloned(),
+            ms: (took.as_secs_f64() * 1e6).round() / 1e3,
+        };
+        (sent.attempt, Some(log))
+    }
+}
+
+/// A place in an endpoint's bounded wait queue, given back on drop.
+struct QueueSlot<'a>(&'a AtomicUsize);
+
+impl<'a> QueueSlot<'a> {
+    fn take(counter: &'a AtomicUsize, limit: usize) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(counter))
+    }
+}
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_slots_are_bounded_and_returned() {
+        let c = AtomicUsize::new(0);
+        let a = QueueSlot::take(&c, 2).unwrap();
+        let _b = QueueSlot::take(&c, 2).unwrap();
+        assert!(QueueSlot::take(&c, 2).is_none());
+        drop(a);
+        assert!(QueueSlot::take(&c, 2).is_some());
+    }
+}
