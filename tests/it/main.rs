@@ -18,6 +18,7 @@ mod pooler;
 mod privileges;
 mod process;
 mod readme;
+mod router_access;
 mod security;
 mod smoke;
 mod sse;

@@ -12,13 +12,18 @@ pub mod receiver;
 pub mod replication;
 pub mod sse;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use outbox_relay::config::{Config, Overrides};
-use outbox_relay::health::Health;
+use outbox_relay::db::queries::Queries;
+use outbox_relay::health::{Health, Shared};
+use outbox_relay::http::limits::Gate;
+use outbox_relay::http::App;
 use outbox_relay::pgtemp::TempCluster;
 use outbox_relay::secret::Secret;
+use outbox_relay::sinks::sse::Hub;
 use tokio_util::sync::CancellationToken;
 
 #[allow(unused_imports)]
@@ -133,6 +138,32 @@ impl TestDb {
     pub async fn migrate(&self, cfg: &Config) {
         let mut c = self.client().await;
         outbox_relay::db::migrate::run(&mut c, cfg).await.unwrap();
+    }
+
+    /// The statements for `cfg`'s table, as a relay builds them once it found the table
+    /// (migrated already).
+    pub async fn queries(&self, cfg: &Config) -> Arc<Queries> {
+        let client = self.client().await;
+        let shape = outbox_relay::db::shape::inspect(&client, &cfg.qualified_table())
+            .await
+            .expect("the table is migrated");
+        Arc::new(Queries::for_config(cfg, &shape))
+    }
+
+    /// The relay's HTTP router for a config with `toml`, in-process and with no relay
+    /// running, for `tower::ServiceExt::oneshot`: the table migrated, its statements known
+    /// and the database marked up, as once a relay has started on it.
+    pub async fn router(&self, toml: &str) -> axum::Router {
+        let cfg = self.config(toml);
+        self.migrate(&cfg).await;
+        let hub = Arc::new(Hub::default());
+        let shared = Arc::new(Shared::new(&cfg, cfg.sse.enabled.then(|| hub.clone())).unwrap());
+        let _ = shared.queries.set(self.queries(&cfg).await);
+        shared.health.database.store(true, Ordering::Release);
+        let pool = outbox_relay::db::pool(cfg.database_url.get()).unwrap();
+        let connections = Arc::new(Gate::new("connections", "http.max_connections", 64));
+        let app = App::new(&cfg, pool, shared, hub, connections).unwrap();
+        outbox_relay::http::router(Arc::new(app))
     }
 }
 
