@@ -19,6 +19,7 @@ mod privileges;
 mod process;
 mod readme;
 mod router_access;
+mod run_once;
 mod security;
 mod smoke;
 mod sse;
