@@ -28,19 +28,22 @@ struct Driver {
 }
 
 impl Driver {
-    /// A relay for a config with `toml` and one webhook to `rx`, on `db` (migrated here).
-    async fn new(db: &TestDb, rx: &Receiver, toml: &str) -> Self {
+    /// A relay for a config with `toml` and one webhook to `rx`, on a database of its own
+    /// (migrated); with a client of that database, and the database (dropped with it).
+    async fn start(rx: &Receiver, toml: &str) -> (Self, tokio_postgres::Client, TestDb) {
+        let db = TestDb::new().await;
         let cfg = db.config(&format!("{toml}\n{}", webhook_toml("hook", &rx.url)));
         db.migrate(&cfg).await;
         let queries = db.queries(&cfg).await;
         let pool = outbox_relay::db::pool(cfg.database_url.get()).unwrap();
         let shared = Shared::new(&cfg, None).unwrap();
-        Self {
+        let driver = Self {
             relay: Relay::new(cfg, pool.clone(), queries.clone(), &shared),
             cursor: ClaimCursor::new(),
             pool,
             queries,
-        }
+        };
+        (driver, db.client().await, db)
     }
 
     /// One claim with room for `limit` rows. Returns once every delivery it started has
@@ -123,10 +126,8 @@ fn completed(retry_count: i32) -> (String, i32, Option<String>, bool) {
 
 #[tokio::test]
 async fn a_claim_takes_the_oldest_due_events_up_to_its_limit_and_records_them_completed() {
-    let db = TestDb::new().await;
     let rx = Receiver::start().await;
-    let mut relay = Driver::new(&db, &rx, "").await;
-    let client = db.client().await;
+    let (mut relay, client, _db) = Driver::start(&rx, "").await;
     let ids = insert_one_by_one(&client, 3).await;
 
     let claimed = relay.run_once(2).await;
@@ -153,15 +154,14 @@ async fn a_claim_takes_the_oldest_due_events_up_to_its_limit_and_records_them_co
 
 #[tokio::test]
 async fn a_failed_attempt_is_put_back_with_its_count_and_error_and_retried_once_due() {
-    let db = TestDb::new().await;
     // The first request for an event fails, the second is accepted.
     let rx = Receiver::with_script(Arc::new(|_, nth| match nth {
         1 => Reply::status(500),
         _ => Reply::ok(),
     }))
     .await;
-    let mut relay = Driver::new(&db, &rx, "backoff_initial = \"1h\"\nbackoff_max = \"2h\"").await;
-    let client = db.client().await;
+    let (mut relay, client, _db) =
+        Driver::start(&rx, "backoff_initial = \"1h\"\nbackoff_max = \"2h\"").await;
     let id = insert_events(&client, 1, "ORDER.CREATED").await.remove(0);
 
     assert_eq!(relay.run_once(10).await.rows, 1);
@@ -195,10 +195,9 @@ async fn a_failed_attempt_is_put_back_with_its_count_and_error_and_retried_once_
 
 #[tokio::test]
 async fn an_event_whose_last_allowed_attempt_fails_is_failed_and_never_claimed_again() {
-    let db = TestDb::new().await;
     let rx = Receiver::with_script(Arc::new(|_, _| Reply::status(503))).await;
-    let mut relay = Driver::new(&db, &rx, "max_attempts = 2\nbackoff_initial = \"1h\"").await;
-    let client = db.client().await;
+    let (mut relay, client, _db) =
+        Driver::start(&rx, "max_attempts = 2\nbackoff_initial = \"1h\"").await;
     let id = insert_events(&client, 1, "ORDER.CREATED").await.remove(0);
 
     assert_eq!(relay.run_once(10).await.rows, 1);
@@ -218,10 +217,8 @@ async fn an_event_whose_last_allowed_attempt_fails_is_failed_and_never_claimed_a
 
 #[tokio::test]
 async fn nothing_is_claimed_when_nothing_is_due_and_a_row_left_for_later_is_not_passed_over() {
-    let db = TestDb::new().await;
     let rx = Receiver::start().await;
-    let mut relay = Driver::new(&db, &rx, "").await;
-    let client = db.client().await;
+    let (mut relay, client, _db) = Driver::start(&rx, "").await;
 
     let claimed = relay.run_once(10).await;
     assert_eq!(
@@ -264,16 +261,14 @@ async fn nothing_is_claimed_when_nothing_is_due_and_a_row_left_for_later_is_not_
     let later = &before[4].0;
     make_due(&client, later).await;
     assert_eq!(relay.run_once(10).await.rows, 1);
-    assert_eq!(ids_of(&rx), [later.clone()]);
+    assert_eq!(ids_of(&rx), std::slice::from_ref(later));
     assert_eq!(row_state(&client, later).await, completed(0));
 }
 
 #[tokio::test]
 async fn a_lapsed_lease_counts_as_a_failed_attempt_and_the_last_one_fails_the_event() {
-    let db = TestDb::new().await;
     let rx = Receiver::start().await;
-    let mut relay = Driver::new(&db, &rx, "max_attempts = 2").await;
-    let client = db.client().await;
+    let (mut relay, client, _db) = Driver::start(&rx, "max_attempts = 2").await;
     // Two events whose relay died mid-delivery: one on its first attempt, one on its last.
     let ids = insert_one_by_one(&client, 2).await;
     client
