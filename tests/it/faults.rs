@@ -8,7 +8,7 @@
 use crate::common::fault::*;
 use crate::common::load::{Load, LOAD_TYPE};
 use crate::common::process::*;
-use crate::common::proxy::Proxy;
+use crate::common::proxy::{tcp_target, Proxy};
 use crate::common::*;
 
 use std::collections::{BTreeMap, HashSet};
@@ -155,11 +155,7 @@ async fn f3_terminate_backend_storm_on_every_relay_connection() {
 #[ignore = "fault suite: long; run with --ignored"]
 async fn f4_half_open_connections_are_detected_and_replaced() {
     let db = TestDb::new().await;
-    let upstream = {
-        let u = url::Url::parse(&db.url).unwrap();
-        format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(5432))
-    };
-    let proxy = Proxy::start(&upstream).await;
+    let proxy = Proxy::start(&tcp_target(&db.url)).await;
     let rx = Receiver::start().await;
     let (file, http) = relay_config(&relay_url(&db.url, Some(proxy.port)), &[("main", &rx)], "");
     migrate_as_relay_config(&db.url).await;

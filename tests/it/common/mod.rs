@@ -106,10 +106,15 @@ impl TestDb {
 
     /// A config for this database; `extra` is TOML appended after the defaults.
     pub fn config(&self, extra: &str) -> Config {
+        self.config_at(&self.url, extra)
+    }
+
+    /// [`TestDb::config`] reaching this database at `url` (through a proxy, say).
+    pub fn config_at(&self, url: &str, extra: &str) -> Config {
         Config::from_toml(
             &with_free_port(extra),
             &Overrides {
-                database_url: Some(self.url.clone()),
+                database_url: Some(url.to_owned()),
             },
         )
         .expect("test config is valid")
