@@ -378,8 +378,13 @@ async fn database_outage_relay_keeps_running_and_resumes() {
         .await;
     wait_until("/readyz 503 while the database is down", ready_is(503)).await;
     assert_eq!(http_get(&format!("http://{addr}/healthz")).await.0, 200);
-    // The outage itself: keep the database down a while.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The outage itself: keep the database down until the relay has failed three more
+    // claims (each logged, at warn for the first and debug after), so it is still trying,
+    // not merely not dead yet.
+    let failed = relay.log_count("claim failed; retrying");
+    relay
+        .wait_log_count("claim failed; retrying", failed + 3)
+        .await;
     assert!(
         relay.is_running(),
         "the relay exited during the outage:\n{}",
