@@ -131,12 +131,32 @@ impl TestDb {
         f
     }
 
+    /// Migrates for a config with `extra` and writes that config to a file for the binary
+    /// ([`TestDb::config_file`]).
+    pub async fn migrated_config_file(&self, extra: &str) -> tempfile::NamedTempFile {
+        self.migrate(&self.config(extra)).await;
+        self.config_file(extra)
+    }
+
     /// Migrates for a config with `toml` and starts a relay on it, ready (LISTEN active).
     pub async fn start_relay(&self, toml: &str) -> (Config, InProcessRelay) {
         let cfg = self.config(toml);
         self.migrate(&cfg).await;
         let relay = InProcessRelay::start(cfg.clone()).await.ready().await;
         (cfg, relay)
+    }
+
+    /// A database of its own with a relay on it, ready, delivering to `rx` as the webhook
+    /// "main" (`toml` before it); and a client of that database.
+    pub async fn with_relay(
+        rx: &Receiver,
+        toml: &str,
+    ) -> (TestDb, InProcessRelay, tokio_postgres::Client) {
+        let db = TestDb::new().await;
+        let webhook = webhook_toml("main", &rx.url);
+        let (_, relay) = db.start_relay(&format!("{toml}\n{webhook}")).await;
+        let client = db.client().await;
+        (db, relay, client)
     }
 
     /// Runs the migration for `cfg`.
