@@ -10,12 +10,11 @@ pub mod systemd;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use jsonwebtoken::DecodingKey;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::health::{Health, Shared};
-use crate::http::{self, sse::SseState, App};
+use crate::http::{self, App};
 use crate::sinks::sse::Hub;
 
 /// A started daemon.
@@ -48,51 +47,15 @@ impl Daemon {
         let hub = Arc::new(Hub::default());
         let shared = Arc::new(Shared::new(&cfg, cfg.sse.enabled.then(|| hub.clone()))?);
         let health = shared.health.clone();
-        let sse = match cfg.sse.enabled {
-            false => None,
-            true => Some(SseState {
-                hub: hub.clone(),
-                pool: crate::db::pool_of(
-                    cfg.database_url.get(),
-                    crate::db::SSE_POOL_SIZE,
-                    Some("sse"),
-                )?,
-                reader: crate::sinks::sse::read::Reader::new(&cfg),
-                catch_up: tokio::sync::Semaphore::new(http::sse::CATCH_UP_READS),
-                key: DecodingKey::from_secret(
-                    cfg.sse
-                        .token_secret
-                        .as_ref()
-                        .expect("validated: enabled SSE has a token secret")
-                        .get()
-                        .expose()
-                        .as_bytes(),
-                ),
-                heartbeat: cfg.sse.heartbeat,
-                retention: cfg.retention,
-                max_token_lifetime: cfg.sse.max_token_lifetime,
-                streams: http::limits::Gate::new(
-                    "sse",
-                    "sse.max_subscribers",
-                    cfg.sse.max_subscribers,
-                ),
-            }),
-        };
         crate::observe::metrics::handle(); // install the recorder before anything counts
         crate::observe::metrics::register_zeroes(cfg.webhooks.iter().map(|w| w.name.as_str()));
-        let app = Arc::new(App {
-            health: health.clone(),
-            listen: cfg.listen,
-            sse,
-            pool: pool.clone(),
-            table: cfg.qualified_table(),
-            hub: hub.clone(),
-            queue: Default::default(),
-            dashboard: http::dashboard::Dashboard::new(&cfg, shared.clone()),
-            connections: connections.clone(),
-            allowed_hosts: Arc::new(cfg.http.allowed_hosts.clone()),
-            metrics_token: cfg.http.metrics_token.as_ref().map(|t| t.get().clone()),
-        });
+        let app = Arc::new(App::new(
+            &cfg,
+            pool.clone(),
+            shared.clone(),
+            hub.clone(),
+            connections.clone(),
+        )?);
         let serving = http::Serving {
             connections,
             header_timeout: cfg.http.header_timeout,

@@ -26,7 +26,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::health::Health;
+use jsonwebtoken::DecodingKey;
+
+use crate::config::Config;
+use crate::health::{Health, Shared};
 
 /// Shared by every handler.
 pub struct App {
@@ -46,6 +49,60 @@ pub struct App {
     pub allowed_hosts: Arc<host::AllowedHosts>,
     /// `http.metrics_token`: `/metrics` needs it when set.
     pub metrics_token: Option<crate::secret::Secret>,
+}
+
+impl App {
+    /// The HTTP side of a daemon on `cfg`: `pool` is the relay's (for the queue gauges),
+    /// `shared` what the relay shares with it, `hub` the SSE fan-out and `connections` the
+    /// gate the serve loop admits connections through. Makes the SSE and dashboard pools
+    /// (which connect when first used).
+    pub fn new(
+        cfg: &Config,
+        pool: deadpool_postgres::Pool,
+        shared: Arc<Shared>,
+        hub: Arc<crate::sinks::sse::Hub>,
+        connections: Arc<limits::Gate>,
+    ) -> anyhow::Result<Self> {
+        let sse = match cfg.sse.enabled {
+            false => None,
+            true => Some(sse::SseState {
+                hub: hub.clone(),
+                pool: crate::db::pool_of(
+                    cfg.database_url.get(),
+                    crate::db::SSE_POOL_SIZE,
+                    Some("sse"),
+                )?,
+                reader: crate::sinks::sse::read::Reader::new(cfg),
+                catch_up: tokio::sync::Semaphore::new(sse::CATCH_UP_READS),
+                key: DecodingKey::from_secret(
+                    cfg.sse
+                        .token_secret
+                        .as_ref()
+                        .expect("validated: enabled SSE has a token secret")
+                        .get()
+                        .expose()
+                        .as_bytes(),
+                ),
+                heartbeat: cfg.sse.heartbeat,
+                retention: cfg.retention,
+                max_token_lifetime: cfg.sse.max_token_lifetime,
+                streams: limits::Gate::new("sse", "sse.max_subscribers", cfg.sse.max_subscribers),
+            }),
+        };
+        Ok(Self {
+            health: shared.health.clone(),
+            listen: cfg.listen,
+            sse,
+            pool,
+            table: cfg.qualified_table(),
+            hub,
+            queue: Default::default(),
+            dashboard: dashboard::Dashboard::new(cfg, shared),
+            connections,
+            allowed_hosts: Arc::new(cfg.http.allowed_hosts.clone()),
+            metrics_token: cfg.http.metrics_token.as_ref().map(|t| t.get().clone()),
+        })
+    }
 }
 
 /// How connections are served (see [`limits`]).

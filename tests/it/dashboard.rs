@@ -192,9 +192,8 @@ impl Dashboard {
              [http]\nlisten = \"{addr}\"\n{http_extra}\n",
             webhook_toml("main", &rx.url)
         );
-        db.migrate(&db.config(&extra)).await;
-        let config = db.config_file(&extra);
-        let relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&config)]));
+        let config = db.migrated_config_file(&extra).await;
+        let relay = relay("relay", &config);
         let base = format!("http://{addr}");
         let readyz = format!("{base}/readyz");
         wait_until("the relay's /readyz to answer 200", || async {

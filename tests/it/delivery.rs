@@ -35,10 +35,8 @@ async fn wait_status(client: &tokio_postgres::Client, id: &str, status: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_event_is_never_delivered() {
-    let db = TestDb::new().await;
     let rx = Receiver::start().await;
-    let (_, relay) = db.start_relay(&webhook_toml("main", &rx.url)).await;
-    let mut client = db.client().await;
+    let (_db, relay, mut client) = TestDb::with_relay(&rx, "").await;
 
     let tx = client.transaction().await.unwrap();
     let rolled_back: String = tx
@@ -63,15 +61,8 @@ async fn a_rolled_back_event_is_never_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_wakes_the_relay_long_before_the_poll() {
-    let db = TestDb::new().await;
     let rx = Receiver::start().await;
-    let (_, relay) = db
-        .start_relay(&format!(
-            "poll_interval = \"1h\"\n{}",
-            webhook_toml("main", &rx.url)
-        ))
-        .await;
-    let client = db.client().await;
+    let (_db, relay, client) = TestDb::with_relay(&rx, "poll_interval = \"1h\"").await;
     // Several separate commits, each of which must wake the relay on its own.
     for i in 0..3 {
         let ids = insert_events(&client, 1, &format!("WAKE.{i}")).await;
@@ -84,18 +75,12 @@ async fn notify_wakes_the_relay_long_before_the_poll() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_then_200_records_the_failure_then_completes() {
-    let db = TestDb::new().await;
     let rx = Receiver::with_script(Arc::new(|_, nth| {
         Reply::status(if nth == 1 { 500 } else { 200 })
     }))
     .await;
-    let (_, relay) = db
-        .start_relay(&format!(
-            "backoff_initial = \"50ms\"\nbackoff_max = \"200ms\"\n{}",
-            webhook_toml("main", &rx.url)
-        ))
-        .await;
-    let client = db.client().await;
+    let (_db, relay, client) =
+        TestDb::with_relay(&rx, "backoff_initial = \"50ms\"\nbackoff_max = \"200ms\"").await;
     let ids = insert_events(&client, 1, "RETRY.ME").await;
     rx.wait_accepted(&ids).await;
     wait_status(&client, &ids[0], "COMPLETED").await;
@@ -272,7 +257,6 @@ async fn types_globs_route_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_overrides_a_longer_backoff() {
-    let db = TestDb::new().await;
     let rx = Receiver::with_script(Arc::new(|_, nth| {
         if nth == 1 {
             Reply {
@@ -285,13 +269,11 @@ async fn retry_after_overrides_a_longer_backoff() {
     }))
     .await;
     // Backoff alone would wait an hour; Retry-After: 1 must bring it back within PATIENCE.
-    let (_, relay) = db
-        .start_relay(&format!(
-            "backoff_initial = \"1h\"\nbackoff_max = \"1h\"\npoll_interval = \"1h\"\n{}",
-            webhook_toml("main", &rx.url)
-        ))
-        .await;
-    let client = db.client().await;
+    let (_db, relay, client) = TestDb::with_relay(
+        &rx,
+        "backoff_initial = \"1h\"\nbackoff_max = \"1h\"\npoll_interval = \"1h\"",
+    )
+    .await;
     let ids = insert_events(&client, 1, "LIMITED").await;
     wait_until("the 429 to be recorded", || async {
         row_state(&client, &ids[0]).await.1 == 1
@@ -553,15 +535,8 @@ async fn two_relays_share_one_table_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_listen_connection_is_replaced_without_waiting_for_the_poll() {
-    let db = TestDb::new().await;
     let rx = Receiver::start().await;
-    let (_, relay) = db
-        .start_relay(&format!(
-            "poll_interval = \"1h\"\n{}",
-            webhook_toml("main", &rx.url)
-        ))
-        .await;
-    let client = db.client().await;
+    let (_db, relay, client) = TestDb::with_relay(&rx, "poll_interval = \"1h\"").await;
     let first = insert_events(&client, 1, "BEFORE.KILL").await;
     rx.wait_accepted(&first).await;
 

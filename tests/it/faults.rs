@@ -8,7 +8,7 @@
 use crate::common::fault::*;
 use crate::common::load::{Load, LOAD_TYPE};
 use crate::common::process::*;
-use crate::common::proxy::Proxy;
+use crate::common::proxy::{tcp_target, Proxy};
 use crate::common::*;
 
 use std::collections::{BTreeMap, HashSet};
@@ -22,8 +22,7 @@ use nix::sys::signal::Signal;
 async fn f1_relay_sigkilled_every_few_seconds_loses_nothing() {
     let db = TestDb::new().await;
     let rx = Receiver::start().await;
-    let (file, http) = relay_config(&relay_url(&db.url, None), &[("main", &rx)], "");
-    migrate_as_relay_config(&db.url).await;
+    let (file, http) = migrated_relay_config(&db.url, &rx, "").await;
     let load = Load::start(&db.url, rate(), load_time(), 50);
     let mut kills = 0;
     let mut dead = Vec::new();
@@ -106,8 +105,7 @@ async fn f2_postgres_restarted_mid_load_relay_recovers_by_itself() {
 async fn f3_terminate_backend_storm_on_every_relay_connection() {
     let db = TestDb::new().await;
     let rx = Receiver::start().await;
-    let (file, http) = relay_config(&relay_url(&db.url, None), &[("main", &rx)], "");
-    migrate_as_relay_config(&db.url).await;
+    let (file, http) = migrated_relay_config(&db.url, &rx, "").await;
     let r = relay("relay", &file);
     let load = Load::start(&db.url, rate(), load_time(), 50);
     let admin = db.client().await;
@@ -155,11 +153,7 @@ async fn f3_terminate_backend_storm_on_every_relay_connection() {
 #[ignore = "fault suite: long; run with --ignored"]
 async fn f4_half_open_connections_are_detected_and_replaced() {
     let db = TestDb::new().await;
-    let upstream = {
-        let u = url::Url::parse(&db.url).unwrap();
-        format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(5432))
-    };
-    let proxy = Proxy::start(&upstream).await;
+    let proxy = Proxy::start(&tcp_target(&db.url)).await;
     let rx = Receiver::start().await;
     let (file, http) = relay_config(&relay_url(&db.url, Some(proxy.port)), &[("main", &rx)], "");
     migrate_as_relay_config(&db.url).await;
@@ -349,8 +343,7 @@ async fn f7_a_zombie_relay_resumed_after_its_lease_cannot_overwrite_the_new_clai
         }
     }))
     .await;
-    let (file, http) = relay_config(&relay_url(&db.url, None), &[("main", &rx)], "");
-    migrate_as_relay_config(&db.url).await;
+    let (file, http) = migrated_relay_config(&db.url, &rx, "").await;
     let client = db.client().await;
     let load = Load::start(&db.url, rate(), load_time(), 50);
     let a = relay("relay A", &file);
@@ -391,12 +384,12 @@ async fn f7_a_zombie_relay_resumed_after_its_lease_cannot_overwrite_the_new_clai
 async fn f8_an_idle_in_transaction_session_is_reported_and_nothing_is_lost() {
     let db = TestDb::new().await;
     let rx = Receiver::start().await;
-    let (file, http) = relay_config(
-        &relay_url(&db.url, None),
-        &[("main", &rx)],
+    let (file, http) = migrated_relay_config(
+        &db.url,
+        &rx,
         "long_transaction_warning = \"3s\"\npoll_interval = \"5s\"",
-    );
-    migrate_as_relay_config(&db.url).await;
+    )
+    .await;
     let holder = db.client().await;
     holder
         .batch_execute(
@@ -447,12 +440,8 @@ async fn f8_an_idle_in_transaction_session_is_reported_and_nothing_is_lost() {
 async fn f9_poll_only_mode_for_transaction_poolers_delivers_everything_without_listen() {
     let db = TestDb::new().await;
     let rx = Receiver::start().await;
-    let (file, http) = relay_config(
-        &relay_url(&db.url, None),
-        &[("main", &rx)],
-        "listen = false\npoll_interval = \"250ms\"",
-    );
-    migrate_as_relay_config(&db.url).await;
+    let (file, http) =
+        migrated_relay_config(&db.url, &rx, "listen = false\npoll_interval = \"250ms\"").await;
     let r = relay("relay", &file);
     wait_ready("ready without LISTEN", &http).await;
     let load = Load::start(&db.url, rate(), load_time(), 50);

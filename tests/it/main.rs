@@ -19,6 +19,8 @@ mod pooler;
 mod privileges;
 mod process;
 mod readme;
+mod router_access;
+mod run_once;
 mod security;
 mod smoke;
 mod sse;

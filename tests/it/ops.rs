@@ -1,8 +1,7 @@
 //! Operations in the daemon: retention, and what pooled connections keep.
 
+use crate::common::proxy::{tcp_target, Proxy};
 use crate::common::*;
-
-use std::time::Duration;
 
 /// Ids of rows left, by event type.
 async fn left(client: &tokio_postgres::Client) -> Vec<String> {
@@ -22,7 +21,8 @@ async fn left(client: &tokio_postgres::Client) -> Vec<String> {
 async fn retention_deletes_only_old_completed_rows_one_relay_at_a_time() {
     let db = TestDb::new().await;
     // retention 4 s: relays look every second (at most once per claim round, so a 1 s poll).
-    let cfg = db.config("retention = \"4s\"\npoll_interval = \"1s\"");
+    let toml = "retention = \"4s\"\npoll_interval = \"1s\"";
+    let cfg = db.config(toml);
     db.migrate(&cfg).await;
     let client = db.client().await;
     client
@@ -51,10 +51,23 @@ async fn retention_deletes_only_old_completed_rows_one_relay_at_a_time() {
         .unwrap()
         .get(0);
     assert!(locked);
-    let a = InProcessRelay::start(cfg.clone()).await.ready().await;
-    let b = InProcessRelay::start(cfg).await.ready().await;
-    // Both relays have had several rounds (one a second); neither purged under the lock.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Each relay reaches the database through a proxy of its own that counts its tries for
+    // the lock (pg_try_advisory_lock, or its transaction-scoped form behind a pooler).
+    let upstream = tcp_target(&db.url);
+    let mut relays = Vec::new();
+    for _ in 0..2 {
+        let proxy = Proxy::watching(&upstream, "pg_try_advisory").await;
+        let cfg = db.config_at(&proxy.plain_url(&db.url), toml);
+        let relay = InProcessRelay::start(cfg).await.ready().await;
+        relays.push((proxy, relay));
+    }
+    // Waits on the tries, not the clock: a relay tries again only after its previous round
+    // ended, so a second try means one whole round ran under the lock; neither purged.
+    wait_until("each relay tried the retention lock twice", || {
+        let tries: Vec<usize> = relays.iter().map(|(p, _)| p.seen()).collect();
+        async move { tries.iter().all(|&n| n >= 2) }
+    })
+    .await;
     assert!(left(&client).await.contains(&"COMPLETED.OLD".to_owned()));
 
     holder
@@ -70,8 +83,9 @@ async fn retention_deletes_only_old_completed_rows_one_relay_at_a_time() {
         ["COMPLETED.RECENT", "FAILED.OLD", "PENDING.LATER"],
         "only COMPLETED rows past the cutoff go"
     );
-    a.stop().await.unwrap();
-    b.stop().await.unwrap();
+    for (_, relay) in relays {
+        relay.stop().await.unwrap();
+    }
 }
 
 /// Issue 15.11: tokio-postgres keeps a connection's read buffer as large as the largest

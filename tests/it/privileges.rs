@@ -226,7 +226,7 @@ async fn a_runtime_role_with_the_printed_grants_does_everything() {
         sse::sse_toml("15s"),
         webhook_toml("main", &rx.url)
     ));
-    let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    let mut relay = relay("relay", &file);
     let base = format!("http://{http}");
     ready_or_exit(&mut relay, &http).await;
     let mut sub = sse::connect(&base, Some(&sse::token("org_1", None)), "", None)
@@ -330,9 +330,9 @@ async fn a_missing_privilege_is_one_line_naming_it_and_its_grant() {
     let file = s.runtime_config(&format!("[http]\nlisten = \"{http}\"\n"));
     for (revoke, lacks, grant, refusing) in cases {
         admin.batch_execute(&revoke).await.unwrap();
-        let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
-        let code = relay.wait_exit(PATIENCE).await.code();
-        let log = relay.stderr();
+        let mut refused = relay("relay", &file);
+        let code = refused.wait_exit(PATIENCE).await.code();
+        let log = refused.stderr();
         assert_eq!(code, Some(2), "{revoke}: the relay's exit status\n{log}");
         let lines: Vec<&str> = log.lines().filter(|l| l.contains("lacks")).collect();
         assert_eq!(lines.len(), 1, "{revoke}: one line\n{log}");
@@ -365,7 +365,7 @@ async fn a_missing_privilege_is_one_line_naming_it_and_its_grant() {
 
         // The GRANT the line names is the fix.
         admin.batch_execute(&grant).await.unwrap();
-        let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+        let mut relay = relay("relay", &file);
         ready_or_exit(&mut relay, &http).await;
         relay.signal(nix::sys::signal::Signal::SIGTERM);
         assert!(relay.wait_exit(EXIT_PATIENCE).await.success());

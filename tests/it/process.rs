@@ -46,12 +46,11 @@ async fn sigkill_mid_batch_then_a_new_relay_delivers_everything() {
         "lease = \"2s\"\nbatch_size = 50\n{}",
         webhook_toml("main", &rx.url)
     );
-    db.migrate(&db.config(&extra)).await;
-    let file = db.config_file(&extra);
+    let file = db.migrated_config_file(&extra).await;
     let client = db.client().await;
     let ids = insert_events(&client, 300, "PROJECT.UPDATED").await;
 
-    let mut a = Proc::spawn("relay A", relay_cmd(&["run", "--config", path_str(&file)]));
+    let mut a = relay("relay A", &file);
     rx.wait_for(">= 30 requests", |ds| ds.len() >= 30).await;
     a.signal(Signal::SIGKILL);
     let status = a.wait_exit(EXIT_PATIENCE).await;
@@ -63,7 +62,7 @@ async fn sigkill_mid_batch_then_a_new_relay_delivers_everything() {
     let completed_by_a = count_status(&client, "COMPLETED").await;
     let requests_by_a = rx.deliveries().len();
 
-    let mut b = Proc::spawn("relay B", relay_cmd(&["run", "--config", path_str(&file)]));
+    let mut b = relay("relay B", &file);
     rx.wait_accepted(&ids).await;
     wait_until("all 300 rows COMPLETED", || {
         let c = &client;
@@ -122,12 +121,11 @@ async fn sigterm_finishes_in_flight_deliveries_and_exits_0() {
         "shutdown_timeout = \"20s\"\n{}",
         webhook_with_timeout("main", &rx.url, "30s")
     );
-    db.migrate(&db.config(&extra)).await;
-    let file = db.config_file(&extra);
+    let file = db.migrated_config_file(&extra).await;
     let client = db.client().await;
     let ids = insert_events(&client, 5, "PROJECT.UPDATED").await;
 
-    let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    let mut relay = relay("relay", &file);
     wait_until("5 requests arrived at the receiver", || {
         let n = arrived.load(Ordering::SeqCst);
         async move { n >= 5 }
@@ -164,12 +162,11 @@ async fn sigterm_past_the_grace_releases_rows_to_pending() {
         "shutdown_timeout = \"1s\"\n{}",
         webhook_with_timeout("main", &rx.url, "120s")
     );
-    db.migrate(&db.config(&extra)).await;
-    let file = db.config_file(&extra);
+    let file = db.migrated_config_file(&extra).await;
     let client = db.client().await;
     let ids = insert_events(&client, 3, "PROJECT.UPDATED").await;
 
-    let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    let mut relay = relay("relay", &file);
     wait_until("3 requests in flight and 3 rows PROCESSING", || {
         let n = arrived.load(Ordering::SeqCst);
         let c = &client;
@@ -357,7 +354,7 @@ async fn database_outage_relay_keeps_running_and_resumes() {
         }
     };
 
-    let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    let mut relay = relay("relay", &file);
     wait_until("/readyz 200 with the database up", ready_is(200)).await;
     let client = connect(&url).await;
     let first = insert_events(&client, 1, "PROJECT.UPDATED").await;
@@ -378,8 +375,13 @@ async fn database_outage_relay_keeps_running_and_resumes() {
         .await;
     wait_until("/readyz 503 while the database is down", ready_is(503)).await;
     assert_eq!(http_get(&format!("http://{addr}/healthz")).await.0, 200);
-    // The outage itself: keep the database down a while.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The outage itself: keep the database down until the relay has failed three more
+    // claims (each logged, at warn for the first and debug after), so it is still trying,
+    // not merely not dead yet.
+    let failed = relay.log_count("claim failed; retrying");
+    relay
+        .wait_log_count("claim failed; retrying", failed + 3)
+        .await;
     assert!(
         relay.is_running(),
         "the relay exited during the outage:\n{}",
@@ -417,7 +419,7 @@ async fn relay_started_while_the_database_is_down_delivers_once_it_is_up() {
         with_free_port(&extra)
     ));
 
-    let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    let mut relay = relay("relay", &file);
     relay.wait_log(&["relay not started yet"]).await;
     assert!(
         relay.is_running(),
@@ -852,8 +854,7 @@ async fn json_logs_on_request() {
     let db = TestDb::new().await;
     let rx = Receiver::start().await;
     let extra = webhook_toml("main", &rx.url);
-    db.migrate(&db.config(&extra)).await;
-    let file = db.config_file(&extra);
+    let file = db.migrated_config_file(&extra).await;
     let mut relay = Proc::spawn(
         "relay (json)",
         relay_cmd(&["run", "--log-format", "json", "--config", path_str(&file)]),
@@ -936,7 +937,7 @@ async fn metrics_count_deliveries_failures_and_dead_letters_and_match_status() {
         .unwrap();
 
     let file = write_config(&format!("database_url = \"{}\"\n{extra}", db.url));
-    let relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    let relay = relay("relay", &file);
     wait_until("4 COMPLETED and 1 FAILED", || {
         let c = &client;
         async move {

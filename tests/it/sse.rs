@@ -3,6 +3,7 @@
 
 use crate::common::sse::*;
 use crate::common::*;
+use outbox_relay::sinks::sse::cursor::{Cursor, CursorKey};
 
 use std::io::Read;
 use std::sync::Arc;
@@ -474,10 +475,15 @@ async fn a_cursor_older_than_retention_gets_an_error_then_the_oldest_kept() {
     let mut sub = connect(&base, Some(&tok), "", None).await.unwrap();
     let first = publish_many(&client, "org_a", 2).await;
     sub.take(2).await;
-    let cursor = sub.last_id.clone().unwrap();
+    let issued = sub.last_id.clone().unwrap();
     drop(sub);
-    // Older than the 1 s retention by the time it comes back.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The expiry reads the time stamped in the cursor (when its snapshot was taken), not a
+    // row: rather than wait for the 1 s retention to pass, the test ages the cursor by a
+    // day, re-signed with the deployment's key as the relay would have issued it then.
+    let key = CursorKey::derive(SSE_SECRET.as_bytes());
+    let mut aged = Cursor::decode(&issued, &key, "org_a").unwrap();
+    aged.at -= 86_400;
+    let cursor = aged.encode(&key, "org_a");
     let later = publish_many(&client, "org_a", 1).await;
 
     let mut back = connect(&base, Some(&tok), "", Some(&cursor)).await.unwrap();

@@ -9,7 +9,7 @@ use tempfile::NamedTempFile;
 
 use super::load::{Published, LOAD_TYPE};
 use super::process::*;
-use super::{free_addr, http_get, relay_bin, sse, wait_until, Receiver, SECRET};
+use super::{free_addr, http_get, sse, wait_until, Receiver, SECRET};
 
 /// A database password for the relay's URL. The test servers trust local connections and
 /// ignore it; it is there so the suite can prove it never leaks.
@@ -88,21 +88,21 @@ pub fn relay_config(
     (write_config(&toml), format!("http://{http}"))
 }
 
+/// [`relay_config`] for the database at `db_url` (given a password) with one receiver,
+/// "main", and the table migrated for it ([`migrate_as_relay_config`]).
+pub async fn migrated_relay_config(
+    db_url: &str,
+    rx: &Receiver,
+    extra: &str,
+) -> (NamedTempFile, String) {
+    let config = relay_config(&relay_url(db_url, None), &[("main", rx)], extra);
+    migrate_as_relay_config(db_url).await;
+    config
+}
+
 /// Migrates for the features [`relay_config`] turns on (SSE: its index).
 pub async fn migrate_as_relay_config(url: &str) {
     migrate_url(url, &sse::sse_toml("15s")).await;
-}
-
-pub fn relay(name: &str, file: &NamedTempFile) -> Proc {
-    relay_of(relay_bin(), name, file)
-}
-
-/// [`relay`] running another build of the relay (a previous release's binary).
-pub fn relay_of(bin: impl AsRef<std::ffi::OsStr>, name: &str, file: &NamedTempFile) -> Proc {
-    Proc::spawn(
-        name,
-        relay_cmd_of(bin, &["run", "--config", path_str(file)]),
-    )
 }
 
 /// Waits until the relay serving `http` answers `/readyz` with 200.

@@ -12,13 +12,18 @@ pub mod receiver;
 pub mod replication;
 pub mod sse;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use outbox_relay::config::{Config, Overrides};
-use outbox_relay::health::Health;
+use outbox_relay::db::queries::Queries;
+use outbox_relay::health::{Health, Shared};
+use outbox_relay::http::limits::Gate;
+use outbox_relay::http::App;
 use outbox_relay::pgtemp::TempCluster;
 use outbox_relay::secret::Secret;
+use outbox_relay::sinks::sse::Hub;
 use tokio_util::sync::CancellationToken;
 
 #[allow(unused_imports)]
@@ -101,10 +106,15 @@ impl TestDb {
 
     /// A config for this database; `extra` is TOML appended after the defaults.
     pub fn config(&self, extra: &str) -> Config {
+        self.config_at(&self.url, extra)
+    }
+
+    /// [`TestDb::config`] reaching this database at `url` (through a proxy, say).
+    pub fn config_at(&self, url: &str, extra: &str) -> Config {
         Config::from_toml(
             &with_free_port(extra),
             &Overrides {
-                database_url: Some(self.url.clone()),
+                database_url: Some(url.to_owned()),
             },
         )
         .expect("test config is valid")
@@ -121,6 +131,13 @@ impl TestDb {
         f
     }
 
+    /// Migrates for a config with `extra` and writes that config to a file for the binary
+    /// ([`TestDb::config_file`]).
+    pub async fn migrated_config_file(&self, extra: &str) -> tempfile::NamedTempFile {
+        self.migrate(&self.config(extra)).await;
+        self.config_file(extra)
+    }
+
     /// Migrates for a config with `toml` and starts a relay on it, ready (LISTEN active).
     pub async fn start_relay(&self, toml: &str) -> (Config, InProcessRelay) {
         let cfg = self.config(toml);
@@ -129,12 +146,51 @@ impl TestDb {
         (cfg, relay)
     }
 
+    /// A database of its own with a relay on it, ready, delivering to `rx` as the webhook
+    /// "main" (`toml` before it); and a client of that database.
+    pub async fn with_relay(
+        rx: &Receiver,
+        toml: &str,
+    ) -> (TestDb, InProcessRelay, tokio_postgres::Client) {
+        let db = TestDb::new().await;
+        let webhook = webhook_toml("main", &rx.url);
+        let (_, relay) = db.start_relay(&format!("{toml}\n{webhook}")).await;
+        let client = db.client().await;
+        (db, relay, client)
+    }
+
     /// Runs the migration for `cfg`.
     pub async fn migrate(&self, cfg: &Config) {
         let mut c = self.client().await;
         outbox_relay::db::migrate::run(&mut c, &cfg.table_settings())
             .await
             .unwrap();
+    }
+
+    /// The statements for `cfg`'s table, as a relay builds them once it found the table
+    /// (migrated already).
+    pub async fn queries(&self, cfg: &Config) -> Arc<Queries> {
+        let client = self.client().await;
+        let shape = outbox_relay::db::shape::inspect(&client, &cfg.qualified_table())
+            .await
+            .expect("the table is migrated");
+        Arc::new(Queries::for_config(cfg, &shape))
+    }
+
+    /// The relay's HTTP router for a config with `toml`, in-process and with no relay
+    /// running, for `tower::ServiceExt::oneshot`: the table migrated, its statements known
+    /// and the database marked up, as once a relay has started on it.
+    pub async fn router(&self, toml: &str) -> axum::Router {
+        let cfg = self.config(toml);
+        self.migrate(&cfg).await;
+        let hub = Arc::new(Hub::default());
+        let shared = Arc::new(Shared::new(&cfg, cfg.sse.enabled.then(|| hub.clone())).unwrap());
+        let _ = shared.queries.set(self.queries(&cfg).await);
+        shared.health.database.store(true, Ordering::Release);
+        let pool = outbox_relay::db::pool(cfg.database_url.get()).unwrap();
+        let connections = Arc::new(Gate::new("connections", "http.max_connections", 64));
+        let app = App::new(&cfg, pool, shared, hub, connections).unwrap();
+        outbox_relay::http::router(Arc::new(app))
     }
 }
 

@@ -55,6 +55,19 @@ pub fn clean_env(cmd: &mut Command) {
     cmd.env("RUST_LOG", "info,outbox_relay=debug");
 }
 
+/// `outbox-relay run --config <file>` as a child process called `name`.
+pub fn relay(name: &str, file: &NamedTempFile) -> Proc {
+    relay_of(relay_bin(), name, file)
+}
+
+/// [`relay`] running another build of the relay (a previous release's binary).
+pub fn relay_of(bin: impl AsRef<OsStr>, name: &str, file: &NamedTempFile) -> Proc {
+    Proc::spawn(
+        name,
+        relay_cmd_of(bin, &["run", "--config", path_str(file)]),
+    )
+}
+
 pub fn path_str(f: &NamedTempFile) -> &str {
     f.path().to_str().expect("temp paths are UTF-8")
 }

@@ -59,9 +59,8 @@ async fn a_name_resolving_to_loopback_is_refused_at_connect_time_until_dead_lett
         "max_attempts = 2\nbackoff_initial = \"50ms\"\nbackoff_max = \"100ms\"\n{DENY}{}",
         webhook_toml("main", &by_name(&rx))
     );
-    db.migrate(&db.config(&extra)).await;
-    let file = db.config_file(&extra);
-    let mut relay = Proc::spawn("relay", relay_cmd(&["run", "--config", path_str(&file)]));
+    let file = db.migrated_config_file(&extra).await;
+    let mut relay = relay("relay", &file);
     relay.wait_log(&["listening for new events"]).await;
     let client = db.client().await;
     let id = insert_events(&client, 1, "PROJECT.UPDATED").await.remove(0);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::common::proxy::tcp_target;
 use crate::common::*;
 
 /// Every command that reads the config and then works on the table.
@@ -107,16 +108,6 @@ impl CountingProxy {
     }
 }
 
-/// `host:port` of the test database (the harness's servers listen on TCP).
-fn tcp_target(db: &TestDb) -> String {
-    let u = url::Url::parse(&db.url).unwrap();
-    format!(
-        "{}:{}",
-        u.host_str().expect("a TCP database URL"),
-        u.port().unwrap_or(5432)
-    )
-}
-
 /// Runs the relay binary with `args` and an empty environment (no DATABASE_URL inherited
 /// from the test run): (exit code, stdout, stderr).
 async fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
@@ -179,7 +170,7 @@ async fn injected_or_invalid_identifiers_are_refused_by_every_command_before_any
         .await
         .unwrap();
     let before = catalog(&client).await;
-    let proxy = CountingProxy::start(tcp_target(&db)).await;
+    let proxy = CountingProxy::start(tcp_target(&db.url)).await;
     let url = proxy.url_for(&db);
 
     for (what, line, key) in bad_identifiers() {
