@@ -17,13 +17,8 @@ async fn pool_and_queries(
     db: &TestDb,
     cfg: &outbox_relay::config::Config,
 ) -> (deadpool_postgres::Pool, Arc<Queries>) {
-    let settings = cfg.table_settings();
-    let client = db.client().await;
-    let shape = outbox_relay::db::shape::inspect(&client, &settings.qualified_table())
-        .await
-        .unwrap();
     let pool = outbox_relay::db::pool_of(cfg.database_url.get(), 2, None).unwrap();
-    (pool, Arc::new(Queries::for_table(&settings, &shape)))
+    (pool, db.queries(cfg).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use outbox_relay::db::queries::{Queries, LAPSED_MESSAGE};
 use outbox_relay::health::Shared;
+use outbox_relay::relay::claim::ClaimReport;
 use outbox_relay::relay::cursor::ClaimCursor;
 use outbox_relay::relay::recorder::{self, Signals};
-use outbox_relay::relay::{Claimed, Relay};
+use outbox_relay::relay::Relay;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,7 +49,7 @@ impl Driver {
 
     /// One claim with room for `limit` rows. Returns once every delivery it started has
     /// ended and the recorder has written their outcomes.
-    async fn run_once(&mut self, limit: usize) -> Claimed {
+    async fn run_once(&mut self, limit: usize) -> ClaimReport {
         let tracker = TaskTracker::new();
         let (tx, rx) = mpsc::channel(limit.max(1));
         let signals = Signals {

@@ -174,7 +174,7 @@ impl TestDb {
         let shape = outbox_relay::db::shape::inspect(&client, &cfg.qualified_table())
             .await
             .expect("the table is migrated");
-        Arc::new(Queries::for_config(cfg, &shape))
+        Arc::new(Queries::for_table(&cfg.table_settings(), &shape))
     }
 
     /// The relay's HTTP router for a config with `toml`, in-process and with no relay
