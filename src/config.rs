@@ -21,6 +21,7 @@ use crate::sinks::webhook::egress;
 use crate::sinks::webhook::signature::SigningKeys;
 
 mod location;
+pub mod nats;
 pub use location::Location;
 
 /// Default schema of the outbox table.
@@ -171,6 +172,8 @@ struct FileConfig {
     egress: FileEgress,
     #[serde(default)]
     webhook: Vec<FileWebhook>,
+    #[serde(default)]
+    nats: Vec<nats::FileNats>,
 }
 
 impl FileConfig {
@@ -198,6 +201,9 @@ impl FileConfig {
             if literal(Some(&w.secret)) {
                 keys.push(format!("webhook[{i}].secret"));
             }
+        }
+        for (i, n) in self.nats.iter().enumerate() {
+            keys.extend(n.literal_secrets(i));
         }
         keys
     }
@@ -301,6 +307,19 @@ pub struct Config {
     /// ([`DEFAULT_EGRESS_DENY_PRIVATE_ADDRESSES`] says why it is off by default).
     pub egress: egress::Policy,
     pub webhooks: Vec<WebhookConfig>,
+    /// `[[nats]]`: NATS JetStream sinks.
+    pub nats: Vec<nats::NatsConfig>,
+}
+
+/// What every sink has, whatever its kind (see [`Config::sinks`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SinkView<'a> {
+    /// `webhook`, `nats`: the config section.
+    pub section: &'static str,
+    pub name: &'a str,
+    pub types: &'a [String],
+    pub max_in_flight: usize,
+    pub ordered: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -455,6 +474,12 @@ impl Config {
                 .enumerate()
                 .map(|(i, w)| webhook(i, w, f.ordering.unwrap_or_default(), everything))
                 .collect::<Result<_, _>>()?,
+            nats: f
+                .nats
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| nats::nats(i, n, f.ordering.unwrap_or_default(), everything))
+                .collect::<Result<_, _>>()?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -494,14 +519,6 @@ impl Config {
         for (key, d) in durations {
             if d.is_some_and(|d| d > MAX_DURATION) {
                 return Err(ConfigError::new(key, "must be at most 100 years"));
-            }
-        }
-        for (i, w) in self.webhooks.iter().enumerate() {
-            if w.timeout > MAX_DURATION {
-                return Err(ConfigError::new(
-                    format!("webhook[{i}].timeout"),
-                    "must be at most 100 years",
-                ));
             }
         }
         if self.lease < Duration::from_secs(1) {
@@ -547,7 +564,6 @@ impl Config {
                 ),
             ));
         }
-        let mut seen = std::collections::HashSet::new();
         for (i, w) in self.webhooks.iter().enumerate() {
             // A literal IP never reaches the resolver that applies the policy at connect
             // time, so it is checked here.
@@ -557,15 +573,22 @@ impl Config {
                     format!("{denied} (list it in {} to allow it)", egress::ALLOW_KEY),
                 ));
             }
-            if !seen.insert(&w.name) {
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut index = std::collections::HashMap::<&str, usize>::new();
+        for s in self.sinks() {
+            let i = index.entry(s.section).or_default();
+            if !seen.insert(s.name) {
                 return Err(ConfigError::new(
-                    format!("webhook[{i}].name"),
+                    format!("{}[{i}].name", s.section),
                     format!(
-                        "{:?} is used by another webhook; names must be unique",
-                        w.name
+                        "{:?} is used by another sink; names must be unique (they are \
+                         recorded in delivered_to)",
+                        s.name
                     ),
                 ));
             }
+            *i += 1;
         }
         Ok(())
     }
@@ -574,14 +597,33 @@ impl Config {
     /// ordered webhook wants. Empty when nothing is ordered.
     pub fn ordered_types(&self) -> Vec<String> {
         let mut patterns: Vec<String> = self
-            .webhooks
-            .iter()
+            .sinks()
+            .into_iter()
             .filter(|w| w.ordered)
             .flat_map(|w| w.types.iter().map(|t| crate::db::queries::glob_to_like(t)))
             .collect();
         patterns.sort();
         patterns.dedup();
         patterns
+    }
+
+    /// Every sink, whatever its kind, in config order (webhooks, then NATS).
+    pub fn sinks(&self) -> Vec<SinkView<'_>> {
+        let webhooks = self.webhooks.iter().map(|w| SinkView {
+            section: "webhook",
+            name: &w.name,
+            types: &w.types,
+            max_in_flight: w.max_in_flight,
+            ordered: w.ordered,
+        });
+        let nats = self.nats.iter().map(|n| SinkView {
+            section: "nats",
+            name: &n.name,
+            types: &n.types,
+            max_in_flight: n.max_in_flight,
+            ordered: n.ordered,
+        });
+        webhooks.chain(nats).collect()
     }
 
     /// The table and what of this config `db` renders its statements, indexes and
@@ -620,6 +662,9 @@ impl Config {
         }
         for (i, w) in self.webhooks.iter().enumerate() {
             note(&format!("webhook[{i}].secret"), w.keys.is_read());
+        }
+        for (i, n) in self.nats.iter().enumerate() {
+            keys.extend(n.unread(i));
         }
         keys
     }
@@ -775,6 +820,20 @@ fn read(key: &str, reference: &str, wanted: bool) -> Result<Deferred<Secret>, Co
         .map_err(|m| ConfigError::new(key, m))
 }
 
+/// Reads and parses a signing secret (`whsec_...`, several separated by spaces).
+fn signing_keys(
+    key: &str,
+    reference: &str,
+    wanted: bool,
+) -> Result<Deferred<SigningKeys>, ConfigError> {
+    Ok(match read(key, reference, wanted)? {
+        Deferred::Read(secret) => {
+            Deferred::Read(SigningKeys::parse(&secret).map_err(|m| ConfigError::new(key, m))?)
+        }
+        Deferred::NotRead(k) => Deferred::NotRead(k),
+    })
+}
+
 /// Webhook names go into `delivered_to` (a comma-joined list on the wire), metric labels and
 /// logs, so they are kept to a plain alphabet.
 fn valid_name(name: &str) -> bool {
@@ -785,6 +844,94 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// The keys every sink section (`[[webhook]]`, `[[nats]]`) has, validated the same way.
+pub(crate) struct SinkKeys {
+    pub name: String,
+    pub types: Option<Vec<String>>,
+    pub timeout: Option<Duration>,
+    pub max_in_flight: Option<usize>,
+    pub ordering: Option<Ordering>,
+}
+
+/// [`SinkKeys`] validated: what [`Config::sinks`] lists for each sink.
+pub(crate) struct SinkCommon {
+    pub name: String,
+    pub types: Vec<String>,
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+    pub ordered: bool,
+}
+
+impl SinkKeys {
+    /// Validates the keys of `section[i]`; `global` is the top-level `ordering`.
+    pub(crate) fn validate(
+        self,
+        section: &str,
+        i: usize,
+        global: Ordering,
+        default_timeout: Duration,
+        default_max_in_flight: usize,
+    ) -> Result<SinkCommon, ConfigError> {
+        let key = |k: &str| format!("{section}[{i}].{k}");
+        if !valid_name(&self.name) {
+            return Err(ConfigError::new(
+                key("name"),
+                format!("{:?}: use 1-64 letters, digits, '_', '-' or '.'", self.name),
+            ));
+        }
+        let types = self.types.unwrap_or_else(|| vec!["*".to_owned()]);
+        if types.is_empty() {
+            return Err(ConfigError::new(
+                key("types"),
+                "is empty: omit it to receive every type",
+            ));
+        }
+        let ordered = self.ordering.unwrap_or(global) == Ordering::Entity;
+        for (j, t) in types.iter().enumerate() {
+            globset::Glob::new(t).map_err(|e| {
+                ConfigError::new(format!("{section}[{i}].types[{j}]"), e.to_string())
+            })?;
+            // The claim query decides in SQL which events are ordered, so an ordered sink's
+            // globs must translate to LIKE: `*` and `?` only.
+            if ordered && t.contains(['[', ']', '{', '}', '\\']) {
+                return Err(ConfigError::new(
+                    format!("{section}[{i}].types[{j}]"),
+                    format!(
+                        "{t:?}: an entity-ordered {section}'s types may use only * and ? wildcards"
+                    ),
+                ));
+            }
+        }
+        let max_in_flight = self.max_in_flight.unwrap_or(default_max_in_flight);
+        if !(1..=10_000).contains(&max_in_flight) {
+            return Err(ConfigError::new(
+                key("max_in_flight"),
+                "must be between 1 and 10000",
+            ));
+        }
+        let timeout = self.timeout.unwrap_or(default_timeout);
+        if timeout.is_zero() {
+            return Err(ConfigError::new(
+                key("timeout"),
+                "must be greater than zero",
+            ));
+        }
+        if timeout > MAX_DURATION {
+            return Err(ConfigError::new(
+                key("timeout"),
+                "must be at most 100 years",
+            ));
+        }
+        Ok(SinkCommon {
+            name: self.name,
+            types,
+            timeout,
+            max_in_flight,
+            ordered,
+        })
+    }
+}
+
 fn webhook(
     i: usize,
     w: FileWebhook,
@@ -792,67 +939,36 @@ fn webhook(
     read_secret: bool,
 ) -> Result<WebhookConfig, ConfigError> {
     let key = |k: &str| format!("webhook[{i}].{k}");
-    if !valid_name(&w.name) {
-        return Err(ConfigError::new(
-            key("name"),
-            format!("{:?}: use 1-64 letters, digits, '_', '-' or '.'", w.name),
-        ));
-    }
     let url = url::Url::parse(&w.url).map_err(|e| ConfigError::new(key("url"), e.to_string()))?;
+    let common = SinkKeys {
+        name: w.name,
+        types: w.types,
+        timeout: w.timeout,
+        max_in_flight: w.max_in_flight,
+        ordering: w.ordering,
+    }
+    .validate(
+        "webhook",
+        i,
+        global,
+        DEFAULT_WEBHOOK_TIMEOUT,
+        DEFAULT_WEBHOOK_MAX_IN_FLIGHT,
+    )?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ConfigError::new(
             key("url"),
             "must be an http:// or https:// URL",
         ));
     }
-    let types = w.types.unwrap_or_else(|| vec!["*".to_owned()]);
-    if types.is_empty() {
-        return Err(ConfigError::new(
-            key("types"),
-            "is empty: omit it to receive every type",
-        ));
-    }
-    let ordered = w.ordering.unwrap_or(global) == Ordering::Entity;
-    for (j, t) in types.iter().enumerate() {
-        globset::Glob::new(t)
-            .map_err(|e| ConfigError::new(format!("webhook[{i}].types[{j}]"), e.to_string()))?;
-        // The claim query decides in SQL which events are ordered, so an ordered endpoint's
-        // globs must translate to LIKE: `*` and `?` only.
-        if ordered && t.contains(['[', ']', '{', '}', '\\']) {
-            return Err(ConfigError::new(
-                format!("webhook[{i}].types[{j}]"),
-                format!("{t:?}: an entity-ordered webhook's types may use only * and ? wildcards"),
-            ));
-        }
-    }
-    let keys = match read(&key("secret"), &w.secret, read_secret)? {
-        Deferred::Read(secret) => Deferred::Read(
-            SigningKeys::parse(&secret).map_err(|m| ConfigError::new(key("secret"), m))?,
-        ),
-        Deferred::NotRead(k) => Deferred::NotRead(k),
-    };
-    let max_in_flight = w.max_in_flight.unwrap_or(DEFAULT_WEBHOOK_MAX_IN_FLIGHT);
-    if !(1..=10_000).contains(&max_in_flight) {
-        return Err(ConfigError::new(
-            key("max_in_flight"),
-            "must be between 1 and 10000",
-        ));
-    }
-    let timeout = w.timeout.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT);
-    if timeout.is_zero() {
-        return Err(ConfigError::new(
-            key("timeout"),
-            "must be greater than zero",
-        ));
-    }
+    let keys = signing_keys(&key("secret"), &w.secret, read_secret)?;
     Ok(WebhookConfig {
-        name: w.name,
+        name: common.name,
         url,
-        types,
+        types: common.types,
         keys,
-        timeout,
-        max_in_flight,
-        ordered,
+        timeout: common.timeout,
+        max_in_flight: common.max_in_flight,
+        ordered: common.ordered,
     })
 }
 
@@ -1210,5 +1326,73 @@ mod tests {
         };
         let c = Config::from_toml("database_url = \"postgres://file@h/db\"", &o).unwrap();
         assert_eq!(c.database_url.get().expose(), "postgres://flag@h/db");
+    }
+
+    #[test]
+    fn a_nats_sink_parses_and_its_mistakes_name_the_key() {
+        let c = load(
+            r#"
+            ordering = "entity"
+            [[nats]]
+            name = "bus"
+            url = ["nats://a:4222", "nats://b:4222"]
+            subject = "outbox.{org_id}.{event_type}"
+            stream = "OUTBOX"
+            user = "relay"
+            password = "pw"
+            "#,
+        )
+        .unwrap();
+        let n = &c.nats[0];
+        assert_eq!(n.servers.len(), 2);
+        assert_eq!(n.subject.stream_subject(), "outbox.*.>");
+        assert!(n.ordered && !n.create_stream && n.keys.is_none());
+        assert_eq!(n.timeout, nats::DEFAULT_NATS_TIMEOUT);
+        assert_eq!(
+            c.ordered_types(),
+            ["%"],
+            "an ordered NATS sink orders its types"
+        );
+        let base = "[[nats]]\nname = \"bus\"\nurl = \"nats://a:4222\"\nstream = \"S\"\n";
+        for (extra, key, says) in [
+            (
+                "subject = \"x.{org}\"",
+                "nats[0].subject",
+                "unknown placeholder {org}",
+            ),
+            (
+                "subject = \"x.*\"",
+                "nats[0].subject",
+                "cannot be part of a subject",
+            ),
+            (
+                "token = \"t\"\nnkey = \"SU\"",
+                "nats[0].credentials",
+                "one way",
+            ),
+            ("user = \"u\"", "nats[0].password", "set both"),
+            ("max_in_flight = 0", "nats[0].max_in_flight", "between"),
+        ] {
+            let e = load(&format!("{base}{extra}")).unwrap_err();
+            assert_eq!(
+                (e.key.as_str(), e.message.contains(says)),
+                (key, true),
+                "{extra}: {e:?}"
+            );
+        }
+        let e = load("[[nats]]\nname = \"b\"\nurl = \"http://a\"\nstream = \"S\"").unwrap_err();
+        assert_eq!(e.key, "nats[0].url");
+        let e = load("[[nats]]\nname = \"b\"\nurl = \"nats://a\"\nstream = \"A.B\"").unwrap_err();
+        assert_eq!(e.key, "nats[0].stream");
+        // One name space for every sink: names go into delivered_to.
+        let e = load(&format!(
+            "[[webhook]]\nname = \"bus\"\nurl = \"http://h/\"\nsecret = \"{SECRET}\"\n{base}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "nats[0].name");
+        // A password in the URL never reaches a message.
+        let e = load("[[nats]]\nname = \"b\"\nurl = \"http://u:hunter2@a\"\nstream = \"S\"")
+            .unwrap_err();
+        assert!(!e.message.contains("hunter2"), "{e:?}");
     }
 }

@@ -134,9 +134,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig => {
             println!(
-                "config OK: table {}, {} webhook(s), listen {}, poll every {}",
+                "config OK: table {}, {} webhook(s), {} NATS sink(s), listen {}, poll every {}",
                 cfg.qualified_table(),
                 cfg.webhooks.len(),
+                cfg.nats.len(),
                 cfg.listen,
                 humantime::format_duration(cfg.poll_interval)
             );

@@ -48,7 +48,7 @@ impl Daemon {
         let shared = Arc::new(Shared::new(&cfg, cfg.sse.enabled.then(|| hub.clone()))?);
         let health = shared.health.clone();
         crate::observe::metrics::handle(); // install the recorder before anything counts
-        crate::observe::metrics::register_zeroes(cfg.webhooks.iter().map(|w| w.name.as_str()));
+        crate::observe::metrics::register_zeroes(cfg.sinks().iter().map(|s| s.name));
         let app = Arc::new(App::new(
             &cfg,
             pool.clone(),

@@ -38,6 +38,10 @@ use crate::sinks::Dispatcher;
 use leases::InFlight;
 use recorder::Recorded;
 
+/// How long a sink may take to get ready at start (a broker still starting, a failover)
+/// before the relay gives up with one line saying why.
+const SINK_START_GRACE: Duration = Duration::from_secs(30);
+
 /// A running relay's shared state.
 pub struct Relay {
     cfg: Config,
@@ -169,10 +173,11 @@ impl Relay {
     pub fn new(cfg: Config, pool: Pool, queries: Arc<Queries>, shared: &Shared) -> Self {
         // Room for each endpoint's in-flight requests plus as many queued behind them, so a
         // saturated endpoint never takes the whole window from the healthy ones.
-        let per_endpoint = |w: &crate::config::WebhookConfig| {
-            w.max_in_flight * (1 + crate::sinks::endpoint::QUEUE_PER_SLOT)
-        };
-        let window: usize = cfg.webhooks.iter().map(per_endpoint).sum();
+        let window: usize = cfg
+            .sinks()
+            .iter()
+            .map(|s| s.max_in_flight * (1 + crate::sinks::endpoint::QUEUE_PER_SLOT))
+            .sum();
         let capacity_total = window.max(cfg.batch_size as usize);
         Self {
             cfg,
@@ -193,9 +198,16 @@ impl Relay {
 
     /// The claim loop and its helpers, until `shutdown`; then the drain.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
-        if self.cfg.webhooks.is_empty() {
+        // A sink that cannot start (a broker unreachable past the grace, a missing stream)
+        // stops the relay before it claims anything.
+        tokio::select! {
+            started = self.dispatcher.start(SINK_START_GRACE) => started?,
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        if self.cfg.sinks().is_empty() {
             tracing::warn!(
-                "no [[webhook]] configured: events are marked COMPLETED without delivery"
+                "no sink configured ([[webhook]], [[nats]]): events are marked COMPLETED \
+                 without delivery"
             );
         } else if self.cfg.egress.deny_private_addresses {
             let allowed: Vec<String> = self
@@ -301,6 +313,7 @@ impl Relay {
         tracing::info!(
             table = %self.queries.table,
             webhooks = self.cfg.webhooks.len(),
+            nats = self.cfg.nats.len(),
             window = self.capacity_total,
             listen = self.cfg.listen,
             "relay running"

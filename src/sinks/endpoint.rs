@@ -84,6 +84,13 @@ pub trait Sink: Send + Sync {
     /// Where it sends, safe to show (no credentials).
     fn target(&self) -> String;
 
+    /// Gets ready before the first event (connects, checks that the destination exists),
+    /// trying for up to `grace`; an error stops the relay with one line saying what is
+    /// wrong. Nothing to do for a webhook.
+    fn start(&self, _grace: Duration) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Hands one event over and waits until the destination has it for good (a 2xx, a
     /// JetStream ack). Never panics and never returns an error: every way it can go wrong
     /// is an [`Attempt`]. Errors that are timeouts begin with [`TIMED_OUT`].
@@ -145,6 +152,11 @@ impl Endpoint {
     /// Where it sends, safe to show.
     pub fn target(&self) -> String {
         self.sink.target()
+    }
+
+    /// See [`Sink::start`].
+    pub async fn start(&self, grace: Duration) -> anyhow::Result<()> {
+        self.sink.start(grace).await
     }
 
     pub fn is_paused(&self) -> bool {

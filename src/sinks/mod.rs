@@ -5,6 +5,7 @@
 //! pure function so every branch is tested without a network.
 
 pub mod endpoint;
+pub mod nats;
 pub mod pause;
 pub mod routing;
 pub mod sse;
@@ -57,6 +58,11 @@ impl Dispatcher {
                 webhook::endpoint(w, cfg.backoff_max, egress.clone(), timeline.clone())
                     .map(Arc::new)
             })
+            .chain(
+                cfg.nats
+                    .iter()
+                    .map(|n| nats::endpoint(n, timeline.clone()).map(Arc::new)),
+            )
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             endpoints,
@@ -66,6 +72,15 @@ impl Dispatcher {
                 backoff_max: cfg.backoff_max,
             },
         })
+    }
+
+    /// Gets every endpoint ready (see [`endpoint::Sink::start`]), side by side.
+    pub async fn start(&self, grace: Duration) -> anyhow::Result<()> {
+        let starts = self.endpoints.iter().map(|e| e.start(grace));
+        for result in futures_util::future::join_all(starts).await {
+            result?;
+        }
+        Ok(())
     }
 
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {

@@ -1,0 +1,231 @@
+//! The subject a NATS sink publishes an event to, from a template such as
+//! `outbox.{org_id}.{event_type}`.
+//!
+//! Values are made safe for a subject: every placeholder but `{event_type}` is exactly one
+//! token (a `.` in an org id would otherwise split it into two and break subscribers'
+//! wildcards); `{event_type}` keeps its dots, since types are dotted by convention
+//! (`PROJECT.UPDATED` gives `outbox.org_1.PROJECT.UPDATED`, matched by `outbox.*.PROJECT.>`).
+//! Anything else (whitespace, `*`, `>`, control characters, non-ASCII, and `%` itself) is
+//! written `%XX` per UTF-8 byte, and so is a dot that would leave an empty token.
+//! A missing (NULL) or empty value is `_`.
+
+use crate::event::Event;
+
+/// The placeholders a template may use.
+pub const PLACEHOLDERS: [&str; 5] = ["id", "event_type", "org_id", "entity_type", "entity_id"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Field(&'static str),
+}
+
+/// A parsed subject template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+    text: String,
+}
+
+impl Template {
+    /// Parses and checks `text`: known placeholders only, and a valid subject whatever the
+    /// values.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find(['{', '}']) {
+            if rest[open..].starts_with('}') {
+                return Err(format!("{text:?}: '}}' without '{{'"));
+            }
+            let Some(close) = rest[open..].find('}') else {
+                return Err(format!("{text:?}: '{{' without '}}'"));
+            };
+            let name = &rest[open + 1..open + close];
+            let Some(field) = PLACEHOLDERS.iter().find(|p| **p == name) else {
+                return Err(format!(
+                    "{text:?}: unknown placeholder {{{name}}}; use {}",
+                    PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+                ));
+            };
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            parts.push(Part::Field(field));
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        for p in &parts {
+            if let Part::Text(t) = p {
+                if let Some(c) = t.chars().find(|c| !literal_char(*c)) {
+                    return Err(format!(
+                        "{text:?}: {c:?} cannot be part of a subject (no spaces or wildcards)"
+                    ));
+                }
+            }
+        }
+        let template = Self {
+            parts,
+            text: text.to_owned(),
+        };
+        // The values never make an empty token, so the literal text decides.
+        let sample = template.render_with(|_| "x".to_owned());
+        if sample.is_empty() || sample.split('.').any(str::is_empty) {
+            return Err(format!(
+                "{text:?}: a subject's tokens must not be empty (no leading, trailing or double '.')"
+            ));
+        }
+        Ok(template)
+    }
+
+    /// The subject for `event` (its type checked present: `event_type`).
+    pub fn render(&self, event: &Event, event_type: &str) -> String {
+        self.render_with(|field| {
+            let value = match field {
+                "id" => Some(event.id.as_str()),
+                "event_type" => Some(event_type),
+                "org_id" => event.org_id.as_deref(),
+                "entity_type" => event.entity_type.as_deref(),
+                _ => event.entity_id.as_deref(),
+            };
+            escape(value.unwrap_or(""), field == "event_type")
+        })
+    }
+
+    fn render_with(&self, value: impl Fn(&'static str) -> String) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.clone(),
+                Part::Field(f) => value(f),
+            })
+            .collect()
+    }
+
+    /// As written in the config.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The subjects a stream created for this template takes: a token with a placeholder
+    /// becomes `*`, and from `{event_type}` on (its dots make any number of tokens) `>`.
+    pub fn stream_subject(&self) -> String {
+        const ANY: &str = "\u{0}";
+        const TYPE: &str = "\u{1}";
+        let sample = self.render_with(|f| if f == "event_type" { TYPE } else { ANY }.to_owned());
+        let mut out = Vec::new();
+        for token in sample.split('.') {
+            if token.contains(TYPE) {
+                out.push(">");
+                break;
+            }
+            out.push(if token.contains(ANY) { "*" } else { token });
+        }
+        out.join(".")
+    }
+}
+
+/// Characters a subject is made of here: printable ASCII but the wildcards. NATS allows
+/// more, but its documentation advises this set, and so every client can subscribe.
+fn literal_char(c: char) -> bool {
+    c.is_ascii_graphic() && !matches!(c, '*' | '>')
+}
+
+/// `value` made safe for a subject (see the module doc). `keep_dots`: for `{event_type}`.
+fn escape(value: &str, keep_dots: bool) -> String {
+    if value.is_empty() {
+        return "_".to_owned();
+    }
+    let mut out = String::with_capacity(value.len());
+    let chars: Vec<char> = value.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let dot_ok =
+            keep_dots && i > 0 && i + 1 < chars.len() && chars[i - 1] != '.' && chars[i + 1] != '.';
+        let keep = match c {
+            '.' => dot_ok,
+            '%' => false,
+            c => literal_char(c),
+        };
+        if keep {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(org: Option<&str>, entity_id: Option<&str>) -> Event {
+        Event {
+            id: "e1".into(),
+            org_id: org.map(Into::into),
+            entity_type: Some("Project".into()),
+            entity_id: entity_id.map(Into::into),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn renders_values_as_safe_tokens() {
+        let t = Template::parse("outbox.{org_id}.{event_type}").unwrap();
+        assert_eq!(
+            t.render(&event(Some("org_1"), None), "PROJECT.UPDATED"),
+            "outbox.org_1.PROJECT.UPDATED"
+        );
+        // A dot in an org id stays one token; wildcards, spaces and % are escaped.
+        assert_eq!(
+            t.render(&event(Some("a.b c*>%"), None), "T"),
+            "outbox.a%2Eb%20c%2A%3E%25.T"
+        );
+        // NULL and empty values are `_`; a type's stray dots are escaped.
+        assert_eq!(
+            t.render(&event(None, None), ".A..B."),
+            "outbox._.%2EA%2E%2EB%2E"
+        );
+        assert_eq!(t.render(&event(Some(""), None), "T"), "outbox._.T");
+        let t = Template::parse("{entity_type}.{entity_id}.{id}").unwrap();
+        assert_eq!(t.render(&event(None, Some("ü")), "T"), "Project.%C3%BC.e1");
+    }
+
+    #[test]
+    fn bad_templates_say_why() {
+        for (text, says) in [
+            ("outbox.{org}", "unknown placeholder {org}"),
+            ("outbox.{event_type", "without '}'"),
+            ("outbox}", "without '{'"),
+            ("outbox events", "cannot be part of a subject"),
+            ("outbox.*", "cannot be part of a subject"),
+            ("outbox..{id}", "must not be empty"),
+            (".{id}", "must not be empty"),
+            ("", "must not be empty"),
+        ] {
+            let e = Template::parse(text).unwrap_err();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_stream_takes_every_subject_the_template_makes() {
+        for (text, subjects) in [
+            ("outbox.{org_id}.{event_type}", "outbox.*.>"),
+            ("outbox.{event_type}", "outbox.>"),
+            ("outbox.{event_type}.{org_id}", "outbox.>"),
+            ("events", "events"),
+            ("a.{org_id}.b", "a.*.b"),
+        ] {
+            assert_eq!(
+                Template::parse(text).unwrap().stream_subject(),
+                subjects,
+                "{text}"
+            );
+        }
+    }
+}
