@@ -1,6 +1,7 @@
 //! The integration suite, as one binary: each module below was its own test binary, and
 //! each compiled the shared harness (`common`) again. Real servers throughout: PostgreSQL
-//! (DATABASE_URL, else a throwaway cluster), HTTP receivers, PgBouncer, a browser.
+//! (DATABASE_URL, else a throwaway cluster), HTTP receivers, PgBouncer, nats-server, a
+//! browser.
 //!
 //! `cargo test` runs the quick checks; the long fault and load runs are `#[ignore]`d and
 //! run by `cargo test -- --ignored` (`.ci/run` runs both).
@@ -13,6 +14,8 @@ mod dashboard_api;
 mod delivery;
 mod failover;
 mod faults;
+mod nats;
+mod nats_harness;
 mod ops;
 mod ordering;
 mod pooler;

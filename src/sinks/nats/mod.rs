@@ -8,7 +8,9 @@
 //! `webhook-signature`) travel as NATS headers, so consumers can verify as receivers do.
 //! No ack in time is a failed attempt (retried with backoff); a stream that refuses the
 //! message for good (no stream takes the subject, larger than it allows) dead-letters it
-//! with the server's reason.
+//! with the server's reason. "No responders" alone is not for good: a cluster electing the
+//! stream's leader answers so for a moment, so the relay asks JetStream whether any stream
+//! takes the subject before it dead-letters.
 
 pub mod subject;
 
@@ -151,9 +153,7 @@ impl Nats {
         match tokio::time::timeout(self.cfg.timeout, publish).await {
             Ok(Ok(_ack)) => Attempt::Accepted, // a duplicate too: the stream holds it
             Ok(Err(e)) => match e.kind() {
-                PublishErrorKind::StreamNotFound => Attempt::Rejected {
-                    error: format!("no JetStream stream takes the subject {subject:?}"),
-                },
+                PublishErrorKind::StreamNotFound => self.nobody_answered(js, &subject).await,
                 PublishErrorKind::MaxPayloadExceeded => Attempt::Rejected {
                     error: e.to_string(),
                 },
@@ -168,6 +168,31 @@ impl Nats {
             },
             Err(_) => failed(format!(
                 "{TIMED_OUT} {} waiting for the JetStream ack",
+                humantime::format_duration(self.cfg.timeout)
+            )),
+        }
+    }
+}
+
+impl Nats {
+    /// A publish that nobody answered ("no responders"): for good when no stream takes the
+    /// subject; while a cluster elects the stream's leader, only for now.
+    async fn nobody_answered(&self, js: &jetstream::Context, subject: &str) -> Attempt {
+        use jetstream::context::GetStreamByNameErrorKind as Kind;
+        let lookup = tokio::time::timeout(self.cfg.timeout, js.stream_by_subject(subject));
+        match lookup.await {
+            Ok(Err(e)) if e.kind() == Kind::NotFound => Attempt::Rejected {
+                error: format!("no JetStream stream takes the subject {subject:?}"),
+            },
+            Ok(Ok(stream)) => failed(format!(
+                "stream {stream:?} takes the subject {subject:?} but did not answer (electing a \
+                 leader?)"
+            )),
+            Ok(Err(e)) => failed(format!(
+                "no answer for the subject {subject:?}, and no stream lookup: {e}"
+            )),
+            Err(_) => failed(format!(
+                "no answer for the subject {subject:?}, nor to the stream lookup in {}",
                 humantime::format_duration(self.cfg.timeout)
             )),
         }
