@@ -498,7 +498,7 @@ async fn repetition_on(
     let subs: Vec<_> = (0..p.subscribers())
         .map(|i| {
             let org = i % p.orgs;
-            let token = outbox_relay::http::auth::mint(
+            let token = outbox_relay::http::sse::token::mint(
                 TOKEN_SECRET.as_bytes(),
                 &p.org_name(org),
                 None,

@@ -38,6 +38,10 @@
 //!
 //! - `drain`: N events pending ([`drain`]), the relay started; from its spawn to the last
 //!   event's first delivery: events/s, relay CPU-s per 10,000 events, peak RSS, CPU split.
+//! - `nats_drain`: the same backlogs published to NATS JetStream instead ([`nats`]): a
+//!   `nats-server -js` of its own, a one-replica file stream, every publish acked; timed
+//!   until the stream holds every event. Run it beside `drain` (`drain,nats_drain`) for the
+//!   comparison: each repetition runs both, one after the other.
 //! - `latency`: for each rate, relay running and warmed up, `R`/s for `RATE_SECS`:
 //!   commit-to-receipt p50/p95/p99/max, and p99 per 10 s window (30 s from 120 s on) by
 //!   commit time, duplicates; then `IDLE_SECS` idle: the relay's CPU and the statements it
@@ -99,6 +103,7 @@ mod ceilings;
 mod drain;
 mod latency;
 mod load;
+mod nats;
 mod receiver;
 mod setup;
 
@@ -118,6 +123,7 @@ use setup::{Ctx, QueryCount};
 
 const SCENARIOS: &[&str] = &[
     "drain",
+    "nats_drain",
     "latency",
     "fanout",
     "db_ceiling",
@@ -301,6 +307,16 @@ fn summary_keys(label: &str) -> &'static [&'static [&'static str]] {
             &["cpu_s", "rest"],
             &["endpoints", "0", "duplicates"],
         ],
+        "nats" => &[
+            &["events_per_s"],
+            &["last_delivery_s"],
+            &["relay_cpu_s_per_10k"],
+            &["relay_peak_rss_mib"],
+            &["cpu_s", "relay"],
+            &["cpu_s", "postgres"],
+            &["cpu_s", "nats_server"],
+            &["cpu_s", "rest"],
+        ],
         "latency" => &[
             &["latency_ms", "p50"],
             &["latency_ms", "p95"],
@@ -395,6 +411,11 @@ async fn scenario(ctx: &Ctx<'_>, name: &str, rep: usize) -> anyhow::Result<Vec<(
         "drain" => {
             for &n in &p.drain {
                 out.push((format!("drain_{n}"), drain::drain(ctx, n).await?));
+            }
+        }
+        "nats_drain" => {
+            for &n in &p.drain {
+                out.push((format!("nats_drain_{n}"), nats::nats_drain(ctx, n).await?));
             }
         }
         "latency" => {

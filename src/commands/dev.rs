@@ -134,7 +134,7 @@ pub async fn run(
     crate::daemon::shutdown::on_signal(shutdown.clone());
     let daemon = crate::daemon::Daemon::start(cfg.clone(), shutdown.clone()).await?;
     let http = daemon.http_addr;
-    let token = crate::http::auth::mint(token_secret.as_bytes(), "org_acme", None, 24 * 3600);
+    let token = crate::http::sse::token::mint(token_secret.as_bytes(), "org_acme", None, 24 * 3600);
     // A cursor from the very start, so the curl below also shows the sample events.
     let from_start = crate::sinks::sse::cursor::Cursor::at_snapshot(
         crate::sinks::sse::cursor::Snapshot::empty(),

@@ -467,12 +467,12 @@ async fn a_stream_needs_a_token_for_its_org() {
         .await;
     let a = get(&api, "/v1/events", &local).await;
     assert_eq!(a.status, 401, "{}", a.text);
-    let forged = outbox_relay::http::auth::mint(b"another secret", "org_1", None, 60);
+    let forged = outbox_relay::http::sse::token::mint(b"another secret", "org_1", None, 60);
     let a = get(&api, &format!("/v1/events?access_token={forged}"), &local).await;
     assert_eq!(a.status, 401, "{}", a.text);
 
     // A good token opens the stream (headers only: the body runs until the client leaves).
-    let good = outbox_relay::http::auth::mint(secret.as_bytes(), "org_1", None, 60);
+    let good = outbox_relay::http::sse::token::mint(secret.as_bytes(), "org_1", None, 60);
     let bearer = format!("Bearer {good}");
     for req in [
         request(

@@ -113,7 +113,8 @@ async fn tokens_are_checked_and_types_only_narrow() {
         Ok(_) => 200,
     };
     assert_eq!(refused(connect(&base, None, "", None).await), 401);
-    let wrong_key = outbox_relay::http::auth::mint(b"not the relay's key", "org_a", None, 3600);
+    let wrong_key =
+        outbox_relay::http::sse::token::mint(b"not the relay's key", "org_a", None, 3600);
     assert_eq!(
         refused(connect(&base, Some(&wrong_key), "", None).await),
         401

@@ -15,7 +15,7 @@ pub fn sse_toml(heartbeat: &str) -> String {
 
 /// A token for `org`, valid for an hour.
 pub fn token(org: &str, types: Option<&[&str]>) -> String {
-    outbox_relay::http::auth::mint(SSE_SECRET.as_bytes(), org, types, 3600)
+    outbox_relay::http::sse::token::mint(SSE_SECRET.as_bytes(), org, types, 3600)
 }
 
 /// One dispatched message.

@@ -136,20 +136,6 @@ pub fn authorize(
     })
 }
 
-/// Whether the request carries `Authorization: Bearer <token>` (compared as SHA-256
-/// digests, so the time taken says nothing about the token).
-pub fn bearer_is(headers: &axum::http::HeaderMap, token: &crate::secret::Secret) -> bool {
-    use sha2::{Digest, Sha256};
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .is_some_and(|given| {
-            Sha256::digest(given.as_bytes()) == Sha256::digest(token.expose().as_bytes())
-        })
-}
-
 /// Mints a token the way an app would; for `dev`, tests and benchmarks.
 pub fn mint(secret: &[u8], org_id: &str, types: Option<&[&str]>, ttl_secs: u64) -> String {
     let exp = unix_now() + ttl_secs;

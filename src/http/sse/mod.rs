@@ -22,10 +22,12 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{authorize, Denied, Grant};
+pub mod token;
+
 use super::{App, ConnKill};
 use crate::sinks::sse::cursor::{Advance, Cursor, Snapshot};
 use crate::sinks::sse::{read, Hub, OrgPage, StreamEvent, Subscribed};
+use token::{authorize, Denied, Grant};
 
 /// Bytes buffered per subscriber between its forwarder and its socket (beyond what the
 /// kernel's socket buffers hold). A single larger message still goes through, alone.
