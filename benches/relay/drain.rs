@@ -10,7 +10,9 @@ use crate::common::proc::proc_mem;
 use crate::common::stats::{mib, round2};
 use crate::load::burst;
 use crate::receiver::{ns_at, Behaviour, Endpoint};
-use crate::setup::{cpu_figures, finish_relay, status_counts, wait_deliveries, Ctx, WaitEnd};
+use crate::setup::{
+    cpu_figures, finish_relay, status_counts, wait_deliveries, Ctx, FreshDb, WaitEnd,
+};
 
 /// A drain that stops making progress for this long is given up.
 const STALL: Duration = Duration::from_secs(15);
@@ -55,17 +57,24 @@ pub async fn fanout(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
     }))
 }
 
+/// `events` pending on `db`, analyzed (as autovacuum would have) and checkpointed, so every
+/// drain starts from the same state; returns how long the inserts took.
+pub async fn backlog(ctx: &Ctx<'_>, db: &FreshDb, events: usize) -> anyhow::Result<f64> {
+    let burst_s = burst(&db.url, events, ctx.p.payload_pad).await?;
+    if ctx.p.analyze {
+        let client = outbox_relay::db::connect(db.cfg.database_url.get()).await?;
+        client.batch_execute(r#"ANALYZE "OutboxEvent""#).await?;
+    }
+    ctx.checkpoint().await?;
+    Ok(burst_s)
+}
+
 /// One drain on a fresh database: burst, start the relay, wait until every healthy endpoint
 /// has every event.
 async fn drain_run(ctx: &Ctx<'_>, events: usize, hooks: &[Behaviour]) -> anyhow::Result<Value> {
     let db = ctx.fresh_db().await?;
     let result = async {
-        let burst_s = burst(&db.url, events, ctx.p.payload_pad).await?;
-        if ctx.p.analyze {
-            let client = outbox_relay::db::connect(db.cfg.database_url.get()).await?;
-            client.batch_execute(r#"ANALYZE "OutboxEvent""#).await?;
-        }
-        ctx.checkpoint().await?;
+        let burst_s = backlog(ctx, &db, events).await?;
         let endpoints: Vec<Endpoint> = hooks
             .iter()
             .map(|b| ctx.receiver.endpoint(&ctx.key, *b, events))

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::common::proc::{proc_cpu_secs, proc_mem};
 use crate::common::stats::{mib, round2};
-use crate::load::burst;
+use crate::drain::backlog;
 use crate::setup::{cpu_figures, finish_relay, status_counts, wait_deliveries, Ctx, WaitEnd};
 
 /// A drain that stops making progress for this long is given up.
@@ -90,12 +90,7 @@ pub async fn nats_drain(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
     let nats = NatsServer::start().await?;
     let db = ctx.fresh_db().await?;
     let result = async {
-        let burst_s = burst(&db.url, events, ctx.p.payload_pad).await?;
-        if ctx.p.analyze {
-            let client = outbox_relay::db::connect(db.cfg.database_url.get()).await?;
-            client.batch_execute(r#"ANALYZE "OutboxEvent""#).await?;
-        }
-        ctx.checkpoint().await?;
+        let burst_s = backlog(ctx, &db, events).await?;
         // How many messages the stream holds, kept current by a poller.
         let stored = Arc::new(AtomicU64::new(0));
         let poller = {
