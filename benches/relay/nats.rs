@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::common::proc::{proc_cpu_secs, proc_mem};
 use crate::common::stats::{mib, round2};
 use crate::drain::backlog;
-use crate::setup::{cpu_figures, finish_relay, status_counts, wait_deliveries, Ctx, WaitEnd};
+use crate::setup::{cpu_figures_beside, finish_relay, status_counts, wait_deliveries, Ctx, WaitEnd};
 
 /// A drain that stops making progress for this long is given up.
 const STALL: Duration = Duration::from_secs(15);
@@ -139,10 +139,7 @@ pub async fn nats_drain(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
         let relay_log = finish_relay(&mut relay)?;
         poller.abort();
         let delivered = stored.load(Ordering::Relaxed);
-        let mut cpu = cpu_figures(&m0, &m1);
-        let rest = cpu["rest"].as_f64().unwrap_or(0.0) - nats_cpu;
-        cpu["nats_server"] = json!(round2(nats_cpu));
-        cpu["rest"] = json!(round2(rest));
+        let cpu = cpu_figures_beside(&m0, &m1, Some(("nats_server", nats_cpu)));
         let relay_cpu = cpu["relay"].as_f64().unwrap_or(f64::NAN);
         anyhow::Ok(json!({
             "events": events,

@@ -162,6 +162,12 @@ pub struct Marks {
 /// stderr when `rest` says something else was running.
 /// `machine_capacity` is what `/proc/stat` counted (ideally cores x `window_s`).
 pub fn cpu_figures(m0: &Marks, m1: &Marks) -> Value {
+    cpu_figures_beside(m0, m1, None)
+}
+
+/// [`cpu_figures`] with another server the run needs (`(name, CPU-s)`, e.g. a broker):
+/// reported under its name and not counted in `rest`.
+pub fn cpu_figures_beside(m0: &Marks, m1: &Marks, other: Option<(&str, f64)>) -> Value {
     let d = |f: fn(&CpuMark) -> f64| f(&m1.cpu) - f(&m0.cpu);
     let relay = d(|c| c.relay);
     let bench = d(|c| c.bench);
@@ -169,7 +175,8 @@ pub fn cpu_figures(m0: &Marks, m1: &Marks) -> Value {
     let busy = d(|c| c.machine_busy);
     let capacity = d(|c| c.machine_total);
     let postgres = m0.cpu.postgres.zip(m1.cpu.postgres).map(|(a, b)| b - a);
-    let rest = busy - relay - bench - postgres.unwrap_or(0.0);
+    let other_cpu = other.map_or(0.0, |(_, s)| s);
+    let rest = busy - relay - bench - postgres.unwrap_or(0.0) - other_cpu;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let wall = cores as f64 * (m1.at - m0.at).as_secs_f64();
     let disturbed = rest > OTHER_LOAD_WARN * wall;
@@ -179,7 +186,7 @@ pub fn cpu_figures(m0: &Marks, m1: &Marks) -> Value {
              this bench: something else was running; figures disturbed"
         );
     }
-    json!({
+    let mut figures = json!({
         "window_s": round2((m1.at - m0.at).as_secs_f64()),
         "relay": round2(relay),
         "postgres": postgres.map(round2),
@@ -189,7 +196,11 @@ pub fn cpu_figures(m0: &Marks, m1: &Marks) -> Value {
         "machine_busy": round2(busy),
         "machine_capacity": round2(capacity),
         "disturbed": disturbed,
-    })
+    });
+    if let Some((name, s)) = other {
+        figures[name] = json!(round2(s));
+    }
+    figures
 }
 
 /// How a wait for deliveries ended.
