@@ -9,6 +9,7 @@ pub mod nats;
 pub mod pause;
 pub mod routing;
 pub mod sse;
+pub mod template;
 pub mod webhook;
 
 use std::sync::Arc;
