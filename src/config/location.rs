@@ -15,6 +15,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "metrics_token",
     "token_secret",
     "secret",
+    "password",
 ];
 
 /// A shown line longer than this is cut to the part before the error.

@@ -314,6 +314,7 @@ impl Relay {
             table = %self.queries.table,
             webhooks = self.cfg.webhooks.len(),
             nats = self.cfg.nats.len(),
+            redis = self.cfg.redis.len(),
             window = self.capacity_total,
             listen = self.cfg.listen,
             "relay running"
