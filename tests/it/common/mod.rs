@@ -10,6 +10,7 @@ pub mod orm;
 pub mod process;
 pub mod proxy;
 pub mod receiver;
+pub mod redis;
 pub mod replication;
 pub mod sse;
 
