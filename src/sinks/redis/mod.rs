@@ -270,6 +270,10 @@ fn transient(e: &RedisError) -> bool {
 /// A server's error as it wrote it (`WRONGTYPE Operation against ...`); other errors as
 /// the client puts them.
 fn server_reply(e: &RedisError) -> String {
+    if e.kind() == ErrorKind::AuthenticationFailed {
+        // The client keeps the server's words (WRONGPASS ...) to itself.
+        return "authentication failed: wrong user name or password".to_owned();
+    }
     match (e.code(), e.detail()) {
         (Some(code), Some(detail)) => format!("{code} {detail}"),
         _ => e.to_string(),
