@@ -473,3 +473,73 @@ async fn a_second_append_of_an_event_inside_the_dedup_window_adds_nothing() {
         assert_eq!(remembered.len(), 2 - expected, "window {window}");
     }
 }
+
+/// `rediss://` with a CA of the test's own (`tls_ca`): delivered; without it (the system's
+/// roots do not know that CA) the start stops at once with one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_servers_ca_delivers_and_an_unknown_ca_stops_the_start() {
+    use rcgen::ExtendedKeyUsagePurpose;
+
+    let ca = crate::tls::ca("redis test CA");
+    let (cert, key) = crate::tls::leaf(
+        "localhost",
+        &["localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        &ca,
+    );
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (cert, key, ca_pem) = (
+        write("server.pem", &cert),
+        write("server.key", &key),
+        write("ca.pem", &ca.0.pem()),
+    );
+    let tls_port = free_addr().rsplit(':').next().unwrap().to_owned();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca_pem,
+        "--tls-auth-clients",
+        "no",
+    ])
+    .await;
+    let url = format!("rediss://localhost:{tls_port}");
+    let db = TestDb::new().await;
+    let toml = redis_toml(&url, &format!("tls_ca = \"{ca_pem}\""));
+    let (_, running) = db.start_relay(&toml).await;
+    let client = db.client().await;
+    let ids: HashSet<String> = insert_events(&client, 10, "REDIS.TLS")
+        .await
+        .into_iter()
+        .collect();
+    wait_until("every row COMPLETED", || async {
+        count_status(&client, "COMPLETED").await == 10
+    })
+    .await;
+    let mut con = redis.connect().await;
+    assert_eq!(unique_ids(&read_stream(&mut con, STREAM).await), ids);
+    running.stop().await.unwrap();
+
+    let file = db.migrated_config_file(&redis_toml(&url, "")).await;
+    let mut r = relay("relay", &file);
+    let status = r.wait_exit(Duration::from_secs(20)).await;
+    assert!(!status.success());
+    let err = r.stderr();
+    assert!(
+        err.contains("refused") && err.contains("certificate"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("cannot reach Redis yet"),
+        "retried a refusal: {err}"
+    );
+}

@@ -252,9 +252,10 @@ impl From<RedisError> for Checked {
     }
 }
 
-/// Errors worth retrying at start: the server is not there yet, or not ready.
+/// Errors worth retrying at start: the server is not there yet, or not ready. A TLS
+/// handshake that failed (a certificate not trusted, a name that does not match) is not.
 fn transient(e: &RedisError) -> bool {
-    e.is_io_error()
+    (e.is_io_error() && !tls_refused(e))
         || e.is_timeout()
         || matches!(
             e.kind(),
@@ -265,6 +266,17 @@ fn transient(e: &RedisError) -> bool {
             )
         )
         || e.code() == Some("BUSY")
+}
+
+/// Whether the error is rustls refusing the handshake.
+fn tls_refused(e: &RedisError) -> bool {
+    // The client keeps the I/O error behind an Arc, which is what `source` gives.
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<Shared>())
+        .and_then(|shared| shared.downcast_ref::<std::io::Error>())
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 /// A server's error as it wrote it (`WRONGTYPE Operation against ...`); other errors as
