@@ -2,15 +2,18 @@
 //! stream holds after a drain, a relay SIGKILLed mid-drain, a server down for a while, entity
 //! order, a key that is not a stream, MAXLEN, and a password-protected server.
 
+use crate::common::broker::{
+    assert_entity_order, insert_entity_sequences, kill_mid_drain, outage, retried_ids, unique,
+    wait_completed,
+};
 use crate::common::process::*;
 use crate::common::redis::{keys_matching, read_stream, stream_len, Entry, RedisServer};
 use crate::common::*;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use nix::sys::signal::Signal;
 
 /// The stream every test event (org `org_1`) goes to.
 const STREAM: &str = "outbox:org_1";
@@ -25,24 +28,21 @@ fn redis_toml(url: &str, extra: &str) -> String {
 
 /// The `id` field of every entry, checked unique, as a set.
 fn unique_ids(entries: &[Entry]) -> HashSet<String> {
-    let ids: Vec<String> = entries.iter().map(|e| e.text("id").to_owned()).collect();
-    let set: HashSet<String> = ids.iter().cloned().collect();
-    assert_eq!(set.len(), ids.len(), "duplicates in the stream");
-    set
+    unique(entries.iter().map(|e| e.text("id").to_owned()))
 }
 
-/// Ids of the rows that were attempted more than once.
-async fn retried_ids(client: &tokio_postgres::Client) -> HashSet<String> {
-    client
-        .query(
-            "SELECT id::text FROM \"OutboxEvent\" WHERE retry_count > 0",
-            &[],
-        )
+/// A relay in this process on `toml` delivers 10 events to `redis`'s stream, then stops.
+async fn ten_delivered(db: &TestDb, redis: &RedisServer, toml: &str, event_type: &str) {
+    let (_, running) = db.start_relay(toml).await;
+    let client = db.client().await;
+    let ids: HashSet<String> = insert_events(&client, 10, event_type)
         .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+        .into_iter()
+        .collect();
+    wait_completed(&client, 10).await;
+    let mut con = redis.connect().await;
+    assert_eq!(unique_ids(&read_stream(&mut con, STREAM).await), ids);
+    running.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,10 +55,7 @@ async fn ten_thousand_events_reach_the_stream_once_each_signed_and_with_their_id
     for _ in 0..10 {
         ids.extend(insert_events(&client, 1000, "REDIS.TEST").await);
     }
-    wait_until("every row COMPLETED", || async {
-        count_status(&client, "COMPLETED").await == 10_000
-    })
-    .await;
+    wait_completed(&client, 10_000).await;
     let mut con = redis.connect().await;
     let entries = read_stream(&mut con, STREAM).await;
     assert_eq!(entries.len(), 10_000);
@@ -129,54 +126,28 @@ async fn ten_thousand_events_reach_the_stream_once_each_signed_and_with_their_id
 async fn a_relay_killed_mid_drain_and_restarted_appends_each_event_once() {
     let redis = RedisServer::start().await;
     let db = TestDb::new().await;
-    // A short lease, so the killed relay's rows come back soon.
-    let toml = format!("lease = \"2s\"\n{}", redis_toml(&redis.url(), ""));
-    let file = db.migrated_config_file(&toml).await;
-    let client = db.client().await;
-    let mut ids = HashSet::new();
-    for _ in 0..5 {
-        ids.extend(insert_events(&client, 1000, "REDIS.KILL").await);
-    }
-    let mut first = relay("relay-1", &file);
-    wait_until("part of the drain delivered", || async {
-        count_status(&client, "COMPLETED").await >= 500
-    })
-    .await;
-    first.signal(Signal::SIGKILL);
-    first.wait_exit(Duration::from_secs(10)).await;
-    let done_before = count_status(&client, "COMPLETED").await;
-    assert!(done_before < 5000, "killed too late to test anything");
-
-    let mut second = relay("relay-2", &file);
-    wait_until("every row COMPLETED", || async {
-        count_status(&client, "COMPLETED").await == 5000
-    })
-    .await;
+    let mut killed = kill_mid_drain(&db, &redis_toml(&redis.url(), ""), "REDIS.KILL").await;
     let mut con = redis.connect().await;
     let entries = read_stream(&mut con, STREAM).await;
     assert_eq!(
         unique_ids(&entries),
-        ids,
+        killed.ids,
         "nothing lost, nothing appended twice"
     );
-    // The scenario happened: rows the killed relay held were sent again after their lease
-    // lapsed. Those it had appended before the kill (the entry says attempt 1, the row says
-    // more) were found by their dedup key and not appended again.
-    let retried = retried_ids(&client).await;
-    assert!(!retried.is_empty(), "no row was in flight at the kill");
+    // Those the killed relay had appended before the kill (the entry says attempt 1, the
+    // row says more) found their dedup key and were not appended again.
     let deduplicated = entries
         .iter()
-        .filter(|e| e.body()["attempt"] == 1 && retried.contains(e.text("id")))
+        .filter(|e| e.body()["attempt"] == 1 && killed.retried.contains(e.text("id")))
         .count();
     println!(
         "{} rows redelivered after the kill, {deduplicated} of them already in the stream \
          and not appended again ({} 'already appended' lines in the second relay's log)",
-        retried.len(),
-        second.log_count("already appended")
+        killed.retried.len(),
+        killed.second.log_count("already appended")
     );
-    second.signal(Signal::SIGTERM);
-    second.wait_exit(Duration::from_secs(30)).await;
-    assert_no_secret("relay-2", &second.stderr());
+    killed.stop().await;
+    assert_no_secret("relay-2", &killed.second.stderr());
 }
 
 /// The server stopped for 10 s while events keep coming, then back on the same data:
@@ -186,44 +157,13 @@ async fn a_relay_killed_mid_drain_and_restarted_appends_each_event_once() {
 async fn a_server_down_for_ten_seconds_loses_nothing() {
     let mut redis = RedisServer::start().await;
     let db = TestDb::new().await;
-    let toml = format!(
-        "backoff_initial = \"200ms\"\nbackoff_max = \"2s\"\n{}",
-        redis_toml(&redis.url(), "timeout = \"2s\"")
-    );
-    let (_, relay) = db.start_relay(&toml).await;
-    let client = db.client().await;
-    let mut ids: HashSet<String> = insert_events(&client, 500, "REDIS.OUTAGE")
-        .await
-        .into_iter()
-        .collect();
-    wait_until("the first events delivered", || async {
-        count_status(&client, "COMPLETED").await == 500
-    })
-    .await;
-    redis.stop().await;
-    ids.extend(insert_events(&client, 500, "REDIS.OUTAGE").await);
-    // The outage is the scenario: events wait (failed attempts, retried) while it lasts.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(count_status(&client, "COMPLETED").await < 1000);
-    redis.start_again().await;
-    wait_until("every row COMPLETED after the outage", || async {
-        count_status(&client, "COMPLETED").await == 1000
-    })
-    .await;
+    let toml = redis_toml(&redis.url(), "timeout = \"2s\"");
+    let ids = outage(&db, &toml, "REDIS.OUTAGE", &mut redis).await;
     let mut con = redis.connect().await;
     // The first 500, appended before the stop, came back from the append-only file.
     assert_eq!(unique_ids(&read_stream(&mut con, STREAM).await), ids);
-    assert_eq!(count_status(&client, "FAILED").await, 0);
-    let failed_attempts: i64 = client
-        .query_one(
-            "SELECT count(*) FROM \"OutboxEvent\" WHERE retry_count > 0",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(failed_attempts > 0, "the outage cost no attempt");
-    relay.stop().await.unwrap();
+    let retried = retried_ids(&db.client().await).await;
+    assert!(!retried.is_empty(), "the outage cost no attempt");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,36 +173,11 @@ async fn entity_order_is_kept_in_the_stream() {
     let toml = redis_toml(&redis.url(), "ordering = \"entity\"");
     let (_, relay) = db.start_relay(&toml).await;
     let client = db.client().await;
-    // 10 entities, 30 events each, interleaved, each in a transaction of its own.
-    for n in 0..30 {
-        for e in 0..10 {
-            client
-                .execute(
-                    "INSERT INTO \"OutboxEvent\" (event_type, org_id, entity_type, entity_id, payload)
-                     VALUES ('REDIS.ORDER', 'org_1', 'Project', $1, jsonb_build_object('n', $2::int))",
-                    &[&format!("p{e}"), &n],
-                )
-                .await
-                .unwrap();
-        }
-    }
-    wait_until("every row COMPLETED", || async {
-        count_status(&client, "COMPLETED").await == 300
-    })
-    .await;
+    insert_entity_sequences(&client, "REDIS.ORDER").await;
+    wait_completed(&client, 300).await;
     let mut con = redis.connect().await;
-    let mut by_entity: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for e in read_stream(&mut con, STREAM).await {
-        let body = e.body();
-        by_entity
-            .entry(body["entity_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(body["data"]["n"].as_i64().unwrap());
-    }
-    assert_eq!(by_entity.len(), 10);
-    for (entity, ns) in by_entity {
-        assert_eq!(ns, (0..30).collect::<Vec<_>>(), "{entity} out of order");
-    }
+    let entries = read_stream(&mut con, STREAM).await;
+    assert_entity_order(entries.iter().map(Entry::body));
     relay.stop().await.unwrap();
 }
 
@@ -346,10 +261,7 @@ async fn maxlen_trims_the_stream_to_about_that_many_entries() {
         .await
         .into_iter()
         .collect();
-    wait_until("every row COMPLETED", || async {
-        count_status(&client, "COMPLETED").await == 1000
-    })
-    .await;
+    wait_completed(&client, 1000).await;
     let mut con = redis.connect().await;
     // `MAXLEN ~ 100` removes whole nodes of the stream (stream-node-max-entries, 100 by
     // default) while at least 100 entries stay: between 100 and 199 are left.
@@ -394,19 +306,7 @@ async fn a_password_protected_server_takes_the_password_from_a_secret_and_a_wron
         &redis.url(),
         &format!("password = \"file:{}\"", path_str(&secret_file)),
     );
-    let (_, running) = db.start_relay(&toml).await;
-    let client = db.client().await;
-    let ids: HashSet<String> = insert_events(&client, 10, "REDIS.AUTH")
-        .await
-        .into_iter()
-        .collect();
-    wait_until("every row COMPLETED", || async {
-        count_status(&client, "COMPLETED").await == 10
-    })
-    .await;
-    let mut con = redis.connect().await;
-    assert_eq!(unique_ids(&read_stream(&mut con, STREAM).await), ids);
-    running.stop().await.unwrap();
+    ten_delivered(&db, &redis, &toml, "REDIS.AUTH").await;
 
     // A wrong password in the URL: one line, at once, without the password; the relay exits.
     let url = redis.url().replace("redis://", "redis://:wrong-pass-42@");
@@ -515,19 +415,7 @@ async fn tls_with_the_servers_ca_delivers_and_an_unknown_ca_stops_the_start() {
     let url = format!("rediss://localhost:{tls_port}");
     let db = TestDb::new().await;
     let toml = redis_toml(&url, &format!("tls_ca = \"{ca_pem}\""));
-    let (_, running) = db.start_relay(&toml).await;
-    let client = db.client().await;
-    let ids: HashSet<String> = insert_events(&client, 10, "REDIS.TLS")
-        .await
-        .into_iter()
-        .collect();
-    wait_until("every row COMPLETED", || async {
-        count_status(&client, "COMPLETED").await == 10
-    })
-    .await;
-    let mut con = redis.connect().await;
-    assert_eq!(unique_ids(&read_stream(&mut con, STREAM).await), ids);
-    running.stop().await.unwrap();
+    ten_delivered(&db, &redis, &toml, "REDIS.TLS").await;
 
     let file = db.migrated_config_file(&redis_toml(&url, "")).await;
     let mut r = relay("relay", &file);

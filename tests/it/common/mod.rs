@@ -2,6 +2,7 @@
 //! fresh database per test, real HTTP receivers, and the relay in-process or as a process.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod browser;
 pub mod fault;
 pub mod load;

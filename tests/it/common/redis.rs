@@ -7,16 +7,15 @@
 //! panic message when it exits or times out before answering. Works with the Redis 7.0 that
 //! Debian packages, and later ones.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use tokio::time::Instant;
 
+use super::broker::{spawn_logged, stop_child};
 use super::{free_addr, wait_until, PATIENCE};
 
 /// The panic message when the binary is missing.
@@ -92,22 +91,8 @@ impl RedisServer {
     /// Starts the process (its output appended to `redis.log`); does not wait.
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "redis-server already running");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let child = Command::new("redis-server")
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn();
-        match child {
-            Ok(child) => self.child = Some(child),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{MISSING}"),
-            Err(e) => panic!("starting redis-server: {e}"),
-        }
+        let child = spawn_logged("redis-server", &self.args, &self.log_path(), MISSING);
+        self.child = Some(child);
     }
 
     /// Waits until the server answers PING (not LOADING); panics with its log if it exits
@@ -142,18 +127,8 @@ impl RedisServer {
     /// Stops the server (SIGTERM: it flushes the append-only file; SIGKILL after 15 s) and
     /// waits for it to exit. Its port then refuses connections; its data stays.
     pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_PATIENCE;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(child) = self.child.take() {
+            stop_child(child, Signal::SIGTERM, STOP_PATIENCE).await;
         }
     }
 
