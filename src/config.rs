@@ -22,6 +22,7 @@ use crate::sinks::webhook::signature::SigningKeys;
 
 mod location;
 pub mod nats;
+pub mod redis;
 pub use location::Location;
 
 /// Default schema of the outbox table.
@@ -174,6 +175,8 @@ struct FileConfig {
     webhook: Vec<FileWebhook>,
     #[serde(default)]
     nats: Vec<nats::FileNats>,
+    #[serde(default)]
+    redis: Vec<redis::FileRedis>,
 }
 
 impl FileConfig {
@@ -204,6 +207,9 @@ impl FileConfig {
         }
         for (i, n) in self.nats.iter().enumerate() {
             keys.extend(n.literal_secrets(i));
+        }
+        for (i, r) in self.redis.iter().enumerate() {
+            keys.extend(r.literal_secrets(i));
         }
         keys
     }
@@ -309,12 +315,14 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// `[[nats]]`: NATS JetStream sinks.
     pub nats: Vec<nats::NatsConfig>,
+    /// `[[redis]]`: Redis Streams sinks.
+    pub redis: Vec<redis::RedisConfig>,
 }
 
 /// What every sink has, whatever its kind (see [`Config::sinks`]).
 #[derive(Debug, Clone, Copy)]
 pub struct SinkView<'a> {
-    /// `webhook`, `nats`: the config section.
+    /// `webhook`, `nats`, `redis`: the config section.
     pub section: &'static str,
     pub name: &'a str,
     pub types: &'a [String],
@@ -480,6 +488,12 @@ impl Config {
                 .enumerate()
                 .map(|(i, n)| nats::nats(i, n, f.ordering.unwrap_or_default(), everything))
                 .collect::<Result<_, _>>()?,
+            redis: f
+                .redis
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| redis::redis(i, r, f.ordering.unwrap_or_default(), everything))
+                .collect::<Result<_, _>>()?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -607,7 +621,7 @@ impl Config {
         patterns
     }
 
-    /// Every sink, whatever its kind, in config order (webhooks, then NATS).
+    /// Every sink, whatever its kind, in config order (webhooks, then NATS, then Redis).
     pub fn sinks(&self) -> Vec<SinkView<'_>> {
         let webhooks = self.webhooks.iter().map(|w| SinkView {
             section: "webhook",
@@ -623,7 +637,14 @@ impl Config {
             max_in_flight: n.max_in_flight,
             ordered: n.ordered,
         });
-        webhooks.chain(nats).collect()
+        let redis = self.redis.iter().map(|r| SinkView {
+            section: "redis",
+            name: &r.name,
+            types: &r.types,
+            max_in_flight: r.max_in_flight,
+            ordered: r.ordered,
+        });
+        webhooks.chain(nats).chain(redis).collect()
     }
 
     /// The table and what of this config `db` renders its statements, indexes and
@@ -665,6 +686,9 @@ impl Config {
         }
         for (i, n) in self.nats.iter().enumerate() {
             keys.extend(n.unread(i));
+        }
+        for (i, r) in self.redis.iter().enumerate() {
+            keys.extend(r.unread(i));
         }
         keys
     }
@@ -1394,5 +1418,110 @@ mod tests {
         let e = load("[[nats]]\nname = \"b\"\nurl = \"http://u:hunter2@a\"\nstream = \"S\"")
             .unwrap_err();
         assert!(!e.message.contains("hunter2"), "{e:?}");
+    }
+
+    #[test]
+    fn a_redis_sink_parses_and_its_mistakes_name_the_key() {
+        let c = load(&format!(
+            r#"
+            [[redis]]
+            name = "stream"
+            url = "redis://cache:6379/2"
+            password = "pw"
+            stream = "outbox:{{org_id}}"
+            maxlen = 100000
+            ordering = "entity"
+            secret = "{SECRET}"
+            "#
+        ))
+        .unwrap();
+        let r = &c.redis[0];
+        assert_eq!(r.stream.as_str(), "outbox:{org_id}");
+        assert_eq!(r.maxlen, Some(100_000));
+        assert_eq!(r.dedup_window, redis::DEFAULT_REDIS_DEDUP_WINDOW);
+        assert_eq!(r.timeout, redis::DEFAULT_REDIS_TIMEOUT);
+        assert!(r.ordered && r.keys.is_some() && r.tls_ca.is_none());
+        assert_eq!(c.ordered_types(), ["%"]);
+        // A reference is read only by the commands that need it.
+        let unread = Config::from_toml_for(
+            "[[redis]]\nname = \"r\"\nurl = \"redis://h\"\npassword = \"env:OUTBOX_RELAY_TEST_UNSET_REDIS\"",
+            &Overrides::default(),
+            Needs::Nothing,
+        )
+        .unwrap()
+        .unread_secrets();
+        assert_eq!(unread, ["redis[0].password"]);
+        // Literal secrets: a password in the URL, or in the file.
+        let file = parse_file(
+            "[[redis]]\nname = \"r\"\nurl = \"redis://:pw@h\"\n\
+             [[redis]]\nname = \"s\"\nurl = \"redis://h\"\npassword = \"pw\"",
+        )
+        .unwrap();
+        assert_eq!(
+            file.literal_secrets(),
+            ["redis[0].url", "redis[1].password"]
+        );
+        let off =
+            load("[[redis]]\nname = \"r\"\nurl = \"rediss://h\"\ndedup_window = \"0s\"").unwrap();
+        assert!(off.redis[0].dedup_window.is_zero());
+
+        let base = "[[redis]]\nname = \"r\"\nurl = \"redis://h:6379\"\n";
+        for (extra, key, says) in [
+            (
+                "stream = \"x:{org}\"",
+                "redis[0].stream",
+                "unknown placeholder {org}",
+            ),
+            (
+                "stream = \"a b\"",
+                "redis[0].stream",
+                "cannot be part of a stream key",
+            ),
+            ("maxlen = 0", "redis[0].maxlen", "at least 1"),
+            (
+                "dedup_window = \"500ms\"",
+                "redis[0].dedup_window",
+                "at least 1s",
+            ),
+            ("tls_ca = \"/ca.pem\"", "redis[0].tls_ca", "rediss://"),
+            ("max_in_flight = 0", "redis[0].max_in_flight", "between"),
+            (
+                "ordering = \"entity\"\ntypes = [\"[A]\"]",
+                "redis[0].types[0]",
+                "only * and ?",
+            ),
+            ("stream_key = \"x\"", "redis[0].stream_key", "unknown field"),
+        ] {
+            let e = load(&format!("{base}{extra}")).unwrap_err();
+            assert_eq!(
+                (e.key.as_str(), e.message.contains(says)),
+                (key, true),
+                "{extra}: {e:?}"
+            );
+        }
+        for (url, says) in [
+            ("http://h", "must be a redis:// or rediss:// URL"),
+            ("redis://h/notanumber", "redis://h/notanumber"),
+        ] {
+            let e = load(&format!("[[redis]]\nname = \"r\"\nurl = \"{url}\"")).unwrap_err();
+            assert_eq!(e.key, "redis[0].url");
+            assert!(e.message.contains(says), "{url}: {e:?}");
+        }
+        // A password in the URL and in `password` too; neither reaches a message.
+        for text in [
+            "[[redis]]\nname = \"r\"\nurl = \"redis://:hunter2@h\"\npassword = \"hunter2\"",
+            "[[redis]]\nname = \"r\"\nurl = \"http://u:hunter2@h\"",
+            "[[redis]]\nname = \"r\"\nurl = \"redis://u:hunter2@h/x\"",
+        ] {
+            let e = load(text).unwrap_err();
+            assert!(e.key.starts_with("redis[0]."), "{e:?}");
+            assert!(!e.to_string().contains("hunter2"), "{e:?}");
+        }
+        // One name space for every sink.
+        let e = load(&format!(
+            "[[nats]]\nname = \"r\"\nurl = \"nats://a\"\nstream = \"S\"\n{base}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "redis[0].name");
     }
 }

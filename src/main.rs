@@ -134,10 +134,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig => {
             println!(
-                "config OK: table {}, {} webhook(s), {} NATS sink(s), listen {}, poll every {}",
+                "config OK: table {}, {} webhook(s), {} NATS sink(s), {} Redis sink(s), listen {}, poll every {}",
                 cfg.qualified_table(),
                 cfg.webhooks.len(),
                 cfg.nats.len(),
+                cfg.redis.len(),
                 cfg.listen,
                 humantime::format_duration(cfg.poll_interval)
             );

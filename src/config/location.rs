@@ -15,6 +15,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "metrics_token",
     "token_secret",
     "secret",
+    "password",
 ];
 
 /// A shown line longer than this is cut to the part before the error.
@@ -170,6 +171,7 @@ mod tests {
             "secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\" x",
             "  \"token_secret\" = 'hunter2' x",
             "http.admin_token = \"hunter2\" x",
+            "password = \"hunter2\" x",
             "database_url = \"postgres://relay:hunter2@db/app\" x",
             "db = \"postgres://relay:hunter2@db/app\" x",
             "s = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' x",

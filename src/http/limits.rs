@@ -45,11 +45,12 @@ too many connections to this relay (http.max_connections); retry later\n";
 
 /// Descriptors the relay's own connections can need at once: both database pools, the
 /// LISTEN and wake-lock connections, a connection per request a webhook may have in flight,
-/// one per NATS sink, and [`SPARE_DESCRIPTORS`].
+/// one per NATS or Redis sink, and [`SPARE_DESCRIPTORS`].
 pub fn reserved_descriptors(cfg: &Config) -> u64 {
     let database = (crate::db::POOL_SIZE + crate::db::SSE_POOL_SIZE + 2) as u64;
     let webhooks: u64 = cfg.webhooks.iter().map(|w| w.max_in_flight as u64).sum();
-    database + webhooks + cfg.nats.len() as u64 + SPARE_DESCRIPTORS
+    let brokers = (cfg.nats.len() + cfg.redis.len()) as u64;
+    database + webhooks + brokers + SPARE_DESCRIPTORS
 }
 
 /// The HTTP connection cap that fits the process's open-file limit, after raising its soft

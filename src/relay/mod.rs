@@ -206,7 +206,7 @@ impl Relay {
         }
         if self.cfg.sinks().is_empty() {
             tracing::warn!(
-                "no sink configured ([[webhook]], [[nats]]): events are marked COMPLETED \
+                "no sink configured ([[webhook]], [[nats]], [[redis]]): events are marked COMPLETED \
                  without delivery"
             );
         } else if self.cfg.egress.deny_private_addresses {
@@ -314,6 +314,7 @@ impl Relay {
             table = %self.queries.table,
             webhooks = self.cfg.webhooks.len(),
             nats = self.cfg.nats.len(),
+            redis = self.cfg.redis.len(),
             window = self.capacity_total,
             listen = self.cfg.listen,
             "relay running"

@@ -7,8 +7,10 @@
 pub mod endpoint;
 pub mod nats;
 pub mod pause;
+pub mod redis;
 pub mod routing;
 pub mod sse;
+pub mod template;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -62,6 +64,11 @@ impl Dispatcher {
                 cfg.nats
                     .iter()
                     .map(|n| nats::endpoint(n, timeline.clone()).map(Arc::new)),
+            )
+            .chain(
+                cfg.redis
+                    .iter()
+                    .map(|r| redis::endpoint(r, timeline.clone()).map(Arc::new)),
             )
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {

@@ -22,6 +22,7 @@ mod pooler;
 mod privileges;
 mod process;
 mod readme;
+mod redis;
 mod router_access;
 mod run_once;
 mod security;

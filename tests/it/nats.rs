@@ -2,17 +2,19 @@
 //! stream holds after a drain, a relay SIGKILLed mid-drain, a server down for a while, entity
 //! order, a subject no stream takes, and a three-node cluster losing a node under load.
 
+use crate::common::broker::{
+    assert_entity_order, insert_entity_sequences, kill_mid_drain, outage, unique, wait_completed,
+};
 use crate::common::nats::{
     self as nats_it, create_stream, read_stream, stream_leader, NatsCluster, NatsServer, Received,
 };
 use crate::common::process::*;
 use crate::common::*;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use nix::sys::signal::Signal;
 
 /// A `[[nats]]` section publishing to `stream` at `urls`.
 fn nats_toml(urls: &[String], stream: &str, extra: &str) -> String {
@@ -26,13 +28,11 @@ fn nats_toml(urls: &[String], stream: &str, extra: &str) -> String {
 
 /// The Nats-Msg-Id of every message, checked unique, as a set.
 fn unique_ids(messages: &[Received]) -> HashSet<String> {
-    let ids: Vec<String> = messages
-        .iter()
-        .map(|m| m.msg_id.clone().expect("every message has a Nats-Msg-Id"))
-        .collect();
-    let set: HashSet<String> = ids.iter().cloned().collect();
-    assert_eq!(set.len(), ids.len(), "duplicates in the stream");
-    set
+    unique(
+        messages
+            .iter()
+            .map(|m| m.msg_id.clone().expect("every message has a Nats-Msg-Id")),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,68 +84,26 @@ async fn ten_thousand_events_reach_the_stream_once_each_signed_and_with_their_id
 async fn a_relay_killed_mid_drain_and_restarted_stores_each_event_once() {
     let nats = NatsServer::start().await;
     let db = TestDb::new().await;
-    // A short lease, so the killed relay's rows come back soon.
-    let toml = format!(
-        "lease = \"2s\"\n{}",
-        nats_toml(&[nats.url()], "OUTBOX", "create_stream = true")
-    );
-    let file = db.migrated_config_file(&toml).await;
-    let client = db.client().await;
-    let mut ids = HashSet::new();
-    for _ in 0..5 {
-        ids.extend(insert_events(&client, 1000, "NATS.KILL").await);
-    }
-    let mut first = relay("relay-1", &file);
+    let toml = nats_toml(&[nats.url()], "OUTBOX", "create_stream = true");
+    let mut killed = kill_mid_drain(&db, &toml, "NATS.KILL").await;
     let nc = nats_it::connect(nats.url()).await;
-    wait_until("part of the drain delivered", || async {
-        count_status(&client, "COMPLETED").await >= 500
-    })
-    .await;
-    first.signal(Signal::SIGKILL);
-    first.wait_exit(Duration::from_secs(10)).await;
-    let done_before = count_status(&client, "COMPLETED").await;
-    assert!(done_before < 5000, "killed too late to test anything");
-
-    let mut second = relay("relay-2", &file);
-    wait_until("every row COMPLETED", || async {
-        count_status(&client, "COMPLETED").await == 5000
-    })
-    .await;
     let messages = read_stream(&nc, "OUTBOX").await;
     assert_eq!(
         unique_ids(&messages),
-        ids,
+        killed.ids,
         "nothing lost, nothing stored twice"
     );
-    // The scenario happened: rows the killed relay held were published again after their
-    // lease lapsed. Those it had published before the kill (the stored body says attempt 1,
-    // the row says more) were dropped by the stream as duplicates.
-    let redelivered: i64 = client
-        .query_one(
-            "SELECT count(*) FROM \"OutboxEvent\" WHERE retry_count > 0",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(redelivered > 0, "no row was in flight at the kill");
-    let retried: HashSet<String> = client
-        .query(
-            "SELECT id::text FROM \"OutboxEvent\" WHERE retry_count > 0",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    // Those the killed relay had published before the kill (the stored body says attempt
+    // 1, the row says more) were dropped by the stream as duplicates.
     let deduplicated = messages
         .iter()
-        .filter(|m| m.body["attempt"] == 1 && retried.contains(m.msg_id.as_deref().unwrap()))
+        .filter(|m| m.body["attempt"] == 1 && killed.retried.contains(m.msg_id.as_deref().unwrap()))
         .count();
-    println!("{redelivered} rows redelivered after the kill, {deduplicated} of them dropped by the stream as duplicates");
-    second.signal(Signal::SIGTERM);
-    second.wait_exit(Duration::from_secs(30)).await;
+    println!(
+        "{} rows redelivered after the kill, {deduplicated} of them dropped by the stream as duplicates",
+        killed.retried.len()
+    );
+    killed.stop().await;
 }
 
 /// The server stopped for 10 s while events keep coming, then back: nothing lost.
@@ -154,38 +112,14 @@ async fn a_relay_killed_mid_drain_and_restarted_stores_each_event_once() {
 async fn a_server_down_for_ten_seconds_loses_nothing() {
     let mut nats = NatsServer::start().await;
     let db = TestDb::new().await;
-    let toml = format!(
-        "backoff_initial = \"200ms\"\nbackoff_max = \"2s\"\n{}",
-        nats_toml(
-            &[nats.url()],
-            "OUTBOX",
-            "create_stream = true\ntimeout = \"2s\""
-        )
+    let toml = nats_toml(
+        &[nats.url()],
+        "OUTBOX",
+        "create_stream = true\ntimeout = \"2s\"",
     );
-    let (_, relay) = db.start_relay(&toml).await;
-    let client = db.client().await;
-    let mut ids: HashSet<String> = insert_events(&client, 500, "NATS.OUTAGE")
-        .await
-        .into_iter()
-        .collect();
-    wait_until("the first events delivered", || async {
-        count_status(&client, "COMPLETED").await == 500
-    })
-    .await;
-    nats.stop().await;
-    ids.extend(insert_events(&client, 500, "NATS.OUTAGE").await);
-    // The outage is the scenario: events wait (failed attempts, retried) while it lasts.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(count_status(&client, "COMPLETED").await < 1000);
-    nats.start_again().await;
-    wait_until("every row COMPLETED after the outage", || async {
-        count_status(&client, "COMPLETED").await == 1000
-    })
-    .await;
+    let ids = outage(&db, &toml, "NATS.OUTAGE", &mut nats).await;
     let nc = nats_it::connect(nats.url()).await;
     assert_eq!(unique_ids(&read_stream(&nc, "OUTBOX").await), ids);
-    assert_eq!(count_status(&client, "FAILED").await, 0);
-    relay.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,35 +133,10 @@ async fn entity_order_is_kept_in_the_stream() {
     );
     let (_, relay) = db.start_relay(&toml).await;
     let client = db.client().await;
-    // 10 entities, 30 events each, interleaved, each in a transaction of its own.
-    for n in 0..30 {
-        for e in 0..10 {
-            client
-                .execute(
-                    "INSERT INTO \"OutboxEvent\" (event_type, org_id, entity_type, entity_id, payload)
-                     VALUES ('NATS.ORDER', 'org_1', 'Project', $1, jsonb_build_object('n', $2::int))",
-                    &[&format!("p{e}"), &n],
-                )
-                .await
-                .unwrap();
-        }
-    }
-    wait_until("every row COMPLETED", || async {
-        count_status(&client, "COMPLETED").await == 300
-    })
-    .await;
+    insert_entity_sequences(&client, "NATS.ORDER").await;
+    wait_completed(&client, 300).await;
     let nc = nats_it::connect(nats.url()).await;
-    let mut by_entity: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for m in read_stream(&nc, "OUTBOX").await {
-        by_entity
-            .entry(m.body["entity_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(m.body["data"]["n"].as_i64().unwrap());
-    }
-    assert_eq!(by_entity.len(), 10);
-    for (entity, ns) in by_entity {
-        assert_eq!(ns, (0..30).collect::<Vec<_>>(), "{entity} out of order");
-    }
+    assert_entity_order(read_stream(&nc, "OUTBOX").await.into_iter().map(|m| m.body));
     relay.stop().await.unwrap();
 }
 

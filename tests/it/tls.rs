@@ -70,7 +70,8 @@ fn write(dir: &Path, name: &str, text: &str, owner: Option<&nix::unistd::User>) 
     p
 }
 
-fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+/// A self-signed CA called `name` (tests/it/redis.rs issues with it too).
+pub(crate) fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -78,7 +79,8 @@ fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
     (p.self_signed(&key).unwrap(), key)
 }
 
-fn leaf(
+/// A certificate for `names` signed by `ca`: (certificate PEM, key PEM).
+pub(crate) fn leaf(
     cn: &str,
     names: &[&str],
     eku: ExtendedKeyUsagePurpose,

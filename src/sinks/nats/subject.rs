@@ -9,105 +9,38 @@
 //! written `%XX` per UTF-8 byte, and so is a dot that would leave an empty token.
 //! A missing (NULL) or empty value is `_`.
 
-use crate::event::Event;
+use crate::sinks::template::{self, Syntax};
 
-/// The placeholders a template may use.
-pub const PLACEHOLDERS: [&str; 5] = ["id", "event_type", "org_id", "entity_type", "entity_id"];
+/// A subject template (see [`template::Template`]).
+pub type Template = template::Template<Subject>;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    Field(&'static str),
-}
+/// The syntax of a NATS subject (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subject;
 
-/// A parsed subject template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    parts: Vec<Part>,
-    text: String,
-}
+impl Syntax for Subject {
+    const LITERAL_RULE: &'static str = "a subject (no spaces or wildcards)";
 
-impl Template {
-    /// Parses and checks `text`: known placeholders only, and a valid subject whatever the
-    /// values.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find(['{', '}']) {
-            if rest[open..].starts_with('}') {
-                return Err(format!("{text:?}: '}}' without '{{'"));
-            }
-            let Some(close) = rest[open..].find('}') else {
-                return Err(format!("{text:?}: '{{' without '}}'"));
-            };
-            let name = &rest[open + 1..open + close];
-            let Some(field) = PLACEHOLDERS.iter().find(|p| **p == name) else {
-                return Err(format!(
-                    "{text:?}: unknown placeholder {{{name}}}; use {}",
-                    PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
-                ));
-            };
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_owned()));
-            }
-            parts.push(Part::Field(field));
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
-        }
-        for p in &parts {
-            if let Part::Text(t) = p {
-                if let Some(c) = t.chars().find(|c| !literal_char(*c)) {
-                    return Err(format!(
-                        "{text:?}: {c:?} cannot be part of a subject (no spaces or wildcards)"
-                    ));
-                }
-            }
-        }
-        let template = Self {
-            parts,
-            text: text.to_owned(),
-        };
-        // The values never make an empty token, so the literal text decides.
-        let sample = template.render_with(|_| "x".to_owned());
+    fn literal_char(c: char) -> bool {
+        literal_char(c)
+    }
+
+    fn escape(value: &str, field: &'static str) -> String {
+        escape(value, field == "event_type")
+    }
+
+    /// The values never make an empty token, so the literal text decides.
+    fn check(sample: &str, text: &str) -> Result<(), String> {
         if sample.is_empty() || sample.split('.').any(str::is_empty) {
             return Err(format!(
                 "{text:?}: a subject's tokens must not be empty (no leading, trailing or double '.')"
             ));
         }
-        Ok(template)
+        Ok(())
     }
+}
 
-    /// The subject for `event` (its type checked present: `event_type`).
-    pub fn render(&self, event: &Event, event_type: &str) -> String {
-        self.render_with(|field| {
-            let value = match field {
-                "id" => Some(event.id.as_str()),
-                "event_type" => Some(event_type),
-                "org_id" => event.org_id.as_deref(),
-                "entity_type" => event.entity_type.as_deref(),
-                _ => event.entity_id.as_deref(),
-            };
-            escape(value.unwrap_or(""), field == "event_type")
-        })
-    }
-
-    fn render_with(&self, value: impl Fn(&'static str) -> String) -> String {
-        self.parts
-            .iter()
-            .map(|p| match p {
-                Part::Text(t) => t.clone(),
-                Part::Field(f) => value(f),
-            })
-            .collect()
-    }
-
-    /// As written in the config.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
+impl Template {
     /// The subjects a stream created for this template takes: a token with a placeholder
     /// becomes `*`, and from `{event_type}` on (its dots make any number of tokens) `>`.
     pub fn stream_subject(&self) -> String {
@@ -135,7 +68,7 @@ fn literal_char(c: char) -> bool {
 /// `value` made safe for a subject (see the module doc). `keep_dots`: for `{event_type}`.
 fn escape(value: &str, keep_dots: bool) -> String {
     if value.is_empty() {
-        return "_".to_owned();
+        return template::EMPTY_VALUE.to_owned();
     }
     let mut out = String::with_capacity(value.len());
     let chars: Vec<char> = value.chars().collect();
@@ -150,10 +83,7 @@ fn escape(value: &str, keep_dots: bool) -> String {
         if keep {
             out.push(c);
         } else {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{b:02X}"));
-            }
+            template::push_percent_encoded(&mut out, c);
         }
     }
     out
@@ -162,6 +92,7 @@ fn escape(value: &str, keep_dots: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Event;
 
     fn event(org: Option<&str>, entity_id: Option<&str>) -> Event {
         Event {

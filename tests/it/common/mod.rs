@@ -2,6 +2,7 @@
 //! fresh database per test, real HTTP receivers, and the relay in-process or as a process.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod browser;
 pub mod fault;
 pub mod load;
@@ -10,6 +11,7 @@ pub mod orm;
 pub mod process;
 pub mod proxy;
 pub mod receiver;
+pub mod redis;
 pub mod replication;
 pub mod sse;
 

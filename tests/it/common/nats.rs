@@ -8,10 +8,9 @@
 //! nats-server 2.9 that Debian packages, and later ones.
 
 use std::fmt::Display;
-use std::fs::OpenOptions;
 use std::future::Future;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use async_nats::jetstream::context::{
@@ -19,9 +18,9 @@ use async_nats::jetstream::context::{
 };
 use async_nats::jetstream::{self, stream};
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use tokio::time::Instant;
 
+use super::broker::{spawn_logged, stop_child};
 use super::{free_addr, wait_until, PATIENCE};
 
 /// The panic message when the binary is missing.
@@ -107,22 +106,8 @@ impl Node {
             "nats-server {} already running",
             self.name
         );
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let child = Command::new("nats-server")
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn();
-        match child {
-            Ok(child) => self.child = Some(child),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{MISSING}"),
-            Err(e) => panic!("starting nats-server: {e}"),
-        }
+        let child = spawn_logged("nats-server", &self.args, &self.log_path(), MISSING);
+        self.child = Some(child);
     }
 
     /// Waits until the server accepts a client connection (and, with `jetstream`, answers
@@ -148,19 +133,8 @@ impl Node {
 
     /// Sends `signal` and waits (bounded) for the process to exit; SIGKILL if it does not.
     async fn stop_with(&mut self, signal: Signal) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let pid = Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, signal);
-        let deadline = Instant::now() + STOP_PATIENCE;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(child) = self.child.take() {
+            stop_child(child, signal, STOP_PATIENCE).await;
         }
     }
 }
