@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use crate::common::proc::{proc_cpu_secs, proc_mem};
 use crate::common::stats::{mib, round2};
 use crate::drain::backlog;
-use crate::setup::{cpu_figures_beside, finish_relay, status_counts, wait_deliveries, Ctx, WaitEnd};
+use crate::setup::{
+    cpu_figures_beside, finish_relay, status_counts, wait_deliveries, Ctx, WaitEnd,
+};
 
 /// A drain that stops making progress for this long is given up.
 const STALL: Duration = Duration::from_secs(15);
