@@ -63,18 +63,7 @@ async fn retention_skips_while_another_relay_holds_the_lock_then_deletes_only_ex
         service.run_once(&stop).await.unwrap(),
         retention::Report::Skipped
     );
-    let types = || async {
-        let rows = client
-            .query(
-                "SELECT event_type FROM \"OutboxEvent\" ORDER BY event_type",
-                &[],
-            )
-            .await
-            .unwrap();
-        rows.iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect::<Vec<_>>()
-    };
+    let types = || crate::ops::left(&client);
     assert_eq!(
         types().await.len(),
         4,

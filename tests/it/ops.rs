@@ -3,18 +3,13 @@
 use crate::common::proxy::{tcp_target, Proxy};
 use crate::common::*;
 
-/// Ids of rows left, by event type.
-async fn left(client: &tokio_postgres::Client) -> Vec<String> {
-    client
-        .query(
-            "SELECT event_type FROM \"OutboxEvent\" ORDER BY event_type",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+/// The event types of the rows left, in order (retention tests insert one row per type).
+pub(crate) async fn left(client: &tokio_postgres::Client) -> Vec<String> {
+    texts(
+        client,
+        "SELECT event_type FROM \"OutboxEvent\" ORDER BY event_type",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

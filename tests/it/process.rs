@@ -988,17 +988,12 @@ async fn metrics_count_deliveries_failures_and_dead_letters_and_match_status() {
 
 /// The relay's indexes on the test table.
 async fn relay_indexes(client: &tokio_postgres::Client) -> Vec<String> {
-    client
-        .query(
-            "SELECT indexname::text FROM pg_indexes
-              WHERE tablename = 'OutboxEvent' AND indexname LIKE '%relay%' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    texts(
+        client,
+        "SELECT indexname::text FROM pg_indexes
+          WHERE tablename = 'OutboxEvent' AND indexname LIKE '%relay%' ORDER BY 1",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

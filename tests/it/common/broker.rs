@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use tokio::time::Instant;
 
 use super::process::{relay, Proc};
-use super::{count_status, insert_events, wait_until, TestDb};
+use super::{count_status, insert_events, texts, wait_until, TestDb, SECRET};
 
 /// Starts `program` with `args`, its output appended to `log`; panics with `missing` when
 /// the program is not installed.
@@ -97,16 +97,34 @@ pub async fn wait_completed(client: &tokio_postgres::Client, n: i64) {
 
 /// Ids of the rows attempted more than once.
 pub async fn retried_ids(client: &tokio_postgres::Client) -> HashSet<String> {
-    client
-        .query(
-            "SELECT id::text FROM \"OutboxEvent\" WHERE retry_count > 0",
-            &[],
-        )
-        .await
+    texts(
+        client,
+        "SELECT id::text FROM \"OutboxEvent\" WHERE retry_count > 0",
+    )
+    .await
+    .into_iter()
+    .collect()
+}
+
+/// Checks a message's Standard Webhooks signature as a receiver would, with the relay's
+/// test secret: `headers` as the broker carried them (names in any case). `what` names the
+/// message in the failure.
+pub fn assert_signed<'a>(
+    body: &[u8],
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    what: &str,
+) {
+    let mut map = axum::http::HeaderMap::new();
+    for (name, value) in headers {
+        map.insert(
+            axum::http::HeaderName::from_bytes(name.to_lowercase().as_bytes()).unwrap(),
+            axum::http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    standardwebhooks::Webhook::new(SECRET)
         .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+        .verify(body, &map)
+        .unwrap_or_else(|e| panic!("{what} does not verify: {e:?}"));
 }
 
 /// What [`kill_mid_drain`] leaves: the events, those sent more than once, and the relay

@@ -337,6 +337,15 @@ pub async fn insert_events(
     rows.iter().map(|r| r.get(0)).collect()
 }
 
+/// The first column of every row `sql` returns, as text.
+pub async fn texts(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let rows = client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
 /// Counts rows by status.
 pub async fn count_status(client: &tokio_postgres::Client, status: &str) -> i64 {
     client

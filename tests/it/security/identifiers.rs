@@ -127,15 +127,6 @@ async fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-/// The first column of every row `sql` returns, as text.
-pub(crate) async fn texts(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
-    let rows = client
-        .query(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows.iter().map(|r| r.get(0)).collect()
-}
-
 /// Every relation, schema, function, trigger and type of the database, by name.
 pub(crate) async fn catalog(client: &tokio_postgres::Client) -> Vec<String> {
     texts(

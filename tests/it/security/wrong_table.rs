@@ -3,8 +3,9 @@
 //! now it checks the table first, changes nothing, exits 2 and says what to do. An outbox an
 //! ORM made is still adopted, and a table that does not exist is still created.
 
-use super::identifiers::{catalog, texts};
+use super::identifiers::catalog;
 use crate::common::process::{path_str, relay_cmd, run_to_end};
+use crate::common::texts;
 use crate::common::*;
 
 /// Everything about one table `migrate` could change: its columns (type, NOT NULL, default),
