@@ -154,6 +154,20 @@ fn read_secret_file(path: &str) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("secret file {path} is not UTF-8 text"))
 }
 
+/// A broker URL without its user information, for messages: unlike a database URL
+/// ([`redact_url`]), its user name may itself be a secret (a NATS token, `nats://TOKEN@host`).
+pub fn without_credentials(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
 /// A database URL with its password replaced, for logs and `status` output.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{read, signing_keys, ConfigError, Ordering, SinkKeys};
-use crate::secret::{Deferred, Secret};
+use crate::secret::{without_credentials, Deferred, Secret};
 use crate::sinks::nats::subject::Template;
 use crate::sinks::webhook::signature::SigningKeys;
 
@@ -160,12 +160,16 @@ pub(super) fn nats(
         return Err(ConfigError::new(key("url"), "lists no server"));
     }
     for s in &servers {
-        let parsed = url::Url::parse(s)
-            .map_err(|e| ConfigError::new(key("url"), format!("{:?}: {e}", redact(s))))?;
+        let parsed = url::Url::parse(s).map_err(|e| {
+            ConfigError::new(key("url"), format!("{:?}: {e}", without_credentials(s)))
+        })?;
         if !matches!(parsed.scheme(), "nats" | "tls") {
             return Err(ConfigError::new(
                 key("url"),
-                format!("{:?}: must be a nats:// or tls:// URL", redact(s)),
+                format!(
+                    "{:?}: must be a nats:// or tls:// URL",
+                    without_credentials(s)
+                ),
             ));
         }
     }
@@ -237,17 +241,4 @@ fn valid_stream_name(name: &str) -> bool {
         && !name.chars().any(|c| {
             c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\')
         })
-}
-
-/// A server URL without its user information, for messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparsable URL>".to_owned(),
-    }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::nats::redact;
 use super::{read, signing_keys, ConfigError, Ordering, SinkKeys};
+use crate::secret::without_credentials;
 use crate::secret::{Deferred, Secret};
 use crate::sinks::redis::key::Template;
 use crate::sinks::webhook::signature::SigningKeys;
@@ -68,7 +68,7 @@ pub struct RedisConfig {
     /// Unique among all sinks; recorded in `delivered_to` once Redis has appended an event.
     pub name: String,
     /// `redis://` or `rediss://`, as written: it may hold a password, so it is shown only
-    /// through [`redact`].
+    /// through [`without_credentials`].
     pub url: String,
     /// The password, when not in the URL.
     pub password: Option<Deferred<Secret>>,
@@ -91,7 +91,7 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// The URL, safe to show.
     pub fn shown_url(&self) -> String {
-        redact(&self.url)
+        without_credentials(&self.url)
     }
 
     /// The secrets of this section that were not read (see `Config::unread_secrets`).
@@ -129,7 +129,7 @@ pub(super) fn redis(
         DEFAULT_REDIS_TIMEOUT,
         DEFAULT_REDIS_MAX_IN_FLIGHT,
     )?;
-    let shown = redact(&r.url);
+    let shown = without_credentials(&r.url);
     let url = url::Url::parse(&r.url)
         .map_err(|e| ConfigError::new(key("url"), format!("{shown:?}: {e}")))?;
     if !matches!(url.scheme(), "redis" | "rediss") {

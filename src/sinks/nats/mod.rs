@@ -22,8 +22,9 @@ use futures_util::future::BoxFuture;
 use tokio::sync::OnceCell;
 
 use crate::backoff::Backoff;
-use crate::config::nats::{redact, NatsAuth, NatsConfig};
+use crate::config::nats::{NatsAuth, NatsConfig};
 use crate::observe::activity::Timeline;
+use crate::secret::without_credentials;
 use crate::sinks::endpoint::{Attempt, Endpoint, Message, Sent, Settings, Sink, TIMED_OUT};
 use crate::sinks::webhook::signature::SigningKeys;
 
@@ -59,7 +60,7 @@ impl Nats {
         self.cfg
             .servers
             .iter()
-            .map(|s| redact(s))
+            .map(|s| without_credentials(s))
             .collect::<Vec<_>>()
             .join(",")
     }
