@@ -22,6 +22,7 @@ use crate::sinks::webhook::signature::SigningKeys;
 
 mod location;
 pub mod nats;
+pub mod rabbitmq;
 pub mod redis;
 pub use location::Location;
 
@@ -177,6 +178,8 @@ struct FileConfig {
     nats: Vec<nats::FileNats>,
     #[serde(default)]
     redis: Vec<redis::FileRedis>,
+    #[serde(default)]
+    rabbitmq: Vec<rabbitmq::FileRabbitMq>,
 }
 
 impl FileConfig {
@@ -209,6 +212,9 @@ impl FileConfig {
             keys.extend(n.literal_secrets(i));
         }
         for (i, r) in self.redis.iter().enumerate() {
+            keys.extend(r.literal_secrets(i));
+        }
+        for (i, r) in self.rabbitmq.iter().enumerate() {
             keys.extend(r.literal_secrets(i));
         }
         keys
@@ -317,12 +323,14 @@ pub struct Config {
     pub nats: Vec<nats::NatsConfig>,
     /// `[[redis]]`: Redis Streams sinks.
     pub redis: Vec<redis::RedisConfig>,
+    /// `[[rabbitmq]]`: RabbitMQ sinks.
+    pub rabbitmq: Vec<rabbitmq::RabbitMqConfig>,
 }
 
 /// What every sink has, whatever its kind (see [`Config::sinks`]).
 #[derive(Debug, Clone, Copy)]
 pub struct SinkView<'a> {
-    /// `webhook`, `nats`, `redis`: the config section.
+    /// `webhook`, `nats`, `redis`, `rabbitmq`: the config section.
     pub section: &'static str,
     pub name: &'a str,
     pub types: &'a [String],
@@ -494,6 +502,12 @@ impl Config {
                 .enumerate()
                 .map(|(i, r)| redis::redis(i, r, f.ordering.unwrap_or_default(), everything))
                 .collect::<Result<_, _>>()?,
+            rabbitmq: f
+                .rabbitmq
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| rabbitmq::rabbitmq(i, r, f.ordering.unwrap_or_default(), everything))
+                .collect::<Result<_, _>>()?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -621,7 +635,8 @@ impl Config {
         patterns
     }
 
-    /// Every sink, whatever its kind, in config order (webhooks, then NATS, then Redis).
+    /// Every sink, whatever its kind, in config order (webhooks, then NATS, Redis and
+    /// RabbitMQ).
     pub fn sinks(&self) -> Vec<SinkView<'_>> {
         let webhooks = self.webhooks.iter().map(|w| SinkView {
             section: "webhook",
@@ -644,7 +659,30 @@ impl Config {
             max_in_flight: r.max_in_flight,
             ordered: r.ordered,
         });
-        webhooks.chain(nats).chain(redis).collect()
+        let rabbitmq = self.rabbitmq.iter().map(|r| SinkView {
+            section: "rabbitmq",
+            name: &r.name,
+            types: &r.types,
+            max_in_flight: r.max_in_flight,
+            ordered: r.ordered,
+        });
+        webhooks.chain(nats).chain(redis).chain(rabbitmq).collect()
+    }
+
+    /// How many sinks of each kind, for the start-up lines: `2 webhook, 1 nats`, or `none`.
+    pub fn sink_summary(&self) -> String {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for s in self.sinks() {
+            match counts.iter_mut().find(|(k, _)| *k == s.section) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((s.section, 1)),
+            }
+        }
+        if counts.is_empty() {
+            return "none".to_owned();
+        }
+        let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        parts.join(", ")
     }
 
     /// The table and what of this config `db` renders its statements, indexes and
@@ -688,6 +726,9 @@ impl Config {
             keys.extend(n.unread(i));
         }
         for (i, r) in self.redis.iter().enumerate() {
+            keys.extend(r.unread(i));
+        }
+        for (i, r) in self.rabbitmq.iter().enumerate() {
             keys.extend(r.unread(i));
         }
         keys
@@ -858,6 +899,39 @@ fn signing_keys(
     })
 }
 
+/// The keys of broker section `section[i]` whose secret is written in the file itself (see
+/// `literal_secrets`): a password in `url`, and each of `keys` that is not an `env:`/`file:`
+/// reference.
+fn literal_broker_secrets(
+    section: &str,
+    i: usize,
+    url: &str,
+    keys: [(&str, &Option<String>); 2],
+) -> Vec<String> {
+    let mut found = Vec::new();
+    if url::Url::parse(url).is_ok_and(|u| u.password().is_some()) {
+        found.push(format!("{section}[{i}].url"));
+    }
+    for (k, v) in keys {
+        if v.as_deref()
+            .is_some_and(|v| !v.is_empty() && !secret::is_reference(v))
+        {
+            found.push(format!("{section}[{i}].{k}"));
+        }
+    }
+    found
+}
+
+/// The keys of `section[i]` among `secrets` (name, and whether it was read when it is set)
+/// that were not read (see `Config::unread_secrets`).
+fn unread_keys(section: &str, i: usize, secrets: [(&str, Option<bool>); 2]) -> Vec<String> {
+    secrets
+        .into_iter()
+        .filter(|(_, read)| *read == Some(false))
+        .map(|(k, _)| format!("{section}[{i}].{k}"))
+        .collect()
+}
+
 /// Webhook names go into `delivered_to` (a comma-joined list on the wire), metric labels and
 /// logs, so they are kept to a plain alphabet.
 fn valid_name(name: &str) -> bool {
@@ -868,7 +942,7 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-/// The keys every sink section (`[[webhook]]`, `[[nats]]`) has, validated the same way.
+/// The keys every sink section (`[[webhook]]`, `[[nats]]`, ...) has, validated the same way.
 pub(crate) struct SinkKeys {
     pub name: String,
     pub types: Option<Vec<String>>,
@@ -1523,5 +1597,120 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.key, "redis[0].name");
+    }
+
+    #[test]
+    fn a_rabbitmq_sink_parses_and_its_mistakes_name_the_key() {
+        let c = load(&format!(
+            r#"
+            [[rabbitmq]]
+            name = "amqp"
+            url = "amqp://relay@mq:5672/%2f"
+            password = "pw"
+            exchange = "outbox"
+            routing_key = "outbox.{{org_id}}.{{event_type}}"
+            ordering = "entity"
+            secret = "{SECRET}"
+            "#
+        ))
+        .unwrap();
+        let r = &c.rabbitmq[0];
+        assert_eq!(r.exchange, "outbox");
+        assert_eq!(r.routing_key.as_str(), "outbox.{org_id}.{event_type}");
+        assert_eq!(r.timeout, rabbitmq::DEFAULT_RABBITMQ_TIMEOUT);
+        assert_eq!(r.max_in_flight, rabbitmq::DEFAULT_RABBITMQ_MAX_IN_FLIGHT);
+        assert!(r.ordered && r.keys.is_some() && r.tls_ca.is_none());
+        assert_eq!(c.sink_summary(), "1 rabbitmq");
+        // The default exchange and the default routing key.
+        let d = load("[[rabbitmq]]\nname = \"q\"\nurl = \"amqps://mq\"\nexchange = \"\"").unwrap();
+        assert_eq!(d.rabbitmq[0].exchange, "");
+        assert_eq!(d.rabbitmq[0].routing_key.as_str(), "{event_type}");
+        let unread = Config::from_toml_for(
+            "[[rabbitmq]]\nname = \"r\"\nurl = \"amqp://h\"\nexchange = \"x\"\n\
+             password = \"env:OUTBOX_RELAY_TEST_UNSET_AMQP\"",
+            &Overrides::default(),
+            Needs::Nothing,
+        )
+        .unwrap()
+        .unread_secrets();
+        assert_eq!(unread, ["rabbitmq[0].password"]);
+        let file = parse_file(
+            "[[rabbitmq]]\nname = \"r\"\nurl = \"amqp://u:pw@h\"\nexchange = \"x\"\n\
+             [[rabbitmq]]\nname = \"s\"\nurl = \"amqp://h\"\nexchange = \"x\"\npassword = \"pw\"",
+        )
+        .unwrap();
+        assert_eq!(
+            file.literal_secrets(),
+            ["rabbitmq[0].url", "rabbitmq[1].password"]
+        );
+
+        let base = "[[rabbitmq]]\nname = \"r\"\nurl = \"amqp://h:5672\"\n";
+        for (extra, key, says) in [
+            ("", "rabbitmq[0].exchange", "is missing"),
+            (
+                "exchange = \"a b\"",
+                "rabbitmq[0].exchange",
+                "letters, digits",
+            ),
+            (
+                "exchange = \"x\"\nrouting_key = \"a.{org}\"",
+                "rabbitmq[0].routing_key",
+                "unknown placeholder {org}",
+            ),
+            (
+                "exchange = \"x\"\nrouting_key = \"a.#\"",
+                "rabbitmq[0].routing_key",
+                "cannot be part of a routing key",
+            ),
+            (
+                "exchange = \"x\"\ntls_ca = \"/ca.pem\"",
+                "rabbitmq[0].tls_ca",
+                "amqps://",
+            ),
+            (
+                "exchange = \"x\"\nmax_in_flight = 5000",
+                "rabbitmq[0].max_in_flight",
+                "at most 2046",
+            ),
+            (
+                "exchange = \"x\"\nqueue = \"q\"",
+                "rabbitmq[0].queue",
+                "unknown field",
+            ),
+        ] {
+            let e = load(&format!("{base}{extra}")).unwrap_err();
+            assert_eq!(
+                (e.key.as_str(), e.message.contains(says)),
+                (key, true),
+                "{extra}: {e:?}"
+            );
+        }
+        for (url, says) in [
+            ("http://h", "must be an amqp:// or amqps:// URL"),
+            ("amqp://h:notaport", "invalid port number"),
+            ("amqp://h/?heartbeat=x", "heartbeat"),
+        ] {
+            let e = load(&format!(
+                "[[rabbitmq]]\nname = \"r\"\nurl = \"{url}\"\nexchange = \"x\""
+            ))
+            .unwrap_err();
+            assert_eq!(e.key, "rabbitmq[0].url");
+            assert!(e.message.contains(says), "{url}: {e:?}");
+        }
+        for text in [
+            "[[rabbitmq]]\nname = \"r\"\nurl = \"amqp://u:hunter2@h\"\npassword = \"hunter2\"\nexchange = \"x\"",
+            "[[rabbitmq]]\nname = \"r\"\nurl = \"http://u:hunter2@h\"\nexchange = \"x\"",
+            "[[rabbitmq]]\nname = \"r\"\nurl = \"amqp://u:hunter2@h/?heartbeat=x\"\nexchange = \"x\"",
+        ] {
+            let e = load(text).unwrap_err();
+            assert!(e.key.starts_with("rabbitmq[0]."), "{e:?}");
+            assert!(!e.to_string().contains("hunter2"), "{e:?}");
+        }
+        // One name space for every sink.
+        let e = load(&format!(
+            "[[redis]]\nname = \"r\"\nurl = \"redis://h\"\n{base}exchange = \"x\""
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "rabbitmq[0].name");
     }
 }

@@ -21,15 +21,23 @@ use crate::cli::LogFormat;
 /// are kept to errors unless `RUST_LOG` names deadpool.
 const POOL_DIRECTIVE: &str = "deadpool.postgres=error";
 
+/// lapin (the RabbitMQ client) logs at ERROR every channel the broker closes and every
+/// connection it loses, with its internal structures; the RabbitMQ sink reports each of
+/// these itself, as an attempt's error, a reconnect or a start-up line. Off unless
+/// `RUST_LOG` names lapin.
+const AMQP_DIRECTIVE: &str = "lapin=off";
+
 /// Installs the process's subscriber: `RUST_LOG` (default `info`), stderr, colours only on
 /// a terminal (journald and log files get plain text).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let filter = if filter.to_string().contains("deadpool") {
-        filter
-    } else {
-        filter.add_directive(POOL_DIRECTIVE.parse().expect("a valid directive"))
-    };
+    let named = filter.to_string();
+    let mut filter = filter;
+    for (crate_name, directive) in [("deadpool", POOL_DIRECTIVE), ("lapin", AMQP_DIRECTIVE)] {
+        if !named.contains(crate_name) {
+            filter = filter.add_directive(directive.parse().expect("a valid directive"));
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

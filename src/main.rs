@@ -134,11 +134,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig => {
             println!(
-                "config OK: table {}, {} webhook(s), {} NATS sink(s), {} Redis sink(s), listen {}, poll every {}",
+                "config OK: table {}, sinks: {}, listen {}, poll every {}",
                 cfg.qualified_table(),
-                cfg.webhooks.len(),
-                cfg.nats.len(),
-                cfg.redis.len(),
+                cfg.sink_summary(),
                 cfg.listen,
                 humantime::format_duration(cfg.poll_interval)
             );

@@ -45,20 +45,8 @@ pub(super) struct FileRedis {
 impl FileRedis {
     /// The keys whose secret is written in the file itself (see `literal_secrets`).
     pub(super) fn literal_secrets(&self, i: usize) -> Vec<String> {
-        let literal = |v: &Option<String>| {
-            v.as_deref()
-                .is_some_and(|v| !v.is_empty() && !crate::secret::is_reference(v))
-        };
-        let mut keys = Vec::new();
-        if url::Url::parse(&self.url).is_ok_and(|u| u.password().is_some()) {
-            keys.push(format!("redis[{i}].url"));
-        }
-        for (k, v) in [("password", &self.password), ("secret", &self.secret)] {
-            if literal(v) {
-                keys.push(format!("redis[{i}].{k}"));
-            }
-        }
-        keys
+        let keys = [("password", &self.password), ("secret", &self.secret)];
+        super::literal_broker_secrets("redis", i, &self.url, keys)
     }
 }
 
@@ -96,14 +84,11 @@ impl RedisConfig {
 
     /// The secrets of this section that were not read (see `Config::unread_secrets`).
     pub(super) fn unread(&self, i: usize) -> Vec<String> {
-        [
+        let secrets = [
             ("password", self.password.as_ref().map(Deferred::is_read)),
             ("secret", self.keys.as_ref().map(Deferred::is_read)),
-        ]
-        .into_iter()
-        .filter(|(_, read)| *read == Some(false))
-        .map(|(k, _)| format!("redis[{i}].{k}"))
-        .collect()
+        ];
+        super::unread_keys("redis", i, secrets)
     }
 }
 

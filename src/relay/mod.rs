@@ -206,8 +206,8 @@ impl Relay {
         }
         if self.cfg.sinks().is_empty() {
             tracing::warn!(
-                "no sink configured ([[webhook]], [[nats]], [[redis]]): events are marked COMPLETED \
-                 without delivery"
+                "no sink configured ([[webhook]], [[nats]], [[redis]], [[rabbitmq]]): events are \
+                 marked COMPLETED without delivery"
             );
         } else if self.cfg.egress.deny_private_addresses {
             let allowed: Vec<String> = self
@@ -312,9 +312,7 @@ impl Relay {
         });
         tracing::info!(
             table = %self.queries.table,
-            webhooks = self.cfg.webhooks.len(),
-            nats = self.cfg.nats.len(),
-            redis = self.cfg.redis.len(),
+            sinks = %self.cfg.sink_summary(),
             window = self.capacity_total,
             listen = self.cfg.listen,
             "relay running"

@@ -51,6 +51,16 @@ pub enum Attempt {
     Paused,
 }
 
+impl Attempt {
+    /// A failed attempt without a Retry-After.
+    pub fn failed(error: String) -> Self {
+        Self::Failed {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
 /// What a sink hands over: the event and its envelope (the same bytes for every sink).
 pub struct Message<'a> {
     pub event: &'a Event,

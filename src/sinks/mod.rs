@@ -7,9 +7,11 @@
 pub mod endpoint;
 pub mod nats;
 pub mod pause;
+pub mod rabbitmq;
 pub mod redis;
 pub mod routing;
 pub mod sse;
+pub mod start;
 pub mod template;
 pub mod webhook;
 
@@ -69,6 +71,11 @@ impl Dispatcher {
                 cfg.redis
                     .iter()
                     .map(|r| redis::endpoint(r, timeline.clone()).map(Arc::new)),
+            )
+            .chain(
+                cfg.rabbitmq
+                    .iter()
+                    .map(|r| rabbitmq::endpoint(r, timeline.clone()).map(Arc::new)),
             )
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {

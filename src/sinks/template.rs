@@ -1,6 +1,7 @@
 //! A name made from an event by a template such as `outbox.{org_id}.{event_type}`: a broker
-//! sink's NATS subject ([`crate::sinks::nats::subject`]) or Redis stream key
-//! ([`crate::sinks::redis::key`]).
+//! sink's NATS subject ([`crate::sinks::nats::subject`]), Redis stream key
+//! ([`crate::sinks::redis::key`]) or RabbitMQ routing key
+//! ([`crate::sinks::rabbitmq::routing_key`]).
 //!
 //! The placeholders and how a template is parsed are the same for every sink; what literal
 //! text may hold, how values are made safe and what a whole name must look like are the
@@ -132,4 +133,32 @@ pub(crate) fn push_percent_encoded(out: &mut String, c: char) {
     for b in c.encode_utf8(&mut buf).bytes() {
         out.push_str(&format!("%{b:02X}"));
     }
+}
+
+/// `value` made one token of a dotted name (a NATS subject, an AMQP topic routing key), so a
+/// `.` in an org id cannot split it and break subscribers' wildcards. With `keep_dots` (for
+/// `{event_type}`, dotted by convention) a dot stays unless it would leave an empty token.
+/// Characters `allowed` keeps; anything else, and `%` itself, is written `%XX` per UTF-8
+/// byte. A missing (NULL) or empty value is [`EMPTY_VALUE`].
+pub(crate) fn escape_token(value: &str, keep_dots: bool, allowed: impl Fn(char) -> bool) -> String {
+    if value.is_empty() {
+        return EMPTY_VALUE.to_owned();
+    }
+    let mut out = String::with_capacity(value.len());
+    let chars: Vec<char> = value.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let dot_ok =
+            keep_dots && i > 0 && i + 1 < chars.len() && chars[i - 1] != '.' && chars[i + 1] != '.';
+        let keep = match c {
+            '.' => dot_ok,
+            '%' => false,
+            c => allowed(c),
+        };
+        if keep {
+            out.push(c);
+        } else {
+            push_percent_encoded(&mut out, c);
+        }
+    }
+    out
 }

@@ -21,6 +21,7 @@ mod ordering;
 mod pooler;
 mod privileges;
 mod process;
+mod rabbitmq;
 mod readme;
 mod redis;
 mod router_access;

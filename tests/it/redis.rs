@@ -3,8 +3,8 @@
 //! order, a key that is not a stream, MAXLEN, and a password-protected server.
 
 use crate::common::broker::{
-    assert_entity_order, assert_signed, insert_entity_sequences, kill_mid_drain, outage,
-    retried_ids, unique, wait_completed,
+    assert_entity_order, assert_signed, insert_entity_sequences, insert_for_org, kill_mid_drain,
+    outage, retried_ids, unique, wait_completed,
 };
 use crate::common::process::*;
 use crate::common::redis::{keys_matching, read_stream, stream_len, Entry, RedisServer};
@@ -186,23 +186,9 @@ async fn a_key_that_is_not_a_stream_or_too_long_dead_letters_with_the_reason() {
     let db = TestDb::new().await;
     let (_, relay) = db.start_relay(&redis_toml(&redis.url(), "")).await;
     let client = db.client().await;
-    let insert = |org: String| {
-        let client = &client;
-        async move {
-            client
-                .query_one(
-                    "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload)
-                     VALUES ('REDIS.DEAD', $1, '{}') RETURNING id::text",
-                    &[&org],
-                )
-                .await
-                .unwrap()
-                .get::<_, String>(0)
-        }
-    };
-    let taken = insert("taken".to_owned()).await;
-    let long = insert("o".repeat(1100)).await;
-    let fine = insert("org_1".to_owned()).await;
+    let taken = insert_for_org(&client, "REDIS.DEAD", "taken").await;
+    let long = insert_for_org(&client, "REDIS.DEAD", &"o".repeat(1100)).await;
+    let fine = insert_for_org(&client, "REDIS.DEAD", "org_1").await;
     wait_until("two dead letters and one delivery", || async {
         count_status(&client, "FAILED").await == 2 && count_status(&client, "COMPLETED").await == 1
     })

@@ -15,18 +15,18 @@
 pub mod subject;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use futures_util::future::BoxFuture;
 use tokio::sync::OnceCell;
 
-use crate::backoff::Backoff;
 use crate::config::nats::{NatsAuth, NatsConfig};
 use crate::observe::activity::Timeline;
 use crate::secret::without_credentials;
 use crate::sinks::endpoint::{Attempt, Endpoint, Message, Sent, Settings, Sink, TIMED_OUT};
-use crate::sinks::webhook::signature::SigningKeys;
+use crate::sinks::start::{self, Try};
+use crate::sinks::webhook::signature::{self, SigningKeys};
 
 /// How long one connection attempt may take at start.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -123,7 +123,7 @@ impl Nats {
 
     async fn publish(&self, msg: &Message<'_>) -> Attempt {
         let Some(js) = self.jetstream.get() else {
-            return failed("not connected to NATS yet".to_owned());
+            return Attempt::failed("not connected to NATS yet".to_owned());
         };
         let id = msg.event.id.as_str();
         // A header value ends at a line break: the rest would become headers of its own.
@@ -134,17 +134,11 @@ impl Nats {
             };
         }
         let subject = self.cfg.subject.render(msg.event, msg.event_type);
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         headers.insert("content-type", "application/json");
-        headers.insert("webhook-id", id);
-        headers.insert("webhook-timestamp", ts.to_string().as_str());
-        if let Some(keys) = &self.keys {
-            headers.insert("webhook-signature", keys.sign(id, ts, &msg.body).as_str());
+        for (name, value) in signature::headers(self.keys.as_ref(), id, &msg.body) {
+            headers.insert(name, value.as_str());
         }
         let publish = async {
             js.publish_with_headers(subject.clone(), headers, msg.body.clone())
@@ -161,13 +155,13 @@ impl Nats {
                 PublishErrorKind::Other if refused_for_good(&e) => Attempt::Rejected {
                     error: format!("stream refused the message: {e}"),
                 },
-                PublishErrorKind::TimedOut => failed(format!(
+                PublishErrorKind::TimedOut => Attempt::failed(format!(
                     "{TIMED_OUT} {} waiting for the JetStream ack",
                     humantime::format_duration(self.cfg.timeout)
                 )),
-                _ => failed(format!("publish failed: {e}")),
+                _ => Attempt::failed(format!("publish failed: {e}")),
             },
-            Err(_) => failed(format!(
+            Err(_) => Attempt::failed(format!(
                 "{TIMED_OUT} {} waiting for the JetStream ack",
                 humantime::format_duration(self.cfg.timeout)
             )),
@@ -185,25 +179,18 @@ impl Nats {
             Ok(Err(e)) if e.kind() == Kind::NotFound => Attempt::Rejected {
                 error: format!("no JetStream stream takes the subject {subject:?}"),
             },
-            Ok(Ok(stream)) => failed(format!(
+            Ok(Ok(stream)) => Attempt::failed(format!(
                 "stream {stream:?} takes the subject {subject:?} but did not answer (electing a \
                  leader?)"
             )),
-            Ok(Err(e)) => failed(format!(
+            Ok(Err(e)) => Attempt::failed(format!(
                 "no answer for the subject {subject:?}, and no stream lookup: {e}"
             )),
-            Err(_) => failed(format!(
+            Err(_) => Attempt::failed(format!(
                 "no answer for the subject {subject:?}, nor to the stream lookup in {}",
                 humantime::format_duration(self.cfg.timeout)
             )),
         }
-    }
-}
-
-fn failed(error: String) -> Attempt {
-    Attempt::Failed {
-        error,
-        retry_after: None,
     }
 }
 
@@ -235,24 +222,14 @@ impl Sink for Nats {
     /// Connects (retrying with backoff for up to `grace`) and checks the stream.
     fn start(&self, grace: Duration) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + grace;
-            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-            let client = loop {
+            let sink = format!("nats sink {:?}", self.cfg.name);
+            let client = start::within(grace, &sink, "NATS", &self.servers(), || async {
                 match self.connect().await {
-                    Ok(c) => break c,
-                    Err(e) if tokio::time::Instant::now() < deadline => {
-                        let wait = backoff.failed();
-                        tracing::warn!(sink = %self.cfg.name, servers = %self.servers(), error = %e, retry_in = ?wait, "cannot reach NATS yet");
-                        tokio::time::sleep(wait).await;
-                    }
-                    Err(e) => anyhow::bail!(
-                        "nats sink {:?}: cannot reach NATS at {} within {}: {e}",
-                        self.cfg.name,
-                        self.servers(),
-                        humantime::format_duration(grace)
-                    ),
+                    Ok(c) => Try::Ready(c),
+                    Err(e) => Try::Again(e.to_string()),
                 }
-            };
+            })
+            .await?;
             let mut js = jetstream::new(client);
             js.set_timeout(self.cfg.timeout);
             self.check_stream(&js)

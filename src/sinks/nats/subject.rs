@@ -26,7 +26,7 @@ impl Syntax for Subject {
     }
 
     fn escape(value: &str, field: &'static str) -> String {
-        escape(value, field == "event_type")
+        template::escape_token(value, field == "event_type", literal_char)
     }
 
     /// The values never make an empty token, so the literal text decides.
@@ -63,30 +63,6 @@ impl Template {
 /// more, but its documentation advises this set, and so every client can subscribe.
 fn literal_char(c: char) -> bool {
     c.is_ascii_graphic() && !matches!(c, '*' | '>')
-}
-
-/// `value` made safe for a subject (see the module doc). `keep_dots`: for `{event_type}`.
-fn escape(value: &str, keep_dots: bool) -> String {
-    if value.is_empty() {
-        return template::EMPTY_VALUE.to_owned();
-    }
-    let mut out = String::with_capacity(value.len());
-    let chars: Vec<char> = value.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        let dot_ok =
-            keep_dots && i > 0 && i + 1 < chars.len() && chars[i - 1] != '.' && chars[i + 1] != '.';
-        let keep = match c {
-            '.' => dot_ok,
-            '%' => false,
-            c => literal_char(c),
-        };
-        if keep {
-            out.push(c);
-        } else {
-            template::push_percent_encoded(&mut out, c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

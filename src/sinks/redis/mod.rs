@@ -21,18 +21,18 @@
 pub mod key;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{ErrorKind, IntoConnectionInfo, RedisError, Script, ServerErrorKind};
 use futures_util::future::BoxFuture;
 use tokio::sync::OnceCell;
 
-use crate::backoff::Backoff;
 use crate::config::redis::RedisConfig;
 use crate::observe::activity::Timeline;
 use crate::sinks::endpoint::{Attempt, Endpoint, Message, Sent, Settings, Sink, TIMED_OUT};
-use crate::sinks::webhook::signature::SigningKeys;
+use crate::sinks::start::{self, Try};
+use crate::sinks::webhook::signature::{self, SigningKeys};
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -153,7 +153,7 @@ impl Redis {
 
     async fn append(&self, msg: &Message<'_>) -> Attempt {
         let Some(con) = self.conn.get() else {
-            return failed("not connected to Redis yet".to_owned());
+            return Attempt::failed("not connected to Redis yet".to_owned());
         };
         let stream = self.cfg.stream.render(msg.event, msg.event_type);
         if stream.len() > key::MAX_KEY_LEN {
@@ -167,10 +167,6 @@ impl Redis {
             };
         }
         let id = msg.event.id.as_str();
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
         let mut invocation = self.append.prepare_invoke();
         invocation
             .key(&stream)
@@ -182,15 +178,9 @@ impl Redis {
             .arg("type")
             .arg(msg.event_type)
             .arg("body")
-            .arg(msg.body.as_ref())
-            .arg("webhook-id")
-            .arg(id)
-            .arg("webhook-timestamp")
-            .arg(ts);
-        if let Some(keys) = &self.keys {
-            invocation
-                .arg("webhook-signature")
-                .arg(keys.sign(id, ts, &msg.body));
+            .arg(msg.body.as_ref());
+        for (name, value) in signature::headers(self.keys.as_ref(), id, &msg.body) {
+            invocation.arg(name).arg(value);
         }
         let mut con = con.clone();
         let call = invocation.invoke_async::<(i64, String)>(&mut con);
@@ -220,19 +210,19 @@ impl Redis {
             };
         }
         match e.kind() {
-            ErrorKind::Io => failed(format!("Redis connection: {reply}")),
+            ErrorKind::Io => Attempt::failed(format!("Redis connection: {reply}")),
             ErrorKind::Server(ServerErrorKind::BusyLoading) => {
-                failed(format!("Redis is loading its data: {reply}"))
+                Attempt::failed(format!("Redis is loading its data: {reply}"))
             }
             // OOM (maxmemory reached; trimming or consumers free memory), BUSY (a script
             // running), TRYAGAIN, MASTERDOWN, READONLY (a failover in progress), NOPERM and
             // NOAUTH (an ACL being fixed): not for good.
-            _ => failed(format!("Redis refused the append: {reply}")),
+            _ => Attempt::failed(format!("Redis refused the append: {reply}")),
         }
     }
 
     fn timed_out(&self) -> Attempt {
-        failed(format!(
+        Attempt::failed(format!(
             "{TIMED_OUT} {} waiting for Redis",
             humantime::format_duration(self.cfg.timeout)
         ))
@@ -292,13 +282,6 @@ fn server_reply(e: &RedisError) -> String {
     }
 }
 
-fn failed(error: String) -> Attempt {
-    Attempt::Failed {
-        error,
-        retry_after: None,
-    }
-}
-
 impl Sink for Redis {
     fn kind(&self) -> &'static str {
         "redis"
@@ -320,33 +303,24 @@ impl Sink for Redis {
             let client = self
                 .client()
                 .map_err(|e| anyhow::anyhow!("redis sink {name:?}: {e}"))?;
-            let deadline = tokio::time::Instant::now() + grace;
-            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-            let con = loop {
+            let sink = format!("redis sink {name:?}");
+            let con = start::within(grace, &sink, "Redis", &url, || async {
                 let error = match self.connect(client.clone()).await {
                     Ok(mut con) => match self.check_server(&mut con).await {
-                        Ok(()) => break con,
-                        Err(Checked::Unfit(why)) => {
-                            anyhow::bail!("redis sink {name:?}: {url}: {why}")
-                        }
+                        Ok(()) => return Try::Ready(con),
+                        Err(Checked::Unfit(why)) => return Try::Refused(why),
                         Err(Checked::Error(e)) => e,
                     },
                     Err(e) => e,
                 };
                 let reply = server_reply(&error);
-                if !transient(&error) {
-                    anyhow::bail!("redis sink {name:?}: {url} refused: {reply}");
+                if transient(&error) {
+                    Try::Again(reply)
+                } else {
+                    Try::Refused(format!("refused: {reply}"))
                 }
-                if tokio::time::Instant::now() >= deadline {
-                    anyhow::bail!(
-                        "redis sink {name:?}: cannot reach Redis at {url} within {}: {reply}",
-                        humantime::format_duration(grace)
-                    );
-                }
-                let wait = backoff.failed();
-                tracing::warn!(sink = %name, url = %url, error = %reply, retry_in = ?wait, "cannot reach Redis yet");
-                tokio::time::sleep(wait).await;
-            };
+            })
+            .await?;
             let _ = self.conn.set(con);
             tracing::info!(sink = %name, url = %url, stream = %self.cfg.stream.as_str(), "appending to Redis streams");
             Ok(())

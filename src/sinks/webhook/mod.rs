@@ -5,7 +5,7 @@ pub mod egress;
 pub mod signature;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -83,20 +83,14 @@ impl Webhook {
 
     /// POSTs one signed envelope: the attempt, and the response's status when there was one.
     async fn post(&self, id: &str, body: Bytes) -> Sent {
-        let now = SystemTime::now();
-        let ts = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let signature = self.keys.sign(id, ts, &body);
-        let request = self
+        let mut request = self
             .client
             .post(self.url.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("webhook-id", id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", signature)
-            .body(body);
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in signature::headers(Some(&self.keys), id, &body) {
+            request = request.header(name, value);
+        }
+        let request = request.body(body);
         let mut response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
@@ -112,7 +106,7 @@ impl Webhook {
                 .headers()
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| retry_after(v, now, self.backoff_max)),
+                .and_then(|v| retry_after(v, SystemTime::now(), self.backoff_max)),
             _ => None,
         };
         let excerpt = read_excerpt(&mut response).await;

@@ -23,6 +23,25 @@ impl std::fmt::Debug for SigningKeys {
     }
 }
 
+/// The Standard Webhooks headers of one hand-over, as names and values: `webhook-id`,
+/// `webhook-timestamp` (now) and, with `keys`, `webhook-signature`. Webhooks send them as
+/// HTTP headers; brokers carry them as message headers or entry fields, so consumers verify
+/// as webhook receivers do.
+pub fn headers(keys: Option<&SigningKeys>, id: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut out = vec![
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", ts.to_string()),
+    ];
+    if let Some(keys) = keys {
+        out.push(("webhook-signature", keys.sign(id, ts, body)));
+    }
+    out
+}
+
 impl SigningKeys {
     /// Parses one or more space-separated `whsec_<base64>` secrets (the prefix is optional, as
     /// in the reference libraries). Errors never echo the secret.

@@ -69,6 +69,16 @@ impl Restartable for super::nats::NatsServer {
     }
 }
 
+impl Restartable for super::rabbitmq::RabbitServer {
+    fn stop(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(super::rabbitmq::RabbitServer::stop(self))
+    }
+
+    fn start_again(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(super::rabbitmq::RabbitServer::start_again(self))
+    }
+}
+
 impl Restartable for super::redis::RedisServer {
     fn stop(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(super::redis::RedisServer::stop(self))
@@ -206,6 +216,23 @@ pub async fn outage(
     assert_eq!(count_status(&client, "FAILED").await, 0);
     relay.stop().await.unwrap();
     ids
+}
+
+/// Inserts one event of `event_type` for org `org` (empty payload); its id.
+pub async fn insert_for_org(
+    client: &tokio_postgres::Client,
+    event_type: &str,
+    org: &str,
+) -> String {
+    client
+        .query_one(
+            "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload)
+             VALUES ($1, $2, '{}') RETURNING id::text",
+            &[&event_type, &org],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// 10 entities (`p0`..`p9` of org `org_1`), 30 events each (`data.n` = 0..29), interleaved,

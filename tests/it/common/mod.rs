@@ -10,6 +10,7 @@ pub mod nats;
 pub mod orm;
 pub mod process;
 pub mod proxy;
+pub mod rabbitmq;
 pub mod receiver;
 pub mod redis;
 pub mod replication;
