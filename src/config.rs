@@ -44,6 +44,9 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long SIGTERM waits for in-flight deliveries before releasing them (below systemd's
 /// default 90 s stop timeout, with room to write the releases).
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long the broker sinks may take to get ready at start (a broker started beside the
+/// relay, say by the same compose file) before the relay exits saying why.
+pub const DEFAULT_START_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9470";
 pub const DEFAULT_SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 /// HTTP connections served at once (see `crate::http::limits`).
@@ -162,6 +165,8 @@ struct FileConfig {
     ordering: Option<Ordering>,
     #[serde(default, with = "humantime_serde")]
     shutdown_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    start_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     long_transaction_warning: Option<Duration>,
     #[serde(default)]
@@ -310,6 +315,8 @@ pub struct Config {
     /// The global `ordering`; a webhook may also ask for it alone ([`WebhookConfig::ordered`]).
     pub ordering: Ordering,
     pub shutdown_timeout: Duration,
+    /// How long sinks may take to get ready at start ([`DEFAULT_START_GRACE`]).
+    pub start_grace: Duration,
     /// Warn (and show in /metrics) when a transaction in the database has been open longer:
     /// it holds back vacuum, so dead rows pile up and claims slow down.
     pub long_transaction_warning: Duration,
@@ -446,6 +453,7 @@ impl Config {
             listen: f.listen.unwrap_or(true),
             ordering: f.ordering.unwrap_or_default(),
             shutdown_timeout: f.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+            start_grace: f.start_grace.unwrap_or(DEFAULT_START_GRACE),
             long_transaction_warning: f
                 .long_transaction_warning
                 .unwrap_or(DEFAULT_LONG_TRANSACTION_WARNING),
@@ -536,6 +544,7 @@ impl Config {
             ("backoff_max", Some(self.backoff_max)),
             ("retention", self.retention),
             ("shutdown_timeout", Some(self.shutdown_timeout)),
+            ("start_grace", Some(self.start_grace)),
             (
                 "long_transaction_warning",
                 Some(self.long_transaction_warning),

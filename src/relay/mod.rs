@@ -38,10 +38,6 @@ use crate::sinks::Dispatcher;
 use leases::InFlight;
 use recorder::Recorded;
 
-/// How long a sink may take to get ready at start (a broker still starting, a failover)
-/// before the relay gives up with one line saying why.
-const SINK_START_GRACE: Duration = Duration::from_secs(30);
-
 /// A running relay's shared state.
 pub struct Relay {
     cfg: Config,
@@ -201,7 +197,7 @@ impl Relay {
         // A sink that cannot start (a broker unreachable past the grace, a missing stream)
         // stops the relay before it claims anything.
         tokio::select! {
-            started = self.dispatcher.start(SINK_START_GRACE) => started?,
+            started = self.dispatcher.start(self.cfg.start_grace) => started?,
             _ = shutdown.cancelled() => return Ok(()),
         }
         if self.cfg.sinks().is_empty() {

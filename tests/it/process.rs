@@ -1,6 +1,7 @@
 //! The real `outbox-relay` binary as a child process, against real PostgreSQL and the
 //! harness's real HTTP receiver: crashes, signals, exit codes, the CLI and database outages.
 
+use crate::common::broker::retried_ids;
 use crate::common::process::*;
 use crate::common::*;
 
@@ -1164,4 +1165,57 @@ async fn idle_http_clients_cannot_take_the_descriptors_delivery_needs() {
         "{}",
         relay.stderr()
     );
+}
+
+/// A broker that is not there when the relay starts: the relay keeps trying (one warning
+/// per try) for `start_grace`, then exits with one line naming the sink, the broker and how
+/// long it waited, before it claims anything. For each kind of broker, against a port
+/// nothing listens on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_unreachable_past_the_start_grace_stops_the_relay_with_one_line() {
+    let db = TestDb::new().await;
+    let closed = free_addr();
+    let sections = [
+        (
+            format!("[[nats]]\nname = \"b\"\nurl = \"nats://{closed}\"\nstream = \"S\""),
+            "nats sink \"b\": cannot reach NATS at",
+            "cannot reach NATS yet",
+        ),
+        (
+            format!("[[redis]]\nname = \"b\"\nurl = \"redis://{closed}\""),
+            "redis sink \"b\": cannot reach Redis at",
+            "cannot reach Redis yet",
+        ),
+        (
+            format!(
+                "[[rabbitmq]]\nname = \"b\"\nurl = \"amqp://u:secret-pw-7@{closed}/%2f\"\nexchange = \"x\""
+            ),
+            "rabbitmq sink \"b\": cannot reach RabbitMQ at",
+            "cannot reach RabbitMQ yet",
+        ),
+    ];
+    let client = db.client().await;
+    for (n, (section, says, retried)) in (1..).zip(sections) {
+        let file = db
+            .migrated_config_file(&format!("start_grace = \"2s\"\n{section}"))
+            .await;
+        insert_events(&client, 1, "BROKER.GONE").await;
+        let mut r = relay("relay", &file);
+        let status = r.wait_exit(Duration::from_secs(30)).await;
+        assert_eq!(status.code(), Some(1), "{}", r.stderr());
+        let err = r.stderr();
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(says) && last.contains("within 2s"),
+            "{says}: {err}"
+        );
+        assert!(r.log_count(retried) >= 1, "{retried}: {err}");
+        assert!(
+            !err.contains("secret-pw-7"),
+            "the password reached the log: {err}"
+        );
+        // Nothing was claimed: every event inserted so far is still PENDING, untried.
+        assert_eq!(count_status(&client, "PENDING").await, n);
+        assert!(retried_ids(&client).await.is_empty());
+    }
 }
