@@ -31,7 +31,8 @@ use crate::common::load::{run_load, RateLoad};
 use crate::common::proc::{proc_mem, sched_cpu_secs};
 use crate::common::stats::{latency_ms, mib, round2, round3};
 use crate::load::{insert_one_sql, ORG};
-use crate::receiver::{Behaviour, EPOCH};
+use crate::nats::NatsServer;
+use crate::receiver::{Behaviour, Counts, EPOCH};
 use crate::setup::{
     cpu_figures, finish_relay, per_row, status_counts, wait_deliveries, wal_bytes, Ctx, FreshDb,
     NotifyCounter, QueryCount, WaitEnd,
@@ -57,13 +58,25 @@ const WINDOW: Duration = Duration::from_secs(10);
 const LONG_RUN_WINDOW: Duration = Duration::from_secs(30);
 const LONG_RUN_SECS: u64 = 120;
 
-pub async fn latency(ctx: &Ctx<'_>, rate: u64) -> anyhow::Result<Value> {
+/// Where the events go: the bench's webhook receiver, or a JetStream stream of this many
+/// replicas (received by a core NATS subscriber as the server stores them).
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    Webhook,
+    JetStream { replicas: usize },
+}
+
+pub async fn latency(ctx: &Ctx<'_>, rate: u64, target: Target) -> anyhow::Result<Value> {
     let db = ctx.fresh_db().await?;
-    let result = latency_on(ctx, &db, rate).await;
+    let result = latency_on(ctx, &db, rate, target).await;
     ctx.drop_db(&db).await;
     let r = result?;
+    let to = match target {
+        Target::Webhook => String::new(),
+        Target::JetStream { replicas } => format!(" to JetStream R{replicas}"),
+    };
     eprintln!(
-        "  latency at {rate}/s{}: p50 {} p95 {} p99 {} max {} ms, p99 by {} s window {} ms, {} dup, {} missing, {} NOTIFY per 1k, {} WAL B/event; idle {}% CPU, {} statements ({} besides the listener's heartbeat)",
+        "  latency at {rate}/s{to}{}: p50 {} p95 {} p99 {} max {} ms, p99 by {} s window {} ms, {} dup, {} missing, {} NOTIFY per 1k, {} WAL B/event; idle {}% CPU, {} statements ({} besides the listener's heartbeat)",
         if r["held_snapshot"] == true { " (snapshot held)" } else { "" },
         r["latency_ms"]["p50"],
         r["latency_ms"]["p95"],
@@ -82,14 +95,34 @@ pub async fn latency(ctx: &Ctx<'_>, rate: u64) -> anyhow::Result<Value> {
     Ok(r)
 }
 
-async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Value> {
+async fn latency_on(
+    ctx: &Ctx<'_>,
+    db: &FreshDb,
+    rate: u64,
+    target: Target,
+) -> anyhow::Result<Value> {
     let p = ctx.p;
     let total = (rate * p.rate_secs) as usize;
-    let hook = ctx
-        .receiver
-        .endpoint(&ctx.key, Behaviour::Healthy, total + WARMUP_EVENTS)?;
-    let counts = hook.counts.clone();
-    let mut relay = ctx.start_relay(db, std::slice::from_ref(&hook))?;
+    let capacity = total + WARMUP_EVENTS;
+    // Kept to the end: the server and the subscriber counting what reaches it.
+    let mut jetstream = None;
+    let (counts, mut relay) = match target {
+        Target::Webhook => {
+            let hook = ctx
+                .receiver
+                .endpoint(&ctx.key, Behaviour::Healthy, capacity)?;
+            let relay = ctx.start_relay(db, std::slice::from_ref(&hook))?;
+            (hook.counts.clone(), relay)
+        }
+        Target::JetStream { replicas } => {
+            let nats = NatsServer::start(replicas).await?;
+            let counts = Arc::new(Counts::new(&ctx.key, Behaviour::Healthy, capacity));
+            let subscriber = crate::nats::subscribe(&nats, counts.clone()).await?;
+            let relay = nats.start_relay(ctx, db)?;
+            jetstream = Some((nats, subscriber));
+            (counts, relay)
+        }
+    };
     relay.ready().await?;
     let pid = relay.pid();
 
@@ -165,6 +198,9 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
     let idle = idle_window(ctx, db, pid).await?;
     let mem = proc_mem(pid)?;
     let relay_log = finish_relay(&mut relay)?;
+    if let Some((_nats, subscriber)) = jetstream {
+        subscriber.abort();
+    }
 
     // Figures.
     let window = if p.rate_secs >= LONG_RUN_SECS {
@@ -200,6 +236,7 @@ async fn latency_on(ctx: &Ctx<'_>, db: &FreshDb, rate: u64) -> anyhow::Result<Va
     let relay_cpu = cpu_load["relay"].as_f64().unwrap_or(f64::NAN);
     Ok(json!({
         "rate": rate,
+        "target": format!("{target:?}"),
         "secs": p.rate_secs,
         "end": end.name(),
         "events_sent": committed,

@@ -41,11 +41,16 @@
 //! - `nats_drain`: the same backlogs published to NATS JetStream instead ([`nats`]): a
 //!   `nats-server -js` of its own, a one-replica file stream, every publish acked; timed
 //!   until the stream holds every event. Run it beside `drain` (`drain,nats_drain`) for the
-//!   comparison: each repetition runs both, one after the other.
+//!   comparison: each repetition runs both, one after the other. `nats3_drain`: the same to
+//!   a three-node JetStream cluster (three `nats-server` processes on this machine, routes
+//!   on loopback) and a three-replica stream.
 //! - `latency`: for each rate, relay running and warmed up, `R`/s for `RATE_SECS`:
 //!   commit-to-receipt p50/p95/p99/max, and p99 per 10 s window (30 s from 120 s on) by
 //!   commit time, duplicates; then `IDLE_SECS` idle: the relay's CPU and the statements it
-//!   ran ([`latency`] says how they are counted).
+//!   ran ([`latency`] says how they are counted). `nats_latency` and `nats3_latency`: the
+//!   same to a one-replica stream on one server, or a three-replica stream on a three-node
+//!   cluster; receipt is when a core NATS subscriber of the bench gets the message (the
+//!   server hands it on as it stores it; the relay's ack follows).
 //! - `fanout`: the burst to 3 endpoints, all healthy, then with the third answering 500 to
 //!   half its requests; the two healthy endpoints' events/s in both, and the cost.
 //! - `db_ceiling`: the relay's own claim and record statements
@@ -83,7 +88,7 @@
 //! | `RELAY_BIN` | cargo's | another relay binary, e.g. a build to compare with |
 //! | `MIGRATE_WITH_BIN` | 0 | 1: migrate with `RELAY_BIN migrate`, for a build whose migration differs (its trigger, its indexes) |
 //! | `RELAY_CONFIG` | empty | extra top-level config lines, e.g. `batch_size = 500` |
-//! | `WEBHOOK_CONFIG` | empty | extra lines in every `[[webhook]]`, e.g. `max_in_flight = 128` |
+//! | `WEBHOOK_CONFIG` | empty | extra lines in every `[[webhook]]` (and the `[[nats]]` of the NATS scenarios), e.g. `max_in_flight = 128` |
 //! | `PG_OPTS` | see [`PG_OPTS`] | the throwaway cluster's extra server options |
 //!
 //! and `DATABASE_URL` (no `RELAY_BENCH_` prefix) to use that server instead.
@@ -124,7 +129,10 @@ use setup::{Ctx, QueryCount};
 const SCENARIOS: &[&str] = &[
     "drain",
     "nats_drain",
+    "nats3_drain",
     "latency",
+    "nats_latency",
+    "nats3_latency",
     "fanout",
     "db_ceiling",
     "receiver_ceiling",
@@ -295,7 +303,12 @@ fn list<T: FromStr>(name: &str, default: &str) -> anyhow::Result<Vec<T>> {
 
 /// The figures the summary line gives median/min/max of, by scenario kind.
 fn summary_keys(label: &str) -> &'static [&'static [&'static str]] {
-    match label.split('_').next().unwrap_or("") {
+    let kind = if label.contains("latency") {
+        "latency"
+    } else {
+        label.split('_').next().unwrap_or("")
+    };
+    match kind {
         "drain" => &[
             &["events_per_s"],
             &["last_delivery_s"],
@@ -307,7 +320,7 @@ fn summary_keys(label: &str) -> &'static [&'static [&'static str]] {
             &["cpu_s", "rest"],
             &["endpoints", "0", "duplicates"],
         ],
-        "nats" => &[
+        "nats" | "nats3" => &[
             &["events_per_s"],
             &["last_delivery_s"],
             &["relay_cpu_s_per_10k"],
@@ -413,14 +426,22 @@ async fn scenario(ctx: &Ctx<'_>, name: &str, rep: usize) -> anyhow::Result<Vec<(
                 out.push((format!("drain_{n}"), drain::drain(ctx, n).await?));
             }
         }
-        "nats_drain" => {
+        "nats_drain" | "nats3_drain" => {
+            let replicas = if name == "nats3_drain" { 3 } else { 1 };
             for &n in &p.drain {
-                out.push((format!("nats_drain_{n}"), nats::nats_drain(ctx, n).await?));
+                let run = nats::nats_drain(ctx, n, replicas).await?;
+                out.push((format!("{name}_{n}"), run));
             }
         }
-        "latency" => {
+        "latency" | "nats_latency" | "nats3_latency" => {
+            let target = match name {
+                "latency" => latency::Target::Webhook,
+                "nats_latency" => latency::Target::JetStream { replicas: 1 },
+                _ => latency::Target::JetStream { replicas: 3 },
+            };
             for &r in &p.rates {
-                out.push((format!("latency_{r}"), latency::latency(ctx, r).await?));
+                let run = latency::latency(ctx, r, target).await?;
+                out.push((format!("{name}_{r}"), run));
             }
         }
         "fanout" => out.push(("fanout".into(), drain::fanout(ctx, p.fanout).await?)),

@@ -178,7 +178,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn new(key: &[u8], behaviour: Behaviour, capacity: usize) -> Self {
+    pub fn new(key: &[u8], behaviour: Behaviour, capacity: usize) -> Self {
         Self {
             key: Hmac::new_from_slice(key).expect("HMAC takes keys of any length"),
             behaviour,
@@ -209,7 +209,7 @@ impl Counts {
     }
 
     /// One request: verify, answer as the behaviour says, record. Returns the status.
-    fn receive(&self, headers: &HeaderMap, body: &[u8], now: u64) -> StatusCode {
+    pub fn receive(&self, headers: &HeaderMap, body: &[u8], now: u64) -> StatusCode {
         let request_no = self.requests.fetch_add(1, Relaxed);
         self.body_bytes.fetch_add(body.len() as u64, Relaxed);
         if !self.verify(headers, body) {
