@@ -104,15 +104,18 @@ async fn latency_on(
     let p = ctx.p;
     let total = (rate * p.rate_secs) as usize;
     let capacity = total + WARMUP_EVENTS;
-    // Kept to the end: the server and the subscriber counting what reaches it.
-    let mut jetstream = None;
+    // Kept to the end: the receiver's endpoint (dropped, it stops answering), or the NATS
+    // server and the subscriber counting what reaches it.
+    let (mut hook, mut jetstream) = (None, None);
     let (counts, mut relay) = match target {
         Target::Webhook => {
-            let hook = ctx
+            let endpoint = ctx
                 .receiver
                 .endpoint(&ctx.key, Behaviour::Healthy, capacity)?;
-            let relay = ctx.start_relay(db, std::slice::from_ref(&hook))?;
-            (hook.counts.clone(), relay)
+            let relay = ctx.start_relay(db, std::slice::from_ref(&endpoint))?;
+            let counts = endpoint.counts.clone();
+            hook = Some(endpoint);
+            (counts, relay)
         }
         Target::JetStream { replicas } => {
             let nats = NatsServer::start(replicas).await?;
@@ -201,6 +204,7 @@ async fn latency_on(
     if let Some((_nats, subscriber)) = jetstream {
         subscriber.abort();
     }
+    drop(hook);
 
     // Figures.
     let window = if p.rate_secs >= LONG_RUN_SECS {

@@ -267,3 +267,68 @@ async fn a_missing_exchange_or_a_wrong_password_stops_the_start_with_one_line() 
         assert_no_secret("relay", &err);
     }
 }
+
+/// `amqps://` with a CA of the test's own (`tls_ca`): delivered; without it (the system's
+/// roots do not know that CA) the start stops at once with one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_with_the_brokers_ca_delivers_and_an_unknown_ca_stops_the_start() {
+    use rcgen::ExtendedKeyUsagePurpose;
+
+    let ca = crate::tls::ca("rabbitmq test CA");
+    let (cert, key) = crate::tls::leaf(
+        "localhost",
+        &["localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        &ca,
+    );
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (cert, key, ca_pem) = (
+        write("server.pem", &cert),
+        write("server.key", &key),
+        write("ca.pem", &ca.0.pem()),
+    );
+    let tls_port = free_addr().rsplit(':').next().unwrap().to_owned();
+    let rabbit = RabbitServer::start_with(&format!(
+        "listeners.ssl.1 = 127.0.0.1:{tls_port}\nssl_options.cacertfile = {ca_pem}\n\
+         ssl_options.certfile = {cert}\nssl_options.keyfile = {key}\n\
+         ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false"
+    ))
+    .await;
+    rabbit.declare().await;
+    let url = format!("amqps://guest:guest@localhost:{tls_port}/%2f");
+    let db = TestDb::new().await;
+    let toml = rabbit_toml(&url, &format!("tls_ca = \"{ca_pem}\""));
+    let (_, running) = db.start_relay(&toml).await;
+    let client = db.client().await;
+    let ids: HashSet<String> = insert_events(&client, 10, "RABBIT.TLS")
+        .await
+        .into_iter()
+        .collect();
+    wait_completed(&client, 10).await;
+    running.stop().await.unwrap();
+    let conn = rabbit.connect().await;
+    let messages = drain_queue(&conn, QUEUE).await;
+    assert_eq!(
+        assert_each_at_least_once(&messages, &ids, &HashSet::new()),
+        0
+    );
+
+    let file = db.migrated_config_file(&rabbit_toml(&url, "")).await;
+    let mut r = relay("relay", &file);
+    let status = r.wait_exit(Duration::from_secs(20)).await;
+    assert!(!status.success());
+    let err = r.stderr();
+    assert!(
+        err.contains("refused") && err.contains("certificate"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("cannot reach RabbitMQ yet"),
+        "retried a refusal: {err}"
+    );
+}

@@ -53,6 +53,11 @@ pub struct RabbitServer {
 impl RabbitServer {
     /// Starts a node and waits until it takes AMQP connections.
     pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// [`RabbitServer::start`] with `extra` lines of `rabbitmq.conf` (a TLS listener, say).
+    pub async fn start_with(extra: &str) -> Self {
         if !std::path::Path::new(SERVER).exists() {
             panic!("{MISSING}");
         }
@@ -71,7 +76,7 @@ impl RabbitServer {
         std::fs::write(
             me.dir.path().join("rabbitmq.conf"),
             format!(
-                "listeners.tcp.local = 127.0.0.1:{}\nloopback_users = none\n",
+                "listeners.tcp.local = 127.0.0.1:{}\nloopback_users = none\n{extra}\n",
                 me.port
             ),
         )
