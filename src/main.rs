@@ -116,6 +116,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .map(drop),
         Command::Skip { ids } => commands::skip(&cfg, &ids).await.map(drop),
         Command::Purge { older_than } => commands::purge(&cfg, older_than).await.map(drop),
+        Command::Replay {
+            endpoint,
+            since,
+            until,
+            event_type,
+            yes,
+        } => {
+            let now = std::time::SystemTime::now();
+            let until = until.map_or(std::time::Duration::ZERO, |u| u.ago(now));
+            commands::replay(&cfg, &endpoint, since.ago(now), until, &event_type, yes)
+                .await
+                .map(drop)
+        }
         Command::Publish {
             event_type,
             org,
@@ -161,6 +174,7 @@ fn needs(command: &Command) -> Needs {
         | Command::Retry { .. }
         | Command::Skip { .. }
         | Command::Purge { .. }
+        | Command::Replay { .. }
         | Command::Publish { .. }
         | Command::Dev { .. } => Needs::Database,
     }

@@ -249,6 +249,75 @@ pub async fn purge(cfg: &Config, older_than: Duration) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// `replay --endpoint NAME --since WHEN [--until WHEN] [--type GLOB] [--yes]`: counts the
+/// events NAME accepted in the window, and with `yes` sends them to NAME again (and to no
+/// other sink). Returns the count, or how many were put back.
+pub async fn replay(
+    cfg: &Config,
+    endpoint: &str,
+    since: Duration,
+    until: Duration,
+    glob: &str,
+    yes: bool,
+) -> anyhow::Result<u64> {
+    let names: Vec<&str> = cfg.sinks().iter().map(|s| s.name).collect();
+    if !names.contains(&endpoint) {
+        anyhow::bail!(
+            "no sink named {endpoint:?} in the config (sinks: {})",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    if since <= until {
+        anyhow::bail!("--since must be further back than --until: the window is empty");
+    }
+    globset::Glob::new(glob).map_err(|e| anyhow::anyhow!("--type {glob:?}: {e}"))?;
+    let r = admin::Replay {
+        endpoint: endpoint.to_owned(),
+        since,
+        until,
+        glob: glob.to_owned(),
+        others: names
+            .iter()
+            .filter(|n| **n != endpoint)
+            .map(|n| (*n).to_owned())
+            .collect(),
+    };
+    let (client, q) = open_writable(cfg, Use::Change).await?;
+    let window = if until.is_zero() {
+        format!("the last {}", humantime::format_duration(since))
+    } else {
+        format!(
+            "from {} ago to {} ago",
+            humantime::format_duration(since),
+            humantime::format_duration(until)
+        )
+    };
+    if !yes {
+        let n = admin::replay_count(On::Client(&client), &q, &r).await?;
+        eprintln!(
+            "{n} event(s) of type {glob:?} created in {window} were delivered to {endpoint:?} \
+             and would be sent to it again (to no other sink); nothing changed: add --yes to \
+             replay them"
+        );
+        return Ok(n);
+    }
+    let total = admin::replay(&client, &q, &cfg.table_settings().channel(), &r, |total| {
+        if total % (admin::BATCH as u64 * 10) == 0 {
+            eprintln!("... {total} put back so far");
+        }
+    })
+    .await?;
+    eprintln!(
+        "{total} event(s) of type {glob:?} created in {window} back to PENDING, for {endpoint:?} \
+         only"
+    );
+    Ok(total)
+}
+
 /// `publish`: prints the new event's id.
 pub async fn publish(cfg: &Config, e: &NewEvent) -> anyhow::Result<String> {
     let (mut client, q) = open_writable(cfg, Use::Publish).await?;

@@ -222,6 +222,87 @@ pub async fn purge(
     .await
 }
 
+/// Which delivered events [`replay`] sends again to one endpoint.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The endpoint (sink name) to send them to again; they must have been delivered to it.
+    pub endpoint: String,
+    /// Created at most this long ago...
+    pub since: Duration,
+    /// ...and at least this long ago (zero: up to now).
+    pub until: Duration,
+    /// Glob on event_type (`*`, `?`).
+    pub glob: String,
+    /// Every other sink's name: what the events' delivered_to becomes, so no other sink is
+    /// sent them again.
+    pub others: Vec<String>,
+}
+
+impl Replay {
+    fn params(&self) -> (f64, f64, String) {
+        (
+            self.since.as_secs_f64(),
+            self.until.as_secs_f64(),
+            glob_to_like(&self.glob),
+        )
+    }
+}
+
+/// How many events [`replay`] would send again now.
+pub async fn replay_count(on: On<'_>, q: &Queries, r: &Replay) -> anyhow::Result<u64> {
+    let (since, until, pattern) = r.params();
+    let row = on
+        .query_one(&q.replay_count, &[&r.endpoint, &since, &until, &pattern])
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// The events `r` selects back to PENDING for its endpoint alone, [`BATCH`] rows a
+/// statement in id order, waking the relays after each batch. `progress` hears the running
+/// total while more remain. Returns the total.
+pub async fn replay(
+    client: &Client,
+    q: &Queries,
+    channel: &str,
+    r: &Replay,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<u64> {
+    let (since, until, pattern) = r.params();
+    let mut after: Option<String> = None;
+    let mut total = 0;
+    loop {
+        let row = st::query(
+            client,
+            &q.replay,
+            &[
+                &r.endpoint,
+                &since,
+                &until,
+                &pattern,
+                &r.others,
+                &after,
+                &BATCH,
+            ],
+        )
+        .await?
+        .into_iter()
+        .next()
+        .context("replay returned no row")?;
+        let moved = row.get::<_, i64>(0) as u64;
+        after = row.get(1);
+        total += moved;
+        if moved > 0 {
+            wake_relays(On::Client(client), channel).await?;
+        }
+        // A short batch (the rows are locked once found, so each found row moved): past
+        // the last one.
+        if after.is_none() || moved < BATCH as u64 {
+            return Ok(total);
+        }
+        progress(total);
+    }
+}
+
 /// One event to insert.
 #[derive(Debug, Clone, Default)]
 pub struct NewEvent {

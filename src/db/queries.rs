@@ -351,6 +351,41 @@ UPDATE {t} SET status = 'PENDING'::{st}, retry_count = 0, error_message = NULL,
  WHERE id = ANY (ARRAY(SELECT id FROM {t} WHERE status = 'FAILED' AND event_type LIKE $1
                       LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
+/// Which events `replay` sends again: COMPLETED ones endpoint $1 accepted, created between
+/// $2 and $3 seconds ago, whose type is LIKE $4. Spelled once for the count and the move.
+const REPLAY_WHERE: &str = "status = 'COMPLETED' AND $1::text = ANY (delivered_to)
+       AND created_at >= {created_now} - make_interval(secs => $2::float8)
+       AND created_at < {created_now} - make_interval(secs => $3::float8)
+       AND event_type LIKE $4::text";
+
+/// `replay --dry-run` (the default): how many events a replay would send again.
+const REPLAY_COUNT: &str = "SELECT count(*)::int8 FROM {t} WHERE {replay_where}";
+
+/// `replay`: the next $7 matching events after id $6 (NULL: from the first), in id order,
+/// back to PENDING with every other sink ($5) added to delivered_to and the replayed one
+/// ($1) taken out, so that only it is sent them again: a sink added since, which never had
+/// them, is recorded as having them rather than sent old events. In id
+/// order, so that an event replayed and delivered again meanwhile is not found a second
+/// time. Found `FOR UPDATE` (not SKIP LOCKED: a row briefly locked would be missed for
+/// good). Claim token and count reset as for `retry`. Returns how many moved and the last
+/// id looked at.
+const REPLAY: &str = "
+WITH batch AS (
+    SELECT id FROM {t}
+     WHERE {replay_where}
+       AND ($6::text IS NULL OR id > $6::text::{id})
+     ORDER BY id LIMIT $7 FOR UPDATE),
+moved AS (
+    UPDATE {t} AS r SET status = 'PENDING'::{st}, retry_count = 0, error_message = NULL,
+           next_attempt_at = now(), lease_expires_at = NULL,
+           claim_token = coalesce(r.claim_token, gen_random_uuid()), skipped_at = NULL,
+           delivered_to = ARRAY(SELECT DISTINCT name
+                                  FROM unnest(r.delivered_to || $5::text[]) AS name
+                                 WHERE name <> $1::text)
+      FROM batch WHERE r.id = batch.id
+    RETURNING 1)
+SELECT (SELECT count(*) FROM moved)::int8, (SELECT id::text FROM batch ORDER BY id DESC LIMIT 1)";
+
 /// `purge`: delete COMPLETED rows processed before the cutoff ($1 seconds ago), $2 at a time,
 /// so no statement holds locks or bloats WAL for long. `= ANY (ARRAY(...))` as in
 /// [`FAIL_UNKNOWN`].
@@ -419,6 +454,8 @@ pub struct Queries {
     pub skip_ids: String,
     pub blocked_keys: String,
     pub purge: String,
+    pub replay_count: String,
+    pub replay: String,
     pub publish: String,
     pub stream_read: String,
     pub paused_list: String,
@@ -462,6 +499,7 @@ impl Queries {
         let gate = if ordered_types.is_empty() { "" } else { GATE };
         let r = |sql: &str| {
             let mut sql = sql
+                .replace("{replay_where}", REPLAY_WHERE)
                 .replace("{event_columns}", EVENT_COLUMNS)
                 .replace("{gate}", gate)
                 .replace("{fresh}", FRESH)
@@ -502,6 +540,8 @@ impl Queries {
             skip_ids: r(SKIP_IDS),
             blocked_keys: r(BLOCKED_KEYS),
             purge: r(PURGE),
+            replay_count: r(REPLAY_COUNT),
+            replay: r(REPLAY),
             publish: r(if shape.id_has_default {
                 PUBLISH
             } else {

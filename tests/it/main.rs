@@ -24,6 +24,7 @@ mod process;
 mod rabbitmq;
 mod readme;
 mod redis;
+mod replay;
 mod router_access;
 mod run_once;
 mod security;
