@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::db::ident::{Ident, IdentError};
+use crate::when::When;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -99,10 +100,10 @@ pub enum Command {
         endpoint: String,
         /// Events created this long ago or later, e.g. 2h; or a time, e.g.
         /// 2026-12-06T10:00:00Z.
-        #[arg(long, value_parser = parse_when, value_name = "WHEN")]
+        #[arg(long, value_parser = When::parse, value_name = "WHEN")]
         since: When,
         /// Events created before this (a duration ago or a time); default: now.
-        #[arg(long, value_parser = parse_when, value_name = "WHEN")]
+        #[arg(long, value_parser = When::parse, value_name = "WHEN")]
         until: Option<When>,
         /// Glob on event_type, e.g. 'PROJECT.*'.
         #[arg(long = "type", value_name = "GLOB", default_value = "*")]
@@ -148,30 +149,4 @@ pub enum Command {
 /// A role name for `--print-grants`: a plain identifier, quoted in the SQL it goes into.
 fn parse_role(raw: &str) -> Result<Ident, IdentError> {
     Ident::new(raw)
-}
-
-/// A point in time on the command line: a duration ago (`2h`) or an RFC 3339 time.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum When {
-    Ago(std::time::Duration),
-    At(std::time::SystemTime),
-}
-
-impl When {
-    /// How long ago, from `now` (zero for a time in the future).
-    pub fn ago(self, now: std::time::SystemTime) -> std::time::Duration {
-        match self {
-            When::Ago(d) => d,
-            When::At(t) => now.duration_since(t).unwrap_or_default(),
-        }
-    }
-}
-
-fn parse_when(s: &str) -> Result<When, String> {
-    if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(When::Ago(d));
-    }
-    humantime::parse_rfc3339_weak(s)
-        .map(When::At)
-        .map_err(|_| format!("{s:?}: a duration ago (2h, 30m) or a time (2026-12-06T10:00:00Z)"))
 }

@@ -48,3 +48,4 @@ pub mod pgtemp;
 pub mod relay;
 pub mod secret;
 pub mod sinks;
+pub mod when;

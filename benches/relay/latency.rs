@@ -34,8 +34,8 @@ use crate::load::{insert_one_sql, ORG};
 use crate::nats::NatsServer;
 use crate::receiver::{Behaviour, Counts, EPOCH};
 use crate::setup::{
-    cpu_figures, finish_relay, per_row, status_counts, wait_deliveries, wal_bytes, Ctx, FreshDb,
-    NotifyCounter, QueryCount, WaitEnd,
+    cpu_figures, cpu_figures_beside, finish_relay, per_row, status_counts, wait_deliveries,
+    wal_bytes, Ctx, FreshDb, NotifyCounter, QueryCount, WaitEnd,
 };
 
 /// Events sent (and awaited) before the measurement, numbered after the measured ones.
@@ -162,6 +162,9 @@ async fn latency_on(
     // The load, then the stragglers.
     let notes = NotifyCounter::listen(db).await?;
     ctx.checkpoint().await?;
+    // The NATS servers' CPU, taken out of `rest` so it does not flag the run disturbed.
+    let nats_cpu = || jetstream.as_ref().map(|(nats, _)| nats.cpu_secs());
+    let nats0 = nats_cpu();
     let (m0, n0, w0) = (
         ctx.marks(Some(pid))?,
         notes.received(),
@@ -194,7 +197,10 @@ async fn latency_on(
         wal_bytes(&clients[0]).await?,
     );
     drop(notes);
-    let cpu_load = cpu_figures(&m0, &m1);
+    let beside = nats_cpu()
+        .zip(nats0)
+        .map(|(n1, n0)| ("nats_server", n1 - n0));
+    let cpu_load = cpu_figures_beside(&m0, &m1, beside);
 
     // Idle.
     tokio::time::sleep(SETTLE).await;

@@ -261,31 +261,7 @@ pub async fn replay(
     yes: bool,
 ) -> anyhow::Result<u64> {
     let names: Vec<&str> = cfg.sinks().iter().map(|s| s.name).collect();
-    if !names.contains(&endpoint) {
-        anyhow::bail!(
-            "no sink named {endpoint:?} in the config (sinks: {})",
-            if names.is_empty() {
-                "none".to_owned()
-            } else {
-                names.join(", ")
-            }
-        );
-    }
-    if since <= until {
-        anyhow::bail!("--since must be further back than --until: the window is empty");
-    }
-    globset::Glob::new(glob).map_err(|e| anyhow::anyhow!("--type {glob:?}: {e}"))?;
-    let r = admin::Replay {
-        endpoint: endpoint.to_owned(),
-        since,
-        until,
-        glob: glob.to_owned(),
-        others: names
-            .iter()
-            .filter(|n| **n != endpoint)
-            .map(|n| (*n).to_owned())
-            .collect(),
-    };
+    let r = admin::Replay::new(&names, endpoint, since, until, glob).map_err(anyhow::Error::msg)?;
     let (client, q) = open_writable(cfg, Use::Change).await?;
     let window = if until.is_zero() {
         format!("the last {}", humantime::format_duration(since))

@@ -239,6 +239,42 @@ pub struct Replay {
 }
 
 impl Replay {
+    /// A replay to `endpoint`, checked: one of `sinks` (every configured sink's name), a
+    /// window that is not empty, a valid glob. The error says which.
+    pub fn new(
+        sinks: &[&str],
+        endpoint: &str,
+        since: Duration,
+        until: Duration,
+        glob: &str,
+    ) -> Result<Self, String> {
+        if !sinks.contains(&endpoint) {
+            let known = if sinks.is_empty() {
+                "none".to_owned()
+            } else {
+                sinks.join(", ")
+            };
+            return Err(format!(
+                "no sink named {endpoint:?} in the config (sinks: {known})"
+            ));
+        }
+        if since <= until {
+            return Err("since must be further back than until: the window is empty".into());
+        }
+        globset::Glob::new(glob).map_err(|e| format!("type {glob:?}: {e}"))?;
+        Ok(Self {
+            endpoint: endpoint.to_owned(),
+            since,
+            until,
+            glob: glob.to_owned(),
+            others: sinks
+                .iter()
+                .filter(|n| **n != endpoint)
+                .map(|n| (*n).to_owned())
+                .collect(),
+        })
+    }
+
     fn params(&self) -> (f64, f64, String) {
         (
             self.since.as_secs_f64(),

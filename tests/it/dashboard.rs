@@ -737,3 +737,83 @@ async fn dashboard_pause_resume_and_skip_by_keyboard() {
     b.close().await;
     drop(dash.relay);
 }
+
+/// By keyboard: open an endpoint's replay dialog, count what a window holds (nothing changes),
+/// narrow it by type (the count is redone before Replay is possible), and replay: the events
+/// of that type reach the receiver a second time, the others do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_replay_counts_first_then_sends_again_by_keyboard() {
+    if skip_without_browser() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let dash = Dashboard::start_with(&db, &rx, "", "").await;
+    let client = db.client().await;
+    let ids = insert_events(&client, 3, "DASH.REPLAY").await;
+    let other = insert_events(&client, 1, "DASH.OTHER").await;
+    let all: Vec<String> = ids.iter().chain(&other).cloned().collect();
+    rx.wait_accepted(&all).await;
+    for id in &all {
+        wait_status(&client, id, "COMPLETED").await;
+    }
+    let b = Browser::start(LAPTOP).await;
+    b.goto(&dash.page("")).await;
+    let row = format!("{}[data-name=\"main\"]", tid("endpoint-row"));
+    let open = format!(
+        "document.querySelector({}).open",
+        js_str(&tid("replay-dialog"))
+    );
+    press(&b, &format!("{row} {}", tid("endpoint-replay")), ENTER).await;
+    b.wait_js("the replay dialog to open", &open).await;
+    // Enter in the window field counts: the default window (1h) holds all four.
+    press(&b, &tid("replay-since"), ENTER).await;
+    b.wait_js(
+        "the count of 4",
+        &format!(
+            "document.querySelector({}).textContent.startsWith('4 events ')",
+            js_str(&tid("replay-count"))
+        ),
+    )
+    .await;
+    assert_eq!(
+        count_status(&client, "COMPLETED").await,
+        4,
+        "a count changed rows"
+    );
+    // A new type: the old count no longer holds, so Replay is off until counted again.
+    b.fill(&tid("replay-type"), "DASH.REPLAY").await;
+    b.wait_js(
+        "Replay to wait for a new count",
+        &format!(
+            "document.querySelector({}).disabled",
+            js_str(&tid("replay-ok"))
+        ),
+    )
+    .await;
+    press(&b, &tid("replay-type"), ENTER).await;
+    b.wait_js(
+        "the count of 3",
+        &format!(
+            "document.querySelector({}).textContent.startsWith('3 events ')",
+            js_str(&tid("replay-count"))
+        ),
+    )
+    .await;
+    b.screenshot("replay-counted").await;
+    press(&b, &tid("replay-ok"), ENTER).await;
+    b.wait_js("the dialog to close", &format!("!{open}")).await;
+    rx.wait_for("the three events a second time", |ds| ds.len() >= 7)
+        .await;
+    for id in &all {
+        wait_status(&client, id, "COMPLETED").await;
+    }
+    let counts = rx.accepted_counts();
+    for id in &ids {
+        assert_eq!(counts[id], 2, "{id}");
+    }
+    assert_eq!(counts[&other[0]], 1, "the other type was replayed");
+    b.assert_no_errors().await;
+    b.close().await;
+    drop(dash.relay);
+}

@@ -110,12 +110,33 @@ async fn post(router: &Router, path: &str, headers: &[(&str, &str)], body: Value
     send(router, request(Method::POST, path, headers, Some(body))).await
 }
 
-/// Inserts one FAILED event; returns its id.
+/// Inserts one FAILED event, and one COMPLETED event the webhook `hook` accepted (what a
+/// replay would send again); returns the FAILED one's id.
 async fn failed_event(client: &tokio_postgres::Client) -> String {
+    client
+        .execute(
+            "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload, status, delivered_to, processed_at)
+             VALUES ('ORDER.SHIPPED', 'org_1', '{}', 'COMPLETED', ARRAY['hook'], now())",
+            &[],
+        )
+        .await
+        .unwrap();
     client
         .query_one(
             "INSERT INTO \"OutboxEvent\" (event_type, org_id, payload, status, retry_count, error_message)
              VALUES ('ORDER.CREATED', 'org_1', '{}', 'FAILED', 12, 'HTTP 500') RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// How many events are COMPLETED (a replay puts them back to PENDING).
+async fn completed(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM \"OutboxEvent\" WHERE status = 'COMPLETED'",
             &[],
         )
         .await
@@ -140,11 +161,12 @@ fn st(status: &str, skipped: bool) -> (String, bool) {
     (status.to_owned(), skipped)
 }
 
-/// The row is still FAILED and not skipped, and no endpoint is paused: whatever was sent
-/// (`what`) changed nothing.
+/// The row is still FAILED and not skipped, no endpoint is paused and the COMPLETED event
+/// was not replayed: whatever was sent (`what`) changed nothing.
 async fn untouched(client: &tokio_postgres::Client, id: &str, what: &str) {
     assert_eq!(row(client, id).await, st("FAILED", false), "{what}");
     assert_eq!(paused(client).await, 0, "{what}");
+    assert_eq!(completed(client).await, 1, "{what}: replayed");
 }
 
 /// An id action was let through and applied to `id`.
@@ -175,13 +197,17 @@ async fn setup(http: &str) -> (TestDb, Router, tokio_postgres::Client, String) {
     (db, api, client, id)
 }
 
-/// The four actions, each with the body it takes (`ids` naming `id` for the row actions).
-fn actions(id: &str) -> [(&'static str, Value); 4] {
+/// The five actions, each with the body it takes (`ids` naming `id` for the row actions).
+fn actions(id: &str) -> [(&'static str, Value); 5] {
     [
         ("/api/events/retry", json!({ "ids": [id] })),
         ("/api/events/skip", json!({ "ids": [id] })),
         ("/api/endpoints/hook/pause", json!({})),
         ("/api/endpoints/hook/resume", json!({})),
+        (
+            "/api/endpoints/hook/replay",
+            json!({ "since": "1h", "dry_run": false }),
+        ),
     ]
 }
 
@@ -249,6 +275,53 @@ async fn on_loopback_without_a_token_localhost_may_read_and_act_but_not_cross_si
     let a = post(&api, "/api/endpoints/hook/pause", &local, json!({})).await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(paused(&client).await, 1);
+    // A replay counts first (nothing changes), then sends the accepted event again.
+    let replay = "/api/endpoints/hook/replay";
+    let a = post(&api, replay, &local, json!({ "since": "1h" })).await;
+    assert_eq!(
+        (a.status, a.json()),
+        (
+            200,
+            json!({ "endpoint": "hook", "count": 1, "replayed": false })
+        ),
+        "{}",
+        a.text
+    );
+    assert_eq!(completed(&client).await, 1);
+    for (body, says) in [
+        (
+            json!({ "since": "soon" }),
+            "since: \"soon\": a duration ago",
+        ),
+        (json!({ "since": "1h", "until": "2h" }), "window is empty"),
+        (json!({ "since": "1h", "type": "[" }), "type \"[\""),
+        (
+            json!({ "since": "1h", "limit": 5 }),
+            "unknown field `limit`",
+        ),
+    ] {
+        let a = post(&api, replay, &local, body.clone()).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text);
+        let error = a.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(error.contains(says), "{body}: {error}");
+    }
+    let a = post(
+        &api,
+        "/api/endpoints/nope/replay",
+        &local,
+        json!({ "since": "1h" }),
+    )
+    .await;
+    assert_eq!(a.status, 404, "{}", a.text);
+    let a = post(
+        &api,
+        replay,
+        &local,
+        json!({ "since": "1h", "dry_run": false }),
+    )
+    .await;
+    assert_eq!(a.json()["count"], json!(1), "{}", a.text);
+    assert_eq!(completed(&client).await, 0);
 }
 
 #[tokio::test]

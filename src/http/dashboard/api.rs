@@ -24,6 +24,7 @@ use crate::db::browse::{self, Search};
 use crate::db::queries::Queries;
 use crate::http::App;
 use crate::observe::cached::Cached;
+use crate::when::When;
 
 /// How long instances and blocked keys are reused between polls.
 pub const CACHE_FOR: Duration = Duration::from_secs(5);
@@ -410,4 +411,95 @@ pub async fn resume(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     set_paused(&app, &headers, &who, &name, false).await
+}
+
+/// The body of `POST /api/endpoints/{name}/replay`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    /// A duration ago (`2h`) or an RFC 3339 time.
+    since: String,
+    /// Likewise; default now.
+    until: Option<String>,
+    /// Glob on event_type; default every type.
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    /// Only count (the default): `false` replays.
+    #[serde(default = "yes")]
+    dry_run: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /api/endpoints/{name}/replay {"since": "2h", "until"?, "type"?, "dry_run"?}`: the
+/// events the endpoint accepted in the window, counted (`dry_run`, the default) or sent to
+/// it again, and to no other endpoint (see `outbox-relay replay`).
+pub async fn replay(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    who: Option<Extension<Peer>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    app.dashboard.allow(&headers, Access::Act)?;
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let b: ReplayBody = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "expected {{\"since\": \"2h\", \"until\"?, \"type\"?, \"dry_run\"?}}: {e}"
+        ))
+    })?;
+    let d = &app.dashboard;
+    let sinks: Vec<&str> = d
+        .shared
+        .dispatcher
+        .endpoints()
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    if !sinks.contains(&name.as_str()) {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no endpoint named {name:?}"),
+        ));
+    }
+    let now = std::time::SystemTime::now();
+    let since = When::parse(&b.since).map_err(|m| bad(format!("since: {m}")))?;
+    let until = match &b.until {
+        Some(u) => When::parse(u)
+            .map_err(|m| bad(format!("until: {m}")))?
+            .ago(now),
+        None => Duration::ZERO,
+    };
+    let glob = b.event_type.as_deref().unwrap_or("*");
+    let r = admin::Replay::new(&sinks, &name, since.ago(now), until, glob).map_err(bad)?;
+    let (pool, q) = (pool(app.as_ref())?, queries(app.as_ref())?);
+    let count = if b.dry_run {
+        admin::replay_count(On::Pool(pool), q, &r)
+            .await
+            .map_err(internal)?
+    } else {
+        let client = pool.get().await.map_err(|e| internal(e.into()))?;
+        let n = admin::replay(&client, q, &d.channel, &r, |_| {})
+            .await
+            .map_err(internal)?;
+        d.shared.wake.notify_one();
+        n
+    };
+    tracing::info!(
+        action = if b.dry_run { "replay count" } else { "replay" },
+        endpoint = %name,
+        since = %humantime::format_duration(r.since),
+        until = %humantime::format_duration(r.until),
+        types = %r.glob,
+        peer = %peer(&who),
+        count,
+        "dashboard action"
+    );
+    Ok(json_response(&json!({
+        "endpoint": name,
+        "count": count,
+        "replayed": !b.dry_run,
+    })))
 }

@@ -117,6 +117,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/events/skip", post(api::skip))
         .route("/api/endpoints/:name/pause", post(api::pause))
         .route("/api/endpoints/:name/resume", post(api::resume))
+        .route("/api/endpoints/:name/replay", post(api::replay))
 }
 
 async fn asset(body: &'static str, content_type: &'static str) -> Response {

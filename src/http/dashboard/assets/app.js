@@ -534,6 +534,8 @@ function endpointRow(ep) {
   const verb = ep.paused ? 'Resume' : 'Pause';
   const toggle = actionButton(verb, 'endpoint-toggle', () => toggleEndpoint(ep));
   toggle.setAttribute('aria-label', `${verb} endpoint ${ep.name}`);
+  const replay = actionButton('Replay…', 'endpoint-replay', () => replayDialog(ep.name));
+  replay.setAttribute('aria-label', `Replay events to endpoint ${ep.name}`);
   const span = humanAge(ep.window_seconds);
   const rateTitle = ep.attempts
     ? `${fmtInt(ep.succeeded)} of ${fmtInt(ep.attempts)} attempts succeeded in the last ${span}`
@@ -551,7 +553,7 @@ function endpointRow(ep) {
       ? [h('span', { class: 'muted small nowrap', title: String(le.at) }, ago(le.at)), ' ',
         h('span', { class: 'trunc err', title: le.message }, le.message)]
       : h('span', { class: 'muted' }, 'none')),
-    h('td', { class: 'actions' }, toggle));
+    h('td', { class: 'actions' }, toggle, ' ', replay));
 }
 
 function blockedRow(b) {
@@ -655,6 +657,64 @@ function toggleEndpoint(ep) {
     body: {},
     done: (r) => `Endpoint ${r && r.name ? r.name : ep.name} ${r && r.paused ? 'paused' : 'resumed'}`,
   });
+}
+
+// Replay: count what the window holds (a dry run), then send those events to this endpoint
+// again. The Replay button is enabled only by a count of the inputs as they are now.
+function replayDialog(name) {
+  const dlg = $('replay-dialog');
+  const since = $('replay-since'), types = $('replay-type'), count = $('replay-count');
+  const okBtn = $('replay-ok');
+  $('replay-title').textContent = `Replay events to ${name}`;
+  const path = `/api/endpoints/${encodeURIComponent(name)}/replay`;
+  const body = (dryRun) => ({ since: since.value.trim(), type: types.value.trim() || '*', dry_run: dryRun });
+  let counted = null; // the inputs the count was made for, and the count
+  const stale = () => {
+    counted = null;
+    okBtn.disabled = true;
+    okBtn.textContent = 'Replay';
+  };
+  const back = document.activeElement;
+  const memo = focusMemo(back);
+  const listeners = new AbortController();
+  const on = (el, type, fn) => el.addEventListener(type, fn, { signal: listeners.signal });
+  const finish = () => {
+    listeners.abort();
+    if (dlg.open) dlg.close();
+    if (back && back.isConnected && typeof back.focus === 'function') back.focus();
+    else refocus(document, memo);
+  };
+  stale();
+  count.textContent = '';
+  on(since, 'input', stale);
+  on(types, 'input', stale);
+  on($('replay-cancel'), 'click', finish);
+  on(dlg, 'close', finish);
+  on(dlg, 'cancel', (e) => { e.preventDefault(); finish(); });
+  on($('replay-form'), 'submit', async (e) => {
+    e.preventDefault();
+    const asked = body(true);
+    count.textContent = 'Counting…';
+    let r;
+    try { r = await api(path, asked); } catch (err) { count.textContent = err.message; return; }
+    counted = { since: asked.since, type: asked.type, n: r.count };
+    count.textContent = `${plural(r.count, 'event')} of type ${asked.type} created since ${asked.since} ` +
+      `went to ${name}; replaying sends ${r.count === 1 ? 'it' : 'them'} again, to ${name} only.`;
+    okBtn.disabled = r.count === 0;
+    okBtn.textContent = `Replay ${plural(r.count, 'event')}`;
+    if (r.count) okBtn.focus();
+  });
+  on(okBtn, 'click', async () => {
+    if (!counted) return;
+    let r;
+    try { r = await api(path, { since: counted.since, type: counted.type, dry_run: false }); } catch (err) { report(err); return; }
+    finish();
+    notify(`${plural(r.count, 'event')} sent again to ${name}`);
+    route(true);
+  });
+  dlg.showModal();
+  since.focus();
+  since.select();
 }
 
 // ---------------------------------------------------------------- actions
