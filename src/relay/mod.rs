@@ -350,6 +350,8 @@ impl Relay {
             give_up.cancel();
             let _ = recorder.await;
         }
+        // Every delivery is over: the sinks may close their connections.
+        self.dispatcher.close().await;
         stop_background.cancel();
         let _ = leases.await;
         for task in [

@@ -101,6 +101,13 @@ pub trait Sink: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 
+    /// Says goodbye to the destination at shutdown, after the last delivery (a broker
+    /// connection closed as the protocol asks, so the broker logs no abrupt disconnect).
+    /// Bounded by the caller; nothing to do for a webhook.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// Hands one event over and waits until the destination has it for good (a 2xx, a
     /// JetStream ack). Never panics and never returns an error: every way it can go wrong
     /// is an [`Attempt`]. Errors that are timeouts begin with [`TIMED_OUT`].
@@ -167,6 +174,11 @@ impl Endpoint {
     /// See [`Sink::start`].
     pub async fn start(&self, grace: Duration) -> anyhow::Result<()> {
         self.sink.start(grace).await
+    }
+
+    /// See [`Sink::close`].
+    pub async fn close(&self) {
+        self.sink.close().await
     }
 
     pub fn is_paused(&self) -> bool {

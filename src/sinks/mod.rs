@@ -30,6 +30,8 @@ use endpoint::{Attempt, Endpoint, Message};
 
 /// Longest error_message written to a row (the contract asks for a bounded length).
 pub const MAX_ERROR_LEN: usize = 1000;
+/// How long the sinks may take to close at shutdown.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How soon an event put back because an endpoint was saturated is tried again.
 pub const BUSY_DELAY: Duration = Duration::from_millis(250);
 
@@ -95,6 +97,15 @@ impl Dispatcher {
             result?;
         }
         Ok(())
+    }
+
+    /// Closes every endpoint (see [`endpoint::Sink::close`]), side by side, for up to
+    /// [`CLOSE_GRACE`]: the process is stopping either way.
+    pub async fn close(&self) {
+        let closes = futures_util::future::join_all(self.endpoints.iter().map(|e| e.close()));
+        if tokio::time::timeout(CLOSE_GRACE, closes).await.is_err() {
+            tracing::debug!("a sink did not close within {CLOSE_GRACE:?}");
+        }
     }
 
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {

@@ -30,6 +30,37 @@ async fn node() -> RabbitServer {
     rabbit
 }
 
+/// What the node logged when the last relay connection (named `outbox-relay rabbitmq ...`)
+/// closed: the `closing AMQP connection` line and the one after it, waited for (the node
+/// writes its log a moment later).
+async fn last_relay_connection_closed(rabbit: &RabbitServer) -> String {
+    let found = std::sync::Mutex::new(String::new());
+    wait_until("the node to log the relay's connection closing", || {
+        let log = rabbit.log();
+        let lines: Vec<&str> = log.lines().collect();
+        // `<0.708.0> connection <0.708.0> (... ) has a client-provided name: outbox-relay rabbitmq`
+        let pid = lines
+            .iter()
+            .rfind(|l| l.contains("has a client-provided name: outbox-relay rabbitmq"))
+            .and_then(|l| l.split("connection ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned);
+        let closing = pid.and_then(|pid| {
+            let at = lines
+                .iter()
+                .position(|l| l.contains(&format!("closing AMQP connection {pid}")))?;
+            Some(lines[at..lines.len().min(at + 2)].join("\n"))
+        });
+        let done = closing.is_some();
+        if let Some(c) = closing {
+            *found.lock().unwrap() = c;
+        }
+        async move { done }
+    })
+    .await;
+    found.into_inner().unwrap()
+}
+
 /// How many times each message id is in `messages`.
 fn counts(messages: &[Delivered]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -109,6 +140,13 @@ async fn a_relay_killed_mid_drain_and_restarted_loses_nothing_and_repeats_only_w
     let db = TestDb::new().await;
     let mut killed = kill_mid_drain(&db, &rabbit_toml(&rabbit.url(), ""), "RABBIT.KILL").await;
     killed.stop().await;
+    // The relay stopped by SIGTERM said goodbye: RabbitMQ logs its connection closed by the
+    // client, not lost as the SIGKILLed one's was.
+    let closing = last_relay_connection_closed(&rabbit).await;
+    assert!(
+        closing.contains("[info]") && !closing.contains("unexpectedly"),
+        "closed abruptly: {closing}"
+    );
     let conn = rabbit.connect().await;
     let messages = drain_queue(&conn, QUEUE).await;
     let repeats = assert_each_at_least_once(&messages, &killed.ids, &killed.retried);

@@ -433,6 +433,19 @@ impl Sink for RabbitMq {
         })
     }
 
+    /// `connection.close` (200), so RabbitMQ logs a client that left rather than one that
+    /// vanished; a publish after it would reconnect, but the relay makes none.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let link = self.state.lock().await.link.take();
+            if let Some(link) = link {
+                if link.conn.status().connected() {
+                    let _ = link.conn.close(200, "outbox-relay stopping".into()).await;
+                }
+            }
+        })
+    }
+
     fn send<'a>(&'a self, msg: &'a Message<'a>) -> BoxFuture<'a, Sent> {
         Box::pin(async move { Sent::new(self.publish(msg).await) })
     }

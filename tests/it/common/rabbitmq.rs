@@ -76,7 +76,8 @@ impl RabbitServer {
         std::fs::write(
             me.dir.path().join("rabbitmq.conf"),
             format!(
-                "listeners.tcp.local = 127.0.0.1:{}\nloopback_users = none\n{extra}\n",
+                "listeners.tcp.local = 127.0.0.1:{}\nloopback_users = none\n\
+                 log.console = true\nlog.console.level = info\n{extra}\n",
                 me.port
             ),
         )
@@ -95,7 +96,7 @@ impl RabbitServer {
         self.dir.path().join(name)
     }
 
-    /// Everything the node printed, across restarts.
+    /// Everything the node printed (its log at info, on the console), across restarts.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("server.log")).unwrap_or_default()
     }
