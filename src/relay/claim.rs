@@ -43,6 +43,48 @@ const LINGER_MIN_ROWS: usize = 2;
 /// not wake it then.
 const UNARMED_POLL: Duration = Duration::from_secs(1);
 
+/// Empty claims in a row that found rows due they could not take, and how long to wait
+/// after one: the claim loop's decision once a claim came back empty and the linger is over,
+/// apart from the loop so every branch is tested without a database.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Contended(u32);
+
+impl Contended {
+    /// The wait after an empty claim. `left_fresh`: the claim left fresh rows it could not
+    /// take. `due`: the next due row's wait as `next_due` found it (`Some(None)`: none due
+    /// at all; `None`: the lookup failed). `poll` bounds every wait.
+    fn wait(
+        &mut self,
+        left_fresh: bool,
+        due: Option<Option<Duration>>,
+        poll: Duration,
+    ) -> Duration {
+        match due {
+            // Rows are there but this claim could not take them: locked by another relay's
+            // claim, or held back behind an earlier event of their entity (fresh rows it
+            // left, retries that are due).
+            Some(due) if left_fresh || due.is_some_and(|d| d <= Duration::ZERO) => {
+                // The first time, claim again at once: the row may simply have committed
+                // between the claim and this look (and, this relay being awake, it sent no
+                // NOTIFY).
+                self.0 = (self.0 + 1).min(17);
+                match self.0 {
+                    1 => Duration::ZERO,
+                    n => (CONTENDED_PAUSE * 2u32.pow(n - 2)).min(poll),
+                }
+            }
+            Some(Some(due)) => {
+                self.0 = 0;
+                due.min(poll)
+            }
+            Some(None) | None => {
+                self.0 = 0;
+                poll
+            }
+        }
+    }
+}
+
 impl Relay {
     pub(super) async fn claim_loop(
         &self,
@@ -59,7 +101,7 @@ impl Relay {
         // is free rather than claim one row per freed slot.
         let worth_claiming = batch.min(self.capacity_total / 2).max(1);
         let mut failures = Backoff::new(Duration::from_millis(200), Duration::from_millis(12_800));
-        let mut contended: u32 = 0;
+        let mut contended = Contended::default();
         // The claims fail because the server is read-only, and that was said.
         let mut read_only = false;
         let mut claims = Incident::new("claims");
@@ -130,7 +172,7 @@ impl Relay {
                     // is awake, new rows arrive without a NOTIFY. Claim until a claim comes
                     // back empty; only then is it worth the handshake of going to sleep.
                     failures.succeeded();
-                    contended = 0;
+                    contended = Contended::default();
                     if claimed.rows >= LINGER_MIN_ROWS {
                         last_found = tokio::time::Instant::now();
                     }
@@ -145,31 +187,8 @@ impl Relay {
                 }
                 Ok(claimed) => {
                     failures.succeeded();
-                    match self.next_due(&mut cursor).await {
-                        // Rows are there but this claim could not take them: locked by
-                        // another relay's claim, or held back behind an earlier event of their
-                        // entity (fresh rows it left, retries that are due).
-                        Ok(due)
-                            if claimed.left_fresh || due.is_some_and(|d| d <= Duration::ZERO) =>
-                        {
-                            // The first time, claim again at once: the row may simply have
-                            // committed between the claim and this look (and, this relay
-                            // being awake, it sent no NOTIFY).
-                            contended = (contended + 1).min(17);
-                            match contended {
-                                1 => Duration::ZERO,
-                                n => (CONTENDED_PAUSE * 2u32.pow(n - 2)).min(poll),
-                            }
-                        }
-                        Ok(Some(due)) => {
-                            contended = 0;
-                            due.min(poll)
-                        }
-                        Ok(None) | Err(_) => {
-                            contended = 0;
-                            poll
-                        }
-                    }
+                    let due = self.next_due(&mut cursor).await.ok();
+                    contended.wait(claimed.left_fresh, due, poll)
                 }
                 Err(e) => {
                     self.health.database.store(false, Ordering::Release);
@@ -442,5 +461,56 @@ fn log_outcome(ev: &Claimed, outcome: &crate::outcome::Outcome) {
         }
         Release { .. } => tracing::debug!(event_id = %ev.event.id, "released without an attempt"),
         Hold { .. } => tracing::debug!(event_id = %ev.event.id, "held for a paused endpoint"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLL: Duration = Duration::from_secs(5);
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn contended_claims_retry_at_once_then_back_off_to_the_poll_interval() {
+        let mut c = Contended::default();
+        // Fresh rows left behind: at once, then 20, 40, 80 ms ... doubling up to the poll.
+        let waits: Vec<Duration> = (0..12).map(|_| c.wait(true, Some(None), POLL)).collect();
+        assert_eq!(
+            waits[..5],
+            [Duration::ZERO, 20 * MS, 40 * MS, 80 * MS, 160 * MS]
+        );
+        assert_eq!(waits[8], 2560 * MS);
+        assert_eq!(waits[9..], [POLL, POLL, POLL]);
+        // Many more in a row: the doubling stops (no overflow), the wait stays at the poll.
+        for _ in 0..100 {
+            assert_eq!(c.wait(true, Some(None), POLL), POLL);
+        }
+        // A due retry the claim could not take counts as contended too.
+        let mut c = Contended::default();
+        assert_eq!(
+            c.wait(false, Some(Some(Duration::ZERO)), POLL),
+            Duration::ZERO
+        );
+        assert_eq!(c.wait(false, Some(Some(Duration::ZERO)), POLL), 20 * MS);
+    }
+
+    #[test]
+    fn an_uncontended_empty_claim_sleeps_until_the_next_due_row_or_the_poll() {
+        let mut c = Contended::default();
+        c.wait(true, Some(None), POLL);
+        c.wait(true, Some(None), POLL);
+        // A row due in 300 ms: that long, and the contention is over.
+        assert_eq!(c.wait(false, Some(Some(300 * MS)), POLL), 300 * MS);
+        assert_eq!(c, Contended(0));
+        // Due later than the poll: the poll.
+        assert_eq!(c.wait(false, Some(Some(60 * POLL)), POLL), POLL);
+        // Nothing due, or the lookup failed (even with fresh rows left): the poll.
+        assert_eq!(c.wait(false, Some(None), POLL), POLL);
+        c.wait(true, Some(None), POLL);
+        assert_eq!(c.wait(true, None, POLL), POLL);
+        assert_eq!(c, Contended(0));
+        // After the reset the next contended claim retries at once again.
+        assert_eq!(c.wait(true, Some(None), POLL), Duration::ZERO);
     }
 }
