@@ -205,6 +205,11 @@ impl FileConfig {
         if literal(self.http.admin_token.as_deref()) {
             keys.push("http.admin_token".to_owned());
         }
+        for (i, t) in self.http.admin_tokens.iter().enumerate() {
+            if literal(Some(&t.token)) {
+                keys.push(format!("http.admin_tokens[{i}].token"));
+            }
+        }
         if literal(self.sse.token_secret.as_deref()) {
             keys.push("sse.token_secret".to_owned());
         }
@@ -242,11 +247,21 @@ struct FileDatabase {
 struct FileHttp {
     listen: Option<String>,
     admin_token: Option<String>,
+    #[serde(default)]
+    admin_tokens: Vec<FileAdminToken>,
     metrics_token: Option<String>,
     allowed_hosts: Option<Vec<String>>,
     max_connections: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     header_timeout: Option<Duration>,
+}
+
+/// `[[http.admin_tokens]]`: a named admin token; the name is who the audit log records.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdminToken {
+    name: String,
+    token: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -345,10 +360,22 @@ pub struct SinkView<'a> {
     pub ordered: bool,
 }
 
+/// A dashboard admin token and the name the audit log records for its actions.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub token: Deferred<Secret>,
+}
+
+/// The name `http.admin_token` goes by in the audit log.
+pub const DEFAULT_ADMIN_NAME: &str = "admin";
+
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
-    pub admin_token: Option<Deferred<Secret>>,
+    /// `admin_token` (named `admin`) and `[[http.admin_tokens]]`: who may act on the
+    /// dashboard, by name.
+    pub admin_tokens: Vec<AdminToken>,
     /// When set, `/metrics` needs `Authorization: Bearer <token>`.
     pub metrics_token: Option<Deferred<Secret>>,
     /// Host names answered besides IP literals and localhost (see `crate::http::host`).
@@ -465,7 +492,7 @@ impl Config {
                     .unwrap_or(DEFAULT_HTTP_LISTEN)
                     .parse()
                     .map_err(|e| ConfigError::new("http.listen", format!("{e} (want ip:port)")))?,
-                admin_token: read_opt("http.admin_token", f.http.admin_token.as_deref())?,
+                admin_tokens: admin_tokens(&f.http, everything)?,
                 metrics_token: read_opt("http.metrics_token", f.http.metrics_token.as_deref())?,
                 allowed_hosts: AllowedHosts::parse(
                     f.http.allowed_hosts.as_deref().unwrap_or_default(),
@@ -721,8 +748,10 @@ impl Config {
             }
         };
         note("database_url", self.database_url.is_read());
+        for (i, t) in self.http.admin_tokens.iter().enumerate() {
+            note(&format!("http.admin_tokens[{i}].token"), t.token.is_read());
+        }
         for (key, s) in [
-            ("http.admin_token", &self.http.admin_token),
             ("http.metrics_token", &self.http.metrics_token),
             ("sse.token_secret", &self.sse.token_secret),
         ] {
@@ -881,6 +910,61 @@ fn egress_policy(f: FileEgress) -> Result<egress::Policy, ConfigError> {
             .unwrap_or(DEFAULT_EGRESS_DENY_PRIVATE_ADDRESSES),
         allow_networks,
     })
+}
+
+/// `http.admin_token` (named [`DEFAULT_ADMIN_NAME`]) and `[[http.admin_tokens]]`: names
+/// are short words, each name and each token used once (a shared token could not say who).
+fn admin_tokens(http: &FileHttp, wanted: bool) -> Result<Vec<AdminToken>, ConfigError> {
+    let named = http.admin_tokens.iter().enumerate().map(|(i, t)| {
+        (format!("http.admin_tokens[{i}]"), t.name.as_str(), t.token.as_str())
+    });
+    let default = http
+        .admin_token
+        .as_deref()
+        .map(|t| ("http.admin_token".to_owned(), DEFAULT_ADMIN_NAME, t));
+    let mut out: Vec<AdminToken> = Vec::new();
+    for (key, name, reference) in default.into_iter().chain(named) {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+        if !valid {
+            return Err(ConfigError::new(
+                &format!("{key}.name"),
+                "a name is 1 to 64 letters, digits, '.', '_', '@' or '-'",
+            ));
+        }
+        if out.iter().any(|t| t.name == name) {
+            let why = if name == DEFAULT_ADMIN_NAME {
+                format!("{name:?} is http.admin_token's name already")
+            } else {
+                format!("{name:?} is used twice")
+            };
+            return Err(ConfigError::new(&format!("{key}.name"), why));
+        }
+        let key = if key.ends_with(']') { format!("{key}.token") } else { key };
+        let token = read(&key, reference, wanted)?;
+        if let Deferred::Read(t) = &token {
+            if t.expose().is_empty() {
+                return Err(ConfigError::new(&key, "the token is empty"));
+            }
+            let again = out
+                .iter()
+                .find(|o| matches!(&o.token, Deferred::Read(x) if x.expose() == t.expose()));
+            if let Some(o) = again {
+                return Err(ConfigError::new(
+                    &key,
+                    format!("the same token as {:?}: give each name its own token", o.name),
+                ));
+            }
+        }
+        out.push(AdminToken {
+            name: name.to_owned(),
+            token,
+        });
+    }
+    Ok(out)
 }
 
 /// Reads the secret `reference` names when `wanted`, or when it is a literal (nothing to
@@ -1099,6 +1183,50 @@ mod tests {
             assert_eq!(load(toml).unwrap_err().key, key, "{toml}");
         }
         assert!(load("retention = \"99y\"").is_ok());
+    }
+
+    #[test]
+    fn admin_tokens_are_named_and_each_name_and_token_is_used_once() {
+        let c = load(
+            "[http]\nadmin_token = \"t0\"\n\
+             [[http.admin_tokens]]\nname = \"alice\"\ntoken = \"t1\"\n\
+             [[http.admin_tokens]]\nname = \"ci-bot@ops.example\"\ntoken = \"t2\"\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = c.http.admin_tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["admin", "alice", "ci-bot@ops.example"]);
+        assert_eq!(c.http.admin_tokens[2].token.get().expose(), "t2");
+        let named = |name: &str, token: &str| {
+            format!("[[http.admin_tokens]]\nname = \"{name}\"\ntoken = \"{token}\"\n")
+        };
+        for (toml, key, says) in [
+            (
+                format!("[http]\nadmin_token = \"t0\"\n{}", named("admin", "t1")),
+                "http.admin_tokens[0].name",
+                "http.admin_token's name",
+            ),
+            (
+                format!("{}{}", named("bob", "t1"), named("bob", "t2")),
+                "http.admin_tokens[1].name",
+                "used twice",
+            ),
+            (
+                format!("{}{}", named("bob", "t1"), named("eve", "t1")),
+                "http.admin_tokens[1].token",
+                "the same token as \"bob\"",
+            ),
+            (named("", "t1"), "http.admin_tokens[0].name", "1 to 64"),
+            (named("a b", "t1"), "http.admin_tokens[0].name", "1 to 64"),
+            (named("<x>", "t1"), "http.admin_tokens[0].name", "1 to 64"),
+        ] {
+            let e = load(&toml).unwrap_err();
+            assert_eq!(e.key, key, "{toml}");
+            assert!(e.message.contains(says), "{toml}: {}", e.message);
+            assert!(!e.to_string().contains("t1"), "a token in: {e}");
+        }
+        // Written in the file: named among the literal secrets, never shown.
+        let f = parse_file(&named("bob", "t1")).unwrap();
+        assert_eq!(f.literal_secrets(), ["http.admin_tokens[0].token"]);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::db::admin::{self, BlockedKey, IdAction, NewEvent, On};
+use crate::db::audit::{self, Action};
 use crate::db::privileges::{self, Use};
 use crate::db::queries::Queries;
 use crate::db::{self, migrate, shape};
@@ -24,6 +25,45 @@ async fn open(cfg: &Config, what: Use) -> anyhow::Result<(tokio_postgres::Client
     let table = settings.qualified_table();
     let shape = shape::inspect(&client, &table).await?;
     Ok((client, Queries::for_table(&settings, &shape)))
+}
+
+/// Who runs this command, for the audit log: the OS user (by uid, not from the
+/// environment), or `uid N` when it has no name.
+fn os_user() -> String {
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => u.name,
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// Records a command's action in the audit log (see [`audit`]). The action is done either
+/// way: a failure to record is a warning, not an error. `sudo` is noted with the user who
+/// ran it.
+async fn record(
+    client: &tokio_postgres::Client,
+    q: &Queries,
+    action: Action,
+    target: &str,
+    mut detail: serde_json::Value,
+) {
+    if let (Ok(by), Some(map)) = (std::env::var("SUDO_USER"), detail.as_object_mut()) {
+        map.insert("sudo_user".into(), by.into());
+    }
+    let actor = os_user();
+    let entry = audit::Entry {
+        actor: &actor,
+        via: audit::Via::Cli,
+        action,
+        target,
+        detail,
+    };
+    if let Err(e) = audit::record(On::Client(client), q, &entry).await {
+        eprintln!(
+            "warning: done, but not recorded in the audit log: {}",
+            audit::explain(&e)
+        );
+    }
 }
 
 /// [`open`] for a command that writes: a clear error on a standby (see
@@ -195,6 +235,9 @@ async fn by_ids(
     }
     if !done.is_empty() {
         admin::wake_relays(on, &cfg.table_settings().channel()).await?;
+        let done: Vec<String> = ids.iter().filter(|id| done.contains(*id)).cloned().collect();
+        let (target, detail) = audit::by_ids(&done);
+        record(&client, &q, action.into(), &target, detail).await;
     }
     Ok(done.len() as u64)
 }
@@ -220,14 +263,20 @@ pub async fn retry(cfg: &Config, ids: &[String], event_type: Option<&str>) -> an
     } else {
         let (client, q) = open_writable(cfg, Use::Change).await?;
         let glob = event_type.unwrap_or("*");
-        admin::retry_failed(
+        let total = admin::retry_failed(
             &client,
             &q,
             &cfg.table_settings().channel(),
             glob,
             |total| eprintln!("... {total} retried so far"),
         )
-        .await?
+        .await?;
+        if total > 0 {
+            let target = format!("FAILED events of type {glob:?}");
+            let detail = serde_json::json!({ "count": total, "type": glob });
+            record(&client, &q, Action::Retry, &target, detail).await;
+        }
+        total
     };
     eprintln!("{total} event(s) back to PENDING");
     Ok(total)
@@ -242,10 +291,13 @@ pub async fn purge(cfg: &Config, older_than: Duration) -> anyhow::Result<u64> {
         }
     })
     .await?;
-    eprintln!(
-        "{total} COMPLETED event(s) older than {} deleted",
-        humantime::format_duration(older_than)
-    );
+    let age = humantime::format_duration(older_than).to_string();
+    if total > 0 {
+        let target = format!("COMPLETED events older than {age}");
+        let detail = serde_json::json!({ "count": total, "older_than": age });
+        record(&client, &q, Action::Purge, &target, detail).await;
+    }
+    eprintln!("{total} COMPLETED event(s) older than {age} deleted");
     Ok(total)
 }
 
@@ -287,6 +339,7 @@ pub async fn replay(
         }
     })
     .await?;
+    record(&client, &q, Action::Replay, endpoint, audit::replay(&r, total)).await;
     eprintln!(
         "{total} event(s) of type {glob:?} created in {window} back to PENDING, for {endpoint:?} \
          only"

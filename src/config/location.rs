@@ -12,6 +12,7 @@ use std::ops::Range;
 pub const SECRET_KEYS: &[&str] = &[
     "database_url",
     "admin_token",
+    "token",
     "metrics_token",
     "token_secret",
     "secret",

@@ -40,6 +40,7 @@ const STEPS: &[(&str, &str)] = &[
         "007_dashboard.sql",
         include_str!("../../sql/007_dashboard.sql"),
     ),
+    ("008_audit.sql", include_str!("../../sql/008_audit.sql")),
 ];
 
 /// Session-level advisory lock key serialising concurrent `migrate` runs (several relays
@@ -154,6 +155,7 @@ fn vars(settings: &TableSettings) -> Vec<(&'static str, String)> {
         ("{{wake_lock_key}}", wake_key.to_string()),
         ("{{stream_seq}}", quote_ident(&stream_seq)),
         ("{{paused_table}}", quote_ident(&settings.paused_table())),
+        ("{{audit_table}}", quote_ident(&settings.audit_table())),
         (
             "{{stream_seq_literal}}",
             quote_literal(&settings.in_schema(&stream_seq)),

@@ -3,6 +3,7 @@
 //! statements ([`maintenance`]).
 
 pub mod admin;
+pub mod audit;
 pub mod browse;
 pub mod claims;
 mod connect_error;

@@ -1,5 +1,5 @@
 //! Least privilege: what each command needs of the objects `migrate` creates (the schema,
-//! the outbox table, the paused-endpoints table beside it, the stream sequence), the GRANTs
+//! the outbox table, the paused-endpoints and audit tables beside it, the stream sequence), the GRANTs
 //! that give a runtime role all of it (`migrate --print-grants ROLE`), and the start-up check
 //! that turns a missing privilege into one error naming it and its GRANT.
 //!
@@ -23,15 +23,15 @@ use crate::db::table::TableSettings;
 pub enum Use {
     /// `status`: reads.
     Status,
-    /// `retry`, `skip`: update rows.
+    /// `retry`, `skip`, `replay`: update rows (and record the action in the audit log).
     Change,
-    /// `purge`: deletes rows (found `FOR UPDATE`, which needs UPDATE too).
+    /// `purge`: deletes rows (found `FOR UPDATE`, which needs UPDATE too), audited.
     Purge,
     /// `publish`: inserts.
     Publish,
     /// `run`: claims and records (UPDATE, and `FOR SHARE` on the paused table, which needs
     /// UPDATE), retention (DELETE), the dashboard's pause and resume (INSERT and DELETE on
-    /// the paused table).
+    /// the paused table), its audit log (INSERT and SELECT).
     Run,
 }
 
@@ -116,14 +116,16 @@ pub fn needs(settings: &TableSettings, what: Use) -> Vec<Privilege> {
     let s = &settings.schema;
     let table = |p| Privilege::new(p, Kind::Table, s, settings.table.as_str());
     let paused = |p| Privilege::new(p, Kind::Table, s, &settings.paused_table());
+    // Every operator action is recorded (`crate::db::audit`); the dashboard lists the log.
+    let audit = |p| Privilege::new(p, Kind::Table, s, &settings.audit_table());
     let mut out = vec![
         Privilege::new("USAGE", Kind::Schema, s, s.as_str()),
         table("SELECT"),
     ];
     match what {
         Use::Status => out.push(paused("SELECT")),
-        Use::Change => out.push(table("UPDATE")),
-        Use::Purge => out.extend([table("UPDATE"), table("DELETE")]),
+        Use::Change => out.extend([table("UPDATE"), audit("INSERT")]),
+        Use::Purge => out.extend([table("UPDATE"), table("DELETE"), audit("INSERT")]),
         Use::Publish => out.extend([
             table("INSERT"),
             Privilege::new("USAGE", Kind::Sequence, s, &stream_seq(settings)),
@@ -134,6 +136,7 @@ pub fn needs(settings: &TableSettings, what: Use) -> Vec<Privilege> {
                 out.push(table("DELETE"));
             }
             out.extend(["SELECT", "INSERT", "UPDATE", "DELETE"].map(paused));
+            out.extend(["SELECT", "INSERT"].map(audit));
         }
     }
     out
@@ -159,6 +162,12 @@ pub fn grants_script(settings: &TableSettings, role: &Ident) -> String {
             &all,
             Kind::Table,
             &settings.in_schema(&settings.paused_table()),
+            &r,
+        ),
+        grant(
+            &["SELECT", "INSERT"],
+            Kind::Table,
+            &settings.in_schema(&settings.audit_table()),
             &r,
         ),
         grant(
@@ -304,6 +313,7 @@ mod tests {
                 r#"GRANT USAGE ON SCHEMA "public" TO "relay_rt";"#,
                 r#"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."OutboxEvent" TO "relay_rt";"#,
                 r#"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."OutboxEvent_relay_paused" TO "relay_rt";"#,
+                r#"GRANT SELECT, INSERT ON TABLE "public"."OutboxEvent_relay_audit" TO "relay_rt";"#,
                 r#"GRANT USAGE ON SEQUENCE "public"."OutboxEvent_stream_seq" TO "relay_rt";"#,
             ]
         );

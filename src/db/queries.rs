@@ -462,6 +462,8 @@ pub struct Queries {
     pub pause: String,
     pub resume: String,
     pub release_held: String,
+    pub audit_insert: String,
+    pub audit_list: String,
     /// Quoted `schema.table`, for messages.
     pub table: String,
     pub shape: TableShape,
@@ -473,16 +475,18 @@ impl Queries {
         Self::new(
             &settings.qualified_table(),
             &settings.qualified_paused_table(),
+            &settings.qualified_audit_table(),
             shape,
             &settings.ordered_types,
         )
     }
 
-    /// `paused_table`: quoted and qualified. `ordered_types`: LIKE patterns of the event
+    /// `paused_table`, `audit_table`: quoted and qualified. `ordered_types`: LIKE patterns of the event
     /// types delivered in entity order ([`TableSettings::ordered_types`]); empty for none.
     pub fn new(
         qualified_table: &str,
         paused_table: &str,
+        audit_table: &str,
         shape: &TableShape,
         ordered_types: &[String],
     ) -> Self {
@@ -516,6 +520,7 @@ impl Queries {
             }
             sql.replace("{t}", qualified_table)
                 .replace("{paused}", paused_table)
+                .replace("{audit}", audit_table)
                 // One delivery adds at most one entry per endpoint; below this, no cut.
                 .replace(
                     "{kept_minus_batch}",
@@ -552,6 +557,8 @@ impl Queries {
             pause: r(PAUSE),
             resume: r(RESUME),
             release_held: r(RELEASE_HELD),
+            audit_insert: r(super::audit::INSERT),
+            audit_list: r(super::audit::LIST),
             table: qualified_table.to_owned(),
             shape: shape.clone(),
         }
@@ -618,6 +625,7 @@ mod tests {
             let q = Queries::new(
                 r#""public"."OutboxEvent""#,
                 r#""public"."OutboxEvent_relay_paused""#,
+                r#""public"."OutboxEvent_relay_audit""#,
                 &TableShape::standard(),
                 &ordered,
             );
@@ -647,7 +655,7 @@ mod tests {
     fn timestamps_without_time_zone_are_written_and_compared_in_utc() {
         use crate::db::shape::Clock;
         let new =
-            |shape: &TableShape| Queries::new(r#""public"."OutboxEvent""#, r#""p""#, shape, &[]);
+            |shape: &TableShape| Queries::new(r#""public"."OutboxEvent""#, r#""p""#, r#""a""#, shape, &[]);
         let utc = "(now() AT TIME ZONE 'UTC')";
         let q = new(&TableShape::standard());
         for sql in [&q.record, &q.purge, &q.publish] {

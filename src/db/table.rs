@@ -66,6 +66,17 @@ impl TableSettings {
         self.in_schema(&self.paused_table())
     }
 
+    /// The audit log of operator actions beside the outbox table (unquoted, in the same
+    /// schema).
+    pub fn audit_table(&self) -> String {
+        derived_name("", &self.table, "_relay_audit")
+    }
+
+    /// [`Self::audit_table`], schema-qualified and quoted.
+    pub fn qualified_audit_table(&self) -> String {
+        self.in_schema(&self.audit_table())
+    }
+
     /// The default config's settings for `table` in `public`, for unit tests.
     #[cfg(test)]
     pub(crate) fn for_tests(table: &str) -> Self {

@@ -8,6 +8,7 @@
 
 mod common;
 
+mod audit;
 mod background;
 mod dashboard;
 mod dashboard_api;

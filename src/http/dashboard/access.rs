@@ -12,37 +12,46 @@ pub enum Access {
     Act,
 }
 
+/// Who acts through the dashboard, for the audit log: the admin token's name, or
+/// [`ANONYMOUS`] on a loopback listener without admin tokens.
+pub const ANONYMOUS: &str = "anonymous";
+
 impl Dashboard {
-    /// Whether the request carries the admin token (compared as SHA-256 digests, so the
-    /// time taken says nothing about the token).
-    fn has_token(&self, headers: &HeaderMap) -> bool {
-        self.admin_token
-            .as_ref()
-            .is_some_and(|token| crate::http::bearer_is(headers, token))
+    /// The name of the admin token the request carries, if any. Every token is compared
+    /// (as SHA-256 digests), so the time taken says nothing about the tokens.
+    fn token_name(&self, headers: &HeaderMap) -> Option<&str> {
+        self.admin_tokens
+            .iter()
+            .filter(|(_, token)| crate::http::bearer_is(headers, token))
+            .map(|(name, _)| name.as_str())
+            .fold(None, |found, name| found.or(Some(name)))
     }
 
-    /// Whether `http.admin_token` is set (the page offers a login only then).
+    /// Whether any admin token is set (the page offers a login only then).
     pub fn has_admin_token(&self) -> bool {
-        self.admin_token.is_some()
+        !self.admin_tokens.is_empty()
     }
 
     /// Whether this request may act (the `admin` flag the page shows).
     pub fn may_act(&self, headers: &HeaderMap) -> bool {
-        match &self.admin_token {
-            Some(_) => self.has_token(headers),
-            None => self.loopback,
+        match self.has_admin_token() {
+            true => self.token_name(headers).is_some(),
+            false => self.loopback,
         }
     }
 
-    /// Refuses a request that may not `access` (see the module docs). The Host and Origin
-    /// checks guard what a browser may do without a credential; a request carrying the
-    /// admin token is the operator's (a reverse proxy in front changes both headers).
-    pub fn allow(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
-        let authed = self.has_token(headers);
+    /// Refuses a request that may not `access` (see the module docs); returns who asked
+    /// (the token's name, or [`ANONYMOUS`]). The Host and Origin checks guard what a
+    /// browser may do without a credential; a request carrying an admin token is an
+    /// operator's (a reverse proxy in front changes both headers).
+    pub fn allow<'a>(&'a self, headers: &HeaderMap, access: Access) -> Result<&'a str, ApiError> {
+        let who = self.token_name(headers);
+        let authed = who.is_some();
+        let tokens = self.has_admin_token();
         if self.loopback && !authed && !loopback_host(headers) {
-            let (status, hint) = match self.admin_token {
-                Some(_) => (StatusCode::UNAUTHORIZED, ": log in with the admin token"),
-                None => (StatusCode::FORBIDDEN, ""),
+            let (status, hint) = match tokens {
+                true => (StatusCode::UNAUTHORIZED, ": log in with an admin token"),
+                false => (StatusCode::FORBIDDEN, ""),
             };
             return Err(ApiError(
                 status,
@@ -52,7 +61,7 @@ impl Dashboard {
                 ),
             ));
         }
-        if !self.loopback && self.admin_token.is_none() {
+        if !self.loopback && !tokens {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
                 "the dashboard API is off on a non-loopback listener without an admin token: \
@@ -61,23 +70,23 @@ impl Dashboard {
             ));
         }
         let presented = headers.contains_key(header::AUTHORIZATION);
-        if presented && self.admin_token.is_some() && !self.has_token(headers) {
+        if presented && tokens && !authed {
             return Err(ApiError(
                 StatusCode::UNAUTHORIZED,
                 "wrong admin token".into(),
             ));
         }
-        let needs_token = self.admin_token.is_some() && (access == Access::Act || !self.loopback);
+        let needs_token = tokens && (access == Access::Act || !self.loopback);
         if needs_token && !authed {
             return Err(ApiError(
                 StatusCode::UNAUTHORIZED,
-                "this needs the admin token (http.admin_token)".into(),
+                "this needs an admin token (http.admin_token or http.admin_tokens)".into(),
             ));
         }
         if access == Access::Act {
             check_same_origin(headers, authed)?;
         }
-        Ok(())
+        Ok(who.unwrap_or(ANONYMOUS))
     }
 }
 

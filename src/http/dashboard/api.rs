@@ -3,7 +3,8 @@
 //! Reads that any number of open pages poll (`/api/overview`) are served from memory and
 //! from results cached for [`CACHE_FOR`], so the queries the dashboard adds do not grow with
 //! the pages open or with how often they poll. Searches and event pages query on demand, on
-//! the dashboard's own pool. Actions are logged with the peer that asked.
+//! the dashboard's own pool. Actions are logged with the peer that asked and recorded in
+//! the audit log with the admin token's name ([`crate::db::audit`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tokio_postgres::error::SqlState;
 
 use super::{Access, ApiError, Peer};
 use crate::db::admin::{self, BlockedKey, IdAction, On};
+use crate::db::audit::{self, Action};
 use crate::db::browse::{self, Search};
 use crate::db::queries::Queries;
 use crate::http::App;
@@ -292,6 +294,45 @@ fn peer(p: &Option<Extension<Peer>>) -> String {
         .map_or_else(|| "unknown".into(), |Extension(Peer(a))| a.to_string())
 }
 
+/// Records a dashboard action by `who` (see [`audit`]); returns whether it was recorded.
+/// The action stands either way: a failure is logged, and the answer's `audited` says so.
+async fn record(
+    app: &App,
+    who: &str,
+    from: &Option<Extension<Peer>>,
+    action: Action,
+    target: &str,
+    mut detail: Value,
+) -> bool {
+    let Ok(pool) = pool(app) else { return false };
+    if let Some(map) = detail.as_object_mut() {
+        map.insert("peer".into(), peer(from).into());
+    }
+    let entry = audit::Entry {
+        actor: who,
+        via: audit::Via::Dashboard,
+        action,
+        target,
+        detail,
+    };
+    let q = match queries(app) {
+        Ok(q) => q,
+        Err(_) => return false,
+    };
+    match audit::record(On::Pool(pool), q, &entry).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(
+                action = action.as_str(),
+                actor = who,
+                error = audit::explain(&e),
+                "dashboard action done but not recorded in the audit log"
+            );
+            false
+        }
+    }
+}
+
 /// Runs an id action, wakes the relays, logs it and answers `{done, not_done}`.
 async fn id_action(
     app: &App,
@@ -300,7 +341,7 @@ async fn id_action(
     body: &Bytes,
     action: IdAction,
 ) -> Result<Response, ApiError> {
-    app.dashboard.allow(headers, Access::Act)?;
+    let actor = app.dashboard.allow(headers, Access::Act)?;
     let ids = ids(body)?;
     let (pool, q) = (pool(app)?, queries(app)?);
     let done = match admin::by_ids(On::Pool(pool), q, action, &ids).await {
@@ -314,11 +355,15 @@ async fn id_action(
         Err(e) => return Err(internal(e)),
     };
     let not_done: Vec<&String> = ids.iter().filter(|i| !done.contains(i)).collect();
+    let mut audited = true;
     if !done.is_empty() {
         wake(app, pool).await;
+        let (target, detail) = audit::by_ids(&done);
+        audited = record(app, actor, who, action.into(), &target, detail).await;
     }
     tracing::info!(
         action = action.name(),
+        actor,
         peer = %peer(who),
         done = done.len(),
         not_done = not_done.len(),
@@ -326,7 +371,7 @@ async fn id_action(
         "dashboard action"
     );
     Ok(json_response(
-        &json!({ "done": done, "not_done": not_done }),
+        &json!({ "done": done, "not_done": not_done, "audited": audited }),
     ))
 }
 
@@ -366,7 +411,7 @@ async fn set_paused(
     name: &str,
     paused: bool,
 ) -> Result<Response, ApiError> {
-    app.dashboard.allow(headers, Access::Act)?;
+    let actor = app.dashboard.allow(headers, Access::Act)?;
     let d = &app.dashboard;
     if d.shared.dispatcher.endpoint(name).is_none() {
         return Err(ApiError(
@@ -375,7 +420,7 @@ async fn set_paused(
         ));
     }
     let (pool, q) = (pool(app)?, queries(app)?);
-    let by = peer(who);
+    let by = format!("{actor} from {}", peer(who));
     let changed =
         crate::sinks::pause::set(pool, q, &d.channel, &d.shared.dispatcher, name, paused, &by)
             .await
@@ -383,14 +428,20 @@ async fn set_paused(
     if !paused {
         d.shared.wake.notify_one();
     }
+    let action = if paused { Action::Pause } else { Action::Resume };
+    let detail = json!({ "changed": changed });
+    let audited = record(app, actor, who, action, name, detail).await;
     tracing::info!(
-        action = if paused { "pause" } else { "resume" },
+        action = action.as_str(),
         endpoint = name,
-        peer = %by,
+        actor,
+        peer = %peer(who),
         changed,
         "dashboard action"
     );
-    Ok(json_response(&json!({ "name": name, "paused": paused })))
+    Ok(json_response(
+        &json!({ "name": name, "paused": paused, "audited": audited }),
+    ))
 }
 
 /// `POST /api/endpoints/{name}/pause`.
@@ -443,7 +494,7 @@ pub async fn replay(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    app.dashboard.allow(&headers, Access::Act)?;
+    let actor = app.dashboard.allow(&headers, Access::Act)?;
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     let b: ReplayBody = serde_json::from_slice(&body).map_err(|e| {
         bad(format!(
@@ -475,6 +526,7 @@ pub async fn replay(
     let glob = b.event_type.as_deref().unwrap_or("*");
     let r = admin::Replay::new(&sinks, &name, since.ago(now), until, glob).map_err(bad)?;
     let (pool, q) = (pool(app.as_ref())?, queries(app.as_ref())?);
+    let mut audited = false;
     let count = if b.dry_run {
         admin::replay_count(On::Pool(pool), q, &r)
             .await
@@ -484,7 +536,9 @@ pub async fn replay(
         let n = admin::replay(&client, q, &d.channel, &r, |_| {})
             .await
             .map_err(internal)?;
+        drop(client);
         d.shared.wake.notify_one();
+        audited = record(&app, actor, &who, Action::Replay, &name, audit::replay(&r, n)).await;
         n
     };
     tracing::info!(
@@ -493,6 +547,7 @@ pub async fn replay(
         since = %humantime::format_duration(r.since),
         until = %humantime::format_duration(r.until),
         types = %r.glob,
+        actor,
         peer = %peer(&who),
         count,
         "dashboard action"
@@ -501,5 +556,49 @@ pub async fn replay(
         "endpoint": name,
         "count": count,
         "replayed": !b.dry_run,
+        "audited": audited,
     })))
+}
+
+/// The query of `GET /api/audit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Entries older than this id (the previous page's `next`).
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Most audit entries one page lists.
+const MAX_AUDIT_PAGE: i64 = 200;
+
+/// `GET /api/audit?before=ID&limit=N`: the newest operator actions first, `next` for the
+/// page after (null at the end).
+pub async fn audit_log(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(p): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    app.dashboard.allow(&headers, Access::Read)?;
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("limit is 1 to {MAX_AUDIT_PAGE}"),
+        ));
+    }
+    let (pool, q) = (pool(&app)?, queries(&app)?);
+    let entries = match audit::list(On::Pool(pool), q, p.before, limit).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                audit::explain(&e),
+            ))
+        }
+    };
+    let next = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.id));
+    Ok(json_response(
+        &json!({ "entries": entries, "next": next.flatten() }),
+    ))
 }

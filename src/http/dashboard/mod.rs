@@ -2,10 +2,11 @@
 //! under `/api/` it polls ([`api`]).
 //!
 //! Who may do what ([`Dashboard::allow`]):
-//! - on a loopback listener without `admin_token`, anyone who can reach it may read and act
+//! - on a loopback listener without admin tokens, anyone who can reach it may read and act
 //!   (a laptop, `dev`);
-//! - with `admin_token`, actions need `Authorization: Bearer <token>`; on a non-loopback
-//!   listener reads need it too (payloads are data);
+//! - with admin tokens (`admin_token`, `[[admin_tokens]]`), actions need
+//!   `Authorization: Bearer <token>`, and the audit log records the token's name; on a
+//!   non-loopback listener reads need one too (payloads are data);
 //! - on a non-loopback listener without a token the API is refused altogether.
 //!
 //! A browser page from another site could still aim requests at a loopback relay, so
@@ -46,7 +47,8 @@ pub struct Dashboard {
     pub(crate) shared: Arc<Shared>,
     /// The dashboard's own small pool, with a short statement timeout.
     pub(crate) pool: Option<deadpool_postgres::Pool>,
-    admin_token: Option<Secret>,
+    /// (name, token): `http.admin_token` (named `admin`) and `http.admin_tokens`.
+    admin_tokens: Vec<(String, Secret)>,
     /// `http.listen` is a loopback address.
     loopback: bool,
     pub(crate) channel: String,
@@ -83,7 +85,12 @@ impl Dashboard {
         Self {
             shared,
             pool,
-            admin_token: cfg.http.admin_token.as_ref().map(|t| t.get().clone()),
+            admin_tokens: cfg
+                .http
+                .admin_tokens
+                .iter()
+                .map(|t| (t.name.clone(), t.token.get().clone()))
+                .collect(),
             loopback: cfg.http.listen.ip().is_loopback(),
             channel: cfg.table_settings().channel(),
             ordering: !cfg.ordered_types().is_empty(),
@@ -118,6 +125,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/endpoints/:name/pause", post(api::pause))
         .route("/api/endpoints/:name/resume", post(api::resume))
         .route("/api/endpoints/:name/replay", post(api::replay))
+        .route("/api/audit", get(api::audit_log))
 }
 
 async fn asset(body: &'static str, content_type: &'static str) -> Response {

@@ -391,6 +391,7 @@ function parseHash() {
   const path = q < 0 ? raw : raw.slice(0, q);
   const params = new URLSearchParams(q < 0 ? '' : raw.slice(q + 1));
   if (path === '/events') return { view: 'events', params };
+  if (path === '/audit') return { view: 'audit', params };
   const m = /^\/events\/(.+)$/.exec(path);
   if (m) {
     let id = m[1];
@@ -402,7 +403,7 @@ function parseHash() {
 
 function show(name) {
   $('loading').hidden = true;
-  for (const v of ['login', 'blocked', 'overview', 'events', 'event']) $('view-' + v).hidden = v !== name;
+  for (const v of ['login', 'blocked', 'overview', 'events', 'event', 'audit']) $('view-' + v).hidden = v !== name;
   S.shown = name;
 }
 
@@ -414,22 +415,80 @@ function route(soft = false) {
   const changed = r.view !== S.view;
   S.view = r.view;
   const dead = r.view === 'events' && r.params.get('status') === 'FAILED';
-  const navKey = r.view === 'overview' ? 'overview' : dead ? 'dead' : 'events';
+  const navKey = r.view === 'overview' || r.view === 'audit' ? r.view : dead ? 'dead' : 'events';
   for (const a of document.querySelectorAll('[data-nav]')) {
     if (a.dataset.nav === navKey) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
   if (r.view === 'overview') enterOverview();
+  else if (r.view === 'audit') enterAudit();
   else if (r.view === 'events') enterEvents(r.params, dead);
   else enterEvent(r.id);
   // The overview poller keeps the admin flag fresh; elsewhere ask for it now and then.
   if (r.view !== 'overview' && Date.now() - S.metaAt > 30000) refreshMeta();
-  const title = r.view === 'overview' ? 'Overview' : r.view === 'event' ? `Event ${shortId(r.id)}` : dead ? 'Dead letters' : 'Events';
+  const title = r.view === 'overview' ? 'Overview' : r.view === 'audit' ? 'Audit' : r.view === 'event' ? `Event ${shortId(r.id)}` : dead ? 'Dead letters' : 'Events';
   document.title = `${title} · outbox-relay`;
   if (changed && !soft && S.booted) {
     window.scrollTo(0, 0);
     $('main').focus({ preventScroll: true });
   }
+}
+
+// ---------------------------------------------------------------- audit
+
+// The newest page polls; older pages ("Load more") stay as loaded until the view is left.
+function enterAudit() {
+  show('audit');
+  const A = { rows: [], next: null, more: false };
+  $('audit-more').onclick = async () => {
+    if (!A.next) return;
+    try {
+      const data = await api('/api/audit?limit=50&before=' + encodeURIComponent(A.next));
+      A.rows = A.rows.concat(data.entries || []);
+      A.next = data.next || null;
+      A.more = true;
+      renderAudit(A);
+    } catch (e) { report(e); }
+  };
+  startPoll(async (p) => {
+    if (A.more) return;
+    let data;
+    try {
+      data = await api('/api/audit?limit=50');
+    } catch (e) {
+      if (e.handled) throw e;
+      $('audit-error').textContent = e.message;
+      $('audit-error').hidden = false;
+      return;
+    }
+    if (p.dead) return;
+    $('audit-error').hidden = true;
+    A.rows = data.entries || [];
+    A.next = data.next || null;
+    renderAudit(A);
+  }, 5000);
+}
+
+/** An entry's detail as "key: value" pairs (the peer last), ids shortened. */
+function auditDetail(d) {
+  if (!d || typeof d !== 'object') return '';
+  return Object.entries(d)
+    .sort(([a], [b]) => (a === 'peer') - (b === 'peer'))
+    .map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(', ') : typeof v === 'object' ? JSON.stringify(v) : v}`)
+    .join('; ');
+}
+
+function renderAudit(A) {
+  const body = $('audit-body');
+  body.replaceChildren(...A.rows.map((e) => h('tr', { data: { testid: 'audit-row', action: e.action } },
+    h('td', { title: e.at }, fmtTime(e.at)),
+    h('td', { data: { testid: 'audit-actor' } }, e.actor),
+    h('td', {}, e.via),
+    h('td', {}, h('span', { class: 'badge' }, e.action)),
+    h('td', { class: 'mono' }, e.target),
+    h('td', { class: 'muted small' }, auditDetail(e.detail)))));
+  $('audit-empty').hidden = A.rows.length > 0;
+  $('audit-more').hidden = !A.next;
 }
 
 // ---------------------------------------------------------------- overview
