@@ -365,6 +365,8 @@ pub struct SinkView<'a> {
 pub struct AdminToken {
     pub name: String,
     pub token: Deferred<Secret>,
+    /// Where the token is set (`http.admin_token` or `http.admin_tokens[i].token`).
+    pub key: String,
 }
 
 /// The name `http.admin_token` goes by in the audit log.
@@ -748,8 +750,8 @@ impl Config {
             }
         };
         note("database_url", self.database_url.is_read());
-        for (i, t) in self.http.admin_tokens.iter().enumerate() {
-            note(&format!("http.admin_tokens[{i}].token"), t.token.is_read());
+        for t in &self.http.admin_tokens {
+            note(&t.key, t.token.is_read());
         }
         for (key, s) in [
             ("http.metrics_token", &self.http.metrics_token),
@@ -916,7 +918,11 @@ fn egress_policy(f: FileEgress) -> Result<egress::Policy, ConfigError> {
 /// are short words, each name and each token used once (a shared token could not say who).
 fn admin_tokens(http: &FileHttp, wanted: bool) -> Result<Vec<AdminToken>, ConfigError> {
     let named = http.admin_tokens.iter().enumerate().map(|(i, t)| {
-        (format!("http.admin_tokens[{i}]"), t.name.as_str(), t.token.as_str())
+        (
+            format!("http.admin_tokens[{i}]"),
+            t.name.as_str(),
+            t.token.as_str(),
+        )
     });
     let default = http
         .admin_token
@@ -931,7 +937,7 @@ fn admin_tokens(http: &FileHttp, wanted: bool) -> Result<Vec<AdminToken>, Config
                 .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
         if !valid {
             return Err(ConfigError::new(
-                &format!("{key}.name"),
+                format!("{key}.name"),
                 "a name is 1 to 64 letters, digits, '.', '_', '@' or '-'",
             ));
         }
@@ -941,9 +947,13 @@ fn admin_tokens(http: &FileHttp, wanted: bool) -> Result<Vec<AdminToken>, Config
             } else {
                 format!("{name:?} is used twice")
             };
-            return Err(ConfigError::new(&format!("{key}.name"), why));
+            return Err(ConfigError::new(format!("{key}.name"), why));
         }
-        let key = if key.ends_with(']') { format!("{key}.token") } else { key };
+        let key = if key.ends_with(']') {
+            format!("{key}.token")
+        } else {
+            key
+        };
         let token = read(&key, reference, wanted)?;
         if let Deferred::Read(t) = &token {
             if t.expose().is_empty() {
@@ -955,13 +965,17 @@ fn admin_tokens(http: &FileHttp, wanted: bool) -> Result<Vec<AdminToken>, Config
             if let Some(o) = again {
                 return Err(ConfigError::new(
                     &key,
-                    format!("the same token as {:?}: give each name its own token", o.name),
+                    format!(
+                        "the same token as {:?}: give each name its own token",
+                        o.name
+                    ),
                 ));
             }
         }
         out.push(AdminToken {
             name: name.to_owned(),
             token,
+            key,
         });
     }
     Ok(out)
@@ -1193,7 +1207,12 @@ mod tests {
              [[http.admin_tokens]]\nname = \"ci-bot@ops.example\"\ntoken = \"t2\"\n",
         )
         .unwrap();
-        let names: Vec<&str> = c.http.admin_tokens.iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<&str> = c
+            .http
+            .admin_tokens
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
         assert_eq!(names, ["admin", "alice", "ci-bot@ops.example"]);
         assert_eq!(c.http.admin_tokens[2].token.get().expose(), "t2");
         let named = |name: &str, token: &str| {

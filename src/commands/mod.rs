@@ -235,7 +235,11 @@ async fn by_ids(
     }
     if !done.is_empty() {
         admin::wake_relays(on, &cfg.table_settings().channel()).await?;
-        let done: Vec<String> = ids.iter().filter(|id| done.contains(*id)).cloned().collect();
+        let done: Vec<String> = ids
+            .iter()
+            .filter(|id| done.contains(*id))
+            .cloned()
+            .collect();
         let (target, detail) = audit::by_ids(&done);
         record(&client, &q, action.into(), &target, detail).await;
     }
@@ -339,7 +343,14 @@ pub async fn replay(
         }
     })
     .await?;
-    record(&client, &q, Action::Replay, endpoint, audit::replay(&r, total)).await;
+    record(
+        &client,
+        &q,
+        Action::Replay,
+        endpoint,
+        audit::replay(&r, total),
+    )
+    .await;
     eprintln!(
         "{total} event(s) of type {glob:?} created in {window} back to PENDING, for {endpoint:?} \
          only"

@@ -38,7 +38,11 @@ pub enum On<'a> {
 }
 
 impl On<'_> {
-    pub(crate) async fn query(self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> anyhow::Result<Vec<Row>> {
+    pub(crate) async fn query(
+        self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> anyhow::Result<Vec<Row>> {
         match self {
             On::Client(c) => Ok(st::query(c, sql, params).await?),
             On::Pool(p) => super::query(p, sql, params).await,

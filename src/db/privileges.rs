@@ -350,14 +350,17 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            r#"role "relay" lacks USAGE on schema "public"; SELECT, UPDATE, DELETE on "public"."OutboxEvent": GRANT USAGE ON SCHEMA "public" TO "relay"; GRANT SELECT, UPDATE, DELETE ON TABLE "public"."OutboxEvent" TO "relay"; (`outbox-relay migrate --print-grants relay` prints them all)"#
+            r#"role "relay" lacks USAGE on schema "public"; SELECT, UPDATE, DELETE on "public"."OutboxEvent"; INSERT on "public"."OutboxEvent_relay_audit": GRANT USAGE ON SCHEMA "public" TO "relay"; GRANT SELECT, UPDATE, DELETE ON TABLE "public"."OutboxEvent" TO "relay"; GRANT INSERT ON TABLE "public"."OutboxEvent_relay_audit" TO "relay"; (`outbox-relay migrate --print-grants relay` prints them all)"#
         );
     }
 
     #[test]
     fn the_error_is_one_line_with_the_fix() {
         let settings = settings();
-        let update = needs(&settings, Use::Change).pop().unwrap();
+        let update = needs(&settings, Use::Change)
+            .into_iter()
+            .find(|p| p.privilege == "UPDATE")
+            .unwrap();
         let e = MissingPrivileges {
             role: "relay".into(),
             missing: vec![update],

@@ -654,8 +654,9 @@ mod tests {
     #[test]
     fn timestamps_without_time_zone_are_written_and_compared_in_utc() {
         use crate::db::shape::Clock;
-        let new =
-            |shape: &TableShape| Queries::new(r#""public"."OutboxEvent""#, r#""p""#, r#""a""#, shape, &[]);
+        let new = |shape: &TableShape| {
+            Queries::new(r#""public"."OutboxEvent""#, r#""p""#, r#""a""#, shape, &[])
+        };
         let utc = "(now() AT TIME ZONE 'UTC')";
         let q = new(&TableShape::standard());
         for sql in [&q.record, &q.purge, &q.publish] {

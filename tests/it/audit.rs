@@ -91,11 +91,22 @@ async fn every_operator_action_is_recorded_with_who_did_it() {
     let (s, r) = act("/api/endpoints/hook/resume", json!({}), "tok-alice").await;
     assert_eq!((s, &r["audited"]), (200, &json!(true)), "{r}");
     wait_status(&client, &ids[..1], "COMPLETED").await;
-    let (s, r) = act("/api/endpoints/hook/replay", json!({ "since": "1h" }), "tok-bob").await;
-    assert_eq!((s, &r["count"], &r["audited"]), (200, &json!(1), &json!(false)), "{r}");
+    let (s, r) = act(
+        "/api/endpoints/hook/replay",
+        json!({ "since": "1h" }),
+        "tok-bob",
+    )
+    .await;
+    assert_eq!(
+        (s, &r["count"], &r["audited"]),
+        (200, &json!(1), &json!(false)),
+        "{r}"
+    );
 
     // The CLI, as the OS user.
-    let retried = outbox_relay::commands::retry(&cfg, &ids[2..3], None).await.unwrap();
+    let retried = outbox_relay::commands::retry(&cfg, &ids[2..3], None)
+        .await
+        .unwrap();
     assert_eq!(retried, 1);
     let skipped = outbox_relay::commands::skip(&cfg, &ids[3..]).await.unwrap();
     assert_eq!(skipped, 1);
@@ -138,14 +149,26 @@ async fn every_operator_action_is_recorded_with_who_did_it() {
         let peer = e["detail"]["peer"].as_str().unwrap();
         assert!(peer.starts_with("127.0.0.1:"), "{e}");
     }
-    let role: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
-    assert!(entries.iter().all(|e| e["db_role"] == json!(role)), "{entries:#?}");
+    let role: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        entries.iter().all(|e| e["db_role"] == json!(role)),
+        "{entries:#?}"
+    );
     let ids: Vec<i64> = entries.iter().map(|e| e["id"].as_i64().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
 
     // Reading the log is a read: open on loopback, but a wrong token is refused.
     assert_eq!(call(&format!("{base}/api/audit"), None, None).await.0, 200);
-    assert_eq!(call(&format!("{base}/api/audit"), None, Some("nope")).await.0, 401);
+    assert_eq!(
+        call(&format!("{base}/api/audit"), None, Some("nope"))
+            .await
+            .0,
+        401
+    );
     let (s, r) = call(&format!("{base}/api/audit?limit=0"), None, None).await;
     assert_eq!(s, 400, "{r}");
     relay.stop().await.unwrap();
@@ -158,7 +181,12 @@ async fn without_tokens_the_actor_is_anonymous_and_a_missing_table_is_named() {
     let (cfg, relay) = db.start_relay(&webhook_toml("hook", &rx.url)).await;
     let client = db.client().await;
     let base = relay.http_url();
-    let (s, r) = call(&format!("{base}/api/endpoints/hook/pause"), Some(json!({})), None).await;
+    let (s, r) = call(
+        &format!("{base}/api/endpoints/hook/pause"),
+        Some(json!({})),
+        None,
+    )
+    .await;
     assert_eq!((s, &r["audited"]), (200, &json!(true)), "{r}");
     let entries = all_entries(&base, None, 50).await;
     assert_eq!(entries.len(), 1, "{entries:#?}");
@@ -169,11 +197,26 @@ async fn without_tokens_the_actor_is_anonymous_and_a_missing_table_is_named() {
         .batch_execute("DROP TABLE \"OutboxEvent_relay_audit\"")
         .await
         .unwrap();
-    let (s, r) = call(&format!("{base}/api/endpoints/hook/resume"), Some(json!({})), None).await;
-    assert_eq!((s, &r["paused"], &r["audited"]), (200, &json!(false), &json!(false)), "{r}");
+    let (s, r) = call(
+        &format!("{base}/api/endpoints/hook/resume"),
+        Some(json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, &r["paused"], &r["audited"]),
+        (200, &json!(false), &json!(false)),
+        "{r}"
+    );
     let (s, r) = call(&format!("{base}/api/audit"), None, None).await;
     assert_eq!(s, 503, "{r}");
-    assert!(r["error"].as_str().unwrap().contains("outbox-relay migrate"), "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("outbox-relay migrate"),
+        "{r}"
+    );
     let ids = insert_events(&client, 1, "ORDER.CREATED").await;
     wait_status(&client, &ids, "COMPLETED").await;
     let n = outbox_relay::commands::replay(

@@ -211,12 +211,13 @@ fn actions(id: &str) -> [(&'static str, Value); 5] {
     ]
 }
 
-/// The three reads (the event page naming `id`).
-fn reads(id: &str) -> [String; 3] {
+/// The four reads (the event page naming `id`).
+fn reads(id: &str) -> [String; 4] {
     [
         "/api/overview".to_owned(),
         "/api/events?limit=10".to_owned(),
         format!("/api/events/{id}"),
+        "/api/audit?limit=5".to_owned(),
     ]
 }
 
@@ -282,7 +283,7 @@ async fn on_loopback_without_a_token_localhost_may_read_and_act_but_not_cross_si
         (a.status, a.json()),
         (
             200,
-            json!({ "endpoint": "hook", "count": 1, "replayed": false })
+            json!({ "endpoint": "hook", "count": 1, "replayed": false, "audited": false })
         ),
         "{}",
         a.text

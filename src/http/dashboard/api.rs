@@ -428,7 +428,11 @@ async fn set_paused(
     if !paused {
         d.shared.wake.notify_one();
     }
-    let action = if paused { Action::Pause } else { Action::Resume };
+    let action = if paused {
+        Action::Pause
+    } else {
+        Action::Resume
+    };
     let detail = json!({ "changed": changed });
     let audited = record(app, actor, who, action, name, detail).await;
     tracing::info!(
@@ -538,7 +542,15 @@ pub async fn replay(
             .map_err(internal)?;
         drop(client);
         d.shared.wake.notify_one();
-        audited = record(&app, actor, &who, Action::Replay, &name, audit::replay(&r, n)).await;
+        audited = record(
+            &app,
+            actor,
+            &who,
+            Action::Replay,
+            &name,
+            audit::replay(&r, n),
+        )
+        .await;
         n
     };
     tracing::info!(
