@@ -112,6 +112,20 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Pause a sink on every relay: its events are held (PENDING, not attempted) until
+    /// `resume`.
+    Pause {
+        /// The sink's name in the config.
+        #[arg(long, value_name = "NAME")]
+        endpoint: String,
+    },
+    /// Resume a sink, whatever held it: an operator's pause, its open circuit breaker, or a
+    /// disable after failing for `disable_after`. Its held events are delivered again.
+    Resume {
+        /// The sink's name in the config.
+        #[arg(long, value_name = "NAME")]
+        endpoint: String,
+    },
     /// Delete COMPLETED events older than a duration, in small batches.
     Purge {
         /// e.g. 7d, 12h.

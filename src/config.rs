@@ -20,6 +20,7 @@ use crate::secret::{self, Deferred, Secret};
 use crate::sinks::webhook::egress;
 use crate::sinks::webhook::signature::SigningKeys;
 
+pub mod breaker;
 mod location;
 pub mod nats;
 pub mod rabbitmq;
@@ -294,6 +295,7 @@ struct FileWebhook {
     timeout: Option<Duration>,
     max_in_flight: Option<usize>,
     ordering: Option<Ordering>,
+    circuit_breaker: Option<breaker::FileBreaker>,
 }
 
 /// What `dev` takes from a config file ([`Config::for_dev`]); None where the file (or, for
@@ -358,6 +360,8 @@ pub struct SinkView<'a> {
     pub types: &'a [String],
     pub max_in_flight: usize,
     pub ordered: bool,
+    /// `circuit_breaker` (None: off).
+    pub breaker: Option<breaker::BreakerConfig>,
 }
 
 /// A dashboard admin token and the name the audit log records for its actions.
@@ -408,6 +412,8 @@ pub struct WebhookConfig {
     pub max_in_flight: usize,
     /// Entity-ordered delivery for this endpoint (its own `ordering`, or the global one).
     pub ordered: bool,
+    /// `circuit_breaker` (None: off).
+    pub breaker: Option<breaker::BreakerConfig>,
 }
 
 impl Config {
@@ -682,6 +688,7 @@ impl Config {
             types: &w.types,
             max_in_flight: w.max_in_flight,
             ordered: w.ordered,
+            breaker: w.breaker,
         });
         let nats = self.nats.iter().map(|n| SinkView {
             section: "nats",
@@ -689,6 +696,7 @@ impl Config {
             types: &n.types,
             max_in_flight: n.max_in_flight,
             ordered: n.ordered,
+            breaker: n.breaker,
         });
         let redis = self.redis.iter().map(|r| SinkView {
             section: "redis",
@@ -696,6 +704,7 @@ impl Config {
             types: &r.types,
             max_in_flight: r.max_in_flight,
             ordered: r.ordered,
+            breaker: r.breaker,
         });
         let rabbitmq = self.rabbitmq.iter().map(|r| SinkView {
             section: "rabbitmq",
@@ -703,6 +712,7 @@ impl Config {
             types: &r.types,
             max_in_flight: r.max_in_flight,
             ordered: r.ordered,
+            breaker: r.breaker,
         });
         webhooks.chain(nats).chain(redis).chain(rabbitmq).collect()
     }
@@ -1056,6 +1066,7 @@ pub(crate) struct SinkKeys {
     pub timeout: Option<Duration>,
     pub max_in_flight: Option<usize>,
     pub ordering: Option<Ordering>,
+    pub circuit_breaker: Option<breaker::FileBreaker>,
 }
 
 /// [`SinkKeys`] validated: what [`Config::sinks`] lists for each sink.
@@ -1065,6 +1076,7 @@ pub(crate) struct SinkCommon {
     pub timeout: Duration,
     pub max_in_flight: usize,
     pub ordered: bool,
+    pub breaker: Option<breaker::BreakerConfig>,
 }
 
 impl SinkKeys {
@@ -1127,12 +1139,17 @@ impl SinkKeys {
                 "must be at most 100 years",
             ));
         }
+        let breaker = self
+            .circuit_breaker
+            .map(|b| b.validate(section, i))
+            .transpose()?;
         Ok(SinkCommon {
             name: self.name,
             types,
             timeout,
             max_in_flight,
             ordered,
+            breaker,
         })
     }
 }
@@ -1151,6 +1168,7 @@ fn webhook(
         timeout: w.timeout,
         max_in_flight: w.max_in_flight,
         ordering: w.ordering,
+        circuit_breaker: w.circuit_breaker,
     }
     .validate(
         "webhook",
@@ -1174,6 +1192,7 @@ fn webhook(
         timeout: common.timeout,
         max_in_flight: common.max_in_flight,
         ordered: common.ordered,
+        breaker: common.breaker,
     })
 }
 

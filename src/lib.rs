@@ -9,15 +9,17 @@
 //!   server it reached ([`db::server`]) and of its role ([`db::privileges`]). Typed claim,
 //!   record and lease SQL is in [`db::claims`]; operator actions and queue gauges (for the
 //!   commands and the dashboard alike) in [`db::admin`]; upkeep statements in
-//!   [`db::maintenance`]; the dashboard's reads in [`db::browse`]. `db` takes plain values
+//!   [`db::maintenance`]; the dashboard's reads in [`db::browse`]; the circuit breakers'
+//!   shared state in [`db::circuit`]. `db` takes plain values
 //!   ([`db::table::TableSettings`], built by [`config::Config::table_settings`]), never the
 //!   config, which depends on `db` for its identifiers and TLS settings.
 //! - [`relay`]: the claim loop. It wakes on NOTIFY ([`relay::listener`]) or a timer, claims
 //!   with `FOR UPDATE SKIP LOCKED`, spawns deliveries, and [`relay::recorder`] writes
 //!   outcomes back in batches and keeps leases alive.
-//! - [`sinks`]: where events go. Routing, the outcome of an attempt and endpoint pause are
-//!   shared; [`sinks::webhook`] (Standard Webhooks signing, egress guard) and
-//!   [`sinks::sse`] (the fan-out hub, cursors, the tail reader) are the sinks.
+//! - [`sinks`]: where events go. Routing, the outcome of an attempt, endpoint pause and the
+//!   circuit breaker ([`sinks::breaker`]) are shared; [`sinks::webhook`] (Standard Webhooks
+//!   signing, egress guard), the brokers and [`sinks::sse`] (the fan-out hub, cursors, the
+//!   tail reader) are the sinks.
 //! - [`background`]: periodic upkeep run after claim rounds (housekeeping, retention).
 //! - [`backoff`]: retry delays for events, and the reconnect backoff of the daemon's loops.
 //! - [`event`]: an event, a claimed one, and the JSON envelope; [`outcome`]: what a delivery comes to
@@ -27,8 +29,8 @@
 //! - [`logging`]: log lines, with control characters in logged values escaped.
 //! - [`http`]: SSE, health, `/metrics` and the dashboard ([`http::dashboard`]).
 //! - [`daemon`]: `run`: start-up, shutdown, systemd readiness and the watchdog.
-//! - [`commands`]: `migrate`, `status`, `retry`, `skip`, `purge`, `publish` and the `dev`
-//!   demo: arguments and printing around [`db::admin`].
+//! - [`commands`]: `migrate`, `status`, `retry`, `skip`, `purge`, `replay`, `pause`,
+//!   `resume`, `publish` and the `dev` demo: arguments and printing around [`db::admin`].
 //! - [`pgtemp`]: a throwaway PostgreSQL cluster for `dev` and the tests.
 
 pub mod background;

@@ -116,6 +116,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .map(drop),
         Command::Skip { ids } => commands::skip(&cfg, &ids).await.map(drop),
         Command::Purge { older_than } => commands::purge(&cfg, older_than).await.map(drop),
+        Command::Pause { endpoint } => commands::set_paused(&cfg, &endpoint, true).await,
+        Command::Resume { endpoint } => commands::set_paused(&cfg, &endpoint, false).await,
         Command::Replay {
             endpoint,
             since,
@@ -174,6 +176,8 @@ fn needs(command: &Command) -> Needs {
         | Command::Retry { .. }
         | Command::Skip { .. }
         | Command::Purge { .. }
+        | Command::Pause { .. }
+        | Command::Resume { .. }
         | Command::Replay { .. }
         | Command::Publish { .. }
         | Command::Dev { .. } => Needs::Database,

@@ -57,6 +57,51 @@ pub async fn fanout(ctx: &Ctx<'_>, events: usize) -> anyhow::Result<Value> {
     }))
 }
 
+/// The breaker the `down` scenario gives the failing endpoint (the defaults but the
+/// cooldown, which is longer than a drain: no probe lands inside the measured window).
+pub const DOWN_BREAKER: &str = "[webhook.circuit_breaker]\nfailures = 10\ncooldown = \"60s\"";
+
+/// The down scenario: the burst to 2 healthy endpoints alone; to 3, all healthy; and to 3
+/// with the third answering 500 to everything, without a circuit breaker and with one
+/// ([`DOWN_BREAKER`]). The order of the four rotates with `rep`. What the endpoint that is
+/// down costs the two healthy ones against a relay without it, and the requests it got.
+pub async fn down(ctx: &Ctx<'_>, events: usize, rep: usize) -> anyhow::Result<Value> {
+    use Behaviour::*;
+    let cases: [(&str, &[Behaviour], &str); 4] = [
+        ("two_healthy", &[Healthy, Healthy], ""),
+        ("all_healthy", &[Healthy, Healthy, Healthy], ""),
+        ("down_no_breaker", &[Healthy, Healthy, Down], ""),
+        ("down_breaker", &[Healthy, Healthy, Down], DOWN_BREAKER),
+    ];
+    let mut runs = serde_json::Map::new();
+    for k in 0..cases.len() {
+        let (name, hooks, extra) = cases[(k + rep) % cases.len()];
+        let run = drain_run_with(ctx, events, hooks, extra).await?;
+        runs.insert(name.to_owned(), run);
+    }
+    let rate = |run: &Value| {
+        let r: Vec<f64> = (0..2)
+            .filter_map(|i| run["endpoints"][i]["events_per_s"].as_f64())
+            .collect();
+        (r.len() == 2).then(|| round2((r[0] + r[1]) / 2.0))
+    };
+    let base = rate(&runs["two_healthy"]);
+    let mut out = json!({ "events": events, "healthy_events_per_s_two_healthy": base });
+    for name in ["all_healthy", "down_no_breaker", "down_breaker"] {
+        let r = rate(&runs[name]);
+        let cost = base
+            .zip(r)
+            .map(|(a, b)| round2(100.0 * (1.0 - b / a.max(f64::MIN_POSITIVE))));
+        out[format!("healthy_events_per_s_{name}")] = json!(r);
+        out[format!("cost_pct_{name}")] = json!(cost);
+        let third = &runs[name]["endpoints"][2]["requests"];
+        out[format!("requests_to_third_{name}")] = third.clone();
+        eprintln!("  down {events}, {name}: the 2 healthy endpoints {r:?} ev/s each (alone: {base:?}): cost {cost:?}%; {third} requests to the third");
+    }
+    out["runs"] = Value::Object(runs);
+    Ok(out)
+}
+
 /// `events` pending on `db`, analyzed (as autovacuum would have) and checkpointed, so every
 /// drain starts from the same state; returns how long the inserts took.
 pub async fn backlog(ctx: &Ctx<'_>, db: &FreshDb, events: usize) -> anyhow::Result<f64> {
@@ -72,6 +117,16 @@ pub async fn backlog(ctx: &Ctx<'_>, db: &FreshDb, events: usize) -> anyhow::Resu
 /// One drain on a fresh database: burst, start the relay, wait until every healthy endpoint
 /// has every event.
 async fn drain_run(ctx: &Ctx<'_>, events: usize, hooks: &[Behaviour]) -> anyhow::Result<Value> {
+    drain_run_with(ctx, events, hooks, "").await
+}
+
+/// [`drain_run`], with `down_extra` in the config of each endpoint that is down.
+async fn drain_run_with(
+    ctx: &Ctx<'_>,
+    events: usize,
+    hooks: &[Behaviour],
+    down_extra: &str,
+) -> anyhow::Result<Value> {
     let db = ctx.fresh_db().await?;
     let result = async {
         let burst_s = backlog(ctx, &db, events).await?;
@@ -85,7 +140,7 @@ async fn drain_run(ctx: &Ctx<'_>, events: usize, hooks: &[Behaviour]) -> anyhow:
             .collect();
 
         let m0 = ctx.marks(None)?;
-        let mut relay = ctx.start_relay(&db, &endpoints)?;
+        let mut relay = ctx.start_relay_with(&db, &endpoints, down_extra)?;
         let start_ns = ns_at(relay.started);
         let end = wait_deliveries(
             &mut relay,

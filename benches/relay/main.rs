@@ -53,6 +53,11 @@
 //!   server hands it on as it stores it; the relay's ack follows).
 //! - `fanout`: the burst to 3 endpoints, all healthy, then with the third answering 500 to
 //!   half its requests; the two healthy endpoints' events/s in both, and the cost.
+//! - `down`: the same burst to 2 healthy endpoints alone, to 3 all healthy, and to 3 with
+//!   the third down (500 to everything) without a circuit breaker and with one
+//!   (`drain::DOWN_BREAKER`), the four in an order rotating each repetition: the two healthy
+//!   endpoints' events/s in each, their cost against the two alone, and the requests the
+//!   third got.
 //! - `db_ceiling`: the relay's own claim and record statements
 //!   ([`Queries`](outbox_relay::db::queries::Queries)) on the burst,
 //!   no HTTP, as fast as they go from a couple of connections: rows/s ([`ceilings`]).
@@ -78,7 +83,7 @@
 //! | `RATE_SECS`, `IDLE_SECS` | 20, 10 | its load and idle windows |
 //! | `HOLD_SNAPSHOT` | 0 | 1: `latency` holds a REPEATABLE READ snapshot (one `count(*)` of the table) from before its warm-up to its last delivery, as a long report or an idle-in-transaction session does: vacuum cannot remove the claimed rows meanwhile |
 //! | `LOADERS` | 16 | connections of the rate load (at 2,000/s, 8 ms each per durable commit) |
-//! | `FANOUT` | 50000 | events of `fanout` |
+//! | `FANOUT` | 50000 | events of `fanout` and `down` |
 //! | `CEILING_EVENTS`, `CEILING_BATCH`, `CEILING_CONNECTIONS` | 50000, 100, 2 | `db_ceiling` (100 = the relay's default `batch_size`) |
 //! | `RECEIVER_REQUESTS`, `RECEIVER_CONCURRENCY` | 200000, 64 | `receiver_ceiling` |
 //! | `WRITERS`, `INSERT_SECS` | 16, 8 | `commit_path`, each of its three cases |
@@ -134,6 +139,7 @@ const SCENARIOS: &[&str] = &[
     "nats_latency",
     "nats3_latency",
     "fanout",
+    "down",
     "db_ceiling",
     "receiver_ceiling",
     "commit_path",
@@ -351,6 +357,17 @@ fn summary_keys(label: &str) -> &'static [&'static [&'static str]] {
             &["idle", "queries"],
             &["idle", "queries_besides_listener"],
         ],
+        "down" => &[
+            &["healthy_events_per_s_two_healthy"],
+            &["healthy_events_per_s_all_healthy"],
+            &["healthy_events_per_s_down_no_breaker"],
+            &["healthy_events_per_s_down_breaker"],
+            &["cost_pct_all_healthy"],
+            &["cost_pct_down_no_breaker"],
+            &["cost_pct_down_breaker"],
+            &["requests_to_third_down_no_breaker"],
+            &["requests_to_third_down_breaker"],
+        ],
         "fanout" => &[
             &["healthy_events_per_s_all_healthy"],
             &["healthy_events_per_s_one_failing"],
@@ -445,6 +462,7 @@ async fn scenario(ctx: &Ctx<'_>, name: &str, rep: usize) -> anyhow::Result<Vec<(
             }
         }
         "fanout" => out.push(("fanout".into(), drain::fanout(ctx, p.fanout).await?)),
+        "down" => out.push(("down".into(), drain::down(ctx, p.fanout, rep).await?)),
         "db_ceiling" => out.push((
             "db_ceiling".into(),
             ceilings::db_ceiling(ctx, p.ceiling_events).await?,

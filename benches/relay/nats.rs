@@ -164,7 +164,7 @@ impl NatsServer {
         let addr = ([127, 0, 0, 1], port).into();
         let toml = format!(
             "{}{}",
-            ctx.relay_toml(&db.url, addr, &[]),
+            ctx.relay_toml(&db.url, addr, &[], ""),
             self.section(&ctx.secret, &ctx.p.webhook_config)
         );
         RelayProcess::start(&ctx.p.relay_bin, &toml, addr)

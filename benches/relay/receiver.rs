@@ -56,6 +56,8 @@ pub enum Behaviour {
     Healthy,
     /// 500 to every other request (the 2nd, 4th, ...): half its requests fail.
     FailHalf,
+    /// 500 to everything: an endpoint that is down.
+    Down,
 }
 
 impl Behaviour {
@@ -63,6 +65,7 @@ impl Behaviour {
         match self {
             Behaviour::Healthy => "healthy",
             Behaviour::FailHalf => "fails_half",
+            Behaviour::Down => "down",
         }
     }
 }
@@ -167,7 +170,7 @@ pub struct Counts {
     pub duplicates: AtomicU64,
     /// Signature missing or wrong (answered 401): must stay 0.
     pub bad_signature: AtomicU64,
-    /// Answered 500 on purpose ([`Behaviour::FailHalf`]).
+    /// Answered 500 on purpose ([`Behaviour::FailHalf`], [`Behaviour::Down`]).
     pub refused: AtomicU64,
     /// Accepted, but without a number below `capacity`: must stay 0.
     pub unnumbered: AtomicU64,
@@ -216,7 +219,9 @@ impl Counts {
             self.bad_signature.fetch_add(1, Relaxed);
             return StatusCode::UNAUTHORIZED;
         }
-        if self.behaviour == Behaviour::FailHalf && request_no % 2 == 1 {
+        if (self.behaviour == Behaviour::FailHalf && request_no % 2 == 1)
+            || self.behaviour == Behaviour::Down
+        {
             self.refused.fetch_add(1, Relaxed);
             return StatusCode::INTERNAL_SERVER_ERROR;
         }

@@ -106,8 +106,15 @@ impl Ctx<'_> {
     }
 
     /// The relay's config: the bench's extra top-level lines, the database, a free port for
-    /// its HTTP side, and one `[[webhook]]` per endpoint (all event types, signed).
-    pub fn relay_toml(&self, db_url: &str, listen: SocketAddr, hooks: &[Endpoint]) -> String {
+    /// its HTTP side, and one `[[webhook]]` per endpoint (all event types, signed);
+    /// `down_extra` after each webhook whose endpoint is [`crate::receiver::Behaviour::Down`].
+    pub fn relay_toml(
+        &self,
+        db_url: &str,
+        listen: SocketAddr,
+        hooks: &[Endpoint],
+        down_extra: &str,
+    ) -> String {
         let mut toml = format!(
             "{}\ndatabase_url = {}\n[http]\nlisten = \"{listen}\"\n",
             self.p.relay_config,
@@ -121,19 +128,34 @@ impl Ctx<'_> {
                 self.secret,
                 self.p.webhook_config
             ));
+            if hook.counts.behaviour == crate::receiver::Behaviour::Down {
+                toml.push_str(down_extra);
+                toml.push('\n');
+            }
         }
         toml
     }
 
     /// Starts the relay (not waiting for it to be ready: a drain is timed from the spawn).
     pub fn start_relay(&self, db: &FreshDb, hooks: &[Endpoint]) -> anyhow::Result<RelayProcess> {
+        self.start_relay_with(db, hooks, "")
+    }
+
+    /// [`Self::start_relay`], with `down_extra` after each failing webhook (see
+    /// [`Self::relay_toml`]).
+    pub fn start_relay_with(
+        &self,
+        db: &FreshDb,
+        hooks: &[Endpoint],
+        down_extra: &str,
+    ) -> anyhow::Result<RelayProcess> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         RelayProcess::start(
             &self.p.relay_bin,
-            &self.relay_toml(&db.url, addr, hooks),
+            &self.relay_toml(&db.url, addr, hooks, down_extra),
             addr,
         )
     }

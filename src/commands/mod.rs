@@ -137,8 +137,11 @@ pub struct StatusReport {
     /// Entity keys held up by a FAILED event (ordered mode only; at most
     /// [`admin::BLOCKED_KEYS_SHOWN`]), oldest first.
     pub blocked_keys: Vec<BlockedKey>,
-    /// Webhook endpoints paused from the dashboard (their events are held).
+    /// Endpoints whose events are held: paused by an operator, or by a circuit breaker
+    /// (names; `paused` has the details).
     pub paused_endpoints: Vec<String>,
+    /// Why each is paused, since when, and for a circuit when it probes next.
+    pub paused: Vec<admin::Paused>,
 }
 
 /// Gathers the status report.
@@ -152,15 +155,42 @@ pub async fn status_report(cfg: &Config) -> anyhow::Result<StatusReport> {
     } else {
         admin::blocked_keys(on, &q).await?
     };
-    let paused_endpoints = admin::paused_endpoints(on, &q).await?;
+    let paused = admin::paused_endpoints(on, &q).await?;
     Ok(StatusReport {
-        paused_endpoints,
+        paused_endpoints: paused.iter().map(|p| p.endpoint.clone()).collect(),
+        paused,
         table: cfg.qualified_table(),
         dead_letters: counts["FAILED"],
         counts,
         oldest_pending_age_seconds: oldest,
         blocked_keys,
     })
+}
+
+/// One paused endpoint as `status` prints it.
+fn describe_pause(p: &admin::Paused) -> String {
+    let ago = |s: f64| humantime::format_duration(Duration::from_secs(s.max(0.0) as u64));
+    let mut line = format!("{:<24} {}", p.endpoint, p.reason.as_str());
+    match p.reason {
+        admin::PauseReason::Operator => {
+            line += &format!(" since {}", p.since);
+            if let Some(by) = &p.by {
+                line += &format!(" by {by}");
+            }
+        }
+        admin::PauseReason::Circuit | admin::PauseReason::Disabled => {
+            if let Some(s) = p.failing_for_s {
+                line += &format!(", failing for {}", ago(s));
+            }
+            if let Some(s) = p.probe_in_s {
+                line += &format!(", next probe in {}", ago(s));
+            }
+            if let Some(e) = &p.last_error {
+                line += &format!(", last error: {e}");
+            }
+        }
+    }
+    crate::logging::escape_controls(&line).into_owned()
 }
 
 /// `status [--json]`.
@@ -187,11 +217,11 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
         };
         println!("  {status:<12} {n:>10}{note}");
     }
-    if !r.paused_endpoints.is_empty() {
-        println!(
-            "paused endpoints (their events are held; resume them in the dashboard): {}",
-            r.paused_endpoints.join(", ")
-        );
+    if !r.paused.is_empty() {
+        println!("paused endpoints (their events are held; `outbox-relay resume --endpoint NAME` or the dashboard resumes one):");
+        for p in &r.paused {
+            println!("  {}", describe_pause(p));
+        }
     }
     if !r.blocked_keys.is_empty() {
         println!(
@@ -356,6 +386,75 @@ pub async fn replay(
          only"
     );
     Ok(total)
+}
+
+/// `pause` / `resume` (`paused` false) `endpoint` on every relay on the table, as the
+/// dashboard's buttons do. Resuming releases the held events and wakes the relays.
+pub async fn set_paused(cfg: &Config, endpoint: &str, paused: bool) -> anyhow::Result<()> {
+    let names: Vec<&str> = cfg.sinks().iter().map(|s| s.name).collect();
+    if !names.contains(&endpoint) {
+        anyhow::bail!(
+            "no sink named {endpoint:?} in the config (its sinks: {})",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    let (client, q) = open_writable(cfg, Use::Pause).await?;
+    let on = On::Client(&client);
+    let channel = cfg.table_settings().channel();
+    let before = admin::paused_endpoints(on, &q)
+        .await?
+        .into_iter()
+        .find(|p| p.endpoint == endpoint);
+    let mut detail = serde_json::json!({ "changed": false });
+    if paused {
+        admin::pause_endpoint(on, &q, endpoint, &os_user()).await?;
+        detail["changed"] = before
+            .as_ref()
+            .is_none_or(|p| p.reason != admin::PauseReason::Operator)
+            .into();
+    } else {
+        detail["changed"] = admin::resume_endpoint(on, &q, endpoint).await?.into();
+    }
+    if let Some(p) = &before {
+        detail["was"] = p.reason.as_str().into();
+    }
+    admin::notify(on, &channel, crate::sinks::pause::ENDPOINTS_CHANGED).await?;
+    let released = if paused {
+        0
+    } else {
+        let n = crate::sinks::pause::release_held(on, &q).await?;
+        admin::wake_relays(on, &channel).await?;
+        detail["released"] = n.into();
+        n
+    };
+    let action = if paused {
+        Action::Pause
+    } else {
+        Action::Resume
+    };
+    record(&client, &q, action, endpoint, detail).await;
+    match (paused, before) {
+        (true, Some(p)) if p.reason == admin::PauseReason::Operator => {
+            eprintln!("{endpoint:?} was paused already (since {})", p.since)
+        }
+        (true, _) => eprintln!(
+            "{endpoint:?} paused on every relay: its events are held until `outbox-relay resume --endpoint {endpoint}`"
+        ),
+        (false, None) => eprintln!("{endpoint:?} was not paused; {released} held event(s) released"),
+        (false, Some(p)) => eprintln!(
+            "{endpoint:?} resumed (it was {}); {released} held event(s) released",
+            match p.reason {
+                admin::PauseReason::Operator => "paused",
+                admin::PauseReason::Circuit => "held by its open circuit",
+                admin::PauseReason::Disabled => "disabled after failing too long",
+            }
+        ),
+    }
+    Ok(())
 }
 
 /// `publish`: prints the new event's id.

@@ -40,6 +40,7 @@ pub(super) struct FileNats {
     timeout: Option<Duration>,
     max_in_flight: Option<usize>,
     ordering: Option<Ordering>,
+    circuit_breaker: Option<super::breaker::FileBreaker>,
     user: Option<String>,
     password: Option<String>,
     token: Option<String>,
@@ -101,6 +102,8 @@ pub struct NatsConfig {
     pub timeout: Duration,
     pub max_in_flight: usize,
     pub ordered: bool,
+    /// `circuit_breaker` (None: off).
+    pub breaker: Option<super::breaker::BreakerConfig>,
     pub auth: NatsAuth,
     pub tls_ca: Option<PathBuf>,
     pub tls_required: bool,
@@ -144,6 +147,7 @@ pub(super) fn nats(
         timeout: n.timeout,
         max_in_flight: n.max_in_flight,
         ordering: n.ordering,
+        circuit_breaker: n.circuit_breaker,
     }
     .validate(
         "nats",
@@ -227,6 +231,7 @@ pub(super) fn nats(
         timeout: common.timeout,
         max_in_flight: common.max_in_flight,
         ordered: common.ordered,
+        breaker: common.breaker,
         auth,
         tls_required: n.tls_required.unwrap_or(false) || n.tls_ca.is_some(),
         tls_ca: n.tls_ca,

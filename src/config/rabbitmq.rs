@@ -36,6 +36,7 @@ pub(super) struct FileRabbitMq {
     timeout: Option<Duration>,
     max_in_flight: Option<usize>,
     ordering: Option<Ordering>,
+    circuit_breaker: Option<super::breaker::FileBreaker>,
     tls_ca: Option<PathBuf>,
     secret: Option<String>,
 }
@@ -67,6 +68,8 @@ pub struct RabbitMqConfig {
     pub timeout: Duration,
     pub max_in_flight: usize,
     pub ordered: bool,
+    /// `circuit_breaker` (None: off).
+    pub breaker: Option<super::breaker::BreakerConfig>,
     /// PEM file of the CA that signs the broker's certificate (`amqps://` only).
     pub tls_ca: Option<PathBuf>,
     /// Signs each message like a webhook (`webhook-signature` header), when set.
@@ -112,6 +115,7 @@ pub(super) fn rabbitmq(
         timeout: r.timeout,
         max_in_flight: r.max_in_flight,
         ordering: r.ordering,
+        circuit_breaker: r.circuit_breaker,
     }
     .validate(
         "rabbitmq",
@@ -190,6 +194,7 @@ pub(super) fn rabbitmq(
         timeout: common.timeout,
         max_in_flight: common.max_in_flight,
         ordered: common.ordered,
+        breaker: common.breaker,
         tls_ca: r.tls_ca,
         keys,
     })

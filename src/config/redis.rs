@@ -38,6 +38,7 @@ pub(super) struct FileRedis {
     timeout: Option<Duration>,
     max_in_flight: Option<usize>,
     ordering: Option<Ordering>,
+    circuit_breaker: Option<super::breaker::FileBreaker>,
     tls_ca: Option<PathBuf>,
     secret: Option<String>,
 }
@@ -70,6 +71,8 @@ pub struct RedisConfig {
     pub timeout: Duration,
     pub max_in_flight: usize,
     pub ordered: bool,
+    /// `circuit_breaker` (None: off).
+    pub breaker: Option<super::breaker::BreakerConfig>,
     /// PEM file of the CA that signs the server's certificate (`rediss://` only).
     pub tls_ca: Option<PathBuf>,
     /// Signs each entry like a webhook (`webhook-signature` field), when set.
@@ -106,6 +109,7 @@ pub(super) fn redis(
         timeout: r.timeout,
         max_in_flight: r.max_in_flight,
         ordering: r.ordering,
+        circuit_breaker: r.circuit_breaker,
     }
     .validate(
         "redis",
@@ -178,6 +182,7 @@ pub(super) fn redis(
         timeout: common.timeout,
         max_in_flight: common.max_in_flight,
         ordered: common.ordered,
+        breaker: common.breaker,
         tls_ca: r.tls_ca,
         keys,
     })

@@ -117,10 +117,64 @@ pub async fn blocked_keys(on: On<'_>, q: &Queries) -> anyhow::Result<Vec<Blocked
         .collect())
 }
 
-/// Webhook endpoints an operator paused, by name.
-pub async fn paused_endpoints(on: On<'_>, q: &Queries) -> anyhow::Result<Vec<String>> {
+/// Why an endpoint is in the paused set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PauseReason {
+    /// An operator paused it (dashboard or CLI).
+    Operator,
+    /// Its circuit breaker opened: a probe goes out after the cooldown.
+    Circuit,
+    /// It failed for longer than its `disable_after`: held until an operator resumes it.
+    Disabled,
+}
+
+impl PauseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Circuit => "circuit",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// One row of the paused set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Paused {
+    pub endpoint: String,
+    pub reason: PauseReason,
+    /// Seconds until the circuit's next probe is due (open circuits only).
+    pub probe_in_s: Option<f64>,
+    /// Seconds since the endpoint began failing (circuits and disabled endpoints).
+    pub failing_for_s: Option<f64>,
+    pub last_error: Option<String>,
+    /// RFC 3339.
+    pub since: String,
+    pub by: Option<String>,
+}
+
+/// The paused set: endpoints an operator paused and those a circuit breaker holds, by name.
+pub async fn paused_endpoints(on: On<'_>, q: &Queries) -> anyhow::Result<Vec<Paused>> {
     let rows = on.query(&q.paused_list, &[]).await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    rows.iter()
+        .map(|r| {
+            let reason = match r.try_get::<_, String>(1)?.as_str() {
+                "circuit" => PauseReason::Circuit,
+                "disabled" => PauseReason::Disabled,
+                _ => PauseReason::Operator,
+            };
+            Ok(Paused {
+                endpoint: r.try_get(0)?,
+                reason,
+                probe_in_s: r.try_get(2)?,
+                failing_for_s: r.try_get(3)?,
+                last_error: r.try_get(4)?,
+                since: r.try_get(5)?,
+                by: r.try_get(6)?,
+            })
+        })
+        .collect()
 }
 
 /// The queue as the gauges show it.
@@ -389,21 +443,21 @@ pub async fn publish(client: &mut Client, q: &Queries, e: &NewEvent) -> anyhow::
     Ok(id)
 }
 
-/// Records `name` as paused by `by` (the first pause's time and peer stay); the relays
-/// learn of it from [`crate::sinks::pause`].
-pub async fn pause_endpoint(pool: &Pool, q: &Queries, name: &str, by: &str) -> anyhow::Result<()> {
-    super::query(pool, &q.pause, &[&name, &by]).await?;
+/// Records `name` as paused by `by` (an operator's first pause keeps its time; a circuit's
+/// pause becomes the operator's); the relays learn of it from [`crate::sinks::pause`].
+pub async fn pause_endpoint(on: On<'_>, q: &Queries, name: &str, by: &str) -> anyhow::Result<()> {
+    on.query(&q.pause, &[&name, &by]).await?;
     Ok(())
 }
 
-/// Removes `name` from the paused set. Its held events stay held until released
-/// ([`release_held_batch`]).
-pub async fn resume_endpoint(pool: &Pool, q: &Queries, name: &str) -> anyhow::Result<()> {
-    super::query(pool, &q.resume, &[&name]).await?;
-    Ok(())
+/// Removes `name` from the paused set, whatever paused it (an operator, its open circuit, a
+/// disable). Its held events stay held until released ([`release_held_batch`]). False if it
+/// was not paused.
+pub async fn resume_endpoint(on: On<'_>, q: &Queries, name: &str) -> anyhow::Result<bool> {
+    Ok(!on.query(&q.resume, &[&name]).await?.is_empty())
 }
 
 /// Makes at most `limit` held rows due again; returns how many.
-pub async fn release_held_batch(pool: &Pool, q: &Queries, limit: i64) -> anyhow::Result<u64> {
-    Ok(super::query(pool, &q.release_held, &[&limit]).await?.len() as u64)
+pub async fn release_held_batch(on: On<'_>, q: &Queries, limit: i64) -> anyhow::Result<u64> {
+    Ok(on.query(&q.release_held, &[&limit]).await?.len() as u64)
 }

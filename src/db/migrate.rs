@@ -41,6 +41,7 @@ const STEPS: &[(&str, &str)] = &[
         include_str!("../../sql/007_dashboard.sql"),
     ),
     ("008_audit.sql", include_str!("../../sql/008_audit.sql")),
+    ("009_circuit.sql", include_str!("../../sql/009_circuit.sql")),
 ];
 
 /// Session-level advisory lock key serialising concurrent `migrate` runs (several relays

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod browse;
+pub mod circuit;
 pub mod claims;
 mod connect_error;
 pub mod ident;

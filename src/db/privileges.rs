@@ -29,6 +29,9 @@ pub enum Use {
     Purge,
     /// `publish`: inserts.
     Publish,
+    /// `pause`, `resume`: the paused table (INSERT, UPDATE, DELETE), releasing held rows
+    /// (UPDATE), audited.
+    Pause,
     /// `run`: claims and records (UPDATE, and `FOR SHARE` on the paused table, which needs
     /// UPDATE), retention (DELETE), the dashboard's pause and resume (INSERT and DELETE on
     /// the paused table), its audit log (INSERT and SELECT).
@@ -126,6 +129,11 @@ pub fn needs(settings: &TableSettings, what: Use) -> Vec<Privilege> {
         Use::Status => out.push(paused("SELECT")),
         Use::Change => out.extend([table("UPDATE"), audit("INSERT")]),
         Use::Purge => out.extend([table("UPDATE"), table("DELETE"), audit("INSERT")]),
+        Use::Pause => {
+            out.push(table("UPDATE"));
+            out.extend(["SELECT", "INSERT", "UPDATE", "DELETE"].map(paused));
+            out.push(audit("INSERT"));
+        }
         Use::Publish => out.extend([
             table("INSERT"),
             Privilege::new("USAGE", Kind::Sequence, s, &stream_seq(settings)),
@@ -317,7 +325,14 @@ mod tests {
                 r#"GRANT USAGE ON SEQUENCE "public"."OutboxEvent_stream_seq" TO "relay_rt";"#,
             ]
         );
-        for what in [Use::Status, Use::Change, Use::Purge, Use::Publish, Use::Run] {
+        for what in [
+            Use::Status,
+            Use::Change,
+            Use::Purge,
+            Use::Publish,
+            Use::Pause,
+            Use::Run,
+        ] {
             for p in needs(&settings, what) {
                 let covered = lines
                     .iter()

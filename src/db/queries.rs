@@ -259,12 +259,23 @@ fn keep_latest(expr: &str) -> String {
     )
 }
 
-/// Endpoints an operator paused (the table migration 007 creates beside the outbox).
-const PAUSED_LIST: &str = "SELECT endpoint FROM {paused} ORDER BY endpoint";
-/// $1 endpoint, $2 who (the dashboard's peer address). Pausing twice keeps the first time.
+/// Paused endpoints (the table migration 007 creates beside the outbox): by an operator, or
+/// by a circuit breaker (migration 009, see [`crate::db::circuit`]). Columns: endpoint,
+/// reason, seconds until a probe is due, seconds it has been failing, the last error, since
+/// when (RFC 3339), by whom.
+const PAUSED_LIST: &str = "
+SELECT endpoint, reason, extract(epoch FROM retry_at - now())::float8,
+       extract(epoch FROM now() - failing_since)::float8, last_error,
+       to_char(paused_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), paused_by
+  FROM {paused} ORDER BY endpoint";
+/// $1 endpoint, $2 who. Pausing twice keeps the first time; pausing an endpoint whose
+/// circuit is open (or that was disabled) makes it the operator's pause.
 const PAUSE: &str = "
-INSERT INTO {paused} (endpoint, paused_by) VALUES ($1, $2) ON CONFLICT (endpoint) DO NOTHING";
-const RESUME: &str = "DELETE FROM {paused} WHERE endpoint = $1";
+INSERT INTO {paused} (endpoint, paused_by) VALUES ($1, $2)
+ON CONFLICT (endpoint) DO UPDATE
+   SET reason = 'operator', paused_at = now(), paused_by = excluded.paused_by, retry_at = NULL
+ WHERE {paused}.reason <> 'operator'";
+const RESUME: &str = "DELETE FROM {paused} WHERE endpoint = $1 RETURNING 1";
 /// Held rows (next_attempt_at = 'infinity', see [`RECORD`]) become due, $1 at a time. Rows
 /// still owed to an endpoint that stays paused are simply held again when claimed. A range
 /// of the PENDING index, `= ANY (ARRAY(...))` as in [`FAIL_UNKNOWN`].
@@ -462,6 +473,12 @@ pub struct Queries {
     pub pause: String,
     pub resume: String,
     pub release_held: String,
+    pub circuit_open: String,
+    pub circuit_probe: String,
+    pub circuit_probe_failed: String,
+    pub circuit_close: String,
+    pub circuit_held: String,
+    pub circuit_claim_held: String,
     pub audit_insert: String,
     pub audit_list: String,
     /// Quoted `schema.table`, for messages.
@@ -557,6 +574,12 @@ impl Queries {
             pause: r(PAUSE),
             resume: r(RESUME),
             release_held: r(RELEASE_HELD),
+            circuit_open: r(super::circuit::OPEN),
+            circuit_probe: r(super::circuit::PROBE),
+            circuit_probe_failed: r(super::circuit::PROBE_FAILED),
+            circuit_close: r(super::circuit::CLOSE),
+            circuit_held: r(super::circuit::HELD),
+            circuit_claim_held: r(super::circuit::CLAIM_HELD),
             audit_insert: r(super::audit::INSERT),
             audit_list: r(super::audit::LIST),
             table: qualified_table.to_owned(),
@@ -642,6 +665,13 @@ mod tests {
                 &q.skip_ids,
                 &q.release_held,
                 &q.pause,
+                &q.paused_list,
+                &q.circuit_open,
+                &q.circuit_probe,
+                &q.circuit_probe_failed,
+                &q.circuit_close,
+                &q.circuit_held,
+                &q.circuit_claim_held,
                 &q.purge,
                 &q.oldest_pending,
             ] {

@@ -29,6 +29,9 @@ pub const OLDEST_TRANSACTION: &str = "outbox_db_oldest_transaction_seconds";
 pub const HTTP_REFUSED: &str = "outbox_http_refused_total";
 pub const HTTP_CONNECTIONS: &str = "outbox_http_connections";
 pub const SSE_SKIPPED: &str = "outbox_sse_skipped_total";
+pub const ENDPOINT_PAUSED: &str = "outbox_endpoint_paused";
+pub const CIRCUIT_OPENED: &str = "outbox_circuit_opened_total";
+pub const ENDPOINT_DISABLED: &str = "outbox_endpoint_disabled_total";
 
 /// The queue gauges are at most this old.
 pub const QUEUE_REFRESH: Duration = Duration::from_secs(5);
@@ -94,6 +97,20 @@ fn describe() {
         SSE_SKIPPED,
         "Events the SSE tail read but no stream can carry (reason: event_type_line_break, \
          no_event_type, bad_payload), counted once per relay."
+    );
+    describe_gauge!(
+        ENDPOINT_PAUSED,
+        "1 while the sink's events are held, by reason: operator (paused), circuit (its \
+         circuit breaker is open), disabled (it failed for longer than disable_after); as \
+         this relay last read the shared paused set."
+    );
+    describe_counter!(
+        CIRCUIT_OPENED,
+        "Times this relay opened a sink's circuit (for every relay on the table)."
+    );
+    describe_counter!(
+        ENDPOINT_DISABLED,
+        "Times this relay disabled a sink that kept failing past disable_after."
     );
     describe_counter!(RETENTION_DELETED, "COMPLETED rows deleted by retention.");
     describe_gauge!(UP, "1 while the last database round trip succeeded.");
@@ -187,7 +204,32 @@ pub fn register_zeroes<'a>(sinks: impl IntoIterator<Item = &'a str>) {
         for outcome in OUTCOMES {
             counter!(ATTEMPTS, "sink" => sink.to_owned(), "outcome" => outcome).increment(0);
         }
+        for name in [CIRCUIT_OPENED, ENDPOINT_DISABLED] {
+            counter!(name, "sink" => sink.to_owned()).increment(0);
+        }
+        endpoint_paused(sink, None);
     }
+}
+
+/// Reasons a sink's events are held, as [`ENDPOINT_PAUSED`] labels them.
+pub const PAUSE_REASONS: [&str; 3] = ["operator", "circuit", "disabled"];
+
+/// Sets [`ENDPOINT_PAUSED`] for `sink`: 1 for `reason`, 0 for the others (None: not paused).
+pub fn endpoint_paused(sink: &str, reason: Option<&str>) {
+    for r in PAUSE_REASONS {
+        gauge!(ENDPOINT_PAUSED, "sink" => sink.to_owned(), "reason" => r)
+            .set(if Some(r) == reason { 1.0 } else { 0.0 });
+    }
+}
+
+/// This relay opened `sink`'s circuit.
+pub fn circuit_opened(sink: &str) {
+    counter!(CIRCUIT_OPENED, "sink" => sink.to_owned()).increment(1);
+}
+
+/// This relay disabled `sink`.
+pub fn endpoint_disabled(sink: &str) {
+    counter!(ENDPOINT_DISABLED, "sink" => sink.to_owned()).increment(1);
 }
 
 /// One delivery attempt to a sink. `outcome`: one of [`OUTCOMES`].

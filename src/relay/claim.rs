@@ -17,6 +17,7 @@ use super::recorder::{Recorded, SuspectAboard};
 use super::Relay;
 use crate::background;
 use crate::backoff::Backoff;
+use crate::db::circuit;
 use crate::db::claims::{self, Swept};
 use crate::event::Claimed;
 use crate::health::LOOP_BEAT;
@@ -42,6 +43,12 @@ const LINGER_MIN_ROWS: usize = 2;
 /// How long the relay sleeps when it cannot arm (no LISTEN, no lock connection): inserts do
 /// not wake it then.
 const UNARMED_POLL: Duration = Duration::from_secs(1);
+/// Held events a probe looks through for one of the endpoint's types.
+const PROBE_CANDIDATES: i64 = 100;
+/// When another relay took a probe slot a moment ago, look again no sooner than this.
+const PROBE_RACE: Duration = Duration::from_secs(1);
+/// Past a probe slot's due time (the database's clock and this one's differ a little).
+const PROBE_MARGIN: Duration = Duration::from_millis(10);
 
 /// Empty claims in a row that found rows due they could not take, and how long to wait
 /// after one: the claim loop's decision once a claim came back empty and the linger is over,
@@ -143,6 +150,7 @@ impl Relay {
                     _ = shutdown.cancelled() => return,
                 }
             }
+            self.probe_circuits(tracker, tx, hard).await;
             let limit = self.capacity.available_permits().min(batch);
             sweep.round(self, &mut cursor, poll.max(cursor::SWEEP_EVERY));
             if planned.elapsed() >= replan_after {
@@ -208,6 +216,11 @@ impl Relay {
                     }
                     delay
                 }
+            };
+            // An open circuit's probe is due: wake for it, whatever else waits.
+            let wait = match self.dispatcher.next_probe() {
+                Some(at) => wait.min(at.saturating_duration_since(tokio::time::Instant::now())),
+                None => wait,
             };
             if wait.is_zero() {
                 continue;
@@ -275,7 +288,7 @@ impl Relay {
             claims::claim(&self.pool, &self.queries, &claim).await?;
         self.health.database.store(true, Ordering::Release);
         cursor.advance(&look, limit, suspects_wanted);
-        let mut events = Vec::with_capacity(rows.len());
+        let mut events: Vec<Claimed> = Vec::with_capacity(rows.len());
         let mut suspect = None;
         let claimed = rows.len();
         for row in rows {
@@ -299,6 +312,26 @@ impl Relay {
             }
         }
         crate::observe::metrics::claimed(events.len() as u64);
+        self.deliver(events, token, suspect, tracker, tx, hard)
+            .await;
+        Ok(ClaimReport {
+            rows: claimed,
+            left_fresh: !look.unclaimed.is_empty(),
+        })
+    }
+
+    /// Starts delivering claimed `events` (claimed with `token`), oldest first, each in a task
+    /// of its own holding a capacity permit; the outcome goes to the recorder. `suspect`:
+    /// the id of the one delivered on its own (see [`SuspectAboard`]).
+    async fn deliver(
+        &self,
+        mut events: Vec<Claimed>,
+        token: Uuid,
+        suspect: Option<String>,
+        tracker: &TaskTracker,
+        tx: &mpsc::Sender<Recorded>,
+        hard: &CancellationToken,
+    ) {
         // Oldest first, whatever order the UPDATE returned them in.
         events.sort_by_key(|e| e.event.created_us);
         for ev in events {
@@ -333,10 +366,72 @@ impl Relay {
                 let _ = tx.send(rec).await;
             });
         }
-        Ok(ClaimReport {
-            rows: claimed,
-            left_fresh: !look.unclaimed.is_empty(),
-        })
+    }
+
+    /// The circuits whose probe is due on this relay (see [`crate::sinks::breaker`]): tries
+    /// for each one's probe slot, and when it wins, claims one held event owed to the
+    /// endpoint and delivers it. The first send to the endpoint on this relay is the probe,
+    /// this event or a newer one. A failed statement is tried again a second later.
+    async fn probe_circuits(
+        &self,
+        tracker: &TaskTracker,
+        tx: &mpsc::Sender<Recorded>,
+        hard: &CancellationToken,
+    ) {
+        let now = tokio::time::Instant::now();
+        for ep in self.dispatcher.endpoints() {
+            let Some(config) = ep.breaker.config() else {
+                continue;
+            };
+            if ep.breaker.next_probe().is_none_or(|at| at > now) {
+                continue;
+            }
+            let probed = async {
+                match circuit::probe_slot(&self.pool, &self.queries, &ep.name, config.cooldown)
+                    .await?
+                {
+                    circuit::Slot::Won => {}
+                    circuit::Slot::Later(d) => {
+                        // Zero: another relay took the slot a moment ago (its new due time is
+                        // not in this statement's snapshot); look again shortly.
+                        let wait = if d.is_zero() {
+                            PROBE_RACE
+                        } else {
+                            d + PROBE_MARGIN
+                        };
+                        ep.breaker.sync_probe(Some(now + wait));
+                        return anyhow::Ok(());
+                    }
+                    circuit::Slot::NotOpen => {
+                        ep.breaker.sync_probe(None);
+                        return Ok(());
+                    }
+                }
+                ep.breaker.arm(now);
+                let token = Uuid::new_v4();
+                let held =
+                    circuit::held(&self.pool, &self.queries, &ep.name, PROBE_CANDIDATES).await?;
+                for (id, event_type) in held {
+                    if !event_type.as_deref().is_some_and(|t| ep.wants(t)) {
+                        continue;
+                    }
+                    let claimed =
+                        circuit::claim_held(&self.pool, &self.queries, &id, token, self.cfg.lease)
+                            .await?;
+                    if let Some(ev) = claimed {
+                        tracing::info!(endpoint = %ep.name, event_id = %id, "circuit half-open: probing with a held event");
+                        self.deliver(vec![ev], token, None, tracker, tx, hard).await;
+                        return Ok(());
+                    }
+                }
+                tracing::info!(endpoint = %ep.name, "circuit half-open: the next event for it is the probe");
+                Ok(())
+            };
+            if let Err(e) = probed.await {
+                tracing::debug!(endpoint = %ep.name, error = format!("{e:#}"), "circuit probe not started");
+                ep.breaker.sync_probe(Some(now + Duration::from_secs(1)));
+            }
+        }
     }
 
     /// How long until a retry falls due or a lease lapses (None: nothing waits).

@@ -87,7 +87,7 @@ pub async fn run(
     // Rows held for an endpoint that is no longer paused (or no longer configured) would
     // otherwise wait for a resume that never comes; those still owed to a paused endpoint
     // are held again when claimed.
-    match crate::sinks::pause::release_held(&pool, &queries).await {
+    match crate::sinks::pause::release_held(crate::db::admin::On::Pool(&pool), &queries).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(released = n, "held events released at start"),
         Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot release held events"),
@@ -274,6 +274,18 @@ impl Relay {
             ))
         });
         let summary = tokio::spawn(crate::observe::metrics::summarize(stop_background.clone()));
+        let (circuit_changes, changes) = mpsc::unbounded_channel();
+        for e in self.dispatcher.endpoints() {
+            e.breaker.report_to(circuit_changes.clone());
+        }
+        let breakers = tokio::spawn(crate::sinks::breaker::run(
+            self.pool.clone(),
+            self.queries.clone(),
+            self.cfg.table_settings().channel(),
+            self.dispatcher.clone(),
+            changes,
+            stop_background.clone(),
+        ));
         let endpoints_changed = Arc::new(Notify::new());
         let paused = tokio::spawn(background::run(
             crate::sinks::pause::PausedSet {
@@ -361,6 +373,7 @@ impl Relay {
             Some(summary),
             Some(housekeeping),
             Some(paused),
+            Some(breakers),
         ]
         .into_iter()
         .flatten()

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::event::Event;
 use crate::observe::activity::{EndpointStats, Timeline};
 use crate::outcome::AttemptLog;
+use crate::sinks::breaker::Breaker;
 use crate::sinks::routing::TypeFilter;
 
 /// Deliveries that may wait for one of an endpoint's `max_in_flight` slots, per slot.
@@ -121,6 +122,8 @@ pub struct Settings<'a> {
     pub max_in_flight: usize,
     /// How long a delivery may wait for one of the `max_in_flight` slots.
     pub timeout: Duration,
+    /// `circuit_breaker` (None: off).
+    pub breaker: Option<crate::config::breaker::BreakerConfig>,
 }
 
 /// A configured destination, shared by every delivery task.
@@ -134,8 +137,12 @@ pub struct Endpoint {
     queued: AtomicUsize,
     max_in_flight: usize,
     timeout: Duration,
-    /// Set from the paused-endpoints table (see [`crate::sinks::pause`]).
+    /// Set from the paused-endpoints table (see [`crate::sinks::pause`]): an operator's
+    /// pause or an open circuit; set at once when this relay's breaker opens it.
     paused: AtomicBool,
+    pub breaker: Breaker,
+    /// The paused set's row for it, as this relay last read it (for the dashboard).
+    pause_row: std::sync::Mutex<Option<crate::db::admin::Paused>>,
     /// This instance's recent attempts, for the dashboard.
     pub stats: EndpointStats,
     timeline: Arc<Timeline>,
@@ -156,6 +163,8 @@ impl Endpoint {
             max_in_flight: settings.max_in_flight,
             timeout: settings.timeout,
             paused: AtomicBool::new(false),
+            breaker: Breaker::new(settings.breaker),
+            pause_row: std::sync::Mutex::default(),
             stats: EndpointStats::default(),
             timeline,
         })
@@ -190,6 +199,15 @@ impl Endpoint {
         self.paused.swap(paused, Ordering::AcqRel) != paused
     }
 
+    /// Why it is paused, as the paused set said at the last reload.
+    pub fn pause_row(&self) -> Option<crate::db::admin::Paused> {
+        self.pause_row.lock().expect("not poisoned").clone()
+    }
+
+    pub fn set_pause_row(&self, row: Option<crate::db::admin::Paused>) {
+        *self.pause_row.lock().expect("not poisoned") = row;
+    }
+
     /// Sends on the wire to this endpoint now.
     pub fn in_flight(&self) -> usize {
         self.max_in_flight - self.permits.available_permits()
@@ -207,9 +225,27 @@ impl Endpoint {
         msg: &Message<'_>,
         cancel: &CancellationToken,
     ) -> (Attempt, Option<AttemptLog>) {
-        if self.is_paused() {
+        // Paused (by an operator or its circuit): only the circuit's probe goes out.
+        let probing = self.is_paused();
+        if probing && !self.breaker.take_probe() {
             return (Attempt::Paused, None);
         }
+        let (attempt, log) = self.send_within_limits(msg, cancel).await;
+        let status = log.as_ref().and_then(|l| l.status);
+        self.breaker
+            .observe(&self.name, &attempt, status, probing, || {
+                self.set_paused(true)
+            });
+        (attempt, log)
+    }
+
+    /// [`Self::send`] once the endpoint may be sent to: `max_in_flight` and its queue, the
+    /// sink, the figures.
+    async fn send_within_limits(
+        &self,
+        msg: &Message<'_>,
+        cancel: &CancellationToken,
+    ) -> (Attempt, Option<AttemptLog>) {
         let Some(_queued) = QueueSlot::take(&self.queued, self.max_in_flight * QUEUE_PER_SLOT)
         else {
             return (Attempt::Busy, None);

@@ -4,6 +4,7 @@
 //! it yet, sends to them concurrently, and [`decide`]s what the row becomes. The decision is a
 //! pure function so every branch is tested without a network.
 
+pub mod breaker;
 pub mod endpoint;
 pub mod nats;
 pub mod pause;
@@ -110,6 +111,15 @@ impl Dispatcher {
 
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
+    }
+
+    /// The soonest any endpoint's circuit wants this relay to try for its probe slot.
+    pub fn next_probe(&self) -> Option<tokio::time::Instant> {
+        self.endpoints
+            .iter()
+            .filter(|e| e.breaker.config().is_some())
+            .filter_map(|e| e.breaker.next_probe())
+            .min()
     }
 
     /// The endpoint called `name`.

@@ -7,14 +7,14 @@
 //! While paused, events still owed to the endpoint are held (see [`crate::outcome::Outcome`]);
 //! a resume releases them.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::admin::{self, On};
+use crate::db::admin::{self, On, PauseReason, Paused};
 use crate::db::queries::Queries;
 use crate::sinks::Dispatcher;
 
@@ -25,27 +25,42 @@ const RELEASE_BATCH: i64 = 5000;
 /// Reloads in claim rounds at most this often.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
-/// Reads the paused set and applies it to this relay's endpoints; returns the endpoints whose
-/// state changed, with their new state (true: paused).
+/// Reads the paused set and applies it to this relay's endpoints (and their circuit
+/// breakers); returns the endpoints whose state changed, with their new state (true: paused).
+/// A circuit left open for an endpoint whose breaker is now off in the config is closed.
 pub async fn load(
     pool: &Pool,
     q: &Queries,
     dispatcher: &Dispatcher,
 ) -> anyhow::Result<Vec<(String, bool)>> {
-    let paused: HashSet<String> = admin::paused_endpoints(On::Pool(pool), q)
+    let paused: HashMap<String, Paused> = admin::paused_endpoints(On::Pool(pool), q)
         .await?
         .into_iter()
+        .map(|p| (p.endpoint.clone(), p))
         .collect();
+    let now = tokio::time::Instant::now();
     let mut changed = Vec::new();
     for e in dispatcher.endpoints() {
-        let now = paused.contains(&e.name);
-        if e.set_paused(now) {
-            tracing::info!(
-                endpoint = %e.name,
-                "{}",
-                if now { "endpoint paused" } else { "endpoint resumed" }
-            );
-            changed.push((e.name.clone(), now));
+        let row = paused.get(&e.name);
+        if row.is_some_and(|p| p.reason == PauseReason::Circuit) && e.breaker.config().is_none() {
+            if crate::db::circuit::close(pool, q, &e.name).await? {
+                tracing::info!(endpoint = %e.name, "circuit closed: the endpoint has no circuit_breaker in the config now");
+                release_held(On::Pool(pool), q).await?;
+            }
+            continue; // applied at the next reload
+        }
+        e.breaker.sync(row, now);
+        e.set_pause_row(row.cloned());
+        crate::observe::metrics::endpoint_paused(&e.name, row.map(|p| p.reason.as_str()));
+        let now_paused = row.is_some();
+        if e.set_paused(now_paused) {
+            match row {
+                Some(p) => {
+                    tracing::info!(endpoint = %e.name, reason = p.reason.as_str(), "endpoint paused")
+                }
+                None => tracing::info!(endpoint = %e.name, "endpoint resumed"),
+            }
+            changed.push((e.name.clone(), now_paused));
         }
     }
     Ok(changed)
@@ -94,15 +109,15 @@ pub async fn set(
         .endpoint(name)
         .ok_or_else(|| anyhow::anyhow!("no webhook named {name:?}"))?;
     let changed = if paused {
-        admin::pause_endpoint(pool, q, name, by).await?;
+        admin::pause_endpoint(On::Pool(pool), q, name, by).await?;
         endpoint.set_paused(true)
     } else {
-        admin::resume_endpoint(pool, q, name).await?;
+        admin::resume_endpoint(On::Pool(pool), q, name).await?;
         endpoint.set_paused(false)
     };
     admin::notify(On::Pool(pool), channel, ENDPOINTS_CHANGED).await?;
     if !paused {
-        let released = release_held(pool, q).await?;
+        let released = release_held(On::Pool(pool), q).await?;
         tracing::info!(endpoint = name, released, "held events released");
         admin::wake_relays(On::Pool(pool), channel).await?;
     }
@@ -111,7 +126,7 @@ pub async fn set(
 
 /// Makes every held row due again; returns how many. Rows still owed to an endpoint that
 /// stays paused are held again when claimed.
-pub async fn release_held(pool: &Pool, q: &Queries) -> anyhow::Result<u64> {
-    let batch = || admin::release_held_batch(pool, q, RELEASE_BATCH);
+pub async fn release_held(on: On<'_>, q: &Queries) -> anyhow::Result<u64> {
+    let batch = || admin::release_held_batch(on, q, RELEASE_BATCH);
     crate::db::in_batches(RELEASE_BATCH, batch, |_| std::future::ready(true)).await
 }

@@ -186,10 +186,21 @@ impl Dashboard {
 
     /// `top_extra`: top-level config keys (before the webhook).
     async fn start_with(db: &TestDb, rx: &Receiver, top_extra: &str, http_extra: &str) -> Self {
+        Self::start_full(db, rx, top_extra, "", http_extra).await
+    }
+
+    /// `webhook_extra`: after the webhook "main" (e.g. its `[webhook.circuit_breaker]`).
+    async fn start_full(
+        db: &TestDb,
+        rx: &Receiver,
+        top_extra: &str,
+        webhook_extra: &str,
+        http_extra: &str,
+    ) -> Self {
         let addr = free_addr();
         let extra = format!(
             "max_attempts = 2\nbackoff_initial = \"50ms\"\nbackoff_max = \"200ms\"\n{top_extra}\n{}\n\
-             [http]\nlisten = \"{addr}\"\n{http_extra}\n",
+             {webhook_extra}\n[http]\nlisten = \"{addr}\"\n{http_extra}\n",
             webhook_toml("main", &rx.url)
         );
         let config = db.migrated_config_file(&extra).await;
@@ -736,6 +747,61 @@ async fn dashboard_pause_resume_and_skip_by_keyboard() {
     b.assert_no_errors().await;
     b.close().await;
     drop(dash.relay);
+}
+
+/// An endpoint that keeps failing: its circuit opens (the state badge says so, with the last
+/// error on hover), then it is disabled (no more probes; the button reads Enable); Enable
+/// delivers the events held meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_an_open_circuit_then_a_disabled_endpoint_and_enables_it() {
+    if skip_without_browser() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let rx = Receiver::with_script(Arc::new(|_, _| Reply::status(502))).await;
+    let dash = Dashboard::start_full(
+        &db,
+        &rx,
+        "",
+        "[webhook.circuit_breaker]\nfailures = 2\ncooldown = \"1s\"\ndisable_after = \"3s\"",
+        "",
+    )
+    .await;
+    let client = db.client().await;
+    let b = Browser::start(LAPTOP).await;
+    b.goto(&dash.page("")).await;
+    let row = format!("{}[data-name=\"main\"]", tid("endpoint-row"));
+    let state = format!("{row} {}", tid("endpoint-state"));
+    let toggle = format!("{row} {}", tid("endpoint-toggle"));
+    b.wait_text(&state, "active").await;
+
+    insert_events(&client, 3, "DASH.CIRCUIT").await;
+    b.wait_text(&state, "circuit open").await;
+    let title = format!("document.querySelector({}).title", js_str(&state));
+    b.wait_js(
+        "the badge's title to name the last error",
+        &format!("{title}.includes('502')"),
+    )
+    .await;
+    b.screenshot("endpoint-circuit-open").await;
+    b.wait_text(&state, "disabled").await;
+    b.wait_text(&toggle, "Enable").await;
+    let held = insert_events(&client, 2, "DASH.CIRCUIT").await;
+    wait_until("the new events held", || async {
+        count_held(&client).await >= 2
+    })
+    .await;
+    assert!(
+        rx.deliveries().iter().all(|d| !held.contains(&d.id)),
+        "a disabled endpoint was sent an event"
+    );
+    b.screenshot("endpoint-disabled").await;
+
+    rx.set_script(Arc::new(|_, _| Reply::ok()));
+    press(&b, &toggle, ENTER).await;
+    press(&b, &tid("confirm-ok"), ENTER).await;
+    b.wait_text(&state, "active").await;
+    rx.wait_accepted(&held).await;
 }
 
 /// By keyboard: open an endpoint's replay dialog, count what a window holds (nothing changes),

@@ -10,6 +10,7 @@ mod common;
 
 mod audit;
 mod background;
+mod breaker;
 mod dashboard;
 mod dashboard_api;
 mod delivery;

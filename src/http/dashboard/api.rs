@@ -133,6 +133,9 @@ pub async fn overview(
                 "url": e.target(),
                 "kind": e.kind(),
                 "paused": e.is_paused(),
+                // Why, as the relay last read the paused set (null: an operator's pause
+                // not yet read back, or not paused).
+                "pause": e.pause_row(),
                 "window_seconds": h.window_seconds,
                 "attempts": h.attempts,
                 "succeeded": h.succeeded,

@@ -46,6 +46,7 @@ pub fn endpoint(cfg: &NatsConfig, timeline: Arc<Timeline>) -> anyhow::Result<End
         types: &cfg.types,
         max_in_flight: cfg.max_in_flight,
         timeout: cfg.timeout,
+        breaker: cfg.breaker,
     };
     let sink = Nats {
         keys: cfg.keys.as_ref().map(|k| k.get().clone()),

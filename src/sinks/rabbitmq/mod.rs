@@ -84,6 +84,7 @@ pub fn endpoint(cfg: &RabbitMqConfig, timeline: Arc<Timeline>) -> anyhow::Result
         types: &cfg.types,
         max_in_flight: cfg.max_in_flight,
         timeout: cfg.timeout,
+        breaker: cfg.breaker,
     };
     let mut uri: AMQPUri = cfg
         .url

@@ -81,6 +81,7 @@ pub fn endpoint(cfg: &RedisConfig, timeline: Arc<Timeline>) -> anyhow::Result<En
         types: &cfg.types,
         max_in_flight: cfg.max_in_flight,
         timeout: cfg.timeout,
+        breaker: cfg.breaker,
     };
     let sink = Redis {
         keys: cfg.keys.as_ref().map(|k| k.get().clone()),

@@ -46,6 +46,7 @@ pub fn endpoint(
         types: &cfg.types,
         max_in_flight: cfg.max_in_flight,
         timeout: cfg.timeout,
+        breaker: cfg.breaker,
     };
     let sink = Webhook::new(cfg, backoff_max, egress)?;
     Endpoint::new(settings, Box::new(sink), timeline)

@@ -588,9 +588,26 @@ function fact(label, value) {
   return h('div', { class: 'fact' }, h('dt', {}, label), h('dd', {}, value == null || value === '' ? '-' : value));
 }
 
+// An endpoint's state: active, paused by an operator, held by its open circuit breaker, or
+// disabled after failing for disable_after; with what the relays know about it.
+const PAUSE_STATES = { operator: ['paused', 'paused'], circuit: ['circuit open', 'circuit'], disabled: ['disabled', 'disabled'] };
+
+function endpointState(ep) {
+  const p = ep.pause;
+  if (!ep.paused || !p) return badge(ep.paused ? 'paused' : 'active', null, 'endpoint-state');
+  const [text, kind] = PAUSE_STATES[p.reason] || PAUSE_STATES.operator;
+  const b = badge(text, kind, 'endpoint-state');
+  const bits = [];
+  if (p.failing_for_s != null) bits.push(`failing for ${humanAge(p.failing_for_s)}`);
+  if (p.probe_in_s != null) bits.push(p.probe_in_s > 0 ? `next probe in ${humanAge(p.probe_in_s)}` : 'probing');
+  if (p.last_error) bits.push(`last error: ${p.last_error}`);
+  if (p.reason === 'operator') bits.push(`since ${p.since}${p.by ? ` by ${p.by}` : ''}`);
+  b.title = bits.join('; ');
+  return b;
+}
+
 function endpointRow(ep) {
-  const state = ep.paused ? 'paused' : 'active';
-  const verb = ep.paused ? 'Resume' : 'Pause';
+  const verb = !ep.paused ? 'Pause' : ep.pause && ep.pause.reason === 'disabled' ? 'Enable' : 'Resume';
   const toggle = actionButton(verb, 'endpoint-toggle', () => toggleEndpoint(ep));
   toggle.setAttribute('aria-label', `${verb} endpoint ${ep.name}`);
   const replay = actionButton('Replay…', 'endpoint-replay', () => replayDialog(ep.name));
@@ -603,7 +620,7 @@ function endpointRow(ep) {
   return h('tr', { class: 'endpoint-row', data: { testid: 'endpoint-row', name: ep.name, key: ep.name } },
     h('th', { scope: 'row' }, ep.name),
     h('td', {}, h('span', { class: 'trunc mono small', title: ep.url }, ep.url)),
-    h('td', {}, badge(state, state, 'endpoint-state')),
+    h('td', {}, endpointState(ep)),
     h('td', { class: `num${ep.success_rate != null && ep.success_rate < 0.95 ? ' bad' : ''}`, title: rateTitle },
       fmtPct(ep.success_rate)),
     h('td', { class: 'num' }, fmtMs(ep.p99_ms)),
@@ -709,7 +726,9 @@ function toggleEndpoint(ep) {
     title: `${pause ? 'Pause' : 'Resume'} endpoint ${ep.name}?`,
     text: pause
       ? 'Deliveries to it stop; its events are held (not failed) until it is resumed.'
-      : 'Held events are delivered to it again.',
+      : ep.pause && ep.pause.reason !== 'operator'
+        ? `Its ${ep.pause.reason === 'circuit' ? 'circuit breaker opened' : 'deliveries were disabled'} because it kept failing. Held events are sent to it again now; if it still fails, the breaker opens again.`
+        : 'Held events are delivered to it again.',
     ok: pause ? 'Pause' : 'Resume',
     danger: pause,
     path: `/api/endpoints/${encodeURIComponent(ep.name)}/${pause ? 'pause' : 'resume'}`,
