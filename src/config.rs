@@ -24,6 +24,7 @@ pub mod breaker;
 mod location;
 pub mod nats;
 pub mod rabbitmq;
+pub mod rate;
 pub mod redis;
 pub use location::Location;
 
@@ -296,6 +297,7 @@ struct FileWebhook {
     max_in_flight: Option<usize>,
     ordering: Option<Ordering>,
     circuit_breaker: Option<breaker::FileBreaker>,
+    rate_limit: Option<String>,
 }
 
 /// What `dev` takes from a config file ([`Config::for_dev`]); None where the file (or, for
@@ -362,6 +364,8 @@ pub struct SinkView<'a> {
     pub ordered: bool,
     /// `circuit_breaker` (None: off).
     pub breaker: Option<breaker::BreakerConfig>,
+    /// `rate_limit` (None: none).
+    pub rate_limit: Option<rate::RateLimit>,
 }
 
 /// A dashboard admin token and the name the audit log records for its actions.
@@ -414,6 +418,8 @@ pub struct WebhookConfig {
     pub ordered: bool,
     /// `circuit_breaker` (None: off).
     pub breaker: Option<breaker::BreakerConfig>,
+    /// `rate_limit` (None: none).
+    pub rate_limit: Option<rate::RateLimit>,
 }
 
 impl Config {
@@ -689,6 +695,7 @@ impl Config {
             max_in_flight: w.max_in_flight,
             ordered: w.ordered,
             breaker: w.breaker,
+            rate_limit: w.rate_limit,
         });
         let nats = self.nats.iter().map(|n| SinkView {
             section: "nats",
@@ -697,6 +704,7 @@ impl Config {
             max_in_flight: n.max_in_flight,
             ordered: n.ordered,
             breaker: n.breaker,
+            rate_limit: n.rate_limit,
         });
         let redis = self.redis.iter().map(|r| SinkView {
             section: "redis",
@@ -705,6 +713,7 @@ impl Config {
             max_in_flight: r.max_in_flight,
             ordered: r.ordered,
             breaker: r.breaker,
+            rate_limit: r.rate_limit,
         });
         let rabbitmq = self.rabbitmq.iter().map(|r| SinkView {
             section: "rabbitmq",
@@ -713,6 +722,7 @@ impl Config {
             max_in_flight: r.max_in_flight,
             ordered: r.ordered,
             breaker: r.breaker,
+            rate_limit: r.rate_limit,
         });
         webhooks.chain(nats).chain(redis).chain(rabbitmq).collect()
     }
@@ -1067,6 +1077,7 @@ pub(crate) struct SinkKeys {
     pub max_in_flight: Option<usize>,
     pub ordering: Option<Ordering>,
     pub circuit_breaker: Option<breaker::FileBreaker>,
+    pub rate_limit: Option<String>,
 }
 
 /// [`SinkKeys`] validated: what [`Config::sinks`] lists for each sink.
@@ -1077,6 +1088,7 @@ pub(crate) struct SinkCommon {
     pub max_in_flight: usize,
     pub ordered: bool,
     pub breaker: Option<breaker::BreakerConfig>,
+    pub rate_limit: Option<rate::RateLimit>,
 }
 
 impl SinkKeys {
@@ -1143,6 +1155,10 @@ impl SinkKeys {
             .circuit_breaker
             .map(|b| b.validate(section, i))
             .transpose()?;
+        let rate_limit = self
+            .rate_limit
+            .map(|r| rate::parse(&key("rate_limit"), &r))
+            .transpose()?;
         Ok(SinkCommon {
             name: self.name,
             types,
@@ -1150,6 +1166,7 @@ impl SinkKeys {
             max_in_flight,
             ordered,
             breaker,
+            rate_limit,
         })
     }
 }
@@ -1169,6 +1186,7 @@ fn webhook(
         max_in_flight: w.max_in_flight,
         ordering: w.ordering,
         circuit_breaker: w.circuit_breaker,
+        rate_limit: w.rate_limit,
     }
     .validate(
         "webhook",
@@ -1193,6 +1211,7 @@ fn webhook(
         max_in_flight: common.max_in_flight,
         ordered: common.ordered,
         breaker: common.breaker,
+        rate_limit: common.rate_limit,
     })
 }
 

@@ -102,6 +102,84 @@ pub async fn down(ctx: &Ctx<'_>, events: usize, rep: usize) -> anyhow::Result<Va
     Ok(out)
 }
 
+/// The rate_limit scenario: `events` pending, delivered to one endpoint with `rate_limit =
+/// "{per_second}/s"` by one relay, then by three sharing the table (the order rotates with
+/// `rep`). The rate the endpoint saw over the middle 80 % of the events, against the limit.
+pub async fn rate_limited(
+    ctx: &Ctx<'_>,
+    events: usize,
+    per_second: u32,
+    rep: usize,
+) -> anyhow::Result<Value> {
+    let mut out = json!({ "events": events, "limit_per_s": per_second });
+    for k in 0..2 {
+        let relays = [1usize, 3][(k + rep) % 2];
+        let db = ctx.fresh_db().await?;
+        let result = async {
+            backlog(ctx, &db, events).await?;
+            let endpoint = ctx
+                .receiver
+                .endpoint(&ctx.key, Behaviour::Healthy, events)?;
+            let hooks = [endpoint];
+            let extra = format!("*rate_limit = \"{per_second}/s\"");
+            let mut procs = Vec::new();
+            for _ in 0..relays {
+                procs.push(ctx.start_relay_with(&db, &hooks, &extra)?);
+            }
+            let limit = ctx.p.drain_limit;
+            let end = wait_deliveries(
+                &mut procs[0],
+                || hooks[0].counts.unique() as usize >= events,
+                || hooks[0].counts.unique(),
+                STALL,
+                limit,
+            )
+            .await?;
+            let mut logs = Vec::new();
+            for p in &mut procs {
+                logs.push(finish_relay(p)?);
+            }
+            // The relays have exited, so their statistics are flushed.
+            let client = outbox_relay::db::connect(db.cfg.database_url.get()).await?;
+            let bucket_updates: i64 = client
+                .query_one(
+                    "SELECT coalesce(sum(n_tup_upd), 0)::int8 FROM pg_stat_user_tables \
+                     WHERE relname = 'OutboxEvent_relay_rates'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            let mut at: Vec<u64> = (0..events)
+                .map(|n| hooks[0].counts.receipt_ns(n))
+                .filter(|&t| t > 0)
+                .collect();
+            at.sort_unstable();
+            let (a, b) = (at.len() / 10, at.len() * 9 / 10);
+            let rate = (b > a + 1)
+                .then(|| round2((b - a) as f64 / ((at[b - 1] - at[a]) as f64 / 1e9).max(1e-9)));
+            anyhow::Ok(json!({
+                "relays": relays,
+                "end": end.name(),
+                "delivered": at.len(),
+                "duplicates": hooks[0].counts.figures()["duplicates"],
+                "events_per_s_middle_80pct": rate,
+                "pct_of_limit": rate.map(|r| round2(100.0 * r / per_second as f64)),
+                "bucket_updates": bucket_updates,
+                "relay_logs": logs,
+            }))
+        }
+        .await;
+        ctx.drop_db(&db).await;
+        let run = result?;
+        eprintln!(
+            "  rate_limit {per_second}/s, {relays} relay(s): {} ev/s over the middle 80 % ({}% of the limit), {} bucket UPDATEs, {}",
+            run["events_per_s_middle_80pct"], run["pct_of_limit"], run["bucket_updates"], run["end"]
+        );
+        out[format!("relays_{relays}")] = run;
+    }
+    Ok(out)
+}
+
 /// `events` pending on `db`, analyzed (as autovacuum would have) and checkpointed, so every
 /// drain starts from the same state; returns how long the inserts took.
 pub async fn backlog(ctx: &Ctx<'_>, db: &FreshDb, events: usize) -> anyhow::Result<f64> {

@@ -58,6 +58,9 @@
 //!   (`drain::DOWN_BREAKER`), the four in an order rotating each repetition: the two healthy
 //!   endpoints' events/s in each, their cost against the two alone, and the requests the
 //!   third got.
+//! - `rate_limit`: `RATE_LIMIT_EVENTS` pending, to one endpoint with `rate_limit =
+//!   "RATE_LIMIT/s"`, by one relay and by three on the same table: the rate the endpoint saw
+//!   over the middle 80 % of the events, and as a percentage of the limit.
 //! - `db_ceiling`: the relay's own claim and record statements
 //!   ([`Queries`](outbox_relay::db::queries::Queries)) on the burst,
 //!   no HTTP, as fast as they go from a couple of connections: rows/s ([`ceilings`]).
@@ -84,6 +87,8 @@
 //! | `HOLD_SNAPSHOT` | 0 | 1: `latency` holds a REPEATABLE READ snapshot (one `count(*)` of the table) from before its warm-up to its last delivery, as a long report or an idle-in-transaction session does: vacuum cannot remove the claimed rows meanwhile |
 //! | `LOADERS` | 16 | connections of the rate load (at 2,000/s, 8 ms each per durable commit) |
 //! | `FANOUT` | 50000 | events of `fanout` and `down` |
+//! | `RATE_LIMIT` | 1000 | the limit of `rate_limit`, per second |
+//! | `RATE_LIMIT_EVENTS` | 10000 | events of `rate_limit` |
 //! | `CEILING_EVENTS`, `CEILING_BATCH`, `CEILING_CONNECTIONS` | 50000, 100, 2 | `db_ceiling` (100 = the relay's default `batch_size`) |
 //! | `RECEIVER_REQUESTS`, `RECEIVER_CONCURRENCY` | 200000, 64 | `receiver_ceiling` |
 //! | `WRITERS`, `INSERT_SECS` | 16, 8 | `commit_path`, each of its three cases |
@@ -140,6 +145,7 @@ const SCENARIOS: &[&str] = &[
     "nats3_latency",
     "fanout",
     "down",
+    "rate_limit",
     "db_ceiling",
     "receiver_ceiling",
     "commit_path",
@@ -168,6 +174,8 @@ pub struct Params {
     pub hold_snapshot: bool,
     pub loaders: usize,
     pub fanout: usize,
+    pub rate_limit: u32,
+    pub rate_limit_events: usize,
     pub ceiling_events: usize,
     pub ceiling_batch: usize,
     pub ceiling_connections: usize,
@@ -209,6 +217,8 @@ impl Params {
             hold_snapshot: num("HOLD_SNAPSHOT", 0)? != 0,
             loaders: num("LOADERS", 16)? as usize,
             fanout: num("FANOUT", 50_000)? as usize,
+            rate_limit: num("RATE_LIMIT", 1000)? as u32,
+            rate_limit_events: num("RATE_LIMIT_EVENTS", 10_000)? as usize,
             ceiling_events: num("CEILING_EVENTS", 50_000)? as usize,
             ceiling_batch: num("CEILING_BATCH", 100)? as usize,
             ceiling_connections: num("CEILING_CONNECTIONS", 2)? as usize,
@@ -241,6 +251,8 @@ impl Params {
             p.idle_secs as usize,
             p.loaders,
             p.fanout,
+            p.rate_limit as usize,
+            p.rate_limit_events,
             p.ceiling_events,
             p.ceiling_batch,
             p.ceiling_connections,
@@ -263,7 +275,8 @@ impl Params {
         format!(
             "RELAY_BENCH_REPS={} RELAY_BENCH_SCENARIOS={} RELAY_BENCH_DRAIN={} RELAY_BENCH_RATES={} \
              RELAY_BENCH_RATE_SECS={} RELAY_BENCH_IDLE_SECS={} RELAY_BENCH_HOLD_SNAPSHOT={} \
-             RELAY_BENCH_LOADERS={} RELAY_BENCH_FANOUT={} RELAY_BENCH_CEILING_EVENTS={} \
+             RELAY_BENCH_LOADERS={} RELAY_BENCH_FANOUT={} RELAY_BENCH_RATE_LIMIT={} \
+             RELAY_BENCH_RATE_LIMIT_EVENTS={} RELAY_BENCH_CEILING_EVENTS={} \
              RELAY_BENCH_CEILING_BATCH={} RELAY_BENCH_CEILING_CONNECTIONS={} \
              RELAY_BENCH_RECEIVER_REQUESTS={} \
              RELAY_BENCH_RECEIVER_CONCURRENCY={} RELAY_BENCH_WRITERS={} RELAY_BENCH_INSERT_SECS={} \
@@ -278,6 +291,8 @@ impl Params {
             self.hold_snapshot as u8,
             self.loaders,
             self.fanout,
+            self.rate_limit,
+            self.rate_limit_events,
             self.ceiling_events,
             self.ceiling_batch,
             self.ceiling_connections,
@@ -356,6 +371,14 @@ fn summary_keys(label: &str) -> &'static [&'static [&'static str]] {
             &["idle", "relay_cpu_ms"],
             &["idle", "queries"],
             &["idle", "queries_besides_listener"],
+        ],
+        "rate" => &[
+            &["relays_1", "events_per_s_middle_80pct"],
+            &["relays_1", "pct_of_limit"],
+            &["relays_3", "events_per_s_middle_80pct"],
+            &["relays_3", "pct_of_limit"],
+            &["relays_1", "bucket_updates"],
+            &["relays_3", "bucket_updates"],
         ],
         "down" => &[
             &["healthy_events_per_s_two_healthy"],
@@ -463,6 +486,10 @@ async fn scenario(ctx: &Ctx<'_>, name: &str, rep: usize) -> anyhow::Result<Vec<(
         }
         "fanout" => out.push(("fanout".into(), drain::fanout(ctx, p.fanout).await?)),
         "down" => out.push(("down".into(), drain::down(ctx, p.fanout, rep).await?)),
+        "rate_limit" => out.push((
+            "rate_limit".into(),
+            drain::rate_limited(ctx, p.rate_limit_events, p.rate_limit, rep).await?,
+        )),
         "db_ceiling" => out.push((
             "db_ceiling".into(),
             ceilings::db_ceiling(ctx, p.ceiling_events).await?,

@@ -107,7 +107,8 @@ impl Ctx<'_> {
 
     /// The relay's config: the bench's extra top-level lines, the database, a free port for
     /// its HTTP side, and one `[[webhook]]` per endpoint (all event types, signed);
-    /// `down_extra` after each webhook whose endpoint is [`crate::receiver::Behaviour::Down`].
+    /// `down_extra` after each webhook whose endpoint is [`crate::receiver::Behaviour::Down`]
+    /// (or after every webhook, when it starts with `*`).
     pub fn relay_toml(
         &self,
         db_url: &str,
@@ -128,7 +129,10 @@ impl Ctx<'_> {
                 self.secret,
                 self.p.webhook_config
             ));
-            if hook.counts.behaviour == crate::receiver::Behaviour::Down {
+            if let Some(all) = down_extra.strip_prefix('*') {
+                toml.push_str(all);
+                toml.push('\n');
+            } else if hook.counts.behaviour == crate::receiver::Behaviour::Down {
                 toml.push_str(down_extra);
                 toml.push('\n');
             }

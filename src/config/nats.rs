@@ -41,6 +41,7 @@ pub(super) struct FileNats {
     max_in_flight: Option<usize>,
     ordering: Option<Ordering>,
     circuit_breaker: Option<super::breaker::FileBreaker>,
+    rate_limit: Option<String>,
     user: Option<String>,
     password: Option<String>,
     token: Option<String>,
@@ -104,6 +105,8 @@ pub struct NatsConfig {
     pub ordered: bool,
     /// `circuit_breaker` (None: off).
     pub breaker: Option<super::breaker::BreakerConfig>,
+    /// `rate_limit` (None: none).
+    pub rate_limit: Option<super::rate::RateLimit>,
     pub auth: NatsAuth,
     pub tls_ca: Option<PathBuf>,
     pub tls_required: bool,
@@ -148,6 +151,7 @@ pub(super) fn nats(
         max_in_flight: n.max_in_flight,
         ordering: n.ordering,
         circuit_breaker: n.circuit_breaker,
+        rate_limit: n.rate_limit,
     }
     .validate(
         "nats",
@@ -232,6 +236,7 @@ pub(super) fn nats(
         max_in_flight: common.max_in_flight,
         ordered: common.ordered,
         breaker: common.breaker,
+        rate_limit: common.rate_limit,
         auth,
         tls_required: n.tls_required.unwrap_or(false) || n.tls_ca.is_some(),
         tls_ca: n.tls_ca,

@@ -37,6 +37,7 @@ pub(super) struct FileRabbitMq {
     max_in_flight: Option<usize>,
     ordering: Option<Ordering>,
     circuit_breaker: Option<super::breaker::FileBreaker>,
+    rate_limit: Option<String>,
     tls_ca: Option<PathBuf>,
     secret: Option<String>,
 }
@@ -70,6 +71,8 @@ pub struct RabbitMqConfig {
     pub ordered: bool,
     /// `circuit_breaker` (None: off).
     pub breaker: Option<super::breaker::BreakerConfig>,
+    /// `rate_limit` (None: none).
+    pub rate_limit: Option<super::rate::RateLimit>,
     /// PEM file of the CA that signs the broker's certificate (`amqps://` only).
     pub tls_ca: Option<PathBuf>,
     /// Signs each message like a webhook (`webhook-signature` header), when set.
@@ -116,6 +119,7 @@ pub(super) fn rabbitmq(
         max_in_flight: r.max_in_flight,
         ordering: r.ordering,
         circuit_breaker: r.circuit_breaker,
+        rate_limit: r.rate_limit,
     }
     .validate(
         "rabbitmq",
@@ -195,6 +199,7 @@ pub(super) fn rabbitmq(
         max_in_flight: common.max_in_flight,
         ordered: common.ordered,
         breaker: common.breaker,
+        rate_limit: common.rate_limit,
         tls_ca: r.tls_ca,
         keys,
     })

@@ -39,6 +39,7 @@ pub(super) struct FileRedis {
     max_in_flight: Option<usize>,
     ordering: Option<Ordering>,
     circuit_breaker: Option<super::breaker::FileBreaker>,
+    rate_limit: Option<String>,
     tls_ca: Option<PathBuf>,
     secret: Option<String>,
 }
@@ -73,6 +74,8 @@ pub struct RedisConfig {
     pub ordered: bool,
     /// `circuit_breaker` (None: off).
     pub breaker: Option<super::breaker::BreakerConfig>,
+    /// `rate_limit` (None: none).
+    pub rate_limit: Option<super::rate::RateLimit>,
     /// PEM file of the CA that signs the server's certificate (`rediss://` only).
     pub tls_ca: Option<PathBuf>,
     /// Signs each entry like a webhook (`webhook-signature` field), when set.
@@ -110,6 +113,7 @@ pub(super) fn redis(
         max_in_flight: r.max_in_flight,
         ordering: r.ordering,
         circuit_breaker: r.circuit_breaker,
+        rate_limit: r.rate_limit,
     }
     .validate(
         "redis",
@@ -183,6 +187,7 @@ pub(super) fn redis(
         max_in_flight: common.max_in_flight,
         ordered: common.ordered,
         breaker: common.breaker,
+        rate_limit: common.rate_limit,
         tls_ca: r.tls_ca,
         keys,
     })

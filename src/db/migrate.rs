@@ -42,6 +42,10 @@ const STEPS: &[(&str, &str)] = &[
     ),
     ("008_audit.sql", include_str!("../../sql/008_audit.sql")),
     ("009_circuit.sql", include_str!("../../sql/009_circuit.sql")),
+    (
+        "010_rate_limit.sql",
+        include_str!("../../sql/010_rate_limit.sql"),
+    ),
 ];
 
 /// Session-level advisory lock key serialising concurrent `migrate` runs (several relays
@@ -157,6 +161,7 @@ fn vars(settings: &TableSettings) -> Vec<(&'static str, String)> {
         ("{{stream_seq}}", quote_ident(&stream_seq)),
         ("{{paused_table}}", quote_ident(&settings.paused_table())),
         ("{{audit_table}}", quote_ident(&settings.audit_table())),
+        ("{{rates_table}}", quote_ident(&settings.rates_table())),
         (
             "{{stream_seq_literal}}",
             quote_literal(&settings.in_schema(&stream_seq)),

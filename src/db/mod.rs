@@ -13,6 +13,7 @@ pub mod maintenance;
 pub mod migrate;
 pub mod privileges;
 pub mod queries;
+pub mod rates;
 pub mod server;
 pub mod shape;
 pub mod statements;

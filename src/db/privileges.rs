@@ -34,7 +34,8 @@ pub enum Use {
     Pause,
     /// `run`: claims and records (UPDATE, and `FOR SHARE` on the paused table, which needs
     /// UPDATE), retention (DELETE), the dashboard's pause and resume (INSERT and DELETE on
-    /// the paused table), its audit log (INSERT and SELECT).
+    /// the paused table), its audit log (INSERT and SELECT), rate limits (SELECT, INSERT
+    /// and UPDATE on the rates table).
     Run,
 }
 
@@ -121,6 +122,7 @@ pub fn needs(settings: &TableSettings, what: Use) -> Vec<Privilege> {
     let paused = |p| Privilege::new(p, Kind::Table, s, &settings.paused_table());
     // Every operator action is recorded (`crate::db::audit`); the dashboard lists the log.
     let audit = |p| Privilege::new(p, Kind::Table, s, &settings.audit_table());
+    let rates = |p| Privilege::new(p, Kind::Table, s, &settings.rates_table());
     let mut out = vec![
         Privilege::new("USAGE", Kind::Schema, s, s.as_str()),
         table("SELECT"),
@@ -145,6 +147,7 @@ pub fn needs(settings: &TableSettings, what: Use) -> Vec<Privilege> {
             }
             out.extend(["SELECT", "INSERT", "UPDATE", "DELETE"].map(paused));
             out.extend(["SELECT", "INSERT"].map(audit));
+            out.extend(["SELECT", "INSERT", "UPDATE"].map(rates));
         }
     }
     out
@@ -176,6 +179,12 @@ pub fn grants_script(settings: &TableSettings, role: &Ident) -> String {
             &["SELECT", "INSERT"],
             Kind::Table,
             &settings.in_schema(&settings.audit_table()),
+            &r,
+        ),
+        grant(
+            &["SELECT", "INSERT", "UPDATE"],
+            Kind::Table,
+            &settings.in_schema(&settings.rates_table()),
             &r,
         ),
         grant(
@@ -322,6 +331,7 @@ mod tests {
                 r#"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."OutboxEvent" TO "relay_rt";"#,
                 r#"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."OutboxEvent_relay_paused" TO "relay_rt";"#,
                 r#"GRANT SELECT, INSERT ON TABLE "public"."OutboxEvent_relay_audit" TO "relay_rt";"#,
+                r#"GRANT SELECT, INSERT, UPDATE ON TABLE "public"."OutboxEvent_relay_rates" TO "relay_rt";"#,
                 r#"GRANT USAGE ON SEQUENCE "public"."OutboxEvent_stream_seq" TO "relay_rt";"#,
             ]
         );

@@ -77,6 +77,12 @@ impl TableSettings {
         self.in_schema(&self.audit_table())
     }
 
+    /// The shared token buckets of rate-limited endpoints beside the outbox table (unquoted,
+    /// in the same schema).
+    pub fn rates_table(&self) -> String {
+        derived_name("", &self.table, "_relay_rates")
+    }
+
     /// The default config's settings for `table` in `public`, for unit tests.
     #[cfg(test)]
     pub(crate) fn for_tests(table: &str) -> Self {

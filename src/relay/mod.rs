@@ -286,6 +286,21 @@ impl Relay {
             changes,
             stop_background.clone(),
         ));
+        let rates = crate::db::rates::Rates::new(&self.cfg.table_settings());
+        let limiters: Vec<_> = self
+            .dispatcher
+            .endpoints()
+            .iter()
+            .filter(|e| e.limiter().is_some())
+            .map(|e| {
+                tokio::spawn(crate::sinks::limiter::run(
+                    self.pool.clone(),
+                    rates.clone(),
+                    e.clone(),
+                    stop_background.clone(),
+                ))
+            })
+            .collect();
         let endpoints_changed = Arc::new(Notify::new());
         let paused = tokio::spawn(background::run(
             crate::sinks::pause::PausedSet {
@@ -377,6 +392,7 @@ impl Relay {
         ]
         .into_iter()
         .flatten()
+        .chain(limiters)
         {
             let _ = task.await;
         }

@@ -16,6 +16,7 @@ use crate::event::Event;
 use crate::observe::activity::{EndpointStats, Timeline};
 use crate::outcome::AttemptLog;
 use crate::sinks::breaker::Breaker;
+use crate::sinks::limiter::{self, Limiter, Token};
 use crate::sinks::routing::TypeFilter;
 
 /// Deliveries that may wait for one of an endpoint's `max_in_flight` slots, per slot.
@@ -124,6 +125,8 @@ pub struct Settings<'a> {
     pub timeout: Duration,
     /// `circuit_breaker` (None: off).
     pub breaker: Option<crate::config::breaker::BreakerConfig>,
+    /// `rate_limit` (None: none).
+    pub rate_limit: Option<crate::config::rate::RateLimit>,
 }
 
 /// A configured destination, shared by every delivery task.
@@ -141,6 +144,8 @@ pub struct Endpoint {
     /// pause or an open circuit; set at once when this relay's breaker opens it.
     paused: AtomicBool,
     pub breaker: Breaker,
+    /// `rate_limit`'s tokens on this relay (fed by [`crate::sinks::limiter::run`]).
+    limiter: Option<Limiter>,
     /// The paused set's row for it, as this relay last read it (for the dashboard).
     pause_row: std::sync::Mutex<Option<crate::db::admin::Paused>>,
     /// This instance's recent attempts, for the dashboard.
@@ -164,6 +169,7 @@ impl Endpoint {
             timeout: settings.timeout,
             paused: AtomicBool::new(false),
             breaker: Breaker::new(settings.breaker),
+            limiter: settings.rate_limit.map(Limiter::new),
             pause_row: std::sync::Mutex::default(),
             stats: EndpointStats::default(),
             timeline,
@@ -197,6 +203,11 @@ impl Endpoint {
     /// Returns whether it changed.
     pub fn set_paused(&self, paused: bool) -> bool {
         self.paused.swap(paused, Ordering::AcqRel) != paused
+    }
+
+    /// Its rate limit on this relay, if it has one.
+    pub fn limiter(&self) -> Option<&Limiter> {
+        self.limiter.as_ref()
     }
 
     /// Why it is paused, as the paused set said at the last reload.
@@ -250,6 +261,13 @@ impl Endpoint {
         else {
             return (Attempt::Busy, None);
         };
+        if let Some(l) = &self.limiter {
+            match l.acquire(self.timeout, cancel).await {
+                Token::Granted => {}
+                Token::TimedOut => return (Attempt::Busy, None),
+                Token::Cancelled => return (Attempt::Cancelled, None),
+            }
+        }
         let permit = tokio::select! {
             p = tokio::time::timeout(self.timeout, self.permits.acquire()) => match p {
                 Ok(Ok(p)) => p,
@@ -266,6 +284,11 @@ impl Endpoint {
         };
         drop(permit);
         let took = started.elapsed();
+        if let (Some(l), Some(429), Attempt::Failed { retry_after, .. }) =
+            (&self.limiter, sent.status, &sent.attempt)
+        {
+            l.throttle(retry_after.unwrap_or(limiter::DEFAULT_BLOCK));
+        }
         let (outcome, error) = match &sent.attempt {
             Attempt::Accepted => (crate::observe::metrics::SUCCESS, None),
             Attempt::Failed { error, .. } if error.starts_with(TIMED_OUT) => {

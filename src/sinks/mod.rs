@@ -6,6 +6,7 @@
 
 pub mod breaker;
 pub mod endpoint;
+pub mod limiter;
 pub mod nats;
 pub mod pause;
 pub mod rabbitmq;

@@ -24,6 +24,7 @@ mod pooler;
 mod privileges;
 mod process;
 mod rabbitmq;
+mod rate_limit;
 mod readme;
 mod redis;
 mod replay;

@@ -47,6 +47,7 @@ pub fn endpoint(cfg: &NatsConfig, timeline: Arc<Timeline>) -> anyhow::Result<End
         max_in_flight: cfg.max_in_flight,
         timeout: cfg.timeout,
         breaker: cfg.breaker,
+        rate_limit: cfg.rate_limit,
     };
     let sink = Nats {
         keys: cfg.keys.as_ref().map(|k| k.get().clone()),

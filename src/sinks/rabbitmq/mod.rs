@@ -85,6 +85,7 @@ pub fn endpoint(cfg: &RabbitMqConfig, timeline: Arc<Timeline>) -> anyhow::Result
         max_in_flight: cfg.max_in_flight,
         timeout: cfg.timeout,
         breaker: cfg.breaker,
+        rate_limit: cfg.rate_limit,
     };
     let mut uri: AMQPUri = cfg
         .url

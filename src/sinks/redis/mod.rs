@@ -82,6 +82,7 @@ pub fn endpoint(cfg: &RedisConfig, timeline: Arc<Timeline>) -> anyhow::Result<En
         max_in_flight: cfg.max_in_flight,
         timeout: cfg.timeout,
         breaker: cfg.breaker,
+        rate_limit: cfg.rate_limit,
     };
     let sink = Redis {
         keys: cfg.keys.as_ref().map(|k| k.get().clone()),

@@ -47,6 +47,7 @@ pub fn endpoint(
         max_in_flight: cfg.max_in_flight,
         timeout: cfg.timeout,
         breaker: cfg.breaker,
+        rate_limit: cfg.rate_limit,
     };
     let sink = Webhook::new(cfg, backoff_max, egress)?;
     Endpoint::new(settings, Box::new(sink), timeline)
