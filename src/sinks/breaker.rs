@@ -122,9 +122,13 @@ impl Breaker {
         self.probe.load(Ordering::Acquire) == ARMED
     }
 
-    /// When this relay should next try for the probe slot (None: no open circuit), as the
-    /// probe slot's statement or this relay's own opening said.
-    pub fn probe_at(&self, at: Option<Instant>) {
+    /// What the probe slot's statement said: the slot is due at `at` (None: no open
+    /// circuit).
+    pub fn sync_probe(&self, at: Option<Instant>) {
+        self.probe_at(at);
+    }
+
+    fn probe_at(&self, at: Option<Instant>) {
         *self.next_probe.lock().expect("not poisoned") = at;
     }
 
@@ -284,8 +288,10 @@ async fn apply(
                     "circuit closed: the probe was delivered; releasing the held events"
                 );
                 endpoint.set_paused(false);
-                let released = super::pause::unpaused(On::Pool(pool), q, channel).await?;
+                admin::notify(On::Pool(pool), channel, super::pause::ENDPOINTS_CHANGED).await?;
+                let released = super::pause::release_held(On::Pool(pool), q).await?;
                 tracing::info!(endpoint = name, released, "held events released");
+                admin::wake_relays(On::Pool(pool), channel).await?;
             }
         }
         Change::Probed {
