@@ -865,7 +865,7 @@ fn database_tls(url: Secret, file: FileDatabase) -> Result<Secret, ConfigError> 
     if let Err(e) = rest.parse::<tokio_postgres::Config>() {
         return Err(ConfigError::new(
             "database_url",
-            format!("not a PostgreSQL URL: {e}"),
+            format!("not a PostgreSQL URL: {}", tls::redact(&e.to_string())),
         ));
     }
     let sslmode = file.sslmode.as_deref().map(tls::SslMode::parse);
@@ -1502,6 +1502,17 @@ mod tests {
         let err = with("postgres://u:hunter2@db/app?sslmode=verify", "").unwrap_err();
         assert_eq!(err.key, "database_url");
         assert!(!err.to_string().contains("hunter2"));
+        // Neither a value read from the environment (PATH is not a connection string)...
+        let path = std::env::var("PATH").unwrap();
+        let err = Config::from_toml("database_url = \"env:PATH\"", &Overrides::default());
+        let err = err.unwrap_err().to_string();
+        assert!(
+            err.contains("database_url") && !err.contains(&path),
+            "{err}"
+        );
+        // ...nor a word of a `key=value` string that tokio-postgres does not know.
+        let err = with("host=db hunter2=x", "").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

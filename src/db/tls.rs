@@ -272,7 +272,8 @@ fn read_key(path: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
 }
 
 /// Takes the TLS keys out of a connection string: the rest (for tokio-postgres) and the
-/// settings found. Errors name the key, never the string (it may hold a password).
+/// settings found. Errors name libpq keywords only, never the string (it may hold a password
+/// or a value read from `env:`).
 pub fn split(conn: &str) -> Result<(String, Settings), String> {
     let mut settings = Settings::default();
     if let Some(rest) = ["postgres://", "postgresql://"]
@@ -356,7 +357,9 @@ fn key_values(s: &str) -> Result<Vec<(String, String)>, String> {
         while it.next_if(|c| c.is_whitespace()).is_some() {}
         if it.next() != Some('=') {
             return Err(format!(
-                "expected `=` after {key:?} in the connection string"
+                "expected `=` after {} in the connection string: write key=value pairs \
+                 or a postgres:// URL",
+                named(&key)
             ));
         }
         while it.next_if(|c| c.is_whitespace()).is_some() {}
@@ -367,7 +370,7 @@ fn key_values(s: &str) -> Result<Vec<(String, String)>, String> {
                     Some('\'') => break,
                     Some('\\') => value.extend(it.next()),
                     Some(c) => value.push(c),
-                    None => return Err(format!("unterminated quoted value of {key}")),
+                    None => return Err(format!("unterminated quoted value of {}", named(&key))),
                 }
             }
         } else {
@@ -381,6 +384,76 @@ fn key_values(s: &str) -> Result<Vec<(String, String)>, String> {
         }
         out.push((key, value));
     }
+}
+
+/// libpq's connection keywords: the only words of a connection string an error may repeat.
+/// Anything else may be part of a password, or a value read from `env:`/`file:`.
+const LIBPQ_KEYWORDS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "requiressl",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
+];
+
+/// How an error names a word of a connection string: itself if it is a libpq keyword.
+fn named(word: &str) -> String {
+    match LIBPQ_KEYWORDS.contains(&word) {
+        true => format!("`{word}`"),
+        false => "a word that is not a connection keyword".to_owned(),
+    }
+}
+
+/// `message` (tokio-postgres' words about a connection string) with each quoted word that
+/// is not a libpq keyword taken out: "unknown option `<word>`" repeats what it did not know.
+pub fn redact(message: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in message.split('`').enumerate() {
+        match (
+            i % 2 == 1,
+            part.chars().count() > 1 && !LIBPQ_KEYWORDS.contains(&part),
+        ) {
+            (true, true) => out.push_str("(a word that is not a connection keyword)"),
+            (true, false) => out.push_str(&format!("`{part}`")),
+            (false, _) => out.push_str(part),
+        }
+    }
+    out
 }
 
 /// The connector of every database connection: rustls as the [`Settings`] say, with
@@ -595,6 +668,31 @@ impl ServerCertVerifier for Lenient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A string that is not a connection string may be a secret (an `env:` value): errors
+    /// name libpq keywords only.
+    #[test]
+    fn errors_never_repeat_words_that_are_not_keywords() {
+        for conn in [
+            "/usr/local/sbin:/usr/local/bin:/usr/bin",
+            "hunter2-secret",
+            "host=h hunter2-secret",
+            "hunter2-secret='x",
+        ] {
+            let e = split(conn).unwrap_err();
+            assert!(!e.contains("hunter2") && !e.contains("/usr"), "{e}");
+        }
+        let e = split("host=h password='hunter2").unwrap_err();
+        assert_eq!(e, "unterminated quoted value of `password`");
+        assert!(split("host").unwrap_err().contains("after `host`"));
+        assert_eq!(
+            redact("unknown option `hunter2`; invalid value for option `port`; got `/`"),
+            "unknown option (a word that is not a connection keyword); \
+             invalid value for option `port`; got `/`"
+        );
+        let e = "hunter2=x".parse::<tokio_postgres::Config>().unwrap_err();
+        assert!(!redact(&e.to_string()).contains("hunter2"), "{e}");
+    }
 
     #[test]
     fn splits_the_url_form() {

@@ -257,17 +257,24 @@ async fn deliver_end_to_end(env_url: Option<&str>, head: &str, db: &str, role: &
     })
     .await;
     // The server refuses plain connections (hostnossl ... reject), so every relay connection
-    // (pool, LISTEN, wake lock) is over TLS; pg_stat_ssl says so too.
-    let over_tls: i64 = app
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
-              WHERE a.datname = current_database() AND a.usename = $1 AND s.ssl",
-            &[&role],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(over_tls >= 2, "{over_tls} relay connections over TLS");
+    // (pool, LISTEN, wake lock) is over TLS; pg_stat_ssl says so too. The LISTEN connection
+    // may still be opening when the first event (claimed at start) is delivered: wait for it.
+    wait_until("two relay connections over TLS (pool and LISTEN)", || {
+        let app = &app;
+        async move {
+            let over_tls: i64 = app
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+                      WHERE a.datname = current_database() AND a.usename = $1 AND s.ssl",
+                    &[&role],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            over_tls >= 2
+        }
+    })
+    .await;
     let (ok, status, serr) =
         relay(&["status", "--json", "--config", path_str(&cfg)], env_url).await;
     assert!(ok, "status failed:\n{serr}");
