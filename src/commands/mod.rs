@@ -422,12 +422,11 @@ pub async fn set_paused(cfg: &Config, endpoint: &str, paused: bool) -> anyhow::R
     if let Some(p) = &before {
         detail["was"] = p.reason.as_str().into();
     }
-    admin::notify(on, &channel, crate::sinks::pause::ENDPOINTS_CHANGED).await?;
     let released = if paused {
+        admin::notify(on, &channel, crate::sinks::pause::ENDPOINTS_CHANGED).await?;
         0
     } else {
-        let n = crate::sinks::pause::release_held(on, &q).await?;
-        admin::wake_relays(on, &channel).await?;
+        let n = crate::sinks::pause::unpaused(on, &q, &channel).await?;
         detail["released"] = n.into();
         n
     };

@@ -399,11 +399,11 @@ impl Relay {
                         } else {
                             d + PROBE_MARGIN
                         };
-                        ep.breaker.sync_probe(Some(now + wait));
+                        ep.breaker.probe_at(Some(now + wait));
                         return anyhow::Ok(());
                     }
                     circuit::Slot::NotOpen => {
-                        ep.breaker.sync_probe(None);
+                        ep.breaker.probe_at(None);
                         return Ok(());
                     }
                 }
@@ -429,7 +429,7 @@ impl Relay {
             };
             if let Err(e) = probed.await {
                 tracing::debug!(endpoint = %ep.name, error = format!("{e:#}"), "circuit probe not started");
-                ep.breaker.sync_probe(Some(now + Duration::from_secs(1)));
+                ep.breaker.probe_at(Some(now + Duration::from_secs(1)));
             }
         }
     }

@@ -122,13 +122,9 @@ impl Breaker {
         self.probe.load(Ordering::Acquire) == ARMED
     }
 
-    /// What the probe slot's statement said: the slot is due at `at` (None: no open
-    /// circuit).
-    pub fn sync_probe(&self, at: Option<Instant>) {
-        self.probe_at(at);
-    }
-
-    fn probe_at(&self, at: Option<Instant>) {
+    /// When this relay should next try for the probe slot (None: no open circuit), as the
+    /// probe slot's statement or this relay's own opening said.
+    pub fn probe_at(&self, at: Option<Instant>) {
         *self.next_probe.lock().expect("not poisoned") = at;
     }
 
@@ -288,10 +284,8 @@ async fn apply(
                     "circuit closed: the probe was delivered; releasing the held events"
                 );
                 endpoint.set_paused(false);
-                admin::notify(On::Pool(pool), channel, super::pause::ENDPOINTS_CHANGED).await?;
-                let released = super::pause::release_held(On::Pool(pool), q).await?;
+                let released = super::pause::unpaused(On::Pool(pool), q, channel).await?;
                 tracing::info!(endpoint = name, released, "held events released");
-                admin::wake_relays(On::Pool(pool), channel).await?;
             }
         }
         Change::Probed {

@@ -115,13 +115,23 @@ pub async fn set(
         admin::resume_endpoint(On::Pool(pool), q, name).await?;
         endpoint.set_paused(false)
     };
-    admin::notify(On::Pool(pool), channel, ENDPOINTS_CHANGED).await?;
-    if !paused {
-        let released = release_held(On::Pool(pool), q).await?;
+    if paused {
+        admin::notify(On::Pool(pool), channel, ENDPOINTS_CHANGED).await?;
+    } else {
+        let released = unpaused(On::Pool(pool), q, channel).await?;
         tracing::info!(endpoint = name, released, "held events released");
-        admin::wake_relays(On::Pool(pool), channel).await?;
     }
     Ok(changed)
+}
+
+/// After an endpoint left the paused set (a resume, a closed circuit): tells the relays to
+/// reload the set, releases the held rows and wakes the relays to claim them. Returns how
+/// many rows were released.
+pub async fn unpaused(on: On<'_>, q: &Queries, channel: &str) -> anyhow::Result<u64> {
+    admin::notify(on, channel, ENDPOINTS_CHANGED).await?;
+    let released = release_held(on, q).await?;
+    admin::wake_relays(on, channel).await?;
+    Ok(released)
 }
 
 /// Makes every held row due again; returns how many. Rows still owed to an endpoint that
