@@ -156,8 +156,17 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Validate the config and exit (status 2 when invalid).
+    /// Validate the config and exit (status 2 when invalid). Prints the `whpk_` public key
+    /// of every ed25519 (`whsk_`) signing key, for receivers verifying `v1a` signatures.
     CheckConfig,
+    /// Make a new signing key for a sink's `secret` and print it: an ed25519 `whsk_` key and
+    /// the `whpk_` public key receivers verify its `v1a` signatures with, or with --hmac a
+    /// `whsec_` secret (`v1`) both sides share. Reads no config.
+    Keygen {
+        /// A symmetric `whsec_` secret instead of an ed25519 key pair.
+        #[arg(long)]
+        hmac: bool,
+    },
 }
 
 /// A role name for `--print-grants`: a plain identifier, quoted in the SQL it goes into.

@@ -366,6 +366,8 @@ pub struct SinkView<'a> {
     pub breaker: Option<breaker::BreakerConfig>,
     /// `rate_limit` (None: none).
     pub rate_limit: Option<rate::RateLimit>,
+    /// The signing keys (`secret`; None: the sink signs nothing).
+    pub keys: Option<&'a Deferred<SigningKeys>>,
 }
 
 /// A dashboard admin token and the name the audit log records for its actions.
@@ -696,6 +698,7 @@ impl Config {
             ordered: w.ordered,
             breaker: w.breaker,
             rate_limit: w.rate_limit,
+            keys: Some(&w.keys),
         });
         let nats = self.nats.iter().map(|n| SinkView {
             section: "nats",
@@ -705,6 +708,7 @@ impl Config {
             ordered: n.ordered,
             breaker: n.breaker,
             rate_limit: n.rate_limit,
+            keys: n.keys.as_ref(),
         });
         let redis = self.redis.iter().map(|r| SinkView {
             section: "redis",
@@ -714,6 +718,7 @@ impl Config {
             ordered: r.ordered,
             breaker: r.breaker,
             rate_limit: r.rate_limit,
+            keys: r.keys.as_ref(),
         });
         let rabbitmq = self.rabbitmq.iter().map(|r| SinkView {
             section: "rabbitmq",
@@ -723,6 +728,7 @@ impl Config {
             ordered: r.ordered,
             breaker: r.breaker,
             rate_limit: r.rate_limit,
+            keys: r.keys.as_ref(),
         });
         webhooks.chain(nats).chain(redis).chain(rabbitmq).collect()
     }
@@ -1012,7 +1018,7 @@ fn read(key: &str, reference: &str, wanted: bool) -> Result<Deferred<Secret>, Co
         .map_err(|m| ConfigError::new(key, m))
 }
 
-/// Reads and parses a signing secret (`whsec_...`, several separated by spaces).
+/// Reads and parses a signing secret (`whsec_...` or `whsk_...`, several separated by spaces).
 fn signing_keys(
     key: &str,
     reference: &str,

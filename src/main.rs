@@ -75,6 +75,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let overrides = Overrides {
         database_url: cli.global.database_url.clone(),
     };
+    if let Command::Keygen { hmac } = cli.command {
+        let (secret, public) = outbox_relay::sinks::webhook::signature::generate(!hmac);
+        println!("secret = \"{secret}\"");
+        match public {
+            Some(public) => println!(
+                "# Keep the secret in the relay's config only (or behind env:/file:).\n\
+                 # Receivers verify v1a signatures with the public key: {public}"
+            ),
+            None => println!("# The receiver verifies v1 signatures with this same secret."),
+        }
+        return Ok(());
+    }
     if let Command::Dev { listen } = cli.command {
         return commands::dev::run(cli.global.config.as_deref(), &overrides, listen).await;
     }
@@ -155,9 +167,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.listen,
                 humantime::format_duration(cfg.poll_interval)
             );
+            for sink in cfg.sinks() {
+                for public in sink.keys.map(|k| k.get().public_keys()).unwrap_or_default() {
+                    println!(
+                        "{} {:?} signs v1a; receivers verify with {public}",
+                        sink.section, sink.name
+                    );
+                }
+            }
             Ok(())
         }
-        Command::Dev { .. } => unreachable!("handled above"),
+        Command::Dev { .. } | Command::Keygen { .. } => unreachable!("handled above"),
     }
 }
 
@@ -181,6 +201,7 @@ fn needs(command: &Command) -> Needs {
         | Command::Replay { .. }
         | Command::Publish { .. }
         | Command::Dev { .. } => Needs::Database,
+        Command::Keygen { .. } => Needs::Nothing,
     }
 }
 

@@ -74,10 +74,7 @@ pub async fn run(
         }
     };
 
-    let secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 24]>())
-    );
+    let (secret, _) = crate::sinks::webhook::signature::generate(false);
     let receiver = Arc::new(Receiver {
         keys: SigningKeys::parse(&Secret::new(secret.clone())).map_err(anyhow::Error::msg)?,
         failed_once: Mutex::default(),

@@ -2,7 +2,7 @@
 //! the spot, from the byte span the toml parser reports.
 //!
 //! The line is shown only when it cannot hold a secret: not a line of a secret key
-//! ([`SECRET_KEYS`]), nor one that shows a `whsec_` key or a password in a URL, and only up to
+//! ([`SECRET_KEYS`]), nor one that shows a `whsec_`/`whsk_` key or a password in a URL, and only up to
 //! the end of the error (a misspelt key is shown without its value).
 
 use std::fmt;
@@ -87,7 +87,7 @@ fn shown(line: &str, caret_at: usize, width: usize) -> Option<Shown> {
             c => c,
         })
         .collect();
-    if text.contains("whsec_") || holds_url_password(&text) {
+    if text.contains("whsec_") || text.contains("whsk_") || holds_url_password(&text) {
         return None;
     }
     let width = width.min(upto.saturating_sub(caret_at)).max(1);
@@ -176,6 +176,7 @@ mod tests {
             "database_url = \"postgres://relay:hunter2@db/app\" x",
             "db = \"postgres://relay:hunter2@db/app\" x",
             "s = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' x",
+            "s = 'whsk_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' x",
         ] {
             let shown = at(text, " x", 2).to_string();
             assert!(

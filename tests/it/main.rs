@@ -31,6 +31,7 @@ mod replay;
 mod router_access;
 mod run_once;
 mod security;
+mod signing;
 mod smoke;
 mod sse;
 mod sse_external;
