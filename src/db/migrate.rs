@@ -46,6 +46,7 @@ const STEPS: &[(&str, &str)] = &[
         "010_rate_limit.sql",
         include_str!("../../sql/010_rate_limit.sql"),
     ),
+    ("011_cluster.sql", include_str!("../../sql/011_cluster.sql")),
 ];
 
 /// Session-level advisory lock key serialising concurrent `migrate` runs (several relays
@@ -162,6 +163,14 @@ fn vars(settings: &TableSettings) -> Vec<(&'static str, String)> {
         ("{{paused_table}}", quote_ident(&settings.paused_table())),
         ("{{audit_table}}", quote_ident(&settings.audit_table())),
         ("{{rates_table}}", quote_ident(&settings.rates_table())),
+        (
+            "{{instances_table}}",
+            quote_ident(&settings.instances_table()),
+        ),
+        (
+            "{{activity_table}}",
+            quote_ident(&settings.activity_table()),
+        ),
         (
             "{{stream_seq_literal}}",
             quote_literal(&settings.in_schema(&stream_seq)),

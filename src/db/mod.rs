@@ -7,6 +7,7 @@ pub mod audit;
 pub mod browse;
 pub mod circuit;
 pub mod claims;
+pub mod cluster;
 mod connect_error;
 pub mod ident;
 pub mod maintenance;

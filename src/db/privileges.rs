@@ -123,6 +123,8 @@ pub fn needs(settings: &TableSettings, what: Use) -> Vec<Privilege> {
     // Every operator action is recorded (`crate::db::audit`); the dashboard lists the log.
     let audit = |p| Privilege::new(p, Kind::Table, s, &settings.audit_table());
     let rates = |p| Privilege::new(p, Kind::Table, s, &settings.rates_table());
+    let instances = |p| Privilege::new(p, Kind::Table, s, &settings.instances_table());
+    let activity = |p| Privilege::new(p, Kind::Table, s, &settings.activity_table());
     let mut out = vec![
         Privilege::new("USAGE", Kind::Schema, s, s.as_str()),
         table("SELECT"),
@@ -148,6 +150,8 @@ pub fn needs(settings: &TableSettings, what: Use) -> Vec<Privilege> {
             out.extend(["SELECT", "INSERT", "UPDATE", "DELETE"].map(paused));
             out.extend(["SELECT", "INSERT"].map(audit));
             out.extend(["SELECT", "INSERT", "UPDATE"].map(rates));
+            out.extend(["SELECT", "INSERT", "UPDATE", "DELETE"].map(instances));
+            out.extend(["SELECT", "INSERT", "DELETE"].map(activity));
         }
     }
     out
@@ -185,6 +189,18 @@ pub fn grants_script(settings: &TableSettings, role: &Ident) -> String {
             &["SELECT", "INSERT", "UPDATE"],
             Kind::Table,
             &settings.in_schema(&settings.rates_table()),
+            &r,
+        ),
+        grant(
+            &all,
+            Kind::Table,
+            &settings.in_schema(&settings.instances_table()),
+            &r,
+        ),
+        grant(
+            &["SELECT", "INSERT", "DELETE"],
+            Kind::Table,
+            &settings.in_schema(&settings.activity_table()),
             &r,
         ),
         grant(
@@ -332,6 +348,8 @@ mod tests {
                 r#"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."OutboxEvent_relay_paused" TO "relay_rt";"#,
                 r#"GRANT SELECT, INSERT ON TABLE "public"."OutboxEvent_relay_audit" TO "relay_rt";"#,
                 r#"GRANT SELECT, INSERT, UPDATE ON TABLE "public"."OutboxEvent_relay_rates" TO "relay_rt";"#,
+                r#"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."OutboxEvent_relay_instances" TO "relay_rt";"#,
+                r#"GRANT SELECT, INSERT, DELETE ON TABLE "public"."OutboxEvent_relay_activity" TO "relay_rt";"#,
                 r#"GRANT USAGE ON SEQUENCE "public"."OutboxEvent_stream_seq" TO "relay_rt";"#,
             ]
         );

@@ -83,6 +83,17 @@ impl TableSettings {
         derived_name("", &self.table, "_relay_rates")
     }
 
+    /// Each relay instance's latest report, for the cluster-wide dashboard (unquoted, in the
+    /// same schema).
+    pub fn instances_table(&self) -> String {
+        derived_name("", &self.table, "_relay_instances")
+    }
+
+    /// The relays' per-second delivery counts of the last hour (unquoted, in the same schema).
+    pub fn activity_table(&self) -> String {
+        derived_name("", &self.table, "_relay_activity")
+    }
+
     /// The default config's settings for `table` in `public`, for unit tests.
     #[cfg(test)]
     pub(crate) fn for_tests(table: &str) -> Self {

@@ -11,7 +11,7 @@ use serde::Serialize;
 /// Seconds the timeline keeps.
 pub const TIMELINE_SECONDS: usize = 3600;
 
-fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -160,7 +160,7 @@ pub struct EndpointStats {
     last_error: Mutex<Option<LastError>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct LastError {
     /// RFC 3339.
     pub at: String,
@@ -224,27 +224,69 @@ impl EndpointStats {
     }
 
     pub fn health(&self) -> EndpointHealth {
-        self.health_at(unix_now())
+        self.window().health()
     }
 
-    fn health_at(&self, now: u64) -> EndpointHealth {
+    /// The attempts of the last [`HEALTH_WINDOW`], to report or merge with other relays'.
+    pub fn window(&self) -> Window {
+        self.window_at(unix_now())
+    }
+
+    fn window_at(&self, now: u64) -> Window {
         let current = now / BUCKET_SECONDS;
-        let (mut attempts, mut succeeded) = (0u64, 0u64);
-        let mut latency = [0u64; LATENCY_BUCKETS];
+        let mut w = Window::default();
         for b in self.buckets.lock().expect("stats lock").iter() {
             if b.slice + (BUCKETS as u64) <= current || b.slice > current {
                 continue; // older than the window (or never used)
             }
-            attempts += u64::from(b.attempts);
-            succeeded += u64::from(b.succeeded);
-            for (sum, n) in latency.iter_mut().zip(b.latency) {
+            w.attempts += u64::from(b.attempts);
+            w.succeeded += u64::from(b.succeeded);
+            for (sum, n) in w.latency.iter_mut().zip(b.latency) {
                 *sum += u64::from(n);
             }
         }
-        let p99_ms = (attempts > 0).then(|| {
-            let rank = (attempts as f64 * 0.99).ceil() as u64;
+        w
+    }
+}
+
+/// An endpoint's attempts over [`HEALTH_WINDOW`], with their latency histogram: windows of
+/// several relays add up ([`Window::add`]) into the cluster's success rate and p99.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Window {
+    pub attempts: u64,
+    pub succeeded: u64,
+    /// Bucket k counts durations up to 0.1 ms x 1.25^k; sent as `[[k, count], ...]` for the
+    /// buckets in use.
+    #[serde(with = "sparse")]
+    pub latency: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self {
+            attempts: 0,
+            succeeded: 0,
+            latency: [0; LATENCY_BUCKETS],
+        }
+    }
+}
+
+impl Window {
+    pub fn add(&mut self, other: &Window) {
+        self.attempts += other.attempts;
+        self.succeeded += other.succeeded;
+        for (sum, n) in self.latency.iter_mut().zip(other.latency) {
+            *sum += n;
+        }
+    }
+
+    pub fn health(&self) -> EndpointHealth {
+        let timed = self.latency.iter().sum::<u64>();
+        let p99_ms = (timed > 0).then(|| {
+            let rank = (timed as f64 * 0.99).ceil() as u64;
             let mut seen = 0;
-            let k = latency
+            let k = self
+                .latency
                 .iter()
                 .position(|n| {
                     seen += n;
@@ -255,11 +297,33 @@ impl EndpointStats {
         });
         EndpointHealth {
             window_seconds: HEALTH_WINDOW.as_secs(),
-            attempts,
-            succeeded,
-            success_rate: (attempts > 0).then(|| succeeded as f64 / attempts as f64),
+            attempts: self.attempts,
+            succeeded: self.succeeded,
+            success_rate: (self.attempts > 0).then(|| self.succeeded as f64 / self.attempts as f64),
             p99_ms,
         }
+    }
+}
+
+/// The latency histogram as `[[bucket, count], ...]`, without its empty buckets: what a
+/// relay reports is mostly zeros. Buckets out of range are refused.
+mod sparse {
+    use super::LATENCY_BUCKETS;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &[u64; LATENCY_BUCKETS], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(h.iter().enumerate().filter(|(_, n)| **n > 0))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<[u64; LATENCY_BUCKETS], D::Error> {
+        let mut h = [0; LATENCY_BUCKETS];
+        for (k, n) in Vec::<(usize, u64)>::deserialize(d)? {
+            *h.get_mut(k)
+                .ok_or_else(|| serde::de::Error::custom("latency bucket out of range"))? += n;
+        }
+        Ok(h)
     }
 }
 
@@ -301,12 +365,14 @@ mod tests {
         }
         s.record_at(10_000, Duration::from_millis(900), false);
         s.record_at(10_000, Duration::from_millis(1000), false);
-        let h = s.health_at(10_005);
+        let h = s.window_at(10_005).health();
         assert_eq!((h.attempts, h.succeeded), (100, 98));
         assert_eq!(h.success_rate, Some(0.98));
         let p99 = h.p99_ms.unwrap();
         assert!((900.0..=1250.0).contains(&p99), "{p99}");
-        let gone = s.health_at(10_000 + HEALTH_WINDOW.as_secs() + BUCKET_SECONDS);
+        let gone = s
+            .window_at(10_000 + HEALTH_WINDOW.as_secs() + BUCKET_SECONDS)
+            .health();
         assert_eq!(
             (gone.attempts, gone.success_rate, gone.p99_ms),
             (0, None, None)

@@ -312,6 +312,21 @@ impl Relay {
             Some(endpoints_changed.clone()),
             stop_background.clone(),
         ));
+        let reporter = crate::observe::cluster::Reporter::new(
+            self.pool.clone(),
+            crate::db::cluster::ClusterSql::new(&self.cfg.table_settings()),
+            self.dispatcher.clone(),
+            self.timeline.clone(),
+            crate::db::instance().to_owned(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.cfg.poll_interval,
+        );
+        let reporting = tokio::spawn(background::run(
+            reporter.clone(),
+            rounds.clone(),
+            None,
+            stop_background.clone(),
+        ));
         let housekeeping = tokio::spawn(background::run(
             background::housekeeping::Housekeeping {
                 pool: self.pool.clone(),
@@ -387,6 +402,7 @@ impl Relay {
             retention,
             Some(summary),
             Some(housekeeping),
+            Some(reporting),
             Some(paused),
             Some(breakers),
         ]
@@ -395,6 +411,12 @@ impl Relay {
         .chain(limiters)
         {
             let _ = task.await;
+        }
+        // The last seconds counted, and "stopped" rather than "gone" on the dashboards.
+        match tokio::time::timeout(Duration::from_secs(5), reporter.report(true)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = format!("{e:#}"), "no final cluster report"),
+            Err(_) => tracing::debug!("no final cluster report: the database took over 5 s"),
         }
         tracing::info!("relay stopped");
         Ok(())

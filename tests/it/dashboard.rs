@@ -331,6 +331,16 @@ async fn dashboard_overview_dead_letter_and_retry() {
     ] {
         b.wait(&tid(card)).await;
     }
+    // The instance breakdown lists this relay, live, from its own figures.
+    b.wait_text(
+        &format!(
+            "{}[data-state=\"live\"] {}",
+            tid("instance-row"),
+            tid("instance-state")
+        ),
+        "live",
+    )
+    .await;
     let row = format!("{}[data-name=\"main\"]", tid("endpoint-row"));
     b.wait_text(&format!("{row} {}", tid("endpoint-state")), "active")
         .await;

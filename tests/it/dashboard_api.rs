@@ -306,7 +306,9 @@ async fn open_dashboards_add_a_bounded_number_of_queries() {
     }
     tokio::time::sleep(STATS_SETTLE).await;
     let used = commits(&admin).await - before;
-    // The overview reads the queue and the instances, each at most once per 5 s window;
+    // The overview reads the queue, the instances' connections and the relays' reports
+    // (the cluster view), each at most once per 5 s window (the idle relay, polling hourly,
+    // writes no report meanwhile);
     // the idle relay adds its LISTEN heartbeat (every 15 s) over the 84 s measured, and
     // this test its own reads of pg_stat_database (4). pg_stat_database counts every
     // session's transactions in the database, not only the relay's: 12 more for others
@@ -314,7 +316,7 @@ async fn open_dashboards_add_a_bounded_number_of_queries() {
     // them busy). Measured: 22 alone, 37, 41 and 44 in loaded suite runs (the last with
     // the bound at 40), against the 600 two uncached reads per poll would cost.
     let measured = WINDOW + STATS_SETTLE;
-    let bound = 2 * (WINDOW.as_secs() / 5 + 2) + measured.as_secs() / 15 + 4 + 12;
+    let bound = 3 * (WINDOW.as_secs() / 5 + 2) + measured.as_secs() / 15 + 4 + 12;
     println!("{polls} overview polls from {PAGES} pages in {WINDOW:?}: {used} transactions (bound {bound})");
     assert!(polls >= PAGES * 20, "the pages polled only {polls} times");
     assert!(

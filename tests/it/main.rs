@@ -11,6 +11,7 @@ mod common;
 mod audit;
 mod background;
 mod breaker;
+mod cluster;
 mod dashboard;
 mod dashboard_api;
 mod delivery;

@@ -26,6 +26,7 @@ use crate::db::browse::{self, Search};
 use crate::db::queries::Queries;
 use crate::http::App;
 use crate::observe::cached::Cached;
+use crate::observe::cluster::{self, View};
 use crate::when::When;
 
 /// How long instances and blocked keys are reused between polls.
@@ -38,6 +39,7 @@ const MAX_IDS: usize = 1000;
 pub struct Cache {
     instances: Cached<Vec<browse::Instance>>,
     blocked: Cached<Vec<BlockedKey>>,
+    cluster: Cached<Vec<cluster::Instance>>,
 }
 
 fn unavailable(what: &str) -> ApiError {
@@ -121,13 +123,36 @@ pub async fn overview(
         }
         _ => None,
     };
+    let reports = match &d.pool {
+        Some(pool) if up => {
+            d.cache
+                .cluster
+                .get(CACHE_FOR, "cluster reports", || {
+                    cluster::read(pool, &d.cluster)
+                })
+                .await
+        }
+        _ => None,
+    };
+    let view = View::merge(
+        cluster::Local {
+            name: crate::db::instance(),
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: &d.started_at,
+            timeline: &d.shared.timeline,
+            health: cluster::Health::of(&d.shared.dispatcher),
+        },
+        reports.as_deref().unwrap_or_default(),
+        q.since,
+    );
     let endpoints: Vec<Value> = d
         .shared
         .dispatcher
         .endpoints()
         .iter()
         .map(|e| {
-            let h = e.stats.health();
+            let summed = view.endpoints.get(&e.name).cloned().unwrap_or_default();
+            let h = summed.window.health();
             json!({
                 "name": e.name,
                 "url": e.target(),
@@ -141,9 +166,21 @@ pub async fn overview(
                 "succeeded": h.succeeded,
                 "success_rate": h.success_rate,
                 "p99_ms": h.p99_ms,
-                "in_flight": e.in_flight(),
-                "last_error": e.stats.last_error(),
+                "in_flight": summed.in_flight,
+                "last_error": summed.last_error,
             })
+        })
+        .collect();
+    // The per-instance breakdown, with each one's database connections (pg_stat_activity).
+    let connections = instances.unwrap_or_default();
+    let breakdown: Vec<Value> = view
+        .instances
+        .iter()
+        .map(|i| {
+            let conn = connections.iter().find(|c| c.name == i.name);
+            let mut v = json!(i);
+            v["connections"] = json!(conn.map_or(0, |c| c.connections));
+            v
         })
         .collect();
     let body = json!({
@@ -162,10 +199,14 @@ pub async fn overview(
             "pending": null, "processing": null, "failed": null,
             "oldest_pending_age_seconds": null,
         }), |q| json!(q)),
-        "timeline": d.shared.timeline.series(q.since),
+        // Every relay's, summed: this one live, the others as of their last report.
+        "timeline": view.timeline,
+        // False when the relays' reports could not be read (a table from before migration
+        // 011, or the database is down): the figures are this instance's only.
+        "cluster": reports.is_some(),
         "endpoints": endpoints,
         "sse": { "enabled": app.sse.is_some(), "subscribers": app.hub.subscribers() },
-        "instances": instances.unwrap_or_default(),
+        "instances": breakdown,
         "blocked_keys": blocked.unwrap_or_default(),
     });
     Ok(json_response(&body))

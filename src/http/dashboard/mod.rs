@@ -55,6 +55,8 @@ pub struct Dashboard {
     pub(crate) ordering: bool,
     pub(crate) started_at: String,
     pub(crate) cache: api::Cache,
+    /// Reads every relay's report, for the cluster-wide overview.
+    pub(crate) cluster: crate::db::cluster::ClusterSql,
 }
 
 /// A refusal, as JSON `{"error": ...}`.
@@ -96,6 +98,7 @@ impl Dashboard {
             ordering: !cfg.ordered_types().is_empty(),
             started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             cache: api::Cache::default(),
+            cluster: crate::db::cluster::ClusterSql::new(&cfg.table_settings()),
         }
     }
 }

@@ -560,7 +560,11 @@ function renderOverview(o) {
   tid('queue-failed').closest('.card').classList.toggle('alarm', q.failed > 0);
   tid('sse-subscribers').textContent = o.sse && o.sse.enabled ? fmtInt(o.sse.subscribers) : 'off';
   const instances = o.instances || [];
-  tid('instances').textContent = fmtInt(instances.length);
+  tid('instances').textContent = fmtInt(instances.filter((i) => i.state === 'live').length);
+  $('chart-scope').textContent = o.cluster
+    ? 'per second, every relay on the table (the busiest second of each slot)'
+    : 'per second, this instance only: the other relays\' reports cannot be read (run migrate)';
+  $('endpoints-scope').textContent = o.cluster ? 'all relays, last 5 minutes' : 'this instance, last 5 minutes';
   drawChart();
 
   const eps = $('endpoints-body');
@@ -580,8 +584,24 @@ function renderOverview(o) {
     fact('Started', timeCell(r.started_at)), fact('Table', h('code', {}, r.table || '-')),
     fact('Ordering', r.ordering ? 'on (per entity key)' : 'off'),
     fact('SSE', o.sse && o.sse.enabled ? 'enabled' : 'disabled'));
-  $('instances-body').replaceChildren(...instances.map((i) => h('tr', {},
-    h('td', {}, i.name), h('td', { class: 'num' }, fmtInt(i.connections)), h('td', {}, timeCell(i.since)))));
+  $('instances-body').replaceChildren(...instances.map(instanceRow));
+}
+
+// One relay in the breakdown: live, stopped (shut down cleanly) or gone (silent past twice its
+// report interval), with its share of the last 5 minutes.
+const INSTANCE_STATES = { live: 'active', stopped: 'paused', gone: 'disabled' };
+
+function instanceRow(i) {
+  return h('tr', { data: { testid: 'instance-row', name: i.name, state: i.state } },
+    h('td', {}, i.name, i.this ? h('span', { class: 'muted small' }, ' (this page)') : null),
+    h('td', {}, badge(i.state, INSTANCE_STATES[i.state] || 'paused', 'instance-state')),
+    h('td', {}, i.version || '-'),
+    h('td', { class: 'num', data: { testid: 'instance-delivered' } }, fmtInt(i.delivered_5m)),
+    h('td', { class: 'num' }, fmtInt(i.failed_5m)),
+    h('td', { class: 'num' }, fmtInt(i.in_flight)),
+    h('td', { class: 'num' }, fmtInt(i.connections)),
+    h('td', {}, timeCell(i.started_at)),
+    h('td', {}, i.this ? h('span', { class: 'muted' }, 'live') : timeCell(i.seen_at)));
 }
 
 function fact(label, value) {
