@@ -73,6 +73,9 @@
 //!   alternating, the first case rotating each repetition: rows/s and the ratio to `plain`,
 //!   commit round trips, NOTIFYs per 1,000 rows, WAL bytes per row, index entries per row,
 //!   and the relay's lag at the end of the window.
+//! - `cluster_report`: what the cluster-wide dashboard costs the database ([`cluster`]):
+//!   three instances' reports as busy relays send them, after an hour of them: WAL bytes and
+//!   milliseconds per report (one statement), and the dashboard's read of all of them.
 //!
 //! Knobs (environment, `RELAY_BENCH_` prefix; the defaults keep the whole run under 10
 //! minutes on a 2-core machine):
@@ -115,6 +118,7 @@ mod common;
 
 mod app;
 mod ceilings;
+mod cluster;
 mod drain;
 mod latency;
 mod load;
@@ -149,6 +153,7 @@ const SCENARIOS: &[&str] = &[
     "db_ceiling",
     "receiver_ceiling",
     "commit_path",
+    "cluster_report",
 ];
 
 /// Former scenario names, still accepted: (old, new).
@@ -398,6 +403,12 @@ fn summary_keys(label: &str) -> &'static [&'static [&'static str]] {
             &["all_healthy", "relay_cpu_s_per_10k"],
             &["one_failing", "relay_cpu_s_per_10k"],
         ],
+        "cluster" => &[
+            &["wal_bytes_per_report"],
+            &["report_ms_median"],
+            &["read_ms_median"],
+            &["read_activity_rows"],
+        ],
         "db" => &[
             &["rows_per_s"],
             &["claim_ms_mean"],
@@ -499,6 +510,9 @@ async fn scenario(ctx: &Ctx<'_>, name: &str, rep: usize) -> anyhow::Result<Vec<(
             ceilings::receiver_ceiling(ctx, p.receiver_requests).await?,
         )),
         "commit_path" => out.push(("commit_path".into(), app::commit_path(ctx, rep).await?)),
+        "cluster_report" => {
+            out.push(("cluster_report".into(), cluster::cluster_report(ctx).await?))
+        }
         _ => unreachable!("checked in Params::from_env"),
     }
     Ok(out)
