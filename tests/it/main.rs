@@ -17,6 +17,7 @@ mod dashboard_api;
 mod delivery;
 mod failover;
 mod faults;
+mod js_client;
 mod nats;
 mod nats_harness;
 mod ops;

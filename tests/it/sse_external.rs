@@ -13,7 +13,6 @@ use crate::common::sse::{sse_toml, token};
 use crate::common::*;
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -306,40 +305,5 @@ later and npm (Debian/Ubuntu: apt-get install nodejs npm)";
 /// (nextest, two cargo invocations) and must not install over each other.
 fn js_client_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-        let lock = File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("tests-js-npm.lock"))
-            .expect("creating the npm lock file");
-        let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .expect("locking the npm lock file");
-        if !installed(&dir) {
-            let out = std::process::Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(&dir)
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run npm ({e}): {NEED_NODE}"));
-            assert!(
-                out.status.success(),
-                "npm ci in {} failed ({}): is the npm registry reachable?\n{}{}",
-                dir.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        dir
-    })
-}
-
-/// npm writes `node_modules/.package-lock.json` last, so it marks a finished install.
-fn installed(dir: &Path) -> bool {
-    let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    match (
-        modified(dir.join("node_modules/.package-lock.json")),
-        modified(dir.join("package-lock.json")),
-    ) {
-        (Some(installed), Some(locked)) => installed >= locked,
-        _ => false,
-    }
+    DIR.get_or_init(|| crate::common::npm::installed("tests/js", NEED_NODE))
 }

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod fault;
 pub mod load;
 pub mod nats;
+pub mod npm;
 pub mod orm;
 pub mod process;
 pub mod proxy;

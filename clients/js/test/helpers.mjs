@@ -1,0 +1,106 @@
+// Test harness: a real relay binary on a real PostgreSQL database, both given by
+// tests/it/js_client.rs (OUTBOX_RELAY_BIN, DATABASE_URL: a database where the README's
+// Prisma table was made and `migrate` adopted it, with SSE on; SSE_TOKEN_SECRET).
+
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+
+import pg from "pg";
+
+export const BIN = need("OUTBOX_RELAY_BIN");
+export const DATABASE_URL = need("DATABASE_URL");
+export const SECRET = need("SSE_TOKEN_SECRET");
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set: run these tests through tests/it/js_client.rs`);
+  return v;
+}
+
+export async function freePort() {
+  const srv = createServer();
+  await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+  const { port } = srv.address();
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+/** Waits for `cond()` (up to `ms`), polling. */
+export async function waitFor(what, cond, ms = 60_000) {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for: ${what}`);
+    await sleep(50);
+  }
+}
+
+/** A relay process serving its stream on `port`. */
+export async function startRelay(port) {
+  const dir = mkdtempSync(join(tmpdir(), "relay-js-"));
+  const config = join(dir, "relay.toml");
+  writeFileSync(
+    config,
+    [
+      `database_url = ${JSON.stringify(DATABASE_URL)}`,
+      `poll_interval = "1s"`,
+      `[sse]`,
+      `token_secret = ${JSON.stringify(SECRET)}`,
+      `heartbeat = "1s"`,
+      `[http]`,
+      `listen = "127.0.0.1:${port}"`,
+      "",
+    ].join("\n"),
+  );
+  const child = spawn(BIN, ["run", "--config", config], {
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { PATH: process.env.PATH, RUST_LOG: "warn" },
+  });
+  let stderr = "";
+  child.stderr.on("data", (d) => (stderr += d));
+  const exited = new Promise((r) => child.on("exit", r));
+  const base = `http://127.0.0.1:${port}`;
+  await waitFor(`the relay on ${port} to be ready`, async () => {
+    if (child.exitCode !== null) throw new Error(`the relay exited:\n${stderr}`);
+    try {
+      return (await fetch(`${base}/readyz`)).status === 200;
+    } catch {
+      return false;
+    }
+  });
+  return {
+    base,
+    stream: `${base}/v1/events`,
+    /** SIGTERM, and waits for the exit. */
+    async stop() {
+      child.kill("SIGTERM");
+      await exited;
+    },
+    stderr: () => stderr,
+  };
+}
+
+export async function db() {
+  const client = new pg.Client({ connectionString: DATABASE_URL });
+  await client.connect();
+  return client;
+}
+
+let seq = 0;
+
+/** Inserts `n` events of `type` for `org`, one transaction each; returns their ids. */
+export async function insertEvents(client, n, type, org = "org_js") {
+  const ids = [];
+  for (let i = 0; i < n; i++) {
+    const { rows } = await client.query(
+      `INSERT INTO "OutboxEvent" (id, org_id, event_type, payload, created_at)
+       VALUES (gen_random_uuid(), $1, $2, $3::jsonb, now() AT TIME ZONE 'UTC') RETURNING id`,
+      [org, type, JSON.stringify({ n: seq++ })],
+    );
+    ids.push(rows[0].id);
+  }
+  return ids;
+}

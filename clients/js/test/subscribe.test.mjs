@@ -1,0 +1,159 @@
+// The subscriber against a real relay: events arrive in order, tokens renewed ten times
+// lose and repeat nothing, a relay restart loses nothing, a wrong token stops.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+
+import { createClient, subscribe } from "../dist/index.js";
+import { mintStreamToken } from "../dist/server.js";
+import { db, freePort, insertEvents, SECRET, startRelay, waitFor } from "./helpers.mjs";
+
+let client;
+before(async () => {
+  client = await db();
+});
+after(async () => {
+  await client.end();
+});
+
+/** A subscription recording what it gets; `types` narrows it to this test's events. */
+function record(stream, type, getToken, extra = {}) {
+  const got = [];
+  const errors = [];
+  let opens = 0;
+  const sub = subscribe({
+    url: stream,
+    getToken,
+    types: [type],
+    onEvent: (e) => got.push(e.id),
+    onError: (e) => errors.push(e),
+    onOpen: () => opens++,
+    minDelayMs: 100,
+    maxDelayMs: 1000,
+    ...extra,
+  });
+  return { sub, got, errors, opens: () => opens };
+}
+
+test("events arrive live, in order, with the token in the Authorization header", async () => {
+  const port = await freePort();
+  const relay = await startRelay(port);
+  try {
+    const r = record(relay.stream, "JS.LIVE", () => mintStreamToken("org_js", { secret: SECRET }));
+    await waitFor("the stream to open", () => r.opens() > 0);
+    const sent = await insertEvents(client, 20, "JS.LIVE");
+    await waitFor("20 events", () => r.got.length >= 20);
+    r.sub.close();
+    await r.sub.done;
+    assert.deepEqual(r.got, sent);
+    assert.equal(r.sub.lastEventId !== undefined, true);
+    assert.deepEqual(r.errors, []);
+  } finally {
+    await relay.stop();
+  }
+});
+
+test("tokens of 3 s renewed more than ten times: no event lost or repeated", async () => {
+  const port = await freePort();
+  const relay = await startRelay(port);
+  try {
+    let minted = 0;
+    const r = record(relay.stream, "JS.RENEW", () => {
+      minted++;
+      return mintStreamToken("org_js", { secret: SECRET, ttl: 3 });
+    });
+    await waitFor("the stream to open", () => r.opens() > 0);
+    const sent = [];
+    // Events all along, across the renewals (each ~0.6 s before a token's expiry).
+    while (minted < 12) {
+      sent.push(...(await insertEvents(client, 1, "JS.RENEW")));
+      await sleep(100);
+    }
+    await waitFor(`all ${sent.length} events`, () => r.got.length >= sent.length);
+    await sleep(500); // a duplicate would arrive meanwhile
+    r.sub.close();
+    await r.sub.done;
+    assert.ok(r.opens() >= 11, `${r.opens()} connections`);
+    assert.deepEqual(r.got, sent, "every event once, in order, across the renewals");
+    assert.deepEqual(r.errors.map((e) => e.kind), []);
+  } finally {
+    await relay.stop();
+  }
+});
+
+test("the relay restarted mid-stream: the events committed meanwhile arrive, once", async () => {
+  const port = await freePort();
+  let relay = await startRelay(port);
+  const r = record(relay.stream, "JS.RESTART", () => mintStreamToken("org_js", { secret: SECRET }));
+  try {
+    await waitFor("the stream to open", () => r.opens() > 0);
+    const first = await insertEvents(client, 5, "JS.RESTART");
+    await waitFor("the first 5", () => r.got.length >= 5);
+    await relay.stop();
+    const missed = await insertEvents(client, 7, "JS.RESTART");
+    relay = await startRelay(port);
+    const last = await insertEvents(client, 3, "JS.RESTART");
+    await waitFor("all 15", () => r.got.length >= 15);
+    await sleep(500);
+    assert.deepEqual(r.got, [...first, ...missed, ...last]);
+    assert.ok(r.opens() >= 2);
+    assert.ok(r.errors.every((e) => e.kind === "connection" && e.retrying));
+  } finally {
+    r.sub.close();
+    await r.sub.done;
+    await relay.stop();
+  }
+});
+
+test("a wrong token surfaces through onError, once, and the subscription stops", async () => {
+  const port = await freePort();
+  const relay = await startRelay(port);
+  try {
+    let asked = 0;
+    const r = record(relay.stream, "JS.WRONG", () => {
+      asked++;
+      return mintStreamToken("org_js", { secret: "not the relay's secret" });
+    });
+    await r.sub.done; // it stops by itself
+    assert.equal(asked, 2, "a 401 asks for a new token once, then stops");
+    assert.equal(r.errors.length, 1);
+    assert.equal(r.errors[0].kind, "unauthorized");
+    assert.equal(r.errors[0].retrying, false);
+    assert.equal(r.errors[0].status, 401);
+    assert.equal(r.opens(), 0);
+  } finally {
+    await relay.stop();
+  }
+});
+
+test("one client, one connection, any number of listeners, each by its globs", async () => {
+  const port = await freePort();
+  const relay = await startRelay(port);
+  try {
+    let opens = 0;
+    const c = createClient({
+      url: relay.stream,
+      getToken: () => mintStreamToken("org_js", { secret: SECRET }),
+      types: ["JS.SHARED.*"],
+      onOpen: () => opens++,
+    });
+    const a = [];
+    const b = [];
+    const offA = c.on("JS.SHARED.A", (e) => a.push(e.id));
+    c.on(["JS.SHARED.*"], (e) => b.push(e.id));
+    await waitFor("the stream to open", () => opens > 0);
+    const sentA = await insertEvents(client, 3, "JS.SHARED.A");
+    const sentB = await insertEvents(client, 2, "JS.SHARED.B");
+    await waitFor("5 events", () => b.length >= 5);
+    offA();
+    const later = await insertEvents(client, 1, "JS.SHARED.A");
+    await waitFor("the 6th", () => b.length >= 6);
+    c.close();
+    assert.equal(opens, 1, "one connection for both listeners");
+    assert.deepEqual(a, sentA, "A's listener saw its type only, until it left");
+    assert.deepEqual(b, [...sentA, ...sentB, ...later]);
+  } finally {
+    await relay.stop();
+  }
+});
