@@ -9,6 +9,10 @@
 //! the full client refused at compile and at run time, Decimal/BigInt/Date payloads).
 //! Needs Node.js 18+ and npm; the package's pinned dependencies are installed by the test.
 
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::common::browser::{skip_without_browser, tid, Browser, LAPTOP};
 use crate::common::orm::PRISMA;
 use crate::common::sse::{sse_toml, SSE_SECRET};
 use crate::common::*;
@@ -16,15 +20,29 @@ use crate::common::*;
 const NEED_NODE: &str = "the TypeScript client's tests need Node.js 18 or later and npm \
 (Debian/Ubuntu: apt-get install nodejs npm)";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_typescript_client_passes_its_node_tests_against_this_relay() {
-    let dir = tokio::task::spawn_blocking(|| {
+/// `clients/js` installed and built (`dist/`, and the browser test's bundle), once per run.
+fn package() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
         let dir = npm::installed("clients/js", NEED_NODE);
         npm::run(&dir, &["run", "build"], NEED_NODE);
+        let out = std::process::Command::new("node")
+            .arg("test/browser/build.mjs")
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run node ({e}): {NEED_NODE}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         dir
     })
-    .await
-    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_client_passes_its_node_tests_against_this_relay() {
+    let dir = tokio::task::spawn_blocking(package).await.unwrap();
     let db = TestDb::new().await;
     db.client().await.batch_execute(PRISMA.ddl).await.unwrap();
     db.migrate(&db.config(&sse_toml("1s"))).await;
@@ -39,7 +57,7 @@ async fn the_typescript_client_passes_its_node_tests_against_this_relay() {
     let out = tokio::process::Command::new("node")
         .args(["--test", "--test-reporter=spec"])
         .args(&files)
-        .current_dir(&dir)
+        .current_dir(dir)
         .env("OUTBOX_RELAY_BIN", relay_bin())
         .env("DATABASE_URL", &db.url)
         .env("SSE_TOKEN_SECRET", SSE_SECRET)
@@ -60,4 +78,136 @@ async fn the_typescript_client_passes_its_node_tests_against_this_relay() {
         report.contains("pass 9") && report.contains("fail 0"),
         "{report}"
     );
+}
+
+/// The app's server in the browser test: the page, a `/token` minting 3-second tokens, and
+/// `/v1/events` proxied (streaming) to whichever relay is current, as a reverse proxy would.
+async fn app_server(page_js: String, relay: Arc<Mutex<String>>) -> String {
+    use axum::body::Body;
+    use axum::http::{header, HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    let proxy = move |headers: HeaderMap, uri: axum::http::Uri| {
+        let relay = relay.lock().unwrap().clone();
+        async move {
+            let mut req = reqwest::Client::new().get(format!(
+                "{relay}/v1/events?{}",
+                uri.query().unwrap_or_default()
+            ));
+            for name in ["authorization", "last-event-id", "accept"] {
+                if let Some(v) = headers.get(name) {
+                    req = req.header(name, v.as_bytes());
+                }
+            }
+            match req.send().await {
+                Ok(res) => {
+                    let status = StatusCode::from_u16(res.status().as_u16()).unwrap();
+                    let ctype = res
+                        .headers()
+                        .get("content-type")
+                        .map(|v| v.to_str().unwrap_or_default().to_owned())
+                        .unwrap_or_default();
+                    let body = Body::from_stream(res.bytes_stream());
+                    (status, [(header::CONTENT_TYPE, ctype)], body).into_response()
+                }
+                Err(_) => (StatusCode::BAD_GATEWAY, "relay unreachable").into_response(),
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route(
+            "/",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    "<!doctype html><html><head><title>hook</title></head>\
+                     <body><div id=\"root\"></div><script src=\"/page.js\"></script></body></html>",
+                )
+            }),
+        )
+        .route(
+            "/page.js",
+            get(move || async move { ([(header::CONTENT_TYPE, "text/javascript")], page_js) }),
+        )
+        .route(
+            "/token",
+            get(|| async {
+                outbox_relay::http::sse::token::mint(SSE_SECRET.as_bytes(), "org_1", None, 3)
+            }),
+        )
+        .route("/v1/events", get(proxy))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// A React page using `useOutboxEvent` in Chromium shows events live, renews its 3-second
+/// tokens several times, and survives its relay going away (a new one takes over): the list
+/// holds every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_react_page_with_the_hook_follows_events_across_token_renewals_and_a_relay_restart() {
+    if skip_without_browser() {
+        return;
+    }
+    let dir = tokio::task::spawn_blocking(package).await.unwrap();
+    let page_js = std::fs::read_to_string(dir.join("test/browser/out/page.js")).unwrap();
+    let db = TestDb::new().await;
+    let (_, relay) = db.start_relay(&sse_toml("1s")).await;
+    let target = Arc::new(Mutex::new(relay.http_url()));
+    let base = app_server(page_js, target.clone()).await;
+    let pg = db.client().await;
+
+    let b = Browser::start(LAPTOP).await;
+    b.goto(&base).await;
+    b.wait_js(
+        "the stream to open",
+        "window.outboxTest && window.outboxTest.opens > 0",
+    )
+    .await;
+    let mut sent = insert_events(&pg, 5, "BROWSER.EVENT").await;
+    b.wait_text(&tid("count"), "5").await;
+
+    // Events every 200 ms while at least four more tokens are fetched.
+    let tokens = || async { b.eval("return window.outboxTest.tokens", vec![]).await };
+    let first = tokens().await.as_u64().unwrap();
+    while tokens().await.as_u64().unwrap() < first + 4 {
+        sent.extend(insert_events(&pg, 1, "BROWSER.EVENT").await);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    b.wait_text(&tid("count"), &sent.len().to_string()).await;
+
+    // The relay goes away; events commit meanwhile; another relay takes over.
+    relay.stop().await.unwrap();
+    sent.extend(insert_events(&pg, 4, "BROWSER.EVENT").await);
+    let (_, relay) = db.start_relay(&sse_toml("1s")).await;
+    *target.lock().unwrap() = relay.http_url();
+    sent.extend(insert_events(&pg, 2, "BROWSER.EVENT").await);
+    b.wait_text(&tid("count"), &sent.len().to_string()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let shown: Vec<String> = b
+        .eval(
+            "return [...document.querySelectorAll('[data-testid=events] li')].map(li => li.textContent)",
+            vec![],
+        )
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(shown, sent, "every event once, in order");
+    let errors = b.eval("return window.outboxTest.errors", vec![]).await;
+    assert!(
+        errors.as_array().unwrap().iter().all(|e| e == "connection"),
+        "{errors}"
+    );
+    b.screenshot("react-hook").await;
+    // The relay's absence shows as failed requests (502 from the proxy); nothing else.
+    b.assert_no_errors_except(|e| e.source == "network").await;
+    b.close().await;
+    relay.stop().await.unwrap();
 }

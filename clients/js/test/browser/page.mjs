@@ -1,0 +1,37 @@
+// The page tests/it/js_client.rs opens in Chromium: a React app using the hook, bundled by
+// build.mjs. Its server (the test) serves it, a /token that mints 3-second tokens, and
+// /v1/events proxied to the relay, as an app behind a reverse proxy would.
+
+import { createElement as h, useState } from "react";
+import { createRoot } from "react-dom/client";
+
+import { createClient } from "../../dist/index.js";
+import { OutboxProvider, useOutboxEvent } from "../../dist/react.js";
+
+const state = (window.outboxTest = { opens: 0, errors: [], tokens: 0 });
+
+const client = createClient({
+  url: "/v1/events",
+  getToken: async () => {
+    state.tokens++;
+    return (await fetch("/token", { cache: "no-store" })).text();
+  },
+  types: ["BROWSER.*"],
+  onOpen: () => state.opens++,
+  onError: (e) => state.errors.push(e.kind),
+  minDelayMs: 100,
+  maxDelayMs: 1000,
+});
+
+function Events() {
+  const [ids, setIds] = useState([]);
+  useOutboxEvent("BROWSER.*", (event) => setIds((prev) => [...prev, event.id]));
+  return h(
+    "section",
+    null,
+    h("p", { "data-testid": "count" }, String(ids.length)),
+    h("ol", { "data-testid": "events" }, ids.map((id) => h("li", { key: id }, id))),
+  );
+}
+
+createRoot(document.getElementById("root")).render(h(OutboxProvider, { client }, h(Events)));
