@@ -75,7 +75,7 @@ async fn the_typescript_client_passes_its_node_tests_against_this_relay() {
     assert!(out.status.success(), "node --test failed:\n{report}");
     // The suite ran (a filter or an empty directory would pass with nothing run).
     assert!(
-        report.contains("pass 9") && report.contains("fail 0"),
+        report.contains("pass 10") && report.contains("fail 0"),
         "{report}"
     );
 }

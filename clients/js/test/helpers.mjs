@@ -38,8 +38,8 @@ export async function waitFor(what, cond, ms = 60_000) {
   }
 }
 
-/** A relay process serving its stream on `port`. */
-export async function startRelay(port) {
+/** A relay process serving its stream on `port`; `extra`: more top-level config lines. */
+export async function startRelay(port, extra = []) {
   const dir = mkdtempSync(join(tmpdir(), "relay-js-"));
   const config = join(dir, "relay.toml");
   writeFileSync(
@@ -47,6 +47,7 @@ export async function startRelay(port) {
     [
       `database_url = ${JSON.stringify(DATABASE_URL)}`,
       `poll_interval = "1s"`,
+      ...extra,
       `[sse]`,
       `token_secret = ${JSON.stringify(SECRET)}`,
       `heartbeat = "1s"`,

@@ -157,3 +157,30 @@ test("one client, one connection, any number of listeners, each by its globs", a
     await relay.stop();
   }
 });
+
+test("a resume point older than the relay's retention surfaces cursor_expired, and the stream goes on", async () => {
+  const port = await freePort();
+  const relay = await startRelay(port, [`retention = "2s"`]);
+  try {
+    const getToken = () => mintStreamToken("org_js", { secret: SECRET });
+    const first = record(relay.stream, "JS.EXPIRED", getToken);
+    await waitFor("the stream to open", () => first.opens() > 0);
+    const before = await insertEvents(client, 2, "JS.EXPIRED");
+    await waitFor("2 events", () => first.got.length >= 2);
+    first.sub.close();
+    await first.sub.done;
+    await sleep(4500); // the cursor (stamped in whole seconds) is now older than the retention
+    const later = await insertEvents(client, 1, "JS.EXPIRED");
+    const second = record(relay.stream, "JS.EXPIRED", getToken, { lastEventId: first.sub.lastEventId });
+    await waitFor("the later event", () => second.got.includes(later[0]));
+    second.sub.close();
+    await second.sub.done;
+    assert.deepEqual(second.errors.map((e) => [e.kind, e.retrying]), [["cursor_expired", true]]);
+    // From the oldest event kept: retention may have purged the earlier ones meanwhile
+    // (the relay has no sink, so it completes events at once), never the later one.
+    const all = [...before, ...later];
+    assert.deepEqual(second.got, all.slice(all.length - second.got.length));
+  } finally {
+    await relay.stop();
+  }
+});
