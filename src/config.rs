@@ -276,6 +276,7 @@ struct FileSse {
     max_subscribers: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     max_token_lifetime: Option<Duration>,
+    allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -403,6 +404,8 @@ pub struct SseConfig {
     pub heartbeat: Duration,
     pub max_subscribers: usize,
     pub max_token_lifetime: Duration,
+    /// Pages on these origins may open the stream from the browser (CORS), normalized.
+    pub allowed_origins: Vec<String>,
 }
 
 /// One `[[webhook]]` endpoint.
@@ -532,6 +535,18 @@ impl Config {
                         .sse
                         .max_token_lifetime
                         .unwrap_or(DEFAULT_SSE_MAX_TOKEN_LIFETIME),
+                    allowed_origins: f
+                        .sse
+                        .allowed_origins
+                        .unwrap_or_default()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, o)| {
+                            crate::http::sse::cors::normalize(o).map_err(|m| {
+                                ConfigError::new(format!("sse.allowed_origins[{i}]"), m)
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
                 }
             },
             egress: egress_policy(f.egress)?,

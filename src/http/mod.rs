@@ -46,6 +46,8 @@ pub struct App {
     pub connections: Arc<limits::Gate>,
     /// The `Host` names answered on every route ([`host`]).
     pub allowed_hosts: Arc<host::AllowedHosts>,
+    /// `[sse] allowed_origins`: pages there may open the stream cross-origin.
+    pub allowed_origins: sse::cors::Origins,
     /// `http.metrics_token`: `/metrics` needs it when set.
     pub metrics_token: Option<crate::secret::Secret>,
 }
@@ -99,6 +101,7 @@ impl App {
             dashboard: dashboard::Dashboard::new(cfg, shared),
             connections,
             allowed_hosts: Arc::new(cfg.http.allowed_hosts.clone()),
+            allowed_origins: cfg.sse.allowed_origins.clone().into(),
             metrics_token: cfg.http.metrics_token.as_ref().map(|t| t.get().clone()),
         })
     }
@@ -132,11 +135,14 @@ pub fn bearer_is(headers: &axum::http::HeaderMap, token: &crate::secret::Secret)
 
 pub fn router(app: Arc<App>) -> Router {
     let hosts = app.allowed_hosts.clone();
+    let stream = Router::new().route("/v1/events", get(sse::events)).layer(
+        axum::middleware::from_fn_with_state(app.allowed_origins.clone(), sse::cors::apply),
+    );
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/events", get(sse::events))
+        .merge(stream)
         .merge(dashboard::routes())
         .with_state(app)
         // Outermost: before any route, including unknown ones.

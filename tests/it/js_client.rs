@@ -211,3 +211,61 @@ async fn a_react_page_with_the_hook_follows_events_across_token_renewals_and_a_r
     b.close().await;
     relay.stop().await.unwrap();
 }
+
+/// The page on its own origin opens the relay's stream directly, cross-origin: with its
+/// origin in `[sse] allowed_origins` the events arrive; with another origin listed the
+/// browser withholds every answer (CORS), so nothing arrives and the client keeps retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_another_origin_streams_directly_only_when_its_origin_is_allowed() {
+    if skip_without_browser() {
+        return;
+    }
+    let dir = tokio::task::spawn_blocking(package).await.unwrap();
+    let page_js = std::fs::read_to_string(dir.join("test/browser/out/page.js")).unwrap();
+    let unused = Arc::new(Mutex::new(String::from("http://127.0.0.1:9")));
+    let base = app_server(page_js, unused).await;
+    let db = TestDb::new().await;
+    let pg = db.client().await;
+    let b = Browser::start(LAPTOP).await;
+
+    for (allowed, delivered) in [
+        ("https://elsewhere.example.com", false),
+        (base.as_str(), true),
+    ] {
+        let toml = format!("{}allowed_origins = [\"{allowed}\"]\n", sse_toml("1s"));
+        let (_, relay) = db.start_relay(&toml).await;
+        b.goto(&format!("{base}/?stream={}/v1/events", relay.http_url()))
+            .await;
+        if delivered {
+            b.wait_js("the stream to open", "window.outboxTest.opens > 0")
+                .await;
+            let sent = insert_events(&pg, 3, "BROWSER.CORS").await;
+            b.wait_text(&tid("count"), "3").await;
+            let shown = b
+                .eval("return [...document.querySelectorAll('[data-testid=events] li')].map(li => li.textContent)", vec![])
+                .await;
+            assert_eq!(shown, serde_json::json!(sent));
+        } else {
+            b.wait_js(
+                "the client to report the refused connection",
+                "window.outboxTest.errors.length >= 2",
+            )
+            .await;
+            insert_events(&pg, 1, "BROWSER.CORS").await;
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            let state = b.eval("return window.outboxTest", vec![]).await;
+            assert_eq!(state["opens"], 0, "{state}");
+            assert_eq!(b.text(&tid("count")).await, "0");
+            assert!(
+                state["errors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|e| e == "connection"),
+                "{state}"
+            );
+        }
+        relay.stop().await.unwrap();
+    }
+    b.close().await;
+}

@@ -567,3 +567,99 @@ async fn a_stream_needs_a_token_for_its_org() {
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
     }
 }
+
+/// `[sse] allowed_origins`: a listed origin's preflight is answered with what the stream
+/// needs, and every answer to it (a 401 included, so the page can read why) names it; any
+/// other origin gets neither, and a relay without the key answers no preflight.
+#[tokio::test]
+async fn only_listed_origins_may_open_the_stream_cross_origin() {
+    let db = TestDb::new().await;
+    let secret = "sse-router-secret";
+    let app = "https://app.example.com";
+    let api = db
+        .router(&format!(
+            "[sse]\ntoken_secret = \"{secret}\"\nallowed_origins = [\"{app}\", \"http://127.0.0.1:3000\"]\n{}",
+            toml(LOOPBACK)
+        ))
+        .await;
+    let preflight = |origin: &'static str| {
+        request(
+            Method::OPTIONS,
+            "/v1/events",
+            &[
+                ("host", LOOPBACK_HOST),
+                ("origin", origin),
+                ("access-control-request-method", "GET"),
+                (
+                    "access-control-request-headers",
+                    "authorization,last-event-id",
+                ),
+            ],
+            None,
+        )
+    };
+    let ok = send(&api, preflight("https://app.example.com")).await;
+    assert_eq!(ok.status, 204, "{}", ok.text);
+    assert_eq!(ok.headers["access-control-allow-origin"], app);
+    assert_eq!(ok.headers["access-control-allow-methods"], "GET");
+    let allowed = ok.headers["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed.contains("authorization") && allowed.contains("last-event-id"));
+    let other = send(&api, preflight("https://evil.example.net")).await;
+    assert_eq!(other.status, 403, "{}", other.text);
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+
+    // A refusal to the listed origin is readable there; to another origin it is not.
+    let a = get(
+        &api,
+        "/v1/events",
+        &[("host", LOOPBACK_HOST), ("origin", app)],
+    )
+    .await;
+    assert_eq!(a.status, 401);
+    assert_eq!(a.headers["access-control-allow-origin"], app);
+    let a = get(
+        &api,
+        "/v1/events",
+        &[
+            ("host", LOOPBACK_HOST),
+            ("origin", "https://evil.example.net"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 401);
+    assert!(a.headers.get("access-control-allow-origin").is_none());
+
+    // The stream itself, to the listed origin.
+    let good = outbox_relay::http::sse::token::mint(secret.as_bytes(), "org_1", None, 60);
+    let bearer = format!("Bearer {good}");
+    let req = request(
+        Method::GET,
+        "/v1/events",
+        &[
+            ("host", LOOPBACK_HOST),
+            ("origin", "http://127.0.0.1:3000"),
+            ("authorization", &bearer),
+        ],
+        None,
+    );
+    let resp = api.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "http://127.0.0.1:3000"
+    );
+
+    // Without the key, no origin is allowed.
+    let closed = db
+        .router(&format!(
+            "[sse]\ntoken_secret = \"{secret}\"\n{}",
+            toml(LOOPBACK)
+        ))
+        .await;
+    assert_eq!(
+        send(&closed, preflight("https://app.example.com"))
+            .await
+            .status,
+        403
+    );
+}

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+pub mod cors;
 pub mod token;
 
 use super::{App, ConnKill};

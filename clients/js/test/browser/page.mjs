@@ -10,8 +10,9 @@ import { OutboxProvider, useOutboxEvent } from "../../dist/react.js";
 
 const state = (window.outboxTest = { opens: 0, errors: [], tokens: 0 });
 
+// `?stream=URL`: the relay itself, on another origin (its `[sse] allowed_origins`).
 const client = createClient({
-  url: "/v1/events",
+  url: new URLSearchParams(location.search).get("stream") ?? "/v1/events",
   getToken: async () => {
     state.tokens++;
     return (await fetch("/token", { cache: "no-store" })).text();
