@@ -77,7 +77,10 @@ pub async fn run(
     let queries = Arc::new(queries);
     let _ = shared.queries.set(queries.clone());
     // Before the first claim: a relay that does not know an endpoint is paused would send.
-    while let Err(e) = crate::sinks::pause::load(&pool, &queries, &shared.dispatcher).await {
+    let channel = cfg.table_settings().channel();
+    while let Err(e) =
+        crate::sinks::pause::load(&pool, &queries, &channel, &shared.dispatcher).await
+    {
         tracing::warn!(error = format!("{e:#}"), "cannot read the paused endpoints; retrying (run `outbox-relay migrate` if the table is missing)");
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -306,6 +309,7 @@ impl Relay {
             crate::sinks::pause::PausedSet {
                 pool: self.pool.clone(),
                 queries: self.queries.clone(),
+                channel: self.cfg.table_settings().channel(),
                 dispatcher: self.dispatcher.clone(),
             },
             rounds.clone(),

@@ -27,10 +27,12 @@ const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 /// Reads the paused set and applies it to this relay's endpoints (and their circuit
 /// breakers); returns the endpoints whose state changed, with their new state (true: paused).
-/// A circuit left open for an endpoint whose breaker is now off in the config is closed.
+/// A circuit left open for an endpoint whose breaker is now off in the config is closed,
+/// and the other relays on `channel` are told, as for any endpoint leaving the set.
 pub async fn load(
     pool: &Pool,
     q: &Queries,
+    channel: &str,
     dispatcher: &Dispatcher,
 ) -> anyhow::Result<Vec<(String, bool)>> {
     let paused: HashMap<String, Paused> = admin::paused_endpoints(On::Pool(pool), q)
@@ -45,7 +47,7 @@ pub async fn load(
         if row.is_some_and(|p| p.reason == PauseReason::Circuit) && e.breaker.config().is_none() {
             if crate::db::circuit::close(pool, q, &e.name).await? {
                 tracing::info!(endpoint = %e.name, "circuit closed: the endpoint has no circuit_breaker in the config now");
-                release_held(On::Pool(pool), q).await?;
+                unpaused(On::Pool(pool), q, channel).await?;
             }
             continue; // applied at the next reload
         }
@@ -72,6 +74,8 @@ pub async fn load(
 pub struct PausedSet {
     pub pool: Pool,
     pub queries: Arc<Queries>,
+    /// The table's NOTIFY channel.
+    pub channel: String,
     pub dispatcher: Arc<Dispatcher>,
 }
 
@@ -86,7 +90,7 @@ impl crate::background::Service for PausedSet {
     }
 
     async fn run_once(&mut self, _stop: &CancellationToken) -> anyhow::Result<Self::Report> {
-        load(&self.pool, &self.queries, &self.dispatcher).await
+        load(&self.pool, &self.queries, &self.channel, &self.dispatcher).await
     }
 
     fn failed(&self, e: &anyhow::Error) {

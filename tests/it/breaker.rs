@@ -255,3 +255,62 @@ async fn an_endpoint_failing_past_disable_after_is_disabled_until_resumed_then_g
     .await;
     assert_eq!(audit, 1, "the resume is in the audit log");
 }
+
+/// A relay whose config no longer has the endpoint's breaker closes the circuit left open
+/// by the others, releases the held events, and tells the other relays: one that polls
+/// hourly drops its pause at once instead of at its next poll.
+#[tokio::test]
+async fn a_relay_without_the_breaker_closes_the_circuit_and_tells_the_others() {
+    let db = TestDb::new().await;
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let f = failing.clone();
+    let down = Receiver::with_script(Arc::new(move |_, _| {
+        if f.load(std::sync::atomic::Ordering::SeqCst) {
+            Reply::status(503)
+        } else {
+            Reply::ok()
+        }
+    }))
+    .await;
+    let good = Receiver::start().await;
+    let with_breaker = relay_toml(("offbrk", &down), &good, "failures = 3\ncooldown = \"1h\"");
+    let (_, a) = db.start_relay(&with_breaker).await;
+    let (_, watcher) = db.start_relay(&with_breaker).await;
+    let client = db.client().await;
+    let ids = insert_events(&client, 10, "ORDER.CREATED").await;
+    wait_until("the circuit opens", || async {
+        circuit(&client, "offbrk")
+            .await
+            .is_some_and(|(r, _)| r == "circuit")
+    })
+    .await;
+    let url = format!("{}/api/overview", watcher.http_url());
+    let paused = || {
+        let url = url.clone();
+        async move {
+            let o: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+            o["endpoints"][0]["paused"] == true
+        }
+    };
+    wait_until("the watcher holds the endpoint", paused).await;
+
+    // The endpoint recovers; a relay configured without its breaker starts.
+    a.stop().await.unwrap();
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let without = format!(
+        "poll_interval = \"1h\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"300ms\"\n\
+         max_attempts = 1000\n{}{}",
+        webhook_toml("offbrk", &down.url),
+        webhook_toml("good", &good.url),
+    );
+    let (_, b) = db.start_relay(&without).await;
+    assert_eq!(circuit(&client, "offbrk").await, None, "closed at start");
+    wait_until("the watcher, polling hourly, drops the pause", || async {
+        !paused().await
+    })
+    .await;
+    down.wait_accepted(&ids).await;
+    for relay in [b, watcher] {
+        relay.stop().await.unwrap();
+    }
+}
