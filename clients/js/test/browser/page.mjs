@@ -10,9 +10,12 @@ import { OutboxProvider, useOutboxEvent } from "../../dist/react.js";
 
 const state = (window.outboxTest = { opens: 0, errors: [], tokens: 0 });
 
-// `?stream=URL`: the relay itself, on another origin (its `[sse] allowed_origins`).
+// `?stream=URL`: the relay itself, on another origin (its `[sse] allowed_origins`);
+// `?share`: one connection for all tabs.
+const params = new URLSearchParams(location.search);
 const client = createClient({
-  url: new URLSearchParams(location.search).get("stream") ?? "/v1/events",
+  url: params.get("stream") ?? "/v1/events",
+  shareAcrossTabs: params.has("share"),
   getToken: async () => {
     state.tokens++;
     return (await fetch("/token", { cache: "no-store" })).text();
@@ -34,5 +37,7 @@ function Events() {
     h("ol", { "data-testid": "events" }, ids.map((id) => h("li", { key: id }, id))),
   );
 }
+
+Object.defineProperty(state, "leader", { get: () => client.leader });
 
 createRoot(document.getElementById("root")).render(h(OutboxProvider, { client }, h(Events)));
