@@ -40,6 +40,12 @@ fn package() -> &'static Path {
     })
 }
 
+/// The browser tests' page, bundled.
+async fn page_js() -> String {
+    let dir = tokio::task::spawn_blocking(package).await.unwrap();
+    std::fs::read_to_string(dir.join("test/browser/out/page.js")).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_typescript_client_passes_its_node_tests_against_this_relay() {
     let dir = tokio::task::spawn_blocking(package).await.unwrap();
@@ -152,8 +158,7 @@ async fn a_react_page_with_the_hook_follows_events_across_token_renewals_and_a_r
     if skip_without_browser() {
         return;
     }
-    let dir = tokio::task::spawn_blocking(package).await.unwrap();
-    let page_js = std::fs::read_to_string(dir.join("test/browser/out/page.js")).unwrap();
+    let page_js = page_js().await;
     let db = TestDb::new().await;
     let (_, relay) = db.start_relay(&sse_toml("1s")).await;
     let target = Arc::new(Mutex::new(relay.http_url()));
@@ -188,18 +193,11 @@ async fn a_react_page_with_the_hook_follows_events_across_token_renewals_and_a_r
     b.wait_text(&tid("count"), &sent.len().to_string()).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 
-    let shown: Vec<String> = b
-        .eval(
-            "return [...document.querySelectorAll('[data-testid=events] li')].map(li => li.textContent)",
-            vec![],
-        )
-        .await
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(shown, sent, "every event once, in order");
+    assert_eq!(
+        listed(&b).await,
+        serde_json::json!(sent),
+        "every event once, in order"
+    );
     let errors = b.eval("return window.outboxTest.errors", vec![]).await;
     assert!(
         errors.as_array().unwrap().iter().all(|e| e == "connection"),
@@ -220,8 +218,7 @@ async fn a_page_on_another_origin_streams_directly_only_when_its_origin_is_allow
     if skip_without_browser() {
         return;
     }
-    let dir = tokio::task::spawn_blocking(package).await.unwrap();
-    let page_js = std::fs::read_to_string(dir.join("test/browser/out/page.js")).unwrap();
+    let page_js = page_js().await;
     let unused = Arc::new(Mutex::new(String::from("http://127.0.0.1:9")));
     let base = app_server(page_js, unused).await;
     let db = TestDb::new().await;
@@ -241,10 +238,7 @@ async fn a_page_on_another_origin_streams_directly_only_when_its_origin_is_allow
                 .await;
             let sent = insert_events(&pg, 3, "BROWSER.CORS").await;
             b.wait_text(&tid("count"), "3").await;
-            let shown = b
-                .eval("return [...document.querySelectorAll('[data-testid=events] li')].map(li => li.textContent)", vec![])
-                .await;
-            assert_eq!(shown, serde_json::json!(sent));
+            assert_eq!(listed(&b).await, serde_json::json!(sent));
         } else {
             b.wait_js(
                 "the client to report the refused connection",
@@ -268,4 +262,114 @@ async fn a_page_on_another_origin_streams_directly_only_when_its_origin_is_allow
         relay.stop().await.unwrap();
     }
     b.close().await;
+}
+
+/// SSE subscribers the relay serving `base` counts now (its dashboard's overview).
+async fn subscribers(base: &str) -> u64 {
+    let o: serde_json::Value = reqwest::get(format!("{base}/api/overview"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    o["sse"]["subscribers"].as_u64().unwrap()
+}
+
+/// The events the page in the current tab lists.
+async fn listed(b: &Browser) -> serde_json::Value {
+    b.eval(
+        "return [...document.querySelectorAll('[data-testid=events] li')].map(li => li.textContent)",
+        vec![],
+    )
+    .await
+}
+
+/// Opens `url` in a new tab and switches to it.
+async fn open_tab(b: &Browser, url: &str) -> fantoccini::wd::WindowHandle {
+    let c = b.client();
+    let tab = c.new_window(true).await.unwrap().handle;
+    c.switch_to_window(tab.clone()).await.unwrap();
+    b.goto(url).await;
+    b.wait_js("the page", "window.outboxTest !== undefined")
+        .await;
+    tab
+}
+
+/// `shareAcrossTabs`: two tabs of the page cost the relay one stream, not two (measured by
+/// its subscriber count, beside two tabs that do not share); both show every event; when
+/// the tab holding the stream closes, the other takes over from the last event it saw.
+/// Every page is opened in a tab of its own and closed (not navigated away from: Chromium
+/// may keep a page it navigated away from, and its stream, for a while).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_sharing_one_stream_cost_the_relay_one_subscriber_and_hand_it_over() {
+    if skip_without_browser() {
+        return;
+    }
+    let page_js = page_js().await;
+    let db = TestDb::new().await;
+    let (_, relay) = db.start_relay(&sse_toml("1s")).await;
+    let base = app_server(page_js, Arc::new(Mutex::new(relay.http_url()))).await;
+    let pg = db.client().await;
+    let b = Browser::start(LAPTOP).await;
+    let c = b.client();
+    let count = || async { subscribers(&relay.http_url()).await };
+
+    // Without sharing: two tabs, two streams.
+    let blank = c.window().await.unwrap();
+    let plain = [open_tab(&b, &base).await, open_tab(&b, &base).await];
+    wait_until("two subscribers for two plain tabs", || async {
+        count().await == 2
+    })
+    .await;
+    for tab in plain {
+        c.switch_to_window(tab).await.unwrap();
+        c.close_window().await.unwrap();
+    }
+    c.switch_to_window(blank).await.unwrap();
+    wait_until("no subscriber once they closed", || async {
+        count().await == 0
+    })
+    .await;
+
+    // Sharing: one stream for the two.
+    let first = open_tab(&b, &format!("{base}/?share")).await;
+    b.wait_js(
+        "tab 1 leads",
+        "window.outboxTest.leader && window.outboxTest.opens > 0",
+    )
+    .await;
+    let second = open_tab(&b, &format!("{base}/?share")).await;
+    let mut sent = insert_events(&pg, 3, "BROWSER.SHARED").await;
+    for tab in [&first, &second] {
+        c.switch_to_window(tab.clone()).await.unwrap();
+        b.wait_text(&tid("count"), "3").await;
+        assert_eq!(listed(&b).await, serde_json::json!(sent));
+    }
+    assert_eq!(count().await, 1, "one subscriber for two sharing tabs");
+    let follower = b.eval("return window.outboxTest", vec![]).await;
+    assert_eq!(
+        (follower["leader"].clone(), follower["opens"].clone()),
+        (false.into(), 0.into())
+    );
+
+    // The leading tab closes: the other takes over, from the last event it saw.
+    c.switch_to_window(first).await.unwrap();
+    c.close_window().await.unwrap();
+    c.switch_to_window(second).await.unwrap();
+    b.wait_js(
+        "tab 2 leads",
+        "window.outboxTest.leader && window.outboxTest.opens > 0",
+    )
+    .await;
+    sent.extend(insert_events(&pg, 2, "BROWSER.SHARED").await);
+    b.wait_text(&tid("count"), "5").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        listed(&b).await,
+        serde_json::json!(sent),
+        "each once, in order"
+    );
+    wait_until("one subscriber again", || async { count().await == 1 }).await;
+    b.close().await;
+    relay.stop().await.unwrap();
 }

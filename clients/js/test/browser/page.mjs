@@ -38,6 +38,6 @@ function Events() {
   );
 }
 
-Object.defineProperty(state, "leader", { get: () => client.leader });
+Object.defineProperty(state, "leader", { get: () => client.leader, enumerable: true });
 
 createRoot(document.getElementById("root")).render(h(OutboxProvider, { client }, h(Events)));
