@@ -247,3 +247,36 @@ fn envelope(n: usize, pad: &str) -> (String, Vec<u8>) {
     let body = ev.envelope(event_type, &data, Some(1));
     (ev.id, body)
 }
+
+/// `signing`: what each Standard Webhooks signature costs the relay's CPU, in-process, on a
+/// body of the bench's size: `v1` (HMAC-SHA256, a `whsec_` key), `v1a` (ed25519, a `whsk_`
+/// key) and both at once (a move from one to the other), `SIGNATURES` each, one thread.
+pub fn signing(ctx: &Ctx<'_>) -> anyhow::Result<Value> {
+    const SIGNATURES: u32 = 20_000;
+    let body = format!(
+        "{{\"id\":\"0b6f3c1e-8a55-4f55-9d3a-6f1c2a9e4b7d\",\"type\":\"ORDER.CREATED\",\
+         \"data\":{{\"pad\":\"{}\"}}}}",
+        "x".repeat(ctx.p.payload_pad)
+    );
+    let (ed, _) = outbox_relay::sinks::webhook::signature::generate(true);
+    let mut out = serde_json::Map::new();
+    out.insert("body_bytes".into(), json!(body.len()));
+    for (name, secret) in [
+        ("v1", ctx.secret.clone()),
+        ("v1a", ed.clone()),
+        ("v1_and_v1a", format!("{} {ed}", ctx.secret)),
+    ] {
+        let keys = SigningKeys::parse(&Secret::new(secret)).map_err(anyhow::Error::msg)?;
+        let t = Instant::now();
+        let mut len = 0;
+        for i in 0..SIGNATURES {
+            len += keys
+                .sign(&format!("msg_{i}"), 1_765_000_000, body.as_bytes())
+                .len();
+        }
+        let us = t.elapsed().as_secs_f64() * 1e6 / f64::from(SIGNATURES);
+        std::hint::black_box(len);
+        out.insert(format!("{name}_us_per_request"), json!(round2(us)));
+    }
+    Ok(Value::Object(out))
+}

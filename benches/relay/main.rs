@@ -76,6 +76,8 @@
 //! - `cluster_report`: what the cluster-wide dashboard costs the database ([`cluster`]):
 //!   three instances' reports as busy relays send them, after an hour of them: WAL bytes and
 //!   milliseconds per report (one statement), and the dashboard's read of all of them.
+//! - `signing`: the CPU of one request's `webhook-signature`, in-process: `v1` (HMAC),
+//!   `v1a` (ed25519) and both, on a body of the bench's size ([`ceilings::signing`]).
 //!
 //! Knobs (environment, `RELAY_BENCH_` prefix; the defaults keep the whole run under 10
 //! minutes on a 2-core machine):
@@ -154,6 +156,7 @@ const SCENARIOS: &[&str] = &[
     "receiver_ceiling",
     "commit_path",
     "cluster_report",
+    "signing",
 ];
 
 /// Former scenario names, still accepted: (old, new).
@@ -403,6 +406,11 @@ fn summary_keys(label: &str) -> &'static [&'static [&'static str]] {
             &["all_healthy", "relay_cpu_s_per_10k"],
             &["one_failing", "relay_cpu_s_per_10k"],
         ],
+        "signing" => &[
+            &["v1_us_per_request"],
+            &["v1a_us_per_request"],
+            &["v1_and_v1a_us_per_request"],
+        ],
         "cluster" => &[
             &["wal_bytes_per_report"],
             &["report_ms_median"],
@@ -513,6 +521,7 @@ async fn scenario(ctx: &Ctx<'_>, name: &str, rep: usize) -> anyhow::Result<Vec<(
         "cluster_report" => {
             out.push(("cluster_report".into(), cluster::cluster_report(ctx).await?))
         }
+        "signing" => out.push(("signing".into(), ceilings::signing(ctx)?)),
         _ => unreachable!("checked in Params::from_env"),
     }
     Ok(out)
