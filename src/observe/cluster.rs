@@ -79,6 +79,8 @@ pub struct Reporter {
     pub poll_interval: Duration,
     /// The last second reported.
     reported: Arc<Mutex<u64>>,
+    /// A failure was logged since the last report that went through (one warning a streak).
+    warned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Reporter {
@@ -102,6 +104,7 @@ impl Reporter {
             poll_interval,
             // Nothing was delivered before the relay started.
             reported: Arc::new(Mutex::new(unix_now().saturating_sub(1))),
+            warned: Arc::default(),
         }
     }
 
@@ -172,14 +175,29 @@ impl crate::background::Service for Reporter {
     }
 
     async fn run_once(&mut self, _stop: &CancellationToken) -> anyhow::Result<()> {
-        self.report(false).await
+        self.report(false).await?;
+        self.warned
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
+    /// A missing table or privilege is a warning, once per streak: every dashboard then
+    /// misses this relay, which delivers as before. Other failures (the database is down)
+    /// are the claim loop's to report.
     fn failed(&self, e: &anyhow::Error) {
-        // A table from before migration 011: the dashboard shows this instance only.
-        tracing::debug!(
+        use tokio_postgres::error::SqlState;
+        let missing = [SqlState::UNDEFINED_TABLE, SqlState::INSUFFICIENT_PRIVILEGE];
+        if !crate::db::has_sql_state(e, &missing)
+            || self.warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::debug!(error = format!("{e:#}"), "cluster report failed again");
+            return;
+        }
+        tracing::warn!(
             error = format!("{e:#}"),
-            "cluster report failed (run `outbox-relay migrate` if the table is missing)"
+            "cluster report failed: the dashboards do not see this relay until it goes through \
+             (run `outbox-relay migrate` for the tables of migration 011, and give a runtime \
+             role the GRANTs `migrate --print-grants` prints); delivery is not affected"
         );
     }
 }

@@ -163,3 +163,39 @@ async fn the_overview_sums_every_relay_and_shows_stopped_and_gone_ones() {
     .await;
     assert_eq!(rx.deliveries().len(), 75, "each event was sent once");
 }
+
+/// Without the tables of migration 011 (a database migrated by an older release, or a role
+/// without their GRANTs), the relay delivers as before, says once why the dashboards miss
+/// it, and its own page says its figures are its own only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_report_tables_delivery_goes_on_and_one_warning_says_why() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start().await;
+    let client = db.client().await;
+    let mut node = Node::start(&db, &rx, "relay").await;
+    client
+        .batch_execute(
+            "DROP TABLE \"OutboxEvent_relay_instances\"; DROP TABLE \"OutboxEvent_relay_activity\"",
+        )
+        .await
+        .unwrap();
+    // Reports every 2 s: several fail while these are delivered and the page is read.
+    for _ in 0..3 {
+        let ids = insert_events(&client, 5, "CLUSTER.OLD").await;
+        rx.wait_accepted(&ids).await;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    let o = overview_where(&node, "the page to say it is alone", |o| {
+        o["cluster"] == false
+    })
+    .await;
+    assert_eq!(delivered_total(&o), 15, "its own figures, live");
+    node.stop(Signal::SIGTERM).await;
+    let log = node.proc.stderr();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("cluster report failed"))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
+    assert!(log.contains("migrate"), "{log}");
+}

@@ -563,7 +563,7 @@ function renderOverview(o) {
   tid('instances').textContent = fmtInt(instances.filter((i) => i.state === 'live').length);
   $('chart-scope').textContent = o.cluster
     ? 'per second, every relay on the table (the busiest second of each slot)'
-    : 'per second, this instance only: the other relays\' reports cannot be read (run migrate)';
+    : 'per second, this instance only: the relays\' reports cannot be read (run migrate, and check the role\'s grants)';
   $('endpoints-scope').textContent = o.cluster ? 'all relays, last 5 minutes' : 'this instance, last 5 minutes';
   drawChart();
 
