@@ -1,18 +1,23 @@
-//! The README's plain-SQL inserts (issue 17): each block, taken from the README itself, runs
-//! as written against the table an ORM makes (or `migrate` makes), adopted by the `migrate`
-//! command, and the relay delivers the event it inserts.
+//! The documented plain-SQL inserts (issue 17): each block, taken from the README (Prisma) or
+//! docs/publishing.md (TypeORM, Django, a table `migrate` made) itself, runs as written
+//! against the table an ORM makes (or `migrate` makes), adopted by the `migrate` command,
+//! and the relay delivers the event it inserts.
 
 use crate::common::orm::*;
 use crate::common::process::*;
 use crate::common::*;
 
-/// The ```sql block right after `<!-- readme-sql: NAME -->` in the README.
+/// The ```sql block right after `<!-- readme-sql: NAME -->` in the README or
+/// docs/publishing.md.
 fn readme_sql(name: &str) -> String {
-    let readme = include_str!("../../README.md");
+    let readme = concat!(
+        include_str!("../../README.md"),
+        include_str!("../../docs/publishing.md")
+    );
     let marker = format!("<!-- readme-sql: {name} -->");
     let at = readme
         .find(&marker)
-        .unwrap_or_else(|| panic!("README.md has no {marker}"));
+        .unwrap_or_else(|| panic!("neither README.md nor docs/publishing.md has {marker}"));
     let block = readme[at + marker.len()..]
         .trim_start()
         .strip_prefix("```sql\n")

@@ -1,6 +1,6 @@
 //! Outbox tables as ORMs make them (the DDL their migration tools write for the models in
-//! the README's "Publishing from your app"), each with the app table the README's UPDATE
-//! changes.
+//! the README's "Publishing from your app" and docs/publishing.md), each with the app table
+//! the documented UPDATE changes.
 
 /// One ORM's tables.
 pub struct OrmTable {
@@ -46,7 +46,7 @@ INSERT INTO "Project" ("id", "name") VALUES ('p_42', 'Apollo');
     project_name: r#"SELECT "name" FROM "Project" WHERE "id" = 'p_42'"#,
 };
 
-/// `typeorm migration:generate` for the README's entity: a uuid id with a database default
+/// `typeorm migration:generate` for docs/publishing.md's entity: a uuid id with a database default
 /// (uuid-ossp), an enum status named after table and column, timestamptz columns.
 pub const TYPEORM: OrmTable = OrmTable {
     name: "typeorm",
@@ -61,7 +61,7 @@ INSERT INTO "project" ("id", "name") VALUES ('p_42', 'Apollo');
     project_name: "SELECT name::text FROM project WHERE id = 'p_42'",
 };
 
-/// Django 5's `sqlmigrate` for the README's model in app `app`: a bigint identity id, text
+/// Django 5's `sqlmigrate` for docs/publishing.md's model in app `app`: a bigint identity id, text
 /// status and integer retry_count with database defaults (`db_default`), timestamptz.
 pub const DJANGO: OrmTable = OrmTable {
     name: "django",
