@@ -179,10 +179,14 @@ async fn answers(url: &str) -> bool {
 }
 
 /// A connection to `url`; panics if the server does not take one now.
+/// The test's own connection: redis-rs answers "timed out" after 500 ms by default, which a
+/// 1,000-entry XRANGE can take on this 2-core machine while other tests run; PATIENCE bounds
+/// a hang instead.
 pub async fn connect(url: &str) -> MultiplexedConnection {
+    let config = ::redis::AsyncConnectionConfig::new().set_response_timeout(Some(PATIENCE));
     ::redis::Client::open(url)
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("connecting to redis-server")
 }
