@@ -223,10 +223,6 @@ impl EndpointStats {
         self.last_error.lock().expect("stats lock").clone()
     }
 
-    pub fn health(&self) -> EndpointHealth {
-        self.window().health()
-    }
-
     /// The attempts of the last [`HEALTH_WINDOW`], to report or merge with other relays'.
     pub fn window(&self) -> Window {
         self.window_at(unix_now())
