@@ -516,6 +516,48 @@ async fn a_new_stream_gets_every_event_committed_after_its_response_arrived() {
     relay.stop().await.unwrap();
 }
 
+/// The HTTP side serves while the relay is still starting (here: waiting for a NATS server
+/// that comes up late), before the tail reader has taken its first snapshot. A stream
+/// opened then is held (heartbeats only) until the tail runs, and then gets the events
+/// committed after it opened: those committed before the tail started as well as after.
+/// Seen in CI: a client that reconnected to a restarted relay in that window lost events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opened_while_the_relay_starts_loses_nothing_committed_before_its_tail_started() {
+    let db = TestDb::new().await;
+    let mut nats = crate::common::nats::NatsServer::start().await;
+    let nc = crate::common::nats::connect(nats.url()).await;
+    crate::common::nats::create_stream(&nc, "EARLY", &["early.>"], 1).await;
+    drop(nc);
+    nats.stop().await;
+    let toml = format!(
+        "start_grace = \"2m\"\n[[nats]]\nname = \"late\"\nurl = \"{}\"\nstream = \"EARLY\"\n\
+         subject = \"early.{{event_type}}\"\n{}",
+        nats.url(),
+        sse_toml("1s")
+    );
+    let cfg = db.config(&toml);
+    db.migrate(&cfg).await;
+    let relay = InProcessRelay::start(cfg).await;
+    let tok = token("org_a", None);
+    let client = db.client().await;
+
+    let mut sub = connect(&relay.http_url(), Some(&tok), "", None)
+        .await
+        .expect("a stream opens while the relay starts");
+    let before = publish(&client, &[(Some("org_a"), "BEFORE.TAIL")], "{}").await;
+    // The relay is still waiting for its broker: the stream stays open, quiet but for
+    // heartbeats.
+    assert!(sub.read_for(Duration::from_millis(2500)).await.is_empty());
+    assert!(sub.comments >= 1, "heartbeats while held");
+
+    nats.start_again().await;
+    let relay = relay.ready().await;
+    let after = publish(&client, &[(Some("org_a"), "AFTER.TAIL")], "{}").await;
+    assert_eq!(ids(&sub.take(2).await), [before, after].concat());
+    sub.assert_quiet(QUIET).await;
+    relay.stop().await.unwrap();
+}
+
 /// T1 inserts an event of org_a and stays open; T2, started after it (a larger xid and
 /// sequence number), inserts one and commits. Returns T1 and both event ids.
 async fn t1_open_t2_committed<'a>(

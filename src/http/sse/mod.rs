@@ -45,6 +45,8 @@ type Write = (Bytes, OwnedSemaphorePermit);
 pub const SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rows per catch-up read.
 const CATCH_UP_PAGE: usize = 500;
+/// A comment line: keeps proxies from closing an idle stream.
+const HEARTBEAT: &[u8] = b":\n\n";
 /// The reconnection delay clients are told to use.
 const RETRY_MS: u64 = 2000;
 /// Catch-up reads running at once on this relay, whatever the number of subscribers
@@ -267,6 +269,9 @@ impl Forwarder<'_> {
         };
         let mut heartbeat = tokio::time::interval(self.sse.heartbeat);
         heartbeat.reset();
+        if let Some(stop) = self.wait_for_tail(&mut heartbeat).await {
+            return Ok(stop);
+        }
         loop {
             if let Some(stop) = self.catch_up(&mut cursor).await? {
                 return Ok(stop);
@@ -276,7 +281,7 @@ impl Forwarder<'_> {
                 let page = tokio::select! {
                     p = live.recv() => p,
                     _ = heartbeat.tick() => {
-                        if let Some(stop) = self.send(Bytes::from_static(b":\n\n")).await {
+                        if let Some(stop) = self.send(Bytes::from_static(HEARTBEAT)).await {
                             return Ok(stop);
                         }
                         continue;
@@ -331,6 +336,29 @@ impl Forwarder<'_> {
             *cursor = own.unwrap_or_else(|| (*e.cursor).clone());
         }
         (frames, false)
+    }
+
+    /// Waits, with heartbeats, for the tail reader to start ([`Hub::tail_running`]): only a
+    /// catch-up that ends after the tail's first snapshot leaves nothing between the two. A
+    /// client that connects while the relay is starting (looking for its table, waiting for
+    /// a broker) is held open meanwhile, not refused: a browser's `EventSource` would not
+    /// retry a refusal.
+    ///
+    /// [`Hub::tail_running`]: crate::sinks::sse::Hub::tail_running
+    async fn wait_for_tail(&self, heartbeat: &mut tokio::time::Interval) -> Option<Stop> {
+        let running = self.sse.hub.tail_running();
+        tokio::pin!(running);
+        loop {
+            tokio::select! {
+                _ = &mut running => return None,
+                _ = heartbeat.tick() => {
+                    if let Some(stop) = self.send(Bytes::from_static(HEARTBEAT)).await {
+                        return Some(stop);
+                    }
+                }
+                _ = self.out.closed() => return Some(Stop::Gone),
+            }
+        }
     }
 
     /// Sends this org's rows after `cursor` from the database until level with now.

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 pub use read::StreamEvent;
 
@@ -31,6 +31,8 @@ pub type OrgPage = Arc<Vec<StreamEvent>>;
 pub struct Hub {
     orgs: Mutex<HashMap<Arc<str>, broadcast::Sender<OrgPage>>>,
     subscribers: AtomicUsize,
+    /// True once the tail reader has fixed its starting position ([`Hub::tail_started`]).
+    tail: watch::Sender<bool>,
 }
 
 impl Hub {
@@ -47,6 +49,22 @@ impl Hub {
         };
         self.subscribers.fetch_add(1, Ordering::Relaxed);
         (rx, Subscribed(self.clone()))
+    }
+
+    /// Called by the tail reader once its starting snapshot is taken: from then on it
+    /// publishes every event committed after that snapshot.
+    pub fn tail_started(&self) {
+        self.tail.send_replace(true);
+    }
+
+    /// Returns once the tail reader has started. A subscriber's catch-up must end at a
+    /// snapshot taken after that: the events committed between an earlier snapshot and the
+    /// tail's start would be neither read by the subscriber nor published by the tail. (The
+    /// HTTP side serves before the relay has found its table and started its sinks.)
+    pub async fn tail_running(&self) {
+        let mut started = self.tail.subscribe();
+        // The hub holds the sender: the wait cannot end otherwise.
+        let _ = started.wait_for(|s| *s).await;
     }
 
     /// Connected subscribers, for `/metrics`.

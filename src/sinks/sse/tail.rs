@@ -2,7 +2,8 @@
 //!
 //! It wakes when the listener hears a NOTIFY, and on the poll interval as a safety net; it
 //! reads until nothing more is visible, then sleeps. It starts from the snapshot current when
-//! it starts: subscribers that need older rows read them themselves.
+//! it starts: subscribers that need older rows read them themselves, once it has started
+//! ([`Hub::tail_running`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,10 +76,13 @@ async fn step(
 ) -> anyhow::Result<bool> {
     let client = pool.get().await?;
     let read = async {
-        let current = match cursor {
-            Some(c) => c.clone(),
-            None => read::now(&client).await?,
-        };
+        if cursor.is_none() {
+            // Kept even if the page read below fails: a second `now` would skip the rows
+            // committed in between, which subscribers already count on the tail to send.
+            *cursor = Some(read::now(&client).await?);
+            hub.tail_started();
+        }
+        let current = cursor.clone().expect("set above");
         read::next_page(&client, reader, &current, None, PAGE).await
     };
     let page = match tokio::time::timeout(crate::db::CLIENT_DEADLINE, read).await {
