@@ -3,8 +3,9 @@
 //! binary and a real PostgreSQL database prepared here: the README's Prisma table, adopted
 //! by `migrate` with SSE on.
 //!
-//! The suite covers the subscriber (live events, ten token renewals without a gap or a
-//! duplicate, a relay restart, a wrong token, one shared connection) and the Prisma
+//! The suite covers the event-stream parser, the subscriber (live events, ten token
+//! renewals without a gap or a duplicate, a relay restart with retries the relay's
+//! `retry:` apart, a wrong token, one shared connection) and the Prisma
 //! publisher with a real Prisma Client generated from the README's model (commit, rollback,
 //! the full client refused at compile and at run time, Decimal/BigInt/Date payloads).
 //! Needs Node.js 18+ and npm; the package's pinned dependencies are installed by the test.
@@ -81,7 +82,7 @@ async fn the_typescript_client_passes_its_node_tests_against_this_relay() {
     assert!(out.status.success(), "node --test failed:\n{report}");
     // The suite ran (a filter or an empty directory would pass with nothing run).
     assert!(
-        report.contains("pass 10") && report.contains("fail 0"),
+        report.contains("pass 14") && report.contains("fail 0"),
         "{report}"
     );
 }

@@ -1,7 +1,8 @@
 /**
  * A parser for the `text/event-stream` format, fed with decoded text as it arrives: the
- * WHATWG rules (lines end with CRLF, LF or CR; `data` lines join with LF; `id` sets the last
- * event id, unless it holds a NUL; comments start with `:`; a blank line dispatches).
+ * WHATWG rules (lines end with CRLF, LF or CR; `data` lines join with LF; `id` names the
+ * message, unless it holds a NUL; comments start with `:`; a blank line dispatches a message
+ * that has data; a `retry:` of digits sets the reconnection time at once, alone or not).
  */
 
 export interface Message {
@@ -10,8 +11,6 @@ export interface Message {
   data: string;
   /** The `id:` of this message, if it had one. */
   id?: string;
-  /** A `retry:` in milliseconds that came with it. */
-  retry?: number;
 }
 
 export class SseParser {
@@ -19,11 +18,17 @@ export class SseParser {
   private event = "";
   private data: string[] = [];
   private id: string | undefined;
-  private retry: number | undefined;
   /** A CR ended the last chunk: an LF at the start of the next belongs to it. */
   private pendingCr = false;
 
-  constructor(private readonly dispatch: (m: Message) => void) {}
+  /**
+   * `dispatch` gets each message; `onRetry` each `retry:` value (ms) as soon as it is read:
+   * a relay sends it alone, in a message that has no data and is never dispatched.
+   */
+  constructor(
+    private readonly dispatch: (m: Message) => void,
+    private readonly onRetry: (ms: number) => void = () => {},
+  ) {}
 
   push(text: string): void {
     if (this.pendingCr && text.startsWith("\n")) text = text.slice(1);
@@ -45,18 +50,16 @@ export class SseParser {
 
   private line(line: string): void {
     if (line === "") {
-      if (this.data.length > 0 || this.event !== "") {
+      if (this.data.length > 0) {
         this.dispatch({
           event: this.event || "message",
           data: this.data.join("\n"),
           ...(this.id !== undefined ? { id: this.id } : {}),
-          ...(this.retry !== undefined ? { retry: this.retry } : {}),
         });
       }
       this.event = "";
       this.data = [];
       this.id = undefined;
-      this.retry = undefined;
       return;
     }
     if (line.startsWith(":")) return;
@@ -75,7 +78,7 @@ export class SseParser {
         if (!value.includes("\0")) this.id = value;
         break;
       case "retry":
-        if (/^\d+$/.test(value)) this.retry = Number(value);
+        if (/^\d+$/.test(value)) this.onRetry(Number(value));
         break;
     }
   }

@@ -176,32 +176,34 @@ export function subscribe(options: SubscribeOptions): Subscription {
         renewTimer = setTimeout(() => ((renewing = true), conn.abort()), wait);
       }
       options.onOpen?.();
-      const parser = new SseParser((m: Message) => {
-        if (m.retry !== undefined) serverRetry = m.retry;
-        if (m.event === "cursor_expired") {
-          report(
-            new SubscriptionError(
-              "cursor_expired",
-              "the resume point was older than the relay keeps events: some were purged",
-              true,
-            ),
-          );
-          return;
-        }
-        if (m.id === undefined) return;
-        let event: OutboxEvent;
-        try {
-          event = JSON.parse(m.data);
-        } catch {
-          return;
-        }
-        lastEventId = m.id;
-        try {
-          options.onEvent(event, m.id);
-        } catch (e) {
-          report(new SubscriptionError("handler", `onEvent threw: ${String(e)}`, true));
-        }
-      });
+      const parser = new SseParser(
+        (m: Message) => {
+          if (m.event === "cursor_expired") {
+            report(
+              new SubscriptionError(
+                "cursor_expired",
+                "the resume point was older than the relay keeps events: some were purged",
+                true,
+              ),
+            );
+            return;
+          }
+          if (m.id === undefined) return;
+          let event: OutboxEvent;
+          try {
+            event = JSON.parse(m.data);
+          } catch {
+            return;
+          }
+          lastEventId = m.id;
+          try {
+            options.onEvent(event, m.id);
+          } catch (e) {
+            report(new SubscriptionError("handler", `onEvent threw: ${String(e)}`, true));
+          }
+        },
+        (ms) => (serverRetry = ms),
+      );
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
       for (;;) {
         const { value, done } = await reader.read();

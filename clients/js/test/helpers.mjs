@@ -29,11 +29,14 @@ export async function freePort() {
   return port;
 }
 
-/** Waits for `cond()` (up to `ms`), polling. */
+/** Waits for `cond()` (up to `ms`), polling; `what` may be a function, to say at the time
+ * out how far it got. */
 export async function waitFor(what, cond, ms = 60_000) {
   const end = Date.now() + ms;
   while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for: ${what}`);
+    if (Date.now() > end) {
+      throw new Error(`timed out waiting for: ${typeof what === "function" ? what() : what}`);
+    }
     await sleep(50);
   }
 }

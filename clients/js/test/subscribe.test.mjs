@@ -82,23 +82,30 @@ test("tokens of 3 s renewed more than ten times: no event lost or repeated", asy
   }
 });
 
-test("the relay restarted mid-stream: the events committed meanwhile arrive, once", async () => {
+test("the relay restarted mid-stream: the events committed meanwhile arrive, once, and retries keep the relay's retry: apart", async () => {
   const port = await freePort();
   let relay = await startRelay(port);
-  const r = record(relay.stream, "JS.RESTART", () => mintStreamToken("org_js", { secret: SECRET }));
+  const attempts = [];
+  const r = record(relay.stream, "JS.RESTART", () => mintStreamToken("org_js", { secret: SECRET }), {
+    fetch: (...args) => (attempts.push(Date.now()), fetch(...args)),
+  });
   try {
     await waitFor("the stream to open", () => r.opens() > 0);
     const first = await insertEvents(client, 5, "JS.RESTART");
     await waitFor("the first 5", () => r.got.length >= 5);
     await relay.stop();
     const missed = await insertEvents(client, 7, "JS.RESTART");
+    await sleep(4500); // down long enough for a retry or two
     relay = await startRelay(port);
     const last = await insertEvents(client, 3, "JS.RESTART");
-    await waitFor("all 15", () => r.got.length >= 15);
+    await waitFor(() => `all 15 (got ${r.got.length} in ${r.opens()} connections)`, () => r.got.length >= 15);
     await sleep(500);
     assert.deepEqual(r.got, [...first, ...missed, ...last]);
     assert.ok(r.opens() >= 2);
     assert.ok(r.errors.every((e) => e.kind === "connection" && e.retrying));
+    // The relay says `retry: 2000` (minDelayMs here is 100): no attempt came sooner.
+    const gaps = attempts.slice(1).map((t, i) => t - attempts[i]);
+    assert.ok(gaps.length >= 1 && gaps.every((g) => g >= 1990), `gaps between attempts: ${gaps} ms`);
   } finally {
     r.sub.close();
     await r.sub.done;
