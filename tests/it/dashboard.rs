@@ -635,15 +635,6 @@ async fn dashboard_shows_untrusted_text_as_text() {
 const ENTER: &str = "\u{E007}";
 const ESCAPE: &str = "\u{E00C}";
 
-/// Presses `key` on the element `css` (focusing it, as a keyboard user tabbing there would).
-async fn press(b: &Browser, css: &str, key: &str) {
-    b.wait(css)
-        .await
-        .send_keys(key)
-        .await
-        .unwrap_or_else(|e| panic!("pressing a key on {css}: {e}"));
-}
-
 /// By keyboard alone: pause an endpoint (Escape cancels the confirmation, Enter confirms),
 /// see an event held, resume it and see the event delivered; then skip the dead letter that
 /// blocks an entity key (ordered mode) and see the next event of the key go out.
@@ -668,9 +659,9 @@ async fn dashboard_pause_resume_and_skip_by_keyboard() {
         "document.querySelector({}).open",
         js_str(&tid("confirm-dialog"))
     );
-    press(&b, &toggle, ENTER).await;
+    b.press(&toggle, ENTER).await;
     b.wait_js("the confirmation to open", &dialog_open).await;
-    press(&b, &tid("confirm-ok"), ESCAPE).await;
+    b.press(&tid("confirm-ok"), ESCAPE).await;
     b.wait_js(
         "Escape to close the confirmation",
         &format!("!{dialog_open}"),
@@ -683,8 +674,8 @@ async fn dashboard_pause_resume_and_skip_by_keyboard() {
         .get(0);
     assert_eq!(paused, 0, "Escape must not pause");
 
-    press(&b, &toggle, ENTER).await;
-    press(&b, &tid("confirm-ok"), ENTER).await;
+    b.press(&toggle, ENTER).await;
+    b.press(&tid("confirm-ok"), ENTER).await;
     b.wait_text(&state, "paused").await;
     let id = insert_events(&client, 1, "DASH.HELD").await.remove(0);
     wait_until("the event held for the paused endpoint", || async {
@@ -697,8 +688,8 @@ async fn dashboard_pause_resume_and_skip_by_keyboard() {
     );
     b.screenshot("endpoint-paused").await;
 
-    press(&b, &toggle, ENTER).await;
-    press(&b, &tid("confirm-ok"), ENTER).await;
+    b.press(&toggle, ENTER).await;
+    b.press(&tid("confirm-ok"), ENTER).await;
     b.wait_text(&state, "active").await;
     rx.wait_accepted(std::slice::from_ref(&id)).await;
     wait_status(&client, &id, "COMPLETED").await;
@@ -731,8 +722,9 @@ async fn dashboard_pause_resume_and_skip_by_keyboard() {
         "PENDING",
         "the next event must wait"
     );
-    press(&b, &format!("{blocked} {}", tid("blocked-skip")), ENTER).await;
-    press(&b, &tid("confirm-ok"), ENTER).await;
+    b.press(&format!("{blocked} {}", tid("blocked-skip")), ENTER)
+        .await;
+    b.press(&tid("confirm-ok"), ENTER).await;
     rx.wait_accepted(std::slice::from_ref(&next)).await;
     wait_status(&client, &next, "COMPLETED").await;
     let skipped: bool = client
@@ -808,8 +800,8 @@ async fn dashboard_shows_an_open_circuit_then_a_disabled_endpoint_and_enables_it
     b.screenshot("endpoint-disabled").await;
 
     rx.set_script(Arc::new(|_, _| Reply::ok()));
-    press(&b, &toggle, ENTER).await;
-    press(&b, &tid("confirm-ok"), ENTER).await;
+    b.press(&toggle, ENTER).await;
+    b.press(&tid("confirm-ok"), ENTER).await;
     b.wait_text(&state, "active").await;
     rx.wait_accepted(&held).await;
 }
@@ -840,10 +832,11 @@ async fn dashboard_replay_counts_first_then_sends_again_by_keyboard() {
         "document.querySelector({}).open",
         js_str(&tid("replay-dialog"))
     );
-    press(&b, &format!("{row} {}", tid("endpoint-replay")), ENTER).await;
+    b.press(&format!("{row} {}", tid("endpoint-replay")), ENTER)
+        .await;
     b.wait_js("the replay dialog to open", &open).await;
     // Enter in the window field counts: the default window (1h) holds all four.
-    press(&b, &tid("replay-since"), ENTER).await;
+    b.press(&tid("replay-since"), ENTER).await;
     b.wait_js(
         "the count of 4",
         &format!(
@@ -867,7 +860,7 @@ async fn dashboard_replay_counts_first_then_sends_again_by_keyboard() {
         ),
     )
     .await;
-    press(&b, &tid("replay-type"), ENTER).await;
+    b.press(&tid("replay-type"), ENTER).await;
     b.wait_js(
         "the count of 3",
         &format!(
@@ -877,7 +870,7 @@ async fn dashboard_replay_counts_first_then_sends_again_by_keyboard() {
     )
     .await;
     b.screenshot("replay-counted").await;
-    press(&b, &tid("replay-ok"), ENTER).await;
+    b.press(&tid("replay-ok"), ENTER).await;
     b.wait_js("the dialog to close", &format!("!{open}")).await;
     rx.wait_for("the three events a second time", |ds| ds.len() >= 7)
         .await;

@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use tokio::time::Instant;
 
 use super::process::{relay, Proc};
-use super::{count_status, insert_events, texts, wait_until, TestDb, SECRET};
+use super::{count_status, insert_events, texts, wait_progressing, wait_until, TestDb, SECRET};
 
 /// Starts `program` with `args`, its output appended to `log`; panics with `missing` when
 /// the program is not installed.
@@ -97,10 +97,11 @@ pub fn unique(ids: impl IntoIterator<Item = String>) -> HashSet<String> {
     set
 }
 
-/// Waits until `n` rows are COMPLETED.
+/// Waits until `n` rows are COMPLETED, as long as their number keeps growing
+/// ([`wait_progressing`]).
 pub async fn wait_completed(client: &tokio_postgres::Client, n: i64) {
-    wait_until(&format!("{n} rows COMPLETED"), || async {
-        count_status(client, "COMPLETED").await == n
+    wait_progressing(&format!("{n} rows COMPLETED"), n, || {
+        count_status(client, "COMPLETED")
     })
     .await;
 }

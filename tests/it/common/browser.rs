@@ -386,15 +386,34 @@ impl Browser {
     /// Clicks the first match of `css` once it is there, visible and enabled. Retried only
     /// while the driver says the click did not happen (covered, not interactable yet).
     pub async fn click(&self, css: &str) {
+        self.act(css, "take a click", |e| async move { e.click().await })
+            .await;
+    }
+
+    /// Presses `key` (a W3C key code) on the first match of `css`, as [`Browser::click`]
+    /// clicks: retried while the driver says nothing was sent (the page re-rendered the
+    /// element meanwhile: a stale element).
+    pub async fn press(&self, css: &str, key: &str) {
+        self.act(css, "take a key", |e| async move { e.send_keys(key).await })
+            .await;
+    }
+
+    /// Does `act` on the first match of `css` once it is visible and enabled, again while
+    /// the driver's error says it did not happen ([`not_clicked`]).
+    async fn act<F, Fut>(&self, css: &str, what: &str, act: F)
+    where
+        F: Fn(Element) -> Fut,
+        Fut: std::future::Future<Output = Result<(), CmdError>>,
+    {
         let done = Mutex::new(None::<String>);
-        wait_until(&format!("{css} to take a click"), || async {
+        wait_until(&format!("{css} to {what}"), || async {
             let Ok(e) = self.client().find(Locator::Css(css)).await else {
                 return false;
             };
             if !e.is_displayed().await.unwrap_or(false) || !e.is_enabled().await.unwrap_or(false) {
                 return false;
             }
-            match e.click().await {
+            match act(e).await {
                 Ok(()) => true,
                 Err(err) if not_clicked(&err) => false,
                 Err(err) => {
@@ -405,7 +424,7 @@ impl Browser {
         })
         .await;
         if let Some(err) = done.into_inner().unwrap() {
-            panic!("click on {css}: {err}");
+            panic!("{css} did not {what}: {err}");
         }
     }
 
@@ -494,7 +513,7 @@ impl Browser {
     }
 }
 
-/// WebDriver errors after which the click certainly did not happen.
+/// WebDriver errors after which the click (or key press) certainly did not happen.
 fn not_clicked(e: &CmdError) -> bool {
     let s = e.to_string().to_ascii_lowercase();
     [

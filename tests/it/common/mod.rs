@@ -304,6 +304,33 @@ impl InProcessRelay {
     }
 }
 
+/// Polls `count` every 20 ms until it reaches `target`; panics when it has not grown for
+/// [`PATIENCE`] (stuck, not slow: a machine running many tests at once may take minutes
+/// over a large batch), or after ten times that in all.
+pub async fn wait_progressing<F, Fut>(what: &str, target: i64, mut count: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = i64>,
+{
+    let start = tokio::time::Instant::now();
+    let (mut best, mut stalled_at) = (i64::MIN, start + PATIENCE);
+    loop {
+        let now_at = count().await;
+        if now_at == target {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if now_at > best {
+            (best, stalled_at) = (now_at, now + PATIENCE);
+        }
+        assert!(
+            now < stalled_at && now < start + 10 * PATIENCE,
+            "timed out waiting for: {what} (reached {best})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `cond` every 20 ms until true; panics after [`PATIENCE`].
 pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
 where

@@ -151,9 +151,12 @@ impl Receiver {
         m
     }
 
-    /// Waits (on arrivals, not on a clock) until `cond` holds over the deliveries so far.
+    /// Waits (on arrivals, not on a clock) until `cond` holds over the deliveries so far:
+    /// panics after [`super::PATIENCE`] without a request (stuck, not slow: a large batch on
+    /// a machine running many tests at once takes a while), or five times that in all.
     pub async fn wait_for(&self, what: &str, cond: impl Fn(&[Delivery]) -> bool) {
-        let deadline = tokio::time::Instant::now() + super::PATIENCE;
+        let cap = tokio::time::Instant::now() + 5 * super::PATIENCE;
+        let mut deadline = tokio::time::Instant::now() + super::PATIENCE;
         loop {
             let arrived = self.inner.arrived.notified();
             if cond(&self.inner.deliveries.lock().unwrap()) {
@@ -163,6 +166,7 @@ impl Receiver {
                 let n = self.inner.deliveries.lock().unwrap().len();
                 panic!("timed out waiting for: {what} ({n} requests received)");
             }
+            deadline = (tokio::time::Instant::now() + super::PATIENCE).min(cap);
         }
     }
 
