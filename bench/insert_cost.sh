@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What each part of the adopted table costs an app's single-row INSERT: pgbench, 16 clients,
 # one INSERT per transaction in the README's plain-SQL shape, against variants of the table
-# made by `outbox-relay migrate` and then stripped of one part each. Rounds alternate the
+# made by `outbox-relay migrate` and then stripped of one part each (plpgsql_trigger: the
+# wake trigger as releases before 2026-12-07 made it, the lock taken in a PL/pgSQL body
+# rather than in the trigger's WHEN). Rounds alternate the
 # variants' order; prints inserts/s per variant and round, and each variant's median.
 #
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres bench/insert_cost.sh
@@ -33,11 +35,18 @@ declare -A STRIP=(
   [no_trigger]='DROP TRIGGER outbox_relay_notify ON "OutboxEvent"'
   [no_seq_default]='ALTER TABLE "OutboxEvent" ALTER COLUMN stream_seq DROP DEFAULT'
   [no_fresh_index]='DROP INDEX "OutboxEvent_relay_fresh_idx"'
-  [before_trigger]='DROP TRIGGER outbox_relay_notify ON "OutboxEvent";
-    CREATE TRIGGER outbox_relay_notify BEFORE INSERT ON "OutboxEvent" FOR EACH STATEMENT
-    EXECUTE FUNCTION "outbox_relay_notify_OutboxEvent"()'
+  [plpgsql_trigger]=$'DO $do$ DECLARE lock_args text; BEGIN
+    SELECT substring(pg_get_triggerdef(oid) FROM \'lock_shared\\((.*?)\\)\') INTO lock_args
+      FROM pg_trigger WHERE tgname = \'outbox_relay_notify\';
+    EXECUTE format($f$CREATE FUNCTION plpgsql_notify() RETURNS trigger LANGUAGE plpgsql AS $b$
+      BEGIN IF NOT pg_try_advisory_xact_lock_shared(%s) THEN PERFORM pg_notify(\'c\', \'\');
+      END IF; RETURN NULL; END $b$$f$, lock_args);
+    DROP TRIGGER outbox_relay_notify ON "OutboxEvent";
+    CREATE TRIGGER outbox_relay_notify AFTER INSERT ON "OutboxEvent" FOR EACH STATEMENT
+      EXECUTE FUNCTION plpgsql_notify();
+    END $do$'
 )
-VARIANTS=(${VARIANTS:-plain adopted no_trigger no_seq_default no_fresh_index before_trigger})
+VARIANTS=(${VARIANTS:-plain adopted no_trigger no_seq_default no_fresh_index plpgsql_trigger})
 echo "# bench/insert_cost.sh ROUNDS=$ROUNDS SECS=$SECS CLIENTS=$CLIENTS $(date -u +%FT%TZ) $(git -C "$ROOT" describe --always --dirty)"
 echo "# server: $(psql -Atq "$DATABASE_URL" -c 'select version()' | cut -d' ' -f1-2)"
 declare -A RES

@@ -6,12 +6,14 @@
 -- NOTIFY: one per statement, delivered at commit, never for a rollback. While every relay is
 -- busy (or none listens) inserts send nothing, so they do not queue behind the cluster-wide
 -- lock PostgreSQL takes to commit a NOTIFY.
+--
+-- The lock is taken in the trigger's WHEN condition, which PostgreSQL evaluates itself at
+-- the end of the statement: while the lock is granted the trigger is not queued at all and
+-- no PL/pgSQL function runs, so the insert pays for one lock and nothing else.
 CREATE OR REPLACE FUNCTION {{schema}}.{{notify_fn}}() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT pg_try_advisory_xact_lock_shared({{wake_lock_class}}, {{wake_lock_key}}) THEN
-        PERFORM pg_notify({{channel_literal}}, '');
-    END IF;
+    PERFORM pg_notify({{channel_literal}}, '');
     RETURN NULL;
 END
 $$;
@@ -19,4 +21,6 @@ $$;
 DROP TRIGGER IF EXISTS outbox_relay_notify ON {{table}};
 CREATE TRIGGER outbox_relay_notify
     AFTER INSERT ON {{table}}
-    FOR EACH STATEMENT EXECUTE FUNCTION {{schema}}.{{notify_fn}}();
+    FOR EACH STATEMENT
+    WHEN (NOT pg_try_advisory_xact_lock_shared({{wake_lock_class}}, {{wake_lock_key}}))
+    EXECUTE FUNCTION {{schema}}.{{notify_fn}}();

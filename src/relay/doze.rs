@@ -5,14 +5,15 @@
 //! A relay that is busy claiming needs no notification; only one that is about to sleep
 //! does. So the insert trigger (`sql/004_notify_trigger.sql`) takes the table's wake lock
 //! ([`crate::db::table::TableSettings::wake_lock`]) in *shared* mode with `pg_try_advisory_xact_lock_shared`
-//! and notifies only when that fails; a relay going to sleep first takes the same lock
+//! (in the trigger's `WHEN`, at the end of each inserting statement) and notifies only when
+//! that fails; a relay going to sleep first takes the same lock
 //! *exclusively* on a connection of its own ([`Doze::arm`]), then claims once more, and
 //! sleeps holding it. The first wake-up makes it let go ([`Doze::disarm`]), so inserts stop
 //! notifying as soon as a relay is awake.
 //!
 //! Why no interleaving loses a wake-up. Take an event inserted by transaction T, and a relay
 //! R that goes to sleep: R requests the exclusive lock (request), is granted it (grant),
-//! claims (final claim), sleeps. T's trigger runs `try shared` at some point (try), and T
+//! claims (final claim), sleeps. T's trigger runs `try shared` after T's insert (try), and T
 //! commits later (commit). R's LISTEN is established before request (R arms only while its
 //! listener reports LISTEN active; a reconnect wakes R, see [`crate::relay::listener`]).
 //! - try before request, and it succeeded: T holds the shared lock until it ends, and grant
