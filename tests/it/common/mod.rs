@@ -304,27 +304,53 @@ impl InProcessRelay {
     }
 }
 
-/// Polls `count` every 20 ms until it reaches `target`; panics when it has not grown for
-/// [`PATIENCE`] (stuck, not slow: a machine running many tests at once may take minutes
-/// over a large batch), or after ten times that in all.
+/// The deadline of a wait over a large batch: [`PATIENCE`] after the last progress (stuck,
+/// not slow: a machine running many tests at once may take minutes over a large batch), and
+/// never more than five times that in all.
+pub struct StallDeadline {
+    cap: tokio::time::Instant,
+    at: tokio::time::Instant,
+}
+
+impl StallDeadline {
+    pub fn new() -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            cap: now + 5 * PATIENCE,
+            at: now + PATIENCE,
+        }
+    }
+
+    /// The wait made progress: [`PATIENCE`] more from now, within the cap.
+    pub fn progressed(&mut self) {
+        self.at = (tokio::time::Instant::now() + PATIENCE).min(self.cap);
+    }
+
+    pub fn at(&self) -> tokio::time::Instant {
+        self.at
+    }
+}
+
+/// Polls `count` every 20 ms until it reaches `target`; panics when it stalls
+/// ([`StallDeadline`]).
 pub async fn wait_progressing<F, Fut>(what: &str, target: i64, mut count: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = i64>,
 {
-    let start = tokio::time::Instant::now();
-    let (mut best, mut stalled_at) = (i64::MIN, start + PATIENCE);
+    let mut deadline = StallDeadline::new();
+    let mut best = i64::MIN;
     loop {
-        let now_at = count().await;
-        if now_at == target {
+        let reached = count().await;
+        if reached == target {
             return;
         }
-        let now = tokio::time::Instant::now();
-        if now_at > best {
-            (best, stalled_at) = (now_at, now + PATIENCE);
+        if reached > best {
+            best = reached;
+            deadline.progressed();
         }
         assert!(
-            now < stalled_at && now < start + 10 * PATIENCE,
+            tokio::time::Instant::now() < deadline.at(),
             "timed out waiting for: {what} (reached {best})"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -151,22 +151,23 @@ impl Receiver {
         m
     }
 
-    /// Waits (on arrivals, not on a clock) until `cond` holds over the deliveries so far:
-    /// panics after [`super::PATIENCE`] without a request (stuck, not slow: a large batch on
-    /// a machine running many tests at once takes a while), or five times that in all.
+    /// Waits (on arrivals, not on a clock) until `cond` holds over the deliveries so far;
+    /// panics when requests stop coming ([`super::StallDeadline`]).
     pub async fn wait_for(&self, what: &str, cond: impl Fn(&[Delivery]) -> bool) {
-        let cap = tokio::time::Instant::now() + 5 * super::PATIENCE;
-        let mut deadline = tokio::time::Instant::now() + super::PATIENCE;
+        let mut deadline = super::StallDeadline::new();
         loop {
             let arrived = self.inner.arrived.notified();
             if cond(&self.inner.deliveries.lock().unwrap()) {
                 return;
             }
-            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+            if tokio::time::timeout_at(deadline.at(), arrived)
+                .await
+                .is_err()
+            {
                 let n = self.inner.deliveries.lock().unwrap().len();
                 panic!("timed out waiting for: {what} ({n} requests received)");
             }
-            deadline = (tokio::time::Instant::now() + super::PATIENCE).min(cap);
+            deadline.progressed();
         }
     }
 
