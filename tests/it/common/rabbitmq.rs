@@ -5,8 +5,9 @@
 //! on drop; and helpers to declare a durable exchange and queue and read back exactly what
 //! the queue holds.
 //!
-//! A node takes a few seconds to boot. Every wait is bounded by [`PATIENCE`]; what the node
-//! said is in its `log()`, and in the panic message when it exits or times out first.
+//! A node takes a few seconds to boot, one node at a time. Every wait is bounded by
+//! [`PATIENCE`] without progress; what the node said is in its `log()`, and in the panic
+//! message when it exits or stalls first.
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -23,7 +24,7 @@ use nix::unistd::Pid;
 use tokio::time::Instant;
 
 use super::broker::spawn_logged;
-use super::{free_addr, wait_until, PATIENCE};
+use super::{free_addr, StallDeadline, PATIENCE};
 
 /// The panic message when the server is missing.
 const MISSING: &str = "rabbitmq-server (apt-get install rabbitmq-server)";
@@ -32,6 +33,9 @@ const MISSING: &str = "rabbitmq-server (apt-get install rabbitmq-server)";
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 /// How long a graceful stop (SIGTERM) may take before the node is killed.
 const STOP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// One node boots at a time (see [`RabbitServer::wait_answering`]).
+static BOOTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// The exchange and queue [`RabbitServer::declare`] makes.
 pub const EXCHANGE: &str = "outbox";
@@ -137,29 +141,39 @@ impl RabbitServer {
         text.trim().parse().ok().map(Pid::from_raw)
     }
 
+    /// Waits until the node takes AMQP connections. A boot costs an Erlang VM several
+    /// seconds of CPU, and six tests at a time on two cores once pushed three boots past a
+    /// minute in CI: nodes boot one at a time ([`BOOTING`]), and the wait fails only when
+    /// the node's log has stopped growing for [`PATIENCE`] ([`StallDeadline`]).
     async fn wait_answering(&mut self) {
+        let _turn = BOOTING
+            .acquire()
+            .await
+            .expect("the boot semaphore is never closed");
         let url = self.url();
         let log = self.path("server.log");
         let child = self.child.as_mut().expect("rabbitmq-server started");
-        let deadline = Instant::now() + PATIENCE - Duration::from_secs(1);
-        wait_until("rabbitmq-server taking connections", || {
+        let log_len = || std::fs::metadata(&log).map_or(0, |m| m.len());
+        let mut deadline = StallDeadline::new();
+        let mut seen = log_len();
+        loop {
             let exited = child.try_wait().unwrap();
-            if exited.is_some() || Instant::now() >= deadline {
+            if exited.is_some() || Instant::now() >= deadline.at() {
                 let log = std::fs::read_to_string(&log).unwrap_or_default();
-                let why = exited.map_or("timed out".to_owned(), |s| format!("exited ({s})"));
+                let why = exited.map_or("stalled".to_owned(), |s| format!("exited ({s})"));
                 panic!("rabbitmq-server {why} before taking connections:\n{log}");
             }
-            let url = url.clone();
-            async move {
-                let props = ConnectionProperties::default();
-                let attempt = Connection::connect(&url, props);
-                matches!(
-                    tokio::time::timeout(Duration::from_secs(2), attempt).await,
-                    Ok(Ok(_))
-                )
+            let attempt = Connection::connect(&url, ConnectionProperties::default());
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                return;
             }
-        })
-        .await;
+            let now = log_len();
+            if now > seen {
+                seen = now;
+                deadline.progressed();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Stops the node (SIGTERM: a clean shutdown, every persistent message on disk; SIGKILL
