@@ -210,6 +210,55 @@ async fn reconnecting_with_last_event_id_gets_exactly_what_was_missed() {
     relay.stop().await.unwrap();
 }
 
+/// `?unnamed=true` (what the JS client's `EventSource` fallback asks for): the same messages
+/// without their `event:` line, live and on resume, so `EventSource.onmessage` sees them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_streams_send_the_same_messages_without_their_event_line() {
+    let db = TestDb::new().await;
+    let relay = sse_relay(&db, "").await;
+    let base = relay.http_url();
+    let tok = token("org_a", None);
+    let client = db.client().await;
+    let qs = "unnamed=true&types=UN.*";
+
+    let mut named = connect(&base, Some(&tok), "types=UN.*", None)
+        .await
+        .unwrap();
+    let mut sub = connect(&base, Some(&tok), qs, None).await.unwrap();
+    let mut live = publish(&client, &[(Some("org_a"), "UN.ONE")], "{\"n\":1}").await;
+    live.extend(publish(&client, &[(Some("org_a"), "OTHER")], "{}").await);
+    live.extend(publish(&client, &[(Some("org_a"), "UN.TWO")], "{\"n\":2}").await);
+    let wanted = [live[0].clone(), live[2].clone()];
+    let got = sub.take(2).await;
+    let with_names = named.take(2).await;
+    assert_eq!(ids(&got), wanted);
+    for (m, n) in got.iter().zip(&with_names) {
+        assert_eq!(m.event, "message", "no event: line");
+        assert_eq!(n.event, n.json()["type"].as_str().unwrap());
+        assert_eq!(
+            (&m.id, &m.data),
+            (&n.id, &n.data),
+            "otherwise the same message"
+        );
+    }
+    let cursor = sub.last_id.clone().unwrap();
+    drop(sub);
+
+    // Resuming reads from the database: unnamed there too.
+    let missed = publish_many(&client, "org_a", 1).await;
+    let away = publish(&client, &[(Some("org_a"), "UN.AWAY")], "{}").await;
+    let mut back = connect(&base, Some(&tok), qs, Some(&cursor)).await.unwrap();
+    let again = back.take(1).await;
+    assert_eq!(ids(&again), away, "{missed:?} is not UN.*");
+    assert_eq!(again[0].event, "message");
+    assert_eq!(again[0].json()["type"], "UN.AWAY");
+    back.assert_quiet(QUIET).await;
+
+    let bad = connect(&base, Some(&tok), "unnamed=yes", None).await;
+    assert_eq!(bad.err().map(|r| r.status), Some(400));
+    relay.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_committing_after_a_later_one_is_not_lost_on_resume() {
     let db = TestDb::new().await;

@@ -78,6 +78,10 @@ pub struct Params {
     access_token: Option<String>,
     types: Option<String>,
     last_event_id: Option<String>,
+    /// Events without their `event:` line, so that a browser's `EventSource` hands every
+    /// one to `onmessage` (it has no listener for all names); the type is in the envelope.
+    #[serde(default)]
+    unnamed: bool,
 }
 
 pub async fn events(
@@ -153,9 +157,13 @@ pub async fn events(
     };
     let (out, frames) = mpsc::channel::<Write>(BUFFER_WRITES);
     let kill = kill.map(|k| k.0 .0).unwrap_or_default();
+    let asked = Asked {
+        grant,
+        unnamed: params.unnamed,
+    };
     tokio::spawn(forward(
         app.clone(),
-        grant,
+        asked,
         start,
         live,
         (subscribed, place),
@@ -201,9 +209,17 @@ enum Stop {
     Slow,
 }
 
+/// What a client asked for, once authorized: the org and types its token grants it, and
+/// how its messages are framed.
+struct Asked {
+    grant: Grant,
+    /// `?unnamed=true`.
+    unnamed: bool,
+}
+
 async fn forward(
     app: Arc<App>,
-    grant: Grant,
+    Asked { grant, unnamed }: Asked,
     start: Start,
     mut live: broadcast::Receiver<OrgPage>,
     _held: (Subscribed, OwnedSemaphorePermit),
@@ -214,6 +230,7 @@ async fn forward(
     let mut f = Forwarder {
         sse,
         grant: &grant,
+        unnamed,
         out: &out,
         budget: Arc::new(Semaphore::new(BUFFER_BYTES)),
     };
@@ -233,6 +250,8 @@ async fn forward(
 struct Forwarder<'a> {
     sse: &'a SseState,
     grant: &'a Grant,
+    /// Frames go out without their `event:` line (`?unnamed=true`).
+    unnamed: bool,
     out: &'a mpsc::Sender<Write>,
     budget: Arc<Semaphore>,
 }
@@ -400,13 +419,20 @@ impl Forwarder<'_> {
     async fn send_all(&self, frames: &[&Bytes]) -> Option<Stop> {
         let mut chunk = bytes::BytesMut::new();
         for f in frames {
+            let unnamed;
+            let f: &Bytes = if self.unnamed {
+                unnamed = read::without_name(f);
+                &unnamed
+            } else {
+                f
+            };
             if !chunk.is_empty() && chunk.len() + f.len() > WRITE_CHUNK {
                 if let Some(stop) = self.send(chunk.split().freeze()).await {
                     return Some(stop);
                 }
             }
             if chunk.is_empty() && f.len() >= WRITE_CHUNK {
-                if let Some(stop) = self.send((*f).clone()).await {
+                if let Some(stop) = self.send(f.clone()).await {
                     return Some(stop);
                 }
                 continue;

@@ -211,6 +211,28 @@ fn stream_event(
     })
 }
 
+/// `frame` without its `event:` line: an unnamed message, which a browser's `EventSource`
+/// hands to `onmessage`.
+pub fn without_name(frame: &Bytes) -> Bytes {
+    // `id: ...\nevent: ...\ndata: ...`: neither the id nor the name holds a line break.
+    let id_end = frame
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(0, |at| at + 1);
+    let rest = &frame[id_end..];
+    if !rest.starts_with(b"event: ") {
+        return frame.clone();
+    }
+    let name_end = rest
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(rest.len(), |at| at + 1);
+    let mut out = Vec::with_capacity(frame.len() - name_end);
+    out.extend_from_slice(&frame[..id_end]);
+    out.extend_from_slice(&rest[name_end..]);
+    Bytes::from(out)
+}
+
 /// One SSE message. `data` is JSON, but not always on one line: a payload column of type
 /// `json` or `text` keeps the line breaks the app wrote (jsonb does not). In JSON they can
 /// only be whitespace between tokens, so each line goes on a `data:` line of its own; a
@@ -253,6 +275,17 @@ mod tests {
         let text = std::str::from_utf8(&f).unwrap();
         assert!(text.starts_with("id: c1\nevent: PROJECT.UPDATED\n"));
         assert!(text.ends_with("\ndata: {\"a\":1}\n\n"));
+    }
+
+    #[test]
+    fn an_unnamed_frame_is_the_frame_without_its_event_line() {
+        let f = frame("c1", "PROJECT.UPDATED", b"{\"a\":\n1}");
+        assert_eq!(
+            &without_name(&f)[..],
+            b"id: c1\ndata: {\"a\":\ndata: 1}\n\n"
+        );
+        let no_name = Bytes::from_static(b"id: c1\ndata: {}\n\n");
+        assert_eq!(without_name(&no_name), no_name);
     }
 
     #[test]
