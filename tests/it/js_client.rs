@@ -5,7 +5,8 @@
 //!
 //! The suite covers the event-stream parser, the subscriber (live events, ten token
 //! renewals without a gap or a duplicate, a relay restart with retries the relay's
-//! `retry:` apart, a wrong token, one shared connection) and the Prisma
+//! `retry:` apart, a wrong token, one shared connection; the same over the `EventSource`
+//! fallback, with the `eventsource` npm package) and the Prisma
 //! publisher with a real Prisma Client generated from the README's model (commit, rollback,
 //! the full client refused at compile and at run time, Decimal/BigInt/Date payloads).
 //! Needs Node.js 18+ and npm; the package's pinned dependencies are installed by the test.
@@ -82,14 +83,19 @@ async fn the_typescript_client_passes_its_node_tests_against_this_relay() {
     assert!(out.status.success(), "node --test failed:\n{report}");
     // The suite ran (a filter or an empty directory would pass with nothing run).
     assert!(
-        report.contains("pass 14") && report.contains("fail 0"),
+        report.contains("pass 20") && report.contains("fail 0"),
         "{report}"
     );
 }
 
 /// The app's server in the browser test: the page, a `/token` minting 3-second tokens, and
 /// `/v1/events` proxied (streaming) to whichever relay is current, as a reverse proxy would.
-async fn app_server(page_js: String, relay: Arc<Mutex<String>>) -> String {
+/// Each stream request's query string goes into `queries`.
+async fn app_server(
+    page_js: String,
+    relay: Arc<Mutex<String>>,
+    queries: Arc<Mutex<Vec<String>>>,
+) -> String {
     use axum::body::Body;
     use axum::http::{header, HeaderMap, StatusCode};
     use axum::response::IntoResponse;
@@ -97,11 +103,10 @@ async fn app_server(page_js: String, relay: Arc<Mutex<String>>) -> String {
 
     let proxy = move |headers: HeaderMap, uri: axum::http::Uri| {
         let relay = relay.lock().unwrap().clone();
+        let query = uri.query().unwrap_or_default().to_owned();
+        queries.lock().unwrap().push(query.clone());
         async move {
-            let mut req = reqwest::Client::new().get(format!(
-                "{relay}/v1/events?{}",
-                uri.query().unwrap_or_default()
-            ));
+            let mut req = reqwest::Client::new().get(format!("{relay}/v1/events?{query}"));
             for name in ["authorization", "last-event-id", "accept"] {
                 if let Some(v) = headers.get(name) {
                     req = req.header(name, v.as_bytes());
@@ -156,6 +161,18 @@ async fn app_server(page_js: String, relay: Arc<Mutex<String>>) -> String {
 /// holds every event once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_react_page_with_the_hook_follows_events_across_token_renewals_and_a_relay_restart() {
+    follow_across_renewals_and_a_restart("").await;
+}
+
+/// The same over the browser's own `EventSource` (the client's fallback where `fetch` cannot
+/// stream): the token in the query string, unnamed messages, a new `EventSource` per token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_page_over_the_browsers_eventsource_loses_and_repeats_nothing() {
+    follow_across_renewals_and_a_restart("?transport=eventsource").await;
+}
+
+/// The page at `query` (see `clients/js/test/browser/page.mjs`) through the test's proxy.
+async fn follow_across_renewals_and_a_restart(query: &str) {
     if skip_without_browser() {
         return;
     }
@@ -163,11 +180,12 @@ async fn a_react_page_with_the_hook_follows_events_across_token_renewals_and_a_r
     let db = TestDb::new().await;
     let (_, relay) = db.start_relay(&sse_toml("1s")).await;
     let target = Arc::new(Mutex::new(relay.http_url()));
-    let base = app_server(page_js, target.clone()).await;
+    let queries = Arc::new(Mutex::new(Vec::new()));
+    let base = app_server(page_js, target.clone(), queries.clone()).await;
     let pg = db.client().await;
 
     let b = Browser::start(LAPTOP).await;
-    b.goto(&base).await;
+    b.goto(&format!("{base}/{query}")).await;
     b.wait_js(
         "the stream to open",
         "window.outboxTest && window.outboxTest.opens > 0",
@@ -204,7 +222,21 @@ async fn a_react_page_with_the_hook_follows_events_across_token_renewals_and_a_r
         errors.as_array().unwrap().iter().all(|e| e == "connection"),
         "{errors}"
     );
-    b.screenshot("react-hook").await;
+    // Which transport the page used: the EventSource fallback asks for unnamed messages,
+    // with the token in the query string; fetch sends it in a header.
+    let queries = queries.lock().unwrap().clone();
+    let over_eventsource = |q: &String| q.contains("unnamed=true") && q.contains("access_token=");
+    if query.is_empty() {
+        assert!(!queries.iter().any(over_eventsource), "{queries:?}");
+    } else {
+        assert!(queries.iter().all(over_eventsource), "{queries:?}");
+    }
+    b.screenshot(if query.is_empty() {
+        "react-hook"
+    } else {
+        "react-hook-eventsource"
+    })
+    .await;
     // The relay's absence shows as failed requests (502 from the proxy); nothing else.
     b.assert_no_errors_except(|e| e.source == "network").await;
     b.close().await;
@@ -221,7 +253,7 @@ async fn a_page_on_another_origin_streams_directly_only_when_its_origin_is_allow
     }
     let page_js = page_js().await;
     let unused = Arc::new(Mutex::new(String::from("http://127.0.0.1:9")));
-    let base = app_server(page_js, unused).await;
+    let base = app_server(page_js, unused, Default::default()).await;
     let db = TestDb::new().await;
     let pg = db.client().await;
     let b = Browser::start(LAPTOP).await;
@@ -309,7 +341,12 @@ async fn tabs_sharing_one_stream_cost_the_relay_one_subscriber_and_hand_it_over(
     let page_js = page_js().await;
     let db = TestDb::new().await;
     let (_, relay) = db.start_relay(&sse_toml("1s")).await;
-    let base = app_server(page_js, Arc::new(Mutex::new(relay.http_url()))).await;
+    let base = app_server(
+        page_js,
+        Arc::new(Mutex::new(relay.http_url())),
+        Default::default(),
+    )
+    .await;
     let pg = db.client().await;
     let b = Browser::start(LAPTOP).await;
     let c = b.client();

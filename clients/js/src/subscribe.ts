@@ -13,6 +13,13 @@
  *   stream goes on from the oldest kept) and a rejected cursor (`cursor_rejected`: it
  *   restarts live) through `onError`, and goes on.
  * - `close()` ends it; nothing is called after.
+ *
+ * Where the runtime cannot stream a `fetch` body (React Native, say) it falls back to an
+ * `EventSource` (the global one, or `options.EventSource`): the token then goes in the query
+ * string (`access_token`), every message comes unnamed (`unnamed=true`) so globs still work,
+ * and the `EventSource` is replaced with a fresh token before the old one expires. An
+ * `EventSource` that gives up (the relay answered something else than a stream) does not say
+ * why; one plain `GET` of the same address does, where `fetch` exists at all.
  */
 
 import { SseParser, type Message } from "./sse.js";
@@ -80,6 +87,35 @@ export interface SubscribeOptions {
   refreshBeforeS?: number;
   /** A `fetch` to use instead of the global one. */
   fetch?: typeof fetch;
+  /** `fetch` (streaming, the token in a header), `eventsource`, or `auto` (the default):
+   *  `fetch` where the runtime streams response bodies or `options.fetch` is given, else
+   *  `eventsource`. */
+  transport?: "auto" | "fetch" | "eventsource";
+  /** An `EventSource` to use instead of the global one (a polyfill, or the `eventsource`
+   *  package in Node.js). */
+  EventSource?: EventSourceConstructor;
+}
+
+/** The part of the WHATWG `EventSource` this uses: the browser's, or a polyfill's. */
+export interface EventSourceLike {
+  readonly readyState: number;
+  addEventListener(type: string, listener: (event: { data?: unknown; lastEventId?: string }) => void): void;
+  close(): void;
+}
+
+export type EventSourceConstructor = new (url: string) => EventSourceLike;
+
+/** `EventSource.CLOSED`: it will not reconnect by itself. */
+const ES_CLOSED = 2;
+
+/** Whether this runtime can stream a `fetch` response body. */
+function fetchStreams(): boolean {
+  return (
+    typeof globalThis.fetch === "function" &&
+    typeof ReadableStream === "function" &&
+    typeof Response === "function" &&
+    "body" in Response.prototype
+  );
 }
 
 export interface Subscription {
@@ -110,8 +146,24 @@ const sleep = (ms: number, signal: AbortSignal) =>
     signal.addEventListener("abort", () => (clearTimeout(t), resolve()), { once: true });
   });
 
+/** How one connection ended: a `Response` when the relay refused it (its status says why),
+ *  `gave_up` when an `EventSource` stopped and nothing could tell why. */
+type Outcome = "renew" | "dropped" | "closed" | "gave_up" | Response;
+
 export function subscribe(options: SubscribeOptions): Subscription {
-  const doFetch = options.fetch ?? globalThis.fetch.bind(globalThis);
+  const globalFetch = typeof globalThis.fetch === "function" ? globalThis.fetch.bind(globalThis) : undefined;
+  const doFetch = options.fetch ?? globalFetch;
+  const EventSourceImpl = options.EventSource ?? (globalThis as { EventSource?: EventSourceConstructor }).EventSource;
+  const transport =
+    options.transport === "fetch" || options.transport === "eventsource"
+      ? options.transport
+      : options.fetch || fetchStreams() || !EventSourceImpl
+        ? "fetch"
+        : "eventsource";
+  if (transport === "fetch" && !doFetch) throw new Error("subscribe: no fetch in this runtime (pass options.fetch)");
+  if (transport === "eventsource" && !EventSourceImpl) {
+    throw new Error("subscribe: no EventSource in this runtime (pass options.EventSource)");
+  }
   const minDelay = options.minDelayMs ?? 500;
   const maxDelay = options.maxDelayMs ?? 30_000;
   const stop = new AbortController();
@@ -126,6 +178,32 @@ export function subscribe(options: SubscribeOptions): Subscription {
       // A throwing error handler must not end the subscription.
     }
   };
+
+  /** One streamed event (`data` is the envelope's JSON). */
+  function received(id: string, data: string): void {
+    let event: OutboxEvent;
+    try {
+      event = JSON.parse(data);
+    } catch {
+      return;
+    }
+    lastEventId = id;
+    try {
+      options.onEvent(event, id);
+    } catch (e) {
+      report(new SubscriptionError("handler", `onEvent threw: ${String(e)}`, true));
+    }
+  }
+
+  function cursorExpired(): void {
+    report(
+      new SubscriptionError(
+        "cursor_expired",
+        "the resume point was older than the relay keeps events: some were purged",
+        true,
+      ),
+    );
+  }
 
   async function freshToken(): Promise<string> {
     const t = await options.getToken();
@@ -143,85 +221,112 @@ export function subscribe(options: SubscribeOptions): Subscription {
     return Math.max((exp - before - now) * 1000, 0);
   }
 
-  function streamUrl(): string {
+  /** The stream's address; with `query`, more parameters (the `EventSource` transport's). */
+  function streamUrl(query: Record<string, string | undefined> = {}): string {
     const u = new URL(options.url, globalThis.location?.href);
     if (options.types?.length) u.searchParams.set("types", options.types.join(","));
+    for (const [k, v] of Object.entries(query)) if (v !== undefined) u.searchParams.set(k, v);
     return u.toString();
   }
 
-  /** One connection: resolves with how it ended. */
-  async function connect(t: string): Promise<"renew" | "dropped" | "closed" | Response> {
+  /** Runs `body` for one connection: aborted by `close()`, or by the renewal timer for `t`
+   *  (then `renewing()` is true). */
+  async function connection<T>(
+    t: string,
+    body: (signal: AbortSignal, renewing: () => boolean) => Promise<T>,
+  ): Promise<T> {
     const conn = new AbortController();
     const abort = () => conn.abort();
     stop.signal.addEventListener("abort", abort, { once: true });
-    let renewTimer: ReturnType<typeof setTimeout> | undefined;
     let renewing = false;
+    const wait = renewIn(t);
+    const renewTimer = wait === undefined ? undefined : setTimeout(() => ((renewing = true), conn.abort()), wait);
     try {
-      const headers: Record<string, string> = {
-        Authorization: `Bearer ${t}`,
-        Accept: "text/event-stream",
-      };
-      if (lastEventId !== undefined) headers["Last-Event-ID"] = lastEventId;
-      const res = await doFetch(streamUrl(), {
-        headers,
-        signal: conn.signal,
-        cache: "no-store",
-      });
-      const type = res.headers.get("content-type") ?? "";
-      if (!res.ok || !res.body || !type.startsWith("text/event-stream")) {
-        return res;
-      }
-      const wait = renewIn(t);
-      if (wait !== undefined) {
-        renewTimer = setTimeout(() => ((renewing = true), conn.abort()), wait);
-      }
-      options.onOpen?.();
-      const parser = new SseParser(
-        (m: Message) => {
-          if (m.event === "cursor_expired") {
-            report(
-              new SubscriptionError(
-                "cursor_expired",
-                "the resume point was older than the relay keeps events: some were purged",
-                true,
-              ),
-            );
-            return;
-          }
-          if (m.id === undefined) return;
-          let event: OutboxEvent;
-          try {
-            event = JSON.parse(m.data);
-          } catch {
-            return;
-          }
-          lastEventId = m.id;
-          try {
-            options.onEvent(event, m.id);
-          } catch (e) {
-            report(new SubscriptionError("handler", `onEvent threw: ${String(e)}`, true));
-          }
-        },
-        (ms) => (serverRetry = ms),
-      );
-      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        parser.push(value);
-      }
-      if (stop.signal.aborted) return "closed";
-      return renewing ? "renew" : "dropped";
-    } catch (e) {
-      if (stop.signal.aborted) return "closed";
-      if (renewing) return "renew";
-      report(new SubscriptionError("connection", `connection failed: ${String(e)}`, true));
-      return "dropped";
+      return await body(conn.signal, () => renewing);
     } finally {
       clearTimeout(renewTimer);
       stop.signal.removeEventListener("abort", abort);
     }
   }
+
+  /** One connection over `fetch` streaming. */
+  function connectFetch(t: string): Promise<Outcome> {
+    return connection(t, async (signal, renewing) => {
+      try {
+        const headers: Record<string, string> = {
+          Authorization: `Bearer ${t}`,
+          Accept: "text/event-stream",
+        };
+        if (lastEventId !== undefined) headers["Last-Event-ID"] = lastEventId;
+        const res = await doFetch!(streamUrl(), { headers, signal, cache: "no-store" });
+        const type = res.headers.get("content-type") ?? "";
+        if (!res.ok || !res.body || !type.startsWith("text/event-stream")) return res;
+        options.onOpen?.();
+        const parser = new SseParser(
+          (m: Message) => {
+            if (m.event === "cursor_expired") cursorExpired();
+            else if (m.id !== undefined) received(m.id, m.data);
+          },
+          (ms) => (serverRetry = ms),
+        );
+        const reader = res.body.getReader();
+        const decoder = new TextDecoder();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          parser.push(decoder.decode(value, { stream: true }));
+        }
+        if (stop.signal.aborted) return "closed";
+        return renewing() ? "renew" : "dropped";
+      } catch (e) {
+        if (stop.signal.aborted) return "closed";
+        if (renewing()) return "renew";
+        report(new SubscriptionError("connection", `connection failed: ${String(e)}`, true));
+        return "dropped";
+      }
+    });
+  }
+
+  /** One `EventSource`, kept until it gives up, the token is due for renewal, or `close()`.
+   *  It reconnects by itself after a drop (the relay's `retry:` apart, with `Last-Event-ID`). */
+  function connectEventSource(t: string): Promise<Outcome> {
+    return connection(t, async (signal, renewing) => {
+      const url = streamUrl({ access_token: t, unnamed: "true", last_event_id: lastEventId });
+      const es = new EventSourceImpl!(url);
+      let opened = false;
+      const ended = await new Promise<"closed" | "renew" | "gave_up">((resolve) => {
+        signal.addEventListener("abort", () => resolve(renewing() ? "renew" : "closed"), { once: true });
+        es.addEventListener("open", () => ((opened = true), options.onOpen?.()));
+        es.addEventListener("message", (m) => {
+          if (typeof m.data === "string" && m.lastEventId) received(m.lastEventId, m.data);
+        });
+        es.addEventListener("cursor_expired", () => cursorExpired());
+        es.addEventListener("error", () => {
+          if (es.readyState === ES_CLOSED) return resolve("gave_up");
+          report(new SubscriptionError("connection", "the stream dropped; the EventSource reconnects", true));
+        });
+      });
+      es.close();
+      if (ended !== "gave_up") return ended;
+      if (!doFetch) return opened ? "dropped" : "gave_up";
+      // Why did it stop? The same request once more, read as a plain answer.
+      try {
+        const res = await doFetch(url, { headers: { Accept: "text/event-stream" }, signal, cache: "no-store" });
+        const type = res.headers.get("content-type") ?? "";
+        if (res.ok && type.startsWith("text/event-stream")) {
+          await res.body?.cancel();
+          return "dropped";
+        }
+        return res;
+      } catch (e) {
+        if (stop.signal.aborted) return "closed";
+        report(new SubscriptionError("connection", `connection failed: ${String(e)}`, true));
+        return "dropped";
+      }
+    });
+  }
+
+  const connect = transport === "fetch" ? connectFetch : connectEventSource;
 
   async function run(): Promise<void> {
     let failures = 0;
@@ -240,6 +345,24 @@ export function subscribe(options: SubscribeOptions): Subscription {
       const opened = Date.now();
       const outcome = await connect(token);
       if (outcome === "closed") return;
+      if (outcome === "gave_up") {
+        // An EventSource refused before it ever opened, and no fetch to ask why.
+        token = undefined;
+        if (refusedOnce) {
+          report(
+            new SubscriptionError(
+              "refused",
+              "the relay refused the stream twice in a row; EventSource does not say why " +
+                "(a wrong token, a Last-Event-ID it did not issue, too many subscribers): see the relay's log",
+              false,
+            ),
+          );
+          return;
+        }
+        refusedOnce = true;
+        await backoff(failures++);
+        continue;
+      }
       if (typeof outcome === "string") refusedOnce = false;
       if (outcome === "renew") {
         token = undefined;

@@ -9,7 +9,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
+import { EventSource } from "eventsource";
 import pg from "pg";
+
+import { subscribe } from "../dist/index.js";
 
 export const BIN = need("OUTBOX_RELAY_BIN");
 export const DATABASE_URL = need("DATABASE_URL");
@@ -107,4 +110,35 @@ export async function insertEvents(client, n, type, org = "org_js") {
     ids.push(rows[0].id);
   }
   return ids;
+}
+
+/** The `eventsource` package's EventSource made with `init` (its own `fetch`, say); each
+ * address it opens goes into `urls`. */
+export function esWith(init, urls = []) {
+  return class extends EventSource {
+    constructor(url) {
+      urls.push(url);
+      super(url, init);
+    }
+  };
+}
+
+/** A subscription recording what it gets; `types` (a glob or several) narrows it to the
+ * test's events; `extra`: more options (a transport, a fetch). */
+export function record(stream, types, getToken, extra = {}) {
+  const got = [];
+  const errors = [];
+  let opens = 0;
+  const sub = subscribe({
+    url: stream,
+    getToken,
+    types: [types].flat(),
+    onEvent: (e) => got.push(e.id),
+    onError: (e) => errors.push(e),
+    onOpen: () => opens++,
+    minDelayMs: 100,
+    maxDelayMs: 1000,
+    ...extra,
+  });
+  return { sub, got, errors, opens: () => opens };
 }

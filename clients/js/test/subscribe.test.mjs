@@ -1,13 +1,14 @@
 // The subscriber against a real relay: events arrive in order, tokens renewed ten times
-// lose and repeat nothing, a relay restart loses nothing, a wrong token stops.
+// lose and repeat nothing, a relay restart loses nothing, a wrong token stops; each over
+// fetch streaming and over the EventSource fallback (the `eventsource` npm package).
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { createClient, subscribe } from "../dist/index.js";
+import { createClient } from "../dist/index.js";
 import { mintStreamToken } from "../dist/server.js";
-import { db, freePort, insertEvents, SECRET, startRelay, waitFor } from "./helpers.mjs";
+import { db, esWith, freePort, insertEvents, record, SECRET, startRelay, waitFor } from "./helpers.mjs";
 
 let client;
 before(async () => {
@@ -17,122 +18,126 @@ after(async () => {
   await client.end();
 });
 
-/** A subscription recording what it gets; `types` narrows it to this test's events. */
-function record(stream, type, getToken, extra = {}) {
-  const got = [];
-  const errors = [];
-  let opens = 0;
-  const sub = subscribe({
-    url: stream,
-    getToken,
-    types: [type],
-    onEvent: (e) => got.push(e.id),
-    onError: (e) => errors.push(e),
-    onOpen: () => opens++,
-    minDelayMs: 100,
-    maxDelayMs: 1000,
-    ...extra,
-  });
-  return { sub, got, errors, opens: () => opens };
-}
+/** The two transports: fetch streaming, and the EventSource fallback. */
+const transports = {
+  fetch: {},
+  eventsource: { transport: "eventsource", EventSource: esWith() },
+};
 
-test("events arrive live, in order, with the token in the Authorization header", async () => {
-  const port = await freePort();
-  const relay = await startRelay(port);
-  try {
-    const r = record(relay.stream, "JS.LIVE", () => mintStreamToken("org_js", { secret: SECRET }));
-    await waitFor("the stream to open", () => r.opens() > 0);
-    const sent = await insertEvents(client, 20, "JS.LIVE");
-    await waitFor("20 events", () => r.got.length >= 20);
-    r.sub.close();
-    await r.sub.done;
-    assert.deepEqual(r.got, sent);
-    assert.equal(r.sub.lastEventId !== undefined, true);
-    assert.deepEqual(r.errors, []);
-  } finally {
-    await relay.stop();
-  }
-});
-
-test("tokens of 3 s renewed more than ten times: no event lost or repeated", async () => {
-  const port = await freePort();
-  const relay = await startRelay(port);
-  try {
-    let minted = 0;
-    const r = record(relay.stream, "JS.RENEW", () => {
-      minted++;
-      return mintStreamToken("org_js", { secret: SECRET, ttl: 3 });
-    });
-    await waitFor("the stream to open", () => r.opens() > 0);
-    const sent = [];
-    // Events all along, across the renewals (each ~0.6 s before a token's expiry).
-    while (minted < 12) {
-      sent.push(...(await insertEvents(client, 1, "JS.RENEW")));
-      await sleep(100);
+for (const [name, via] of Object.entries(transports)) {
+  test(`${name}: events arrive live, in order`, async () => {
+    const port = await freePort();
+    const relay = await startRelay(port);
+    try {
+      const r = record(relay.stream, `JS.LIVE.${name}`, () => mintStreamToken("org_js", { secret: SECRET }), via);
+      await waitFor("the stream to open", () => r.opens() > 0);
+      const sent = await insertEvents(client, 20, `JS.LIVE.${name}`);
+      await waitFor("20 events", () => r.got.length >= 20);
+      r.sub.close();
+      await r.sub.done;
+      assert.deepEqual(r.got, sent);
+      assert.equal(r.sub.lastEventId !== undefined, true);
+      assert.deepEqual(r.errors, []);
+    } finally {
+      await relay.stop();
     }
-    await waitFor(`all ${sent.length} events`, () => r.got.length >= sent.length);
-    await sleep(500); // a duplicate would arrive meanwhile
-    r.sub.close();
-    await r.sub.done;
-    assert.ok(r.opens() >= 11, `${r.opens()} connections`);
-    assert.deepEqual(r.got, sent, "every event once, in order, across the renewals");
-    assert.deepEqual(r.errors.map((e) => e.kind), []);
-  } finally {
-    await relay.stop();
-  }
-});
-
-test("the relay restarted mid-stream: the events committed meanwhile arrive, once, and retries keep the relay's retry: apart", async () => {
-  const port = await freePort();
-  let relay = await startRelay(port);
-  const attempts = [];
-  const r = record(relay.stream, "JS.RESTART", () => mintStreamToken("org_js", { secret: SECRET }), {
-    fetch: (...args) => (attempts.push(Date.now()), fetch(...args)),
   });
-  try {
-    await waitFor("the stream to open", () => r.opens() > 0);
-    const first = await insertEvents(client, 5, "JS.RESTART");
-    await waitFor("the first 5", () => r.got.length >= 5);
-    await relay.stop();
-    const missed = await insertEvents(client, 7, "JS.RESTART");
-    await sleep(4500); // down long enough for a retry or two
-    relay = await startRelay(port);
-    const last = await insertEvents(client, 3, "JS.RESTART");
-    await waitFor(() => `all 15 (got ${r.got.length} in ${r.opens()} connections)`, () => r.got.length >= 15);
-    await sleep(500);
-    assert.deepEqual(r.got, [...first, ...missed, ...last]);
-    assert.ok(r.opens() >= 2);
-    assert.ok(r.errors.every((e) => e.kind === "connection" && e.retrying));
-    // The relay says `retry: 2000` (minDelayMs here is 100): no attempt came sooner.
-    const gaps = attempts.slice(1).map((t, i) => t - attempts[i]);
-    assert.ok(gaps.length >= 1 && gaps.every((g) => g >= 1990), `gaps between attempts: ${gaps} ms`);
-  } finally {
-    r.sub.close();
-    await r.sub.done;
-    await relay.stop();
-  }
-});
 
-test("a wrong token surfaces through onError, once, and the subscription stops", async () => {
-  const port = await freePort();
-  const relay = await startRelay(port);
-  try {
-    let asked = 0;
-    const r = record(relay.stream, "JS.WRONG", () => {
-      asked++;
-      return mintStreamToken("org_js", { secret: "not the relay's secret" });
-    });
-    await r.sub.done; // it stops by itself
-    assert.equal(asked, 2, "a 401 asks for a new token once, then stops");
-    assert.equal(r.errors.length, 1);
-    assert.equal(r.errors[0].kind, "unauthorized");
-    assert.equal(r.errors[0].retrying, false);
-    assert.equal(r.errors[0].status, 401);
-    assert.equal(r.opens(), 0);
-  } finally {
-    await relay.stop();
-  }
-});
+  test(`${name}: tokens of 3 s renewed more than ten times, no event lost or repeated`, async () => {
+    const port = await freePort();
+    const relay = await startRelay(port);
+    try {
+      let minted = 0;
+      const r = record(
+        relay.stream,
+        `JS.RENEW.${name}`,
+        () => {
+          minted++;
+          return mintStreamToken("org_js", { secret: SECRET, ttl: 3 });
+        },
+        via,
+      );
+      await waitFor("the stream to open", () => r.opens() > 0);
+      const sent = [];
+      // Events all along, across the renewals (each ~0.6 s before a token's expiry).
+      while (minted < 12) {
+        sent.push(...(await insertEvents(client, 1, `JS.RENEW.${name}`)));
+        await sleep(100);
+      }
+      await waitFor(`all ${sent.length} events`, () => r.got.length >= sent.length);
+      await sleep(500); // a duplicate would arrive meanwhile
+      r.sub.close();
+      await r.sub.done;
+      assert.ok(r.opens() >= 11, `${r.opens()} connections`);
+      assert.deepEqual(r.got, sent, "every event once, in order, across the renewals");
+      assert.deepEqual(r.errors.map((e) => e.kind), []);
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  test(`${name}: the relay restarted mid-stream, the events committed meanwhile arrive once, retries the relay's retry: apart`, async () => {
+    const port = await freePort();
+    let relay = await startRelay(port);
+    const attempts = [];
+    // Every attempt: the subscriber's fetches, or the EventSource's (its own reconnects too).
+    const counted = (...args) => (attempts.push(Date.now()), fetch(...args));
+    const r = record(
+      relay.stream,
+      `JS.RESTART.${name}`,
+      () => mintStreamToken("org_js", { secret: SECRET }),
+      via.EventSource ? { ...via, EventSource: esWith({ fetch: counted }) } : { fetch: counted },
+    );
+    try {
+      await waitFor("the stream to open", () => r.opens() > 0);
+      const first = await insertEvents(client, 5, `JS.RESTART.${name}`);
+      await waitFor("the first 5", () => r.got.length >= 5);
+      await relay.stop();
+      const missed = await insertEvents(client, 7, `JS.RESTART.${name}`);
+      await sleep(4500); // down long enough for a retry or two
+      relay = await startRelay(port);
+      const last = await insertEvents(client, 3, `JS.RESTART.${name}`);
+      await waitFor(() => `all 15 (got ${r.got.length} in ${r.opens()} connections)`, () => r.got.length >= 15);
+      await sleep(500);
+      assert.deepEqual(r.got, [...first, ...missed, ...last]);
+      assert.ok(r.opens() >= 2);
+      assert.ok(r.errors.every((e) => e.kind === "connection" && e.retrying));
+      // The relay says `retry: 2000` (minDelayMs here is 100): no attempt came sooner.
+      const gaps = attempts.slice(1).map((t, i) => t - attempts[i]);
+      assert.ok(gaps.length >= 1 && gaps.every((g) => g >= 1990), `gaps between attempts: ${gaps} ms`);
+    } finally {
+      r.sub.close();
+      await r.sub.done;
+      await relay.stop();
+    }
+  });
+
+  test(`${name}: a wrong token surfaces through onError, once, and the subscription stops`, async () => {
+    const port = await freePort();
+    const relay = await startRelay(port);
+    try {
+      let asked = 0;
+      const r = record(
+        relay.stream,
+        `JS.WRONG.${name}`,
+        () => {
+          asked++;
+          return mintStreamToken("org_js", { secret: "not the relay's secret" });
+        },
+        via,
+      );
+      await r.sub.done; // it stops by itself
+      assert.equal(asked, 2, "a 401 asks for a new token once, then stops");
+      assert.equal(r.errors.length, 1);
+      assert.equal(r.errors[0].kind, "unauthorized");
+      assert.equal(r.errors[0].retrying, false);
+      assert.equal(r.errors[0].status, 401);
+      assert.equal(r.opens(), 0);
+    } finally {
+      await relay.stop();
+    }
+  });
+}
 
 test("one client, one connection, any number of listeners, each by its globs", async () => {
   const port = await freePort();

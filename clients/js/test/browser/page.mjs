@@ -11,11 +11,12 @@ import { OutboxProvider, useOutboxEvent } from "../../dist/react.js";
 const state = (window.outboxTest = { opens: 0, errors: [], tokens: 0 });
 
 // `?stream=URL`: the relay itself, on another origin (its `[sse] allowed_origins`);
-// `?share`: one connection for all tabs.
+// `?share`: one connection for all tabs; `?transport=eventsource`: the browser's EventSource.
 const params = new URLSearchParams(location.search);
 const client = createClient({
   url: params.get("stream") ?? "/v1/events",
   shareAcrossTabs: params.has("share"),
+  transport: params.get("transport") ?? "auto",
   getToken: async () => {
     state.tokens++;
     return (await fetch("/token", { cache: "no-store" })).text();
