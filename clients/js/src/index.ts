@@ -9,6 +9,8 @@ export {
   tokenExpiry,
   SubscriptionError,
   type ErrorKind,
+  type EventSourceConstructor,
+  type EventSourceLike,
   type OutboxEvent,
   type SubscribeOptions,
   type Subscription,
