@@ -5,10 +5,11 @@
 //!
 //! The suite covers the event-stream parser, the subscriber (live events, ten token
 //! renewals without a gap or a duplicate, a relay restart with retries the relay's
-//! `retry:` apart, a wrong token, one shared connection; the same over the `EventSource`
-//! fallback, with the `eventsource` npm package) and the Prisma
-//! publisher with a real Prisma Client generated from the README's model (commit, rollback,
-//! the full client refused at compile and at run time, Decimal/BigInt/Date payloads).
+//! `retry:` apart, a wrong token, `cursor_expired`, each over `fetch` and over the
+//! `EventSource` fallback with the `eventsource` npm package; one shared connection) and the
+//! Prisma publisher with a real Prisma Client generated from the README's model (commit,
+//! rollback, the full client refused at compile and at run time, Decimal/BigInt/Date
+//! payloads).
 //! Needs Node.js 18+ and npm; the package's pinned dependencies are installed by the test.
 
 use std::path::{Path, PathBuf};
@@ -83,7 +84,7 @@ async fn the_typescript_client_passes_its_node_tests_against_this_relay() {
     assert!(out.status.success(), "node --test failed:\n{report}");
     // The suite ran (a filter or an empty directory would pass with nothing run).
     assert!(
-        report.contains("pass 20") && report.contains("fail 0"),
+        report.contains("pass 21") && report.contains("fail 0"),
         "{report}"
     );
 }

@@ -18,6 +18,37 @@ after(async () => {
   await client.end();
 });
 
+test("one client, one connection, any number of listeners, each by its globs", async () => {
+  const port = await freePort();
+  const relay = await startRelay(port);
+  try {
+    let opens = 0;
+    const c = createClient({
+      url: relay.stream,
+      getToken: () => mintStreamToken("org_js", { secret: SECRET }),
+      types: ["JS.SHARED.*"],
+      onOpen: () => opens++,
+    });
+    const a = [];
+    const b = [];
+    const offA = c.on("JS.SHARED.A", (e) => a.push(e.id));
+    c.on(["JS.SHARED.*"], (e) => b.push(e.id));
+    await waitFor("the stream to open", () => opens > 0);
+    const sentA = await insertEvents(client, 3, "JS.SHARED.A");
+    const sentB = await insertEvents(client, 2, "JS.SHARED.B");
+    await waitFor("5 events", () => b.length >= 5);
+    offA();
+    const later = await insertEvents(client, 1, "JS.SHARED.A");
+    await waitFor("the 6th", () => b.length >= 6);
+    c.close();
+    assert.equal(opens, 1, "one connection for both listeners");
+    assert.deepEqual(a, sentA, "A's listener saw its type only, until it left");
+    assert.deepEqual(b, [...sentA, ...sentB, ...later]);
+  } finally {
+    await relay.stop();
+  }
+});
+
 /** The two transports: fetch streaming, and the EventSource fallback. */
 const transports = {
   fetch: {},
@@ -137,62 +168,31 @@ for (const [name, via] of Object.entries(transports)) {
       await relay.stop();
     }
   });
+
+  test(`${name}: a resume point older than the relay's retention surfaces cursor_expired, and the stream goes on`, async () => {
+    const port = await freePort();
+    const relay = await startRelay(port, [`retention = "2s"`]);
+    try {
+      const getToken = () => mintStreamToken("org_js", { secret: SECRET });
+      const first = record(relay.stream, `JS.EXPIRED.${name}`, getToken, via);
+      await waitFor("the stream to open", () => first.opens() > 0);
+      const before = await insertEvents(client, 2, `JS.EXPIRED.${name}`);
+      await waitFor("2 events", () => first.got.length >= 2);
+      first.sub.close();
+      await first.sub.done;
+      await sleep(4500); // the cursor (stamped in whole seconds) is now older than the retention
+      const later = await insertEvents(client, 1, `JS.EXPIRED.${name}`);
+      const second = record(relay.stream, `JS.EXPIRED.${name}`, getToken, { ...via, lastEventId: first.sub.lastEventId });
+      await waitFor("the later event", () => second.got.includes(later[0]));
+      second.sub.close();
+      await second.sub.done;
+      assert.deepEqual(second.errors.map((e) => [e.kind, e.retrying]), [["cursor_expired", true]]);
+      // From the oldest event kept: retention may have purged the earlier ones meanwhile
+      // (the relay has no sink, so it completes events at once), never the later one.
+      const all = [...before, ...later];
+      assert.deepEqual(second.got, all.slice(all.length - second.got.length));
+    } finally {
+      await relay.stop();
+    }
+  });
 }
-
-test("one client, one connection, any number of listeners, each by its globs", async () => {
-  const port = await freePort();
-  const relay = await startRelay(port);
-  try {
-    let opens = 0;
-    const c = createClient({
-      url: relay.stream,
-      getToken: () => mintStreamToken("org_js", { secret: SECRET }),
-      types: ["JS.SHARED.*"],
-      onOpen: () => opens++,
-    });
-    const a = [];
-    const b = [];
-    const offA = c.on("JS.SHARED.A", (e) => a.push(e.id));
-    c.on(["JS.SHARED.*"], (e) => b.push(e.id));
-    await waitFor("the stream to open", () => opens > 0);
-    const sentA = await insertEvents(client, 3, "JS.SHARED.A");
-    const sentB = await insertEvents(client, 2, "JS.SHARED.B");
-    await waitFor("5 events", () => b.length >= 5);
-    offA();
-    const later = await insertEvents(client, 1, "JS.SHARED.A");
-    await waitFor("the 6th", () => b.length >= 6);
-    c.close();
-    assert.equal(opens, 1, "one connection for both listeners");
-    assert.deepEqual(a, sentA, "A's listener saw its type only, until it left");
-    assert.deepEqual(b, [...sentA, ...sentB, ...later]);
-  } finally {
-    await relay.stop();
-  }
-});
-
-test("a resume point older than the relay's retention surfaces cursor_expired, and the stream goes on", async () => {
-  const port = await freePort();
-  const relay = await startRelay(port, [`retention = "2s"`]);
-  try {
-    const getToken = () => mintStreamToken("org_js", { secret: SECRET });
-    const first = record(relay.stream, "JS.EXPIRED", getToken);
-    await waitFor("the stream to open", () => first.opens() > 0);
-    const before = await insertEvents(client, 2, "JS.EXPIRED");
-    await waitFor("2 events", () => first.got.length >= 2);
-    first.sub.close();
-    await first.sub.done;
-    await sleep(4500); // the cursor (stamped in whole seconds) is now older than the retention
-    const later = await insertEvents(client, 1, "JS.EXPIRED");
-    const second = record(relay.stream, "JS.EXPIRED", getToken, { lastEventId: first.sub.lastEventId });
-    await waitFor("the later event", () => second.got.includes(later[0]));
-    second.sub.close();
-    await second.sub.done;
-    assert.deepEqual(second.errors.map((e) => [e.kind, e.retrying]), [["cursor_expired", true]]);
-    // From the oldest event kept: retention may have purged the earlier ones meanwhile
-    // (the relay has no sink, so it completes events at once), never the later one.
-    const all = [...before, ...later];
-    assert.deepEqual(second.got, all.slice(all.length - second.got.length));
-  } finally {
-    await relay.stop();
-  }
-});
