@@ -309,9 +309,11 @@ export function subscribe(options: SubscribeOptions): Subscription {
       es.close();
       if (ended !== "gave_up") return ended;
       if (!doFetch) return opened ? "dropped" : "gave_up";
-      // Why did it stop? The same request once more, read as a plain answer.
+      // Why did it stop? The same request once more (from the last event it delivered),
+      // read as a plain answer.
+      const again = streamUrl({ access_token: t, unnamed: "true", last_event_id: lastEventId });
       try {
-        const res = await doFetch(url, { headers: { Accept: "text/event-stream" }, signal, cache: "no-store" });
+        const res = await doFetch(again, { headers: { Accept: "text/event-stream" }, signal, cache: "no-store" });
         const type = res.headers.get("content-type") ?? "";
         if (res.ok && type.startsWith("text/event-stream")) {
           await res.body?.cancel();
