@@ -91,6 +91,9 @@ pub async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_RECORD_BATCH);
     let mut writes = Incident::new("recording outcomes");
+    // Batches with outcomes a lapsed lease fenced out come in a run after an outage (every
+    // lease of the batches in flight lapsed together): one warning for the run.
+    let mut fenced = Incident::new("outcomes fenced out by lapsed leases");
     while rx.recv_many(&mut batch, MAX_RECORD_BATCH).await > 0 {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
@@ -98,11 +101,15 @@ pub async fn run(
                 Ok(written) => {
                     writes.succeeded();
                     let completed = |r: &&Recorded| matches!(r.outcome, Outcome::Completed { .. });
+                    if written.len() == batch.len() {
+                        fenced.succeeded();
+                    }
                     let delivered = if written.len() < batch.len() {
-                        tracing::warn!(
+                        crate::incident_failed!(
+                            fenced,
                             lost = batch.len() - written.len(),
-                            "outcomes not recorded: the lease lapsed and another relay \
-                             re-claimed those events (they may be delivered twice)"
+                            "outcomes not recorded: their lease lapsed and the events were \
+                             claimed again, by this relay or another (they may be delivered twice)"
                         );
                         let written: std::collections::HashSet<String> =
                             written.into_iter().collect();

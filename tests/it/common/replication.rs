@@ -108,6 +108,29 @@ pub fn level_count(stderr: &str, level: &str) -> usize {
     stderr.lines().filter(|l| l.contains(level)).count()
 }
 
+/// A process's warnings counted by kind: the module and the message, without the fields
+/// (`error=...`, `retry_in=...`) that differ from one occurrence to the next. "One warning
+/// per part per incident" is every count being 1.
+pub fn warnings_by_kind(stderr: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut kinds = std::collections::BTreeMap::new();
+    for line in stderr.lines() {
+        let Some((_, rest)) = line.split_once(" WARN ") else {
+            continue;
+        };
+        let is_field = |w: &str| {
+            w.split_once('=').is_some_and(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+        };
+        let kind: Vec<&str> = rest
+            .split_whitespace()
+            .take_while(|w| !is_field(w))
+            .collect();
+        *kinds.entry(kind.join(" ")).or_insert(0) += 1;
+    }
+    kinds
+}
+
 /// Gives a relay a moment to show a repeated log line if it were going to: the retry
 /// interval of the read-only check is 2 s.
 pub const QUIET_WATCH: Duration = Duration::from_secs(7);
