@@ -101,9 +101,6 @@ pub async fn run(
                 Ok(written) => {
                     writes.succeeded();
                     let completed = |r: &&Recorded| matches!(r.outcome, Outcome::Completed { .. });
-                    if written.len() == batch.len() {
-                        fenced.succeeded();
-                    }
                     let delivered = if written.len() < batch.len() {
                         crate::incident_failed!(
                             fenced,
@@ -119,6 +116,7 @@ pub async fn run(
                             .filter(|r| written.contains(&r.id))
                             .count()
                     } else {
+                        fenced.succeeded();
                         batch.iter().filter(completed).count()
                     };
                     signals.timeline.delivered(delivered as u32);

@@ -419,12 +419,10 @@ impl Forwarder<'_> {
     async fn send_all(&self, frames: &[&Bytes]) -> Option<Stop> {
         let mut chunk = bytes::BytesMut::new();
         for f in frames {
-            let unnamed;
-            let f: &Bytes = if self.unnamed {
-                unnamed = read::without_name(f);
-                &unnamed
+            let f = if self.unnamed {
+                read::without_name(f)
             } else {
-                f
+                (*f).clone()
             };
             if !chunk.is_empty() && chunk.len() + f.len() > WRITE_CHUNK {
                 if let Some(stop) = self.send(chunk.split().freeze()).await {
@@ -432,12 +430,12 @@ impl Forwarder<'_> {
                 }
             }
             if chunk.is_empty() && f.len() >= WRITE_CHUNK {
-                if let Some(stop) = self.send(f.clone()).await {
+                if let Some(stop) = self.send(f).await {
                     return Some(stop);
                 }
                 continue;
             }
-            chunk.extend_from_slice(f);
+            chunk.extend_from_slice(&f);
         }
         if chunk.is_empty() {
             return None;

@@ -112,15 +112,15 @@ pub fn level_count(stderr: &str, level: &str) -> usize {
 /// (`error=...`, `retry_in=...`) that differ from one occurrence to the next. "One warning
 /// per part per incident" is every count being 1.
 pub fn warnings_by_kind(stderr: &str) -> std::collections::BTreeMap<String, usize> {
+    let is_field = |w: &str| {
+        w.split_once('=').is_some_and(|(k, _)| {
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+    };
     let mut kinds = std::collections::BTreeMap::new();
     for line in stderr.lines() {
         let Some((_, rest)) = line.split_once(" WARN ") else {
             continue;
-        };
-        let is_field = |w: &str| {
-            w.split_once('=').is_some_and(|(k, _)| {
-                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-            })
         };
         let kind: Vec<&str> = rest
             .split_whitespace()
