@@ -146,6 +146,11 @@ const sleep = (ms: number, signal: AbortSignal) =>
     signal.addEventListener("abort", () => (clearTimeout(t), resolve()), { once: true });
   });
 
+/** Whether `res` is the stream itself (anything else is the relay refusing it). */
+function isEventStream(res: Response): boolean {
+  return res.ok && (res.headers.get("content-type") ?? "").startsWith("text/event-stream");
+}
+
 /** How one connection ended: a `Response` when the relay refused it (its status says why),
  *  `gave_up` when an `EventSource` stopped and nothing could tell why. */
 type Outcome = "renew" | "dropped" | "closed" | "gave_up" | Response;
@@ -259,8 +264,7 @@ export function subscribe(options: SubscribeOptions): Subscription {
         };
         if (lastEventId !== undefined) headers["Last-Event-ID"] = lastEventId;
         const res = await doFetch!(streamUrl(), { headers, signal, cache: "no-store" });
-        const type = res.headers.get("content-type") ?? "";
-        if (!res.ok || !res.body || !type.startsWith("text/event-stream")) return res;
+        if (!isEventStream(res) || !res.body) return res;
         options.onOpen?.();
         const parser = new SseParser(
           (m: Message) => {
@@ -291,8 +295,9 @@ export function subscribe(options: SubscribeOptions): Subscription {
    *  It reconnects by itself after a drop (the relay's `retry:` apart, with `Last-Event-ID`). */
   function connectEventSource(t: string): Promise<Outcome> {
     return connection(t, async (signal, renewing) => {
-      const url = streamUrl({ access_token: t, unnamed: "true", last_event_id: lastEventId });
-      const es = new EventSourceImpl!(url);
+      // From the last event delivered: read again when asking why it gave up.
+      const url = () => streamUrl({ access_token: t, unnamed: "true", last_event_id: lastEventId });
+      const es = new EventSourceImpl!(url());
       let opened = false;
       const ended = await new Promise<"closed" | "renew" | "gave_up">((resolve) => {
         signal.addEventListener("abort", () => resolve(renewing() ? "renew" : "closed"), { once: true });
@@ -309,13 +314,10 @@ export function subscribe(options: SubscribeOptions): Subscription {
       es.close();
       if (ended !== "gave_up") return ended;
       if (!doFetch) return opened ? "dropped" : "gave_up";
-      // Why did it stop? The same request once more (from the last event it delivered),
-      // read as a plain answer.
-      const again = streamUrl({ access_token: t, unnamed: "true", last_event_id: lastEventId });
+      // Why did it stop? The same request once more, read as a plain answer.
       try {
-        const res = await doFetch(again, { headers: { Accept: "text/event-stream" }, signal, cache: "no-store" });
-        const type = res.headers.get("content-type") ?? "";
-        if (res.ok && type.startsWith("text/event-stream")) {
+        const res = await doFetch(url(), { headers: { Accept: "text/event-stream" }, signal, cache: "no-store" });
+        if (isEventStream(res)) {
           await res.body?.cancel();
           return "dropped";
         }
