@@ -426,7 +426,7 @@ pub async fn set_paused(cfg: &Config, endpoint: &str, paused: bool) -> anyhow::R
         admin::notify(on, &channel, crate::sinks::pause::ENDPOINTS_CHANGED).await?;
         0
     } else {
-        let n = crate::sinks::pause::unpaused(on, &q, &channel).await?;
+        let n = crate::sinks::pause::unpaused(on, &q, &channel, endpoint).await?;
         detail["released"] = n.into();
         n
     };

@@ -457,7 +457,26 @@ pub async fn resume_endpoint(on: On<'_>, q: &Queries, name: &str) -> anyhow::Res
     Ok(!on.query(&q.resume, &[&name]).await?.is_empty())
 }
 
-/// Makes at most `limit` held rows due again; returns how many.
-pub async fn release_held_batch(on: On<'_>, q: &Queries, limit: i64) -> anyhow::Result<u64> {
-    Ok(on.query(&q.release_held, &[&limit]).await?.len() as u64)
+/// Makes at most `limit` rows held for `endpoint` due again; returns how many.
+pub async fn release_held_batch(
+    on: On<'_>,
+    q: &Queries,
+    endpoint: &str,
+    limit: i64,
+) -> anyhow::Result<u64> {
+    Ok(on.query(&q.release_held, &[&limit, &endpoint]).await?.len() as u64)
+}
+
+/// Makes at most `limit` rows due again that are held for an endpoint not paused now or not
+/// among `configured`; returns how many.
+pub async fn release_stale_batch(
+    on: On<'_>,
+    q: &Queries,
+    configured: &[&str],
+    limit: i64,
+) -> anyhow::Result<u64> {
+    Ok(on
+        .query(&q.release_stale, &[&limit, &configured])
+        .await?
+        .len() as u64)
 }

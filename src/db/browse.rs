@@ -38,7 +38,10 @@ const EVENT: &str = "
 SELECT {event_columns},
        ({fields} || jsonb_build_object(
            'delivered_to', e.delivered_to, 'attempts', coalesce(e.attempts, '[]'),
-           'lease_expires_at', e.lease_expires_at))::text
+           'lease_expires_at', e.lease_expires_at,
+           -- The paused endpoints a held row waits for (NULL: held by an earlier release).
+           'held_for', CASE WHEN e.status = 'PENDING' AND e.next_attempt_at = 'infinity'
+                            THEN e.held_for END))::text
   FROM {t} AS e WHERE e.id = $1::text::{id}";
 
 /// Relay daemons connected to this database, by the instance in their application_name

@@ -52,11 +52,11 @@ RETURNING reason";
 pub const CLOSE: &str = "
 DELETE FROM {paused} WHERE endpoint = $1 AND reason = 'circuit' RETURNING 1";
 
-/// Held rows not yet delivered to `$1`, at most $2: a probe's candidates (the relay keeps
-/// those of the types the endpoint wants). A range of the due index.
+/// Rows held for `$1` not yet delivered to it, at most $2: a probe's candidates (the relay
+/// keeps those of the types the endpoint wants). On the held index.
 pub const HELD: &str = "
 SELECT id::text, event_type FROM {t}
- WHERE {due} AND next_attempt_at = 'infinity' AND NOT ($1 = ANY (delivered_to))
+ WHERE {held} AND {held_for} && ARRAY[$1::text, '*'] AND NOT ($1 = ANY (delivered_to))
  LIMIT $2";
 
 /// Claims held row $1 for a probe with token $2 and a lease of $3 seconds, unless it is no
@@ -66,7 +66,7 @@ pub const CLAIM_HELD: &str = "
 UPDATE {t} AS e SET status = 'PROCESSING'::{st}, claim_token = $2,
        lease_expires_at = now() + make_interval(secs => $3)
  WHERE e.id = (SELECT id FROM {t} AS c
-                WHERE id = $1::text::{id} AND {due} AND next_attempt_at = 'infinity' {gate}
+                WHERE id = $1::text::{id} AND {held} {gate}
                   FOR UPDATE SKIP LOCKED)
 RETURNING {event_columns}";
 

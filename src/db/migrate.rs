@@ -47,6 +47,10 @@ const STEPS: &[(&str, &str)] = &[
         include_str!("../../sql/010_rate_limit.sql"),
     ),
     ("011_cluster.sql", include_str!("../../sql/011_cluster.sql")),
+    (
+        "012_held_for.sql",
+        include_str!("../../sql/012_held_for.sql"),
+    ),
 ];
 
 /// Session-level advisory lock key serialising concurrent `migrate` runs (several relays
@@ -107,6 +111,12 @@ pub fn managed_indexes(settings: &TableSettings) -> Vec<ManagedIndex> {
             template: Some(include_str!("../../sql/indexes/lapse_index.sql")),
         },
         ManagedIndex {
+            name: derived_name("", t, "_relay_held_idx"),
+            serves: "releasing the events held for one endpoint",
+            wanted: true,
+            template: Some(include_str!("../../sql/indexes/held_index.sql")),
+        },
+        ManagedIndex {
             name: derived_name("", t, "_relay_pending_idx"),
             serves: "claiming, in releases before the fresh and due indexes",
             wanted: false,
@@ -147,6 +157,7 @@ fn vars(settings: &TableSettings) -> Vec<(&'static str, String)> {
         ("{{fresh_idx}}", index("_relay_fresh_idx")),
         ("{{due_idx}}", index("_relay_due_idx")),
         ("{{lapse_idx}}", index("_relay_lapse_idx")),
+        ("{{held_idx}}", index("_relay_held_idx")),
         ("{{unknown_idx}}", index("_relay_unknown_idx")),
         ("{{completed_idx}}", index("_relay_completed_idx")),
         ("{{ordering_idx}}", index("_relay_ordering_idx")),

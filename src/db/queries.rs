@@ -33,6 +33,14 @@ const FRESH: &str = "status = 'PENDING' AND claim_token IS NULL";
 /// paused endpoint or released at shutdown, one put back by `retry`. See [`FRESH`].
 const DUE: &str =
     "status = 'PENDING' AND (claim_token IS NOT NULL OR stream_xid IS NULL OR stream_seq IS NULL)";
+/// A row held for paused endpoints (see [`RECORD`]): a due row that never falls due by itself.
+/// Its endpoints are [`HELD_FOR`]. The held index's predicate (`sql/indexes/`), and no more:
+/// with [`DUE`] beside it, the planner preferred the due index's range of every held row to
+/// the held index's entries for one endpoint.
+const HELD: &str = "status = 'PENDING' AND next_attempt_at = 'infinity'";
+/// The endpoints a held row waits for, as the held index keys it: a row held by a release
+/// before `held_for` existed waits for '*', which every release matches.
+const HELD_FOR: &str = "coalesce(held_for, ARRAY['*'::text])";
 
 /// Claim a batch, in one statement: fresh rows past the relay's stream position, due rows,
 /// and PROCESSING rows whose lease lapsed. `FOR UPDATE SKIP LOCKED` lets any number of relays
@@ -213,17 +221,10 @@ UPDATE {t} AS e SET
     error_message = CASE WHEN u.status = 'COMPLETED' THEN NULL
                          ELSE COALESCE(u.error, e.error_message) END,
     next_attempt_at = CASE WHEN u.delay IS NULL THEN e.next_attempt_at
-                           -- Held only while an endpoint it waits for is still paused. The
-                           -- row lock orders this against a resume: either the resume's
-                           -- DELETE waits for this statement (and its release then finds the
-                           -- row held), or this statement waits for it (and finds no pause).
-                           WHEN u.delay = 'Infinity' AND EXISTS (
-                               SELECT 1 FROM {paused} AS p
-                                WHERE p.endpoint = ANY (string_to_array(u.held_for, ','))
-                                  FOR SHARE)
-                           THEN 'infinity'
+                           WHEN h.held THEN 'infinity'
                            WHEN u.delay = 'Infinity' THEN now()
                            ELSE now() + make_interval(secs => u.delay) END,
+    held_for = CASE WHEN h.held THEN string_to_array(u.held_for, ',') END,
     processed_at = CASE WHEN u.status = 'COMPLETED' THEN {processed_now}
                         ELSE e.processed_at END,
     delivered_to = string_to_array(u.delivered, ','),
@@ -239,6 +240,18 @@ UPDATE {t} AS e SET
   FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::float8[],
               $7::text[], $8::text[], $9::text[]) AS u(id, token, status, failed, error, delay,
                                                        delivered, log, held_for)
+       -- Held only while every endpoint it waits for is still paused: if one was resumed
+       -- meanwhile, the row is due now and goes out to it (and is held again for the
+       -- others). The row locks order this against a resume: either the resume's DELETE
+       -- waits for this statement (and its release, run after, finds the row held for it),
+       -- or this statement waits for the DELETE (and finds that endpoint no longer paused).
+       CROSS JOIN LATERAL (
+           SELECT CASE WHEN u.delay = 'Infinity' THEN
+                      cardinality(ARRAY(SELECT p.endpoint FROM {paused} AS p
+                                         WHERE p.endpoint = ANY (string_to_array(u.held_for, ','))
+                                           FOR SHARE))
+                      = cardinality(string_to_array(u.held_for, ','))
+                  ELSE false END) AS h(held)
  WHERE e.id = u.id::{id} AND e.claim_token = u.token AND e.status = 'PROCESSING'
 RETURNING e.id::text";
 
@@ -276,13 +289,26 @@ ON CONFLICT (endpoint) DO UPDATE
    SET reason = 'operator', paused_at = now(), paused_by = excluded.paused_by, retry_at = NULL
  WHERE {paused}.reason <> 'operator'";
 const RESUME: &str = "DELETE FROM {paused} WHERE endpoint = $1 RETURNING 1";
-/// Held rows (next_attempt_at = 'infinity', see [`RECORD`]) become due, $1 at a time. Rows
-/// still owed to an endpoint that stays paused are simply held again when claimed. A range
-/// of the PENDING index, `= ANY (ARRAY(...))` as in [`FAIL_UNKNOWN`].
+/// Rows held for endpoint $2 (next_attempt_at = 'infinity', see [`RECORD`]) become due, $1
+/// at a time; rows held for other endpoints only are not touched. One still owed to another
+/// endpoint that stays paused is held again when claimed. Found on the held index
+/// (`sql/indexes/held_index.sql`), `= ANY (ARRAY(...))` as in [`FAIL_UNKNOWN`].
 const RELEASE_HELD: &str = "
-UPDATE {t} SET next_attempt_at = now()
+UPDATE {t} SET next_attempt_at = now(), held_for = NULL
  WHERE id = ANY (ARRAY(SELECT id FROM {t}
-                        WHERE {due} AND next_attempt_at = 'infinity'
+                        WHERE {held} AND {held_for} && ARRAY[$2::text, '*']
+                        LIMIT $1 FOR UPDATE SKIP LOCKED))
+RETURNING 1";
+/// Rows held for an endpoint that is not paused now, or not among $2 (the configured ones),
+/// become due, $1 at a time: at a relay's start, for holds whose resume it may have missed
+/// (its config dropped the endpoint, or a release was cut short). Reads every held row once,
+/// on the due index (hence [`DUE`]: the held index cannot answer a NOT).
+const RELEASE_STALE: &str = "
+UPDATE {t} SET next_attempt_at = now(), held_for = NULL
+ WHERE id = ANY (ARRAY(SELECT id FROM {t}
+                        WHERE {due} AND {held}
+                          AND NOT {held_for} <@ ARRAY(SELECT endpoint::text FROM {paused}
+                                                        WHERE endpoint = ANY ($2::text[]))
                         LIMIT $1 FOR UPDATE SKIP LOCKED))
 RETURNING 1";
 
@@ -473,6 +499,7 @@ pub struct Queries {
     pub pause: String,
     pub resume: String,
     pub release_held: String,
+    pub release_stale: String,
     pub circuit_open: String,
     pub circuit_probe: String,
     pub circuit_probe_failed: String,
@@ -524,6 +551,8 @@ impl Queries {
                 .replace("{event_columns}", EVENT_COLUMNS)
                 .replace("{gate}", gate)
                 .replace("{fresh}", FRESH)
+                .replace("{held}", HELD)
+                .replace("{held_for}", HELD_FOR)
                 .replace("{due}", DUE)
                 .replace("{lapsed}", &quote_literal(LAPSED_MESSAGE));
             for alias in ["c", "p", "w", "x"] {
@@ -574,6 +603,7 @@ impl Queries {
             pause: r(PAUSE),
             resume: r(RESUME),
             release_held: r(RELEASE_HELD),
+            release_stale: r(RELEASE_STALE),
             circuit_open: r(super::circuit::OPEN),
             circuit_probe: r(super::circuit::PROBE),
             circuit_probe_failed: r(super::circuit::PROBE_FAILED),
@@ -664,6 +694,7 @@ mod tests {
                 &q.blocked_keys,
                 &q.skip_ids,
                 &q.release_held,
+                &q.release_stale,
                 &q.pause,
                 &q.paused_list,
                 &q.circuit_open,

@@ -23,6 +23,7 @@ pub const RELAY_COLUMNS: &[&str] = &[
     "stream_seq",
     "skipped_at",
     "attempts",
+    "held_for",
     "event_type",
     "payload",
     "created_at",
@@ -57,6 +58,7 @@ const TYPES: &[(&str, Kind)] = &[
     ("stream_seq", Kind::Exact("bigint")),
     ("skipped_at", Kind::Exact("timestamp with time zone")),
     ("attempts", Kind::Exact("jsonb")),
+    ("held_for", Kind::Exact("text[]")),
 ];
 
 /// A family of column types the relay accepts.

@@ -90,7 +90,19 @@ pub async fn run(
     // Rows held for an endpoint that is no longer paused (or no longer configured) would
     // otherwise wait for a resume that never comes; those still owed to a paused endpoint
     // are held again when claimed.
-    match crate::sinks::pause::release_held(crate::db::admin::On::Pool(&pool), &queries).await {
+    let configured: Vec<&str> = shared
+        .dispatcher
+        .endpoints()
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    match crate::sinks::pause::release_stale(
+        crate::db::admin::On::Pool(&pool),
+        &queries,
+        &configured,
+    )
+    .await
+    {
         Ok(0) => {}
         Ok(n) => tracing::info!(released = n, "held events released at start"),
         Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot release held events"),

@@ -284,7 +284,7 @@ async fn apply(
                     "circuit closed: the probe was delivered; releasing the held events"
                 );
                 endpoint.set_paused(false);
-                let released = super::pause::unpaused(On::Pool(pool), q, channel).await?;
+                let released = super::pause::unpaused(On::Pool(pool), q, channel, name).await?;
                 tracing::info!(endpoint = name, released, "held events released");
             }
         }

@@ -47,7 +47,7 @@ pub async fn load(
         if row.is_some_and(|p| p.reason == PauseReason::Circuit) && e.breaker.config().is_none() {
             if crate::db::circuit::close(pool, q, &e.name).await? {
                 tracing::info!(endpoint = %e.name, "circuit closed: the endpoint has no circuit_breaker in the config now");
-                unpaused(On::Pool(pool), q, channel).await?;
+                unpaused(On::Pool(pool), q, channel, &e.name).await?;
             }
             continue; // applied at the next reload
         }
@@ -122,25 +122,34 @@ pub async fn set(
     if paused {
         admin::notify(On::Pool(pool), channel, ENDPOINTS_CHANGED).await?;
     } else {
-        let released = unpaused(On::Pool(pool), q, channel).await?;
+        let released = unpaused(On::Pool(pool), q, channel, name).await?;
         tracing::info!(endpoint = name, released, "held events released");
     }
     Ok(changed)
 }
 
-/// After an endpoint left the paused set (a resume, a closed circuit): tells the relays to
-/// reload the set, releases the held rows and wakes the relays to claim them. Returns how
-/// many rows were released.
-pub async fn unpaused(on: On<'_>, q: &Queries, channel: &str) -> anyhow::Result<u64> {
+/// After `endpoint` left the paused set (a resume, a closed circuit): tells the relays to
+/// reload the set, releases the rows held for it and wakes the relays to claim them. Returns
+/// how many rows were released.
+pub async fn unpaused(
+    on: On<'_>,
+    q: &Queries,
+    channel: &str,
+    endpoint: &str,
+) -> anyhow::Result<u64> {
     admin::notify(on, channel, ENDPOINTS_CHANGED).await?;
-    let released = release_held(on, q).await?;
+    let batch = || admin::release_held_batch(on, q, endpoint, RELEASE_BATCH);
+    let released =
+        crate::db::in_batches(RELEASE_BATCH, batch, |_| std::future::ready(true)).await?;
     admin::wake_relays(on, channel).await?;
     Ok(released)
 }
 
-/// Makes every held row due again; returns how many. Rows still owed to an endpoint that
-/// stays paused are held again when claimed.
-pub async fn release_held(on: On<'_>, q: &Queries) -> anyhow::Result<u64> {
-    let batch = || admin::release_held_batch(on, q, RELEASE_BATCH);
+/// Makes due again the rows held for an endpoint that is not paused now or not among
+/// `configured` (a resume this relay may have missed, an endpoint its config dropped);
+/// returns how many. Rows still owed to an endpoint that stays paused are held again when
+/// claimed.
+pub async fn release_stale(on: On<'_>, q: &Queries, configured: &[&str]) -> anyhow::Result<u64> {
+    let batch = || admin::release_stale_batch(on, q, configured, RELEASE_BATCH);
     crate::db::in_batches(RELEASE_BATCH, batch, |_| std::future::ready(true)).await
 }

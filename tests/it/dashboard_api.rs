@@ -93,6 +93,172 @@ async fn a_pause_holds_events_on_every_relay_and_a_resume_delivers_each_once() {
     b.stop().await.unwrap();
 }
 
+/// The held rows' `(id, held_for, xmin)`: xmin changes whenever a statement rewrites a row.
+async fn held_rows(client: &tokio_postgres::Client) -> Vec<(String, Option<Vec<String>>, String)> {
+    client
+        .query(
+            "SELECT id::text, held_for, xmin::text FROM \"OutboxEvent\"
+              WHERE status = 'PENDING' AND next_attempt_at = 'infinity' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_resume_releases_only_the_events_held_for_its_endpoint() {
+    let db = TestDb::new().await;
+    let (ra, rb, rc) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    let toml = format!(
+        "{}types = [\"A.*\", \"AC.*\"]\n{}types = [\"B.*\"]\n{}types = [\"AC.*\"]\n",
+        webhook_toml("a", &ra.url),
+        webhook_toml("b", &rb.url),
+        webhook_toml("c", &rc.url)
+    );
+    let (cfg, relay) = db.start_relay(&toml).await;
+    let client = db.client().await;
+    let base = relay.http_url();
+    for name in ["a", "b", "c"] {
+        let (s, _) = post(
+            &format!("{base}/api/endpoints/{name}/pause"),
+            json!({}),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    let a_ids = insert_events(&client, 30, "A.CREATED").await;
+    let b_ids = insert_events(&client, 20, "B.CREATED").await;
+    let ac_ids = insert_events(&client, 5, "AC.CREATED").await;
+    wait_until("all 55 held", || async { count_held(&client).await == 55 }).await;
+    let held = held_rows(&client).await;
+    let held_for = |id: &String| held.iter().find(|h| &h.0 == id).unwrap().1.clone();
+    assert_eq!(held_for(&a_ids[0]), Some(vec!["a".to_owned()]));
+    assert_eq!(held_for(&b_ids[0]), Some(vec!["b".to_owned()]));
+    let mut both = held_for(&ac_ids[0]).unwrap();
+    both.sort();
+    assert_eq!(both, vec!["a".to_owned(), "c".to_owned()]);
+    let (_, page) = get(&format!("{base}/api/events/{}", ac_ids[0]), None).await;
+    let shown = &page["event"]["held_for"];
+    assert!(
+        shown == &json!(["a", "c"]) || shown == &json!(["c", "a"]),
+        "{page}"
+    );
+
+    // Resuming b delivers its 20 and writes no row held for another endpoint.
+    let (s, _) = post(&format!("{base}/api/endpoints/b/resume"), json!({}), None).await;
+    assert_eq!(s, 200);
+    rb.wait_accepted(&b_ids).await;
+    wait_until("b's 20 COMPLETED", || async {
+        crate::common::count_status(&client, "COMPLETED").await == 20
+    })
+    .await;
+    let after: Vec<_> = held_rows(&client).await;
+    let not_b: Vec<_> = held
+        .iter()
+        .filter(|h| !b_ids.contains(&h.0))
+        .cloned()
+        .collect();
+    assert_eq!(
+        after, not_b,
+        "a row held for a or c was rewritten by b's resume"
+    );
+
+    // Resuming a delivers a's 30 and the 5 for a and c, which are then held for c alone.
+    let (s, _) = post(&format!("{base}/api/endpoints/a/resume"), json!({}), None).await;
+    assert_eq!(s, 200);
+    let mut for_a = a_ids.clone();
+    for_a.extend(ac_ids.iter().cloned());
+    ra.wait_accepted(&for_a).await;
+    wait_until("the 5 for a and c held for c", || async {
+        let h = held_rows(&client).await;
+        h.len() == 5 && h.iter().all(|r| r.1 == Some(vec!["c".to_owned()]))
+    })
+    .await;
+    assert!(rc.deliveries().is_empty(), "a paused endpoint got requests");
+
+    // A row held by an earlier release (no held_for) is released by any resume, and held
+    // again for c when claimed.
+    let set_held_for = |id: String, value: Option<Vec<String>>| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "UPDATE \"OutboxEvent\" SET held_for = $2 WHERE id::text = $1",
+                    &[&id, &value],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let only_c = Some(vec!["c".to_owned()]);
+    set_held_for(ac_ids[0].clone(), None).await;
+    for action in ["pause", "resume"] {
+        let (s, _) = post(&format!("{base}/api/endpoints/b/{action}"), json!({}), None).await;
+        assert_eq!(s, 200);
+    }
+    wait_until("the legacy hold released and held for c", || async {
+        let h = held_rows(&client).await;
+        h.len() == 5 && h.iter().all(|r| r.1 == only_c)
+    })
+    .await;
+
+    // One held for an endpoint that is no longer paused (a resume this relay missed) is
+    // released at a relay's start; the rows held for c, still paused, are not touched.
+    set_held_for(ac_ids[1].clone(), Some(vec!["gone".to_owned()])).await;
+    let before = held_rows(&client).await;
+    relay.stop().await.unwrap();
+    let (_, relay) = db.start_relay(&toml).await;
+    wait_until("the stale hold released and held for c", || async {
+        let h = held_rows(&client).await;
+        h.len() == 5 && h.iter().all(|r| r.1 == only_c)
+    })
+    .await;
+    let after = held_rows(&client).await;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(
+            b.2 == a.2,
+            b.0 != ac_ids[1],
+            "rewritten at start: {b:?} -> {a:?}"
+        );
+    }
+    assert!(rc.deliveries().is_empty(), "a paused endpoint got requests");
+
+    let (s, _) = post(
+        &format!("{}/api/endpoints/c/resume", relay.http_url()),
+        json!({}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    rc.wait_accepted(&ac_ids).await;
+    wait_until("all 55 COMPLETED", || async {
+        crate::common::count_status(&client, "COMPLETED").await == 55
+    })
+    .await;
+    for rx in [&ra, &rb, &rc] {
+        let counts = rx.accepted_counts();
+        assert!(counts.values().all(|&n| n == 1), "duplicates: {counts:?}");
+    }
+    assert_eq!(
+        (
+            ra.accepted_counts().len(),
+            rb.accepted_counts().len(),
+            rc.accepted_counts().len()
+        ),
+        (35, 20, 5)
+    );
+    let _ = cfg;
+    relay.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_event_page_shows_each_attempt_and_search_pages_without_gaps() {
     let db = TestDb::new().await;

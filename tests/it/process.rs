@@ -1020,6 +1020,7 @@ async fn migrate_keeps_optional_indexes_only_while_their_feature_is_configured()
         "OutboxEvent_relay_due_idx",
         "OutboxEvent_relay_failed_idx",
         "OutboxEvent_relay_fresh_idx",
+        "OutboxEvent_relay_held_idx",
         "OutboxEvent_relay_lapse_idx",
         "OutboxEvent_relay_unknown_idx",
     ];

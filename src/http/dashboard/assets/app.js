@@ -1044,7 +1044,8 @@ function renderEvent(ev) {
   st.className = `badge badge-${String(ev.status).toLowerCase()}`;
   $('event-flags').replaceChildren(ev.held ? badge('held') : '', ev.skipped ? badge('skipped') : '');
 
-  const next = ev.held ? h('span', { class: 'badge badge-held' }, 'held: endpoint paused') : timeCell(ev.next_attempt_at);
+  const heldFor = Array.isArray(ev.held_for) && ev.held_for.length ? ev.held_for.join(', ') : 'a paused endpoint';
+  const next = ev.held ? h('span', { class: 'badge badge-held' }, `held for ${heldFor}`) : timeCell(ev.next_attempt_at);
   $('event-facts').replaceChildren(
     fact('Type', h('span', { class: 'mono' }, ev.event_type)),
     fact('Org', ev.org_id),
