@@ -17,18 +17,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 : "${DATABASE_URL:?set DATABASE_URL to a superuser URL of the server to measure}"
 ROUNDS=${ROUNDS:-3} SECS=${SECS:-8} CLIENTS=${CLIENTS:-16}
 BIN=${BIN:-$ROOT/target/release/outbox-relay}
-PGBENCH=$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench | tail -1)
-base=${DATABASE_URL%/*}
+source "$ROOT/bench/variants.sh"
 script=$(mktemp)
 trap 'rm -f "$script"' EXIT
-cat >"$script" <<'SQL'
-\set n random(1, 1000000000)
-INSERT INTO "OutboxEvent" (org_id, event_type, entity_type, entity_id, payload)
-VALUES ('org_bench', 'BENCH.EVENT', 'Bench', :n::text, jsonb_build_object('pad', repeat('x', 100), 'bench_n', :n::int8));
-SQL
-PLAIN='CREATE TABLE "OutboxEvent" (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), org_id text,
-  event_type text NOT NULL, entity_type text, entity_id text, payload jsonb NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now())'
+echo "$APP_INSERT" >"$script"
 # variant name -> SQL run after migrate ("" = as migrate leaves it); plain has no migrate
 declare -A STRIP=(
   [adopted]=""
@@ -53,26 +45,16 @@ declare -A RES
 for round in $(seq 1 "$ROUNDS"); do
   n=${#VARIANTS[@]}
   for i in $(seq 0 $((n - 1))); do
-    v=${VARIANTS[$(((i + round - 1) % n))]}
-    db=outbox_insert_cost_$v
-    psql -Atq "$base/postgres" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
-    url=$base/$db
-    if [[ $v == plain ]]; then
-      psql -Atq "$url" -c "$PLAIN"
-    else
-      DATABASE_URL=$url "$BIN" migrate >/dev/null 2>&1 ||
-        { echo "migrate failed: DATABASE_URL=$url $BIN migrate" >&2; exit 1; }
-      [[ -n ${STRIP[$v]} ]] && psql -Atq "$url" -c "${STRIP[$v]}"
-    fi
-    psql -Atq "$url" -c CHECKPOINT
+    v=${VARIANTS[$(rotated "$n" "$i" "$round")]}
+    url=$(fresh_db outbox_insert_cost "$v" "${STRIP[$v]:-}")
     tps=$("$PGBENCH" -n -c "$CLIENTS" -j 2 -T "$SECS" -M prepared -f "$script" "$url" 2>/dev/null |
       sed -n 's/^tps = \([0-9.]*\).*/\1/p')
     [[ -n $tps ]] || { echo "pgbench failed on $v: run it by hand on $url" >&2; exit 1; }
     printf 'round %s %-15s %8.0f inserts/s\n' "$round" "$v" "$tps"
     RES[$v]+="$tps "
-    psql -Atq "$base/postgres" -c "DROP DATABASE $db"
+    drop_db "$url"
   done
 done
 for v in "${VARIANTS[@]}"; do
-  printf 'median %-15s %8.0f inserts/s\n' "$v" "$(tr ' ' '\n' <<<"${RES[$v]}" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+  printf 'median %-15s %8.0f inserts/s\n' "$v" "$(median "${RES[$v]}")"
 done

@@ -246,7 +246,7 @@ UPDATE {t} AS e SET
        -- waits for this statement (and its release, run after, finds the row held for it),
        -- or this statement waits for the DELETE (and finds that endpoint no longer paused).
        CROSS JOIN LATERAL (
-           SELECT CASE WHEN u.delay = 'Infinity' THEN
+           SELECT CASE WHEN u.delay = 'Infinity' AND u.held_for <> '' THEN
                       cardinality(ARRAY(SELECT p.endpoint FROM {paused} AS p
                                          WHERE p.endpoint = ANY (string_to_array(u.held_for, ','))
                                            FOR SHARE))
