@@ -535,3 +535,61 @@ async fn bad_search_input_is_a_400_without_the_databases_words() {
     }
     relay.stop().await.unwrap();
 }
+
+/// The statements that find one endpoint's held rows (a resume's release, a probe's
+/// candidates) must read the held index, not the range of every held row on the due index
+/// nor the table: with its generic plan (the relay prepares its statements once), before and
+/// after the table has statistics.
+#[tokio::test]
+async fn releases_and_probes_find_one_endpoints_held_rows_on_the_held_index() {
+    let db = TestDb::new().await;
+    let cfg = db.config(&webhook_toml("a", "http://127.0.0.1:9/"));
+    db.migrate(&cfg).await;
+    let q = db.queries(&cfg).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO \"OutboxEvent\" (event_type, payload, status, claim_token,
+                                          next_attempt_at, held_for)
+             SELECT 'A.X', '{}', 'PENDING', gen_random_uuid(), 'infinity', '{a}'
+               FROM generate_series(1, 20000);
+             INSERT INTO \"OutboxEvent\" (event_type, payload, status, claim_token,
+                                          next_attempt_at, held_for)
+             SELECT 'B.X', '{}', 'PENDING', gen_random_uuid(), 'infinity', '{b}'
+               FROM generate_series(1, 5);
+             INSERT INTO \"OutboxEvent\" (event_type, payload, status, processed_at)
+             SELECT 'C.X', '{}', 'COMPLETED', now() FROM generate_series(1, 20000);
+             SET plan_cache_mode = force_generic_plan;",
+        )
+        .await
+        .unwrap();
+    for analyzed in [false, true] {
+        if analyzed {
+            client
+                .batch_execute("ANALYZE \"OutboxEvent\"")
+                .await
+                .unwrap();
+        }
+        for (name, sql) in [("release", &q.release_held), ("probe", &q.circuit_held)] {
+            let stmt = client.prepare(&format!("EXPLAIN {sql}")).await.unwrap();
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = if name == "release" {
+                [&5000_i64, &"b"]
+            } else {
+                [&"b", &100_i64]
+            };
+            let plan: Vec<String> = client
+                .query(&stmt, &params)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("OutboxEvent_relay_held_idx")
+                    && !plan.contains("Seq Scan on \"OutboxEvent\""),
+                "{name} (analyzed: {analyzed}) does not read the held index:\n{plan}"
+            );
+        }
+    }
+}
