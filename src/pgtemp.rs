@@ -266,6 +266,31 @@ pub fn find_bindir() -> anyhow::Result<PathBuf> {
     )
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A loopback port free right now, below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), so that no client connection's local end takes it while
+/// a server stopped on it is started again (a standby, a NATS or RabbitMQ node in the
+/// tests). Handed out in turn from a random start, so two calls in one process never get
+/// the same port; each is checked free when handed out. Any free port when there is no
+/// room below the range.
+pub fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static NEXT: OnceLock<(u16, AtomicU32)> = OnceLock::new();
+    const LOWEST: u16 = 10_000;
+    let (span, next) = NEXT.get_or_init(|| {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32_768);
+        let span = ephemeral_low.saturating_sub(LOWEST);
+        let start = rand::random::<u32>() % u32::from(span.max(1));
+        (span, AtomicU32::new(start))
+    });
+    for _ in 0..u32::from(*span).min(1_000) {
+        let port = LOWEST + (next.fetch_add(1, Ordering::Relaxed) % u32::from(*span)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

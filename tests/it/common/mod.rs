@@ -235,32 +235,10 @@ pub fn with_free_port(toml: &str) -> String {
 }
 
 /// A loopback address with a port free right now, for a server whose port the test must
-/// know in advance. The port lies below the kernel's ephemeral range
-/// (`net.ipv4.ip_local_port_range`), so no client connection's local end takes it: a server
-/// a test stops and starts again on the same port (a NATS or RabbitMQ node) found it taken
-/// meanwhile. Ports are handed out in turn from a random start, so two calls in this process
-/// never get the same one; each is checked free when handed out.
+/// know in advance (see [`outbox_relay::pgtemp::free_port`]: below the ephemeral range, so
+/// a server restarted on it finds it free).
 pub fn free_addr() -> String {
-    static NEXT: OnceLock<(u16, std::sync::atomic::AtomicU32)> = OnceLock::new();
-    const LOWEST: u16 = 10_000;
-    let (span, next) = NEXT.get_or_init(|| {
-        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-            .unwrap_or(32_768);
-        let span = ephemeral_low.saturating_sub(LOWEST);
-        let start = rand::random::<u32>() % u32::from(span.max(1));
-        (span, std::sync::atomic::AtomicU32::new(start))
-    });
-    for _ in 0..u32::from(*span).min(1_000) {
-        let port = LOWEST + (next.fetch_add(1, Ordering::Relaxed) % u32::from(*span)) as u16;
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            return l.local_addr().unwrap().to_string();
-        }
-    }
-    // No room below the ephemeral range: any free port.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", outbox_relay::pgtemp::free_port().unwrap())
 }
 
 /// GET `url`: (status, body).
