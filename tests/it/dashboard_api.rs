@@ -122,7 +122,7 @@ async fn a_resume_releases_only_the_events_held_for_its_endpoint() {
         webhook_toml("b", &rb.url),
         webhook_toml("c", &rc.url)
     );
-    let (cfg, relay) = db.start_relay(&toml).await;
+    let (_, relay) = db.start_relay(&toml).await;
     let client = db.client().await;
     let base = relay.http_url();
     for name in ["a", "b", "c"] {
@@ -255,7 +255,6 @@ async fn a_resume_releases_only_the_events_held_for_its_endpoint() {
         ),
         (35, 20, 5)
     );
-    let _ = cfg;
     relay.stop().await.unwrap();
 }
 
