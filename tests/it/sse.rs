@@ -235,10 +235,12 @@ async fn unnamed_streams_send_the_same_messages_without_their_event_line() {
     for (m, n) in got.iter().zip(&with_names) {
         assert_eq!(m.event, "message", "no event: line");
         assert_eq!(n.event, n.json()["type"].as_str().unwrap());
-        assert_eq!(
-            (&m.id, &m.data),
-            (&n.id, &n.data),
-            "otherwise the same message"
+        // The `id:` lines are each subscriber's own position and may differ: a subscriber
+        // that connected while the tail walked a snapshot difference is `Advance::Ahead`.
+        assert_eq!(&m.data, &n.data, "otherwise the same message");
+        assert!(
+            m.id.is_some(),
+            "an unnamed message still carries its cursor"
         );
     }
     let cursor = sub.last_id.clone().unwrap();
