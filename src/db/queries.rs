@@ -74,9 +74,17 @@ const HELD_FOR: &str = "coalesce(held_for, ARRAY['*'::text])";
 /// claimed. [`crate::db::claims::claim`] binds the parameters and reads the columns.
 /// $1 limit, $2 lease seconds, $3 max_attempts, $4 claim token, $5 suspects wanted (0 or 1),
 /// $6 xid8[] as text, $7 xid8 as text, $8 bigint, $9 epoch seconds or NULL.
+///
+/// The claim commits without waiting for its WAL to be flushed (`synchronous_commit` off for
+/// this one transaction: `set_config(..., true)` ends with it, so nothing is left on a
+/// session a pooler hands to someone else). That wait sat between every insert and its
+/// delivery and bought nothing: a claim a database crash undoes only sends its rows again,
+/// as a crash already does for every row in flight (at-least-once), and the outcome that
+/// follows is committed durably, flushing the claim's WAL with its own.
 const CLAIM: &str = "
 WITH snap AS MATERIALIZED (
-    SELECT pg_current_snapshot() AS s, now() AS at
+    SELECT pg_current_snapshot() AS s, now() AS at,
+           set_config('synchronous_commit', 'off', true) AS async_commit
 ), cand AS MATERIALIZED (
     SELECT id, stream_xid, stream_seq FROM (
         (SELECT id, stream_xid, stream_seq FROM {t}

@@ -301,3 +301,68 @@ async fn a_lapsed_lease_counts_as_a_failed_attempt_and_the_last_one_fails_the_ev
         ("FAILED".into(), 2, Some(LAPSED_MESSAGE.into()), false)
     );
 }
+
+/// The claim commits without waiting for its WAL flush (see the claim statement's doc), and
+/// only the claim: the setting ends with its transaction, so the session a pooler hands on,
+/// and the outcome written on it next, commit as the server is configured.
+#[tokio::test]
+async fn a_claim_commits_asynchronously_and_leaves_its_session_as_it_was() {
+    use outbox_relay::db::claims::{self, Claim};
+    let db = TestDb::new().await;
+    let cfg = db.config("");
+    db.migrate(&cfg).await;
+    let queries = db.queries(&cfg).await;
+    insert_one_by_one(&db.client().await, 2).await;
+    // One connection, so the claim and the checks share a session.
+    let pool = outbox_relay::db::pool_of(cfg.database_url.get(), 1, None).unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute("SET synchronous_commit = on")
+        .await
+        .unwrap();
+    let claim = |cursor: &ClaimCursor| Claim {
+        limit: 1,
+        lease: std::time::Duration::from_secs(30),
+        max_attempts: 12,
+        token: uuid::Uuid::new_v4(),
+        suspects_wanted: true,
+        from: cursor.look_from(),
+    };
+
+    // As the relay runs it: one statement, its own transaction.
+    let got = claims::claim(&pool, &queries, &claim(&ClaimCursor::new()))
+        .await
+        .unwrap();
+    assert_eq!(got.rows.len(), 1);
+    let conn = pool.get().await.unwrap();
+    assert_eq!(
+        synchronous_commit(&conn).await,
+        "on",
+        "nothing left on the session"
+    );
+
+    // Inside a transaction the setting is visible: it is the claim's, until the commit.
+    conn.batch_execute("BEGIN").await.unwrap();
+    drop(conn);
+    let got = claims::claim(&pool, &queries, &claim(&ClaimCursor::new()))
+        .await
+        .unwrap();
+    assert_eq!(got.rows.len(), 1, "the second row");
+    let conn = pool.get().await.unwrap();
+    assert_eq!(
+        synchronous_commit(&conn).await,
+        "off",
+        "the claim's transaction commits async"
+    );
+    conn.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(synchronous_commit(&conn).await, "on");
+}
+
+async fn synchronous_commit(client: &tokio_postgres::Client) -> String {
+    let row = client
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap();
+    row.get(0)
+}
