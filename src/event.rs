@@ -109,12 +109,12 @@ impl Event {
     }
 }
 
-/// RFC 3339 in UTC with microseconds: `2026-11-22T12:00:00.123456Z`.
+/// RFC 3339 in UTC with microseconds: `2026-11-22T12:00:00.123456Z`. (Once per delivery:
+/// `to_rfc3339_opts` writes it directly, where `format` parses a pattern each time.)
 pub fn format_timestamp(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros)
         .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 #[cfg(test)]
@@ -149,6 +149,15 @@ mod tests {
         );
         let sse: serde_json::Value = serde_json::from_slice(&e.envelope(t, &data, None)).unwrap();
         assert!(sse.get("attempt").is_none());
+    }
+
+    #[test]
+    fn timestamps_always_carry_six_fractional_digits() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            format_timestamp(1_795_867_200_000_001),
+            "2026-11-28T12:00:00.000001Z"
+        );
     }
 
     #[test]
