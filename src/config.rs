@@ -2,8 +2,9 @@
 //!
 //! [`FileConfig`] mirrors the TOML exactly (unknown keys are errors, so a typo is caught);
 //! [`Config::load`] applies the overrides, resolves the secrets the command [`Needs`] and
-//! validates everything, and every error names the key it is about. Defaults live here as
-//! named constants, documented once.
+//! validates everything, and every error names the key it is about. Defaults are named
+//! constants, documented once: the top-level ones here, each sink section's in its module
+//! ([`webhook`], [`nats`], [`redis`], [`rabbitmq`]; what they share is in `sink`).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -26,7 +27,12 @@ pub mod nats;
 pub mod rabbitmq;
 pub mod rate;
 pub mod redis;
+mod sink;
+pub mod webhook;
 pub use location::Location;
+pub(crate) use sink::SinkKeys;
+use sink::{literal_broker_secrets, unread_keys};
+pub use webhook::{WebhookConfig, DEFAULT_WEBHOOK_MAX_IN_FLIGHT, DEFAULT_WEBHOOK_TIMEOUT};
 
 /// Default schema of the outbox table.
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -60,8 +66,6 @@ pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SSE_MAX_SUBSCRIBERS: usize = 512;
 /// The longest a subscriber token may live, `iat` (or now) to `exp`.
 pub const DEFAULT_SSE_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400);
-pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_WEBHOOK_MAX_IN_FLIGHT: usize = 64;
 pub const DEFAULT_LONG_TRANSACTION_WARNING: Duration = Duration::from_secs(300);
 /// `[egress] deny_private_addresses`: off. Webhook URLs come from the operator's own file and
 /// mostly point at internal services on private addresses; on by default, those deployments
@@ -180,7 +184,7 @@ struct FileConfig {
     #[serde(default)]
     egress: FileEgress,
     #[serde(default)]
-    webhook: Vec<FileWebhook>,
+    webhook: Vec<webhook::FileWebhook>,
     #[serde(default)]
     nats: Vec<nats::FileNats>,
     #[serde(default)]
@@ -216,9 +220,7 @@ impl FileConfig {
             keys.push("sse.token_secret".to_owned());
         }
         for (i, w) in self.webhook.iter().enumerate() {
-            if literal(Some(&w.secret)) {
-                keys.push(format!("webhook[{i}].secret"));
-            }
+            keys.extend(w.literal_secrets(i));
         }
         for (i, n) in self.nats.iter().enumerate() {
             keys.extend(n.literal_secrets(i));
@@ -284,21 +286,6 @@ struct FileSse {
 struct FileEgress {
     deny_private_addresses: Option<bool>,
     allow_networks: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileWebhook {
-    name: String,
-    url: String,
-    types: Option<Vec<String>>,
-    secret: String,
-    #[serde(default, with = "humantime_serde")]
-    timeout: Option<Duration>,
-    max_in_flight: Option<usize>,
-    ordering: Option<Ordering>,
-    circuit_breaker: Option<breaker::FileBreaker>,
-    rate_limit: Option<String>,
 }
 
 /// What `dev` takes from a config file ([`Config::for_dev`]); None where the file (or, for
@@ -406,25 +393,6 @@ pub struct SseConfig {
     pub max_token_lifetime: Duration,
     /// Pages on these origins may open the stream from the browser (CORS), normalized.
     pub allowed_origins: Vec<String>,
-}
-
-/// One `[[webhook]]` endpoint.
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    /// Unique; recorded in `delivered_to` once the endpoint accepts an event.
-    pub name: String,
-    pub url: url::Url,
-    /// Globs on event_type; `["*"]` when the key is absent.
-    pub types: Vec<String>,
-    pub keys: Deferred<SigningKeys>,
-    pub timeout: Duration,
-    pub max_in_flight: usize,
-    /// Entity-ordered delivery for this endpoint (its own `ordering`, or the global one).
-    pub ordered: bool,
-    /// `circuit_breaker` (None: off).
-    pub breaker: Option<breaker::BreakerConfig>,
-    /// `rate_limit` (None: none).
-    pub rate_limit: Option<rate::RateLimit>,
 }
 
 impl Config {
@@ -554,7 +522,7 @@ impl Config {
                 .webhook
                 .into_iter()
                 .enumerate()
-                .map(|(i, w)| webhook(i, w, f.ordering.unwrap_or_default(), everything))
+                .map(|(i, w)| webhook::webhook(i, w, f.ordering.unwrap_or_default(), everything))
                 .collect::<Result<_, _>>()?,
             nats: f
                 .nats
@@ -1044,195 +1012,6 @@ fn signing_keys(
             Deferred::Read(SigningKeys::parse(&secret).map_err(|m| ConfigError::new(key, m))?)
         }
         Deferred::NotRead(k) => Deferred::NotRead(k),
-    })
-}
-
-/// The keys of broker section `section[i]` whose secret is written in the file itself (see
-/// `literal_secrets`): a password in `url`, and each of `keys` that is not an `env:`/`file:`
-/// reference.
-fn literal_broker_secrets(
-    section: &str,
-    i: usize,
-    url: &str,
-    keys: [(&str, &Option<String>); 2],
-) -> Vec<String> {
-    let mut found = Vec::new();
-    if url::Url::parse(url).is_ok_and(|u| u.password().is_some()) {
-        found.push(format!("{section}[{i}].url"));
-    }
-    for (k, v) in keys {
-        if v.as_deref()
-            .is_some_and(|v| !v.is_empty() && !secret::is_reference(v))
-        {
-            found.push(format!("{section}[{i}].{k}"));
-        }
-    }
-    found
-}
-
-/// The keys of `section[i]` among `secrets` (name, and whether it was read when it is set)
-/// that were not read (see `Config::unread_secrets`).
-fn unread_keys(section: &str, i: usize, secrets: [(&str, Option<bool>); 2]) -> Vec<String> {
-    secrets
-        .into_iter()
-        .filter(|(_, read)| *read == Some(false))
-        .map(|(k, _)| format!("{section}[{i}].{k}"))
-        .collect()
-}
-
-/// Webhook names go into `delivered_to` (a comma-joined list on the wire), metric labels and
-/// logs, so they are kept to a plain alphabet.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
-/// The keys every sink section (`[[webhook]]`, `[[nats]]`, ...) has, validated the same way.
-pub(crate) struct SinkKeys {
-    pub name: String,
-    pub types: Option<Vec<String>>,
-    pub timeout: Option<Duration>,
-    pub max_in_flight: Option<usize>,
-    pub ordering: Option<Ordering>,
-    pub circuit_breaker: Option<breaker::FileBreaker>,
-    pub rate_limit: Option<String>,
-}
-
-/// [`SinkKeys`] validated: what [`Config::sinks`] lists for each sink.
-pub(crate) struct SinkCommon {
-    pub name: String,
-    pub types: Vec<String>,
-    pub timeout: Duration,
-    pub max_in_flight: usize,
-    pub ordered: bool,
-    pub breaker: Option<breaker::BreakerConfig>,
-    pub rate_limit: Option<rate::RateLimit>,
-}
-
-impl SinkKeys {
-    /// Validates the keys of `section[i]`; `global` is the top-level `ordering`.
-    pub(crate) fn validate(
-        self,
-        section: &str,
-        i: usize,
-        global: Ordering,
-        default_timeout: Duration,
-        default_max_in_flight: usize,
-    ) -> Result<SinkCommon, ConfigError> {
-        let key = |k: &str| format!("{section}[{i}].{k}");
-        if !valid_name(&self.name) {
-            return Err(ConfigError::new(
-                key("name"),
-                format!("{:?}: use 1-64 letters, digits, '_', '-' or '.'", self.name),
-            ));
-        }
-        let types = self.types.unwrap_or_else(|| vec!["*".to_owned()]);
-        if types.is_empty() {
-            return Err(ConfigError::new(
-                key("types"),
-                "is empty: omit it to receive every type",
-            ));
-        }
-        let ordered = self.ordering.unwrap_or(global) == Ordering::Entity;
-        for (j, t) in types.iter().enumerate() {
-            globset::Glob::new(t).map_err(|e| {
-                ConfigError::new(format!("{section}[{i}].types[{j}]"), e.to_string())
-            })?;
-            // The claim query decides in SQL which events are ordered, so an ordered sink's
-            // globs must translate to LIKE: `*` and `?` only.
-            if ordered && t.contains(['[', ']', '{', '}', '\\']) {
-                return Err(ConfigError::new(
-                    format!("{section}[{i}].types[{j}]"),
-                    format!(
-                        "{t:?}: an entity-ordered {section}'s types may use only * and ? wildcards"
-                    ),
-                ));
-            }
-        }
-        let max_in_flight = self.max_in_flight.unwrap_or(default_max_in_flight);
-        if !(1..=10_000).contains(&max_in_flight) {
-            return Err(ConfigError::new(
-                key("max_in_flight"),
-                "must be between 1 and 10000",
-            ));
-        }
-        let timeout = self.timeout.unwrap_or(default_timeout);
-        if timeout.is_zero() {
-            return Err(ConfigError::new(
-                key("timeout"),
-                "must be greater than zero",
-            ));
-        }
-        if timeout > MAX_DURATION {
-            return Err(ConfigError::new(
-                key("timeout"),
-                "must be at most 100 years",
-            ));
-        }
-        let breaker = self
-            .circuit_breaker
-            .map(|b| b.validate(section, i))
-            .transpose()?;
-        let rate_limit = self
-            .rate_limit
-            .map(|r| rate::parse(&key("rate_limit"), &r))
-            .transpose()?;
-        Ok(SinkCommon {
-            name: self.name,
-            types,
-            timeout,
-            max_in_flight,
-            ordered,
-            breaker,
-            rate_limit,
-        })
-    }
-}
-
-fn webhook(
-    i: usize,
-    w: FileWebhook,
-    global: Ordering,
-    read_secret: bool,
-) -> Result<WebhookConfig, ConfigError> {
-    let key = |k: &str| format!("webhook[{i}].{k}");
-    let url = url::Url::parse(&w.url).map_err(|e| ConfigError::new(key("url"), e.to_string()))?;
-    let common = SinkKeys {
-        name: w.name,
-        types: w.types,
-        timeout: w.timeout,
-        max_in_flight: w.max_in_flight,
-        ordering: w.ordering,
-        circuit_breaker: w.circuit_breaker,
-        rate_limit: w.rate_limit,
-    }
-    .validate(
-        "webhook",
-        i,
-        global,
-        DEFAULT_WEBHOOK_TIMEOUT,
-        DEFAULT_WEBHOOK_MAX_IN_FLIGHT,
-    )?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError::new(
-            key("url"),
-            "must be an http:// or https:// URL",
-        ));
-    }
-    let keys = signing_keys(&key("secret"), &w.secret, read_secret)?;
-    Ok(WebhookConfig {
-        name: common.name,
-        url,
-        types: common.types,
-        keys,
-        timeout: common.timeout,
-        max_in_flight: common.max_in_flight,
-        ordered: common.ordered,
-        breaker: common.breaker,
-        rate_limit: common.rate_limit,
     })
 }
 
