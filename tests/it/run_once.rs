@@ -321,19 +321,18 @@ async fn a_claim_commits_asynchronously_and_leaves_its_session_as_it_was() {
         .batch_execute("SET synchronous_commit = on")
         .await
         .unwrap();
-    let claim = |cursor: &ClaimCursor| Claim {
+    // Each claim looks from the start of the stream: the first row, then the second.
+    let claim = || Claim {
         limit: 1,
         lease: std::time::Duration::from_secs(30),
         max_attempts: 12,
         token: uuid::Uuid::new_v4(),
         suspects_wanted: true,
-        from: cursor.look_from(),
+        from: ClaimCursor::new().look_from(),
     };
 
     // As the relay runs it: one statement, its own transaction.
-    let got = claims::claim(&pool, &queries, &claim(&ClaimCursor::new()))
-        .await
-        .unwrap();
+    let got = claims::claim(&pool, &queries, &claim()).await.unwrap();
     assert_eq!(got.rows.len(), 1);
     let conn = pool.get().await.unwrap();
     assert_eq!(
@@ -345,9 +344,7 @@ async fn a_claim_commits_asynchronously_and_leaves_its_session_as_it_was() {
     // Inside a transaction the setting is visible: it is the claim's, until the commit.
     conn.batch_execute("BEGIN").await.unwrap();
     drop(conn);
-    let got = claims::claim(&pool, &queries, &claim(&ClaimCursor::new()))
-        .await
-        .unwrap();
+    let got = claims::claim(&pool, &queries, &claim()).await.unwrap();
     assert_eq!(got.rows.len(), 1, "the second row");
     let conn = pool.get().await.unwrap();
     assert_eq!(
