@@ -198,8 +198,7 @@ impl FileConfig {
     /// (`env:`/`file:`): what a reader of the file learns. A database URL counts when it
     /// holds a password.
     fn literal_secrets(&self) -> Vec<String> {
-        let literal =
-            |v: Option<&str>| v.is_some_and(|v| !v.is_empty() && !secret::is_reference(v));
+        let literal = |v: Option<&str>| v.is_some_and(secret::is_literal);
         let mut keys = Vec::new();
         if self
             .database_url

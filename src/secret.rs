@@ -113,6 +113,12 @@ pub fn is_reference(value: &str) -> bool {
     value.starts_with("env:") || value.starts_with("file:")
 }
 
+/// Whether a config value is a secret written in the file itself: set, and not a reference.
+/// What a reader of the file learns (see the warning about a config file's mode).
+pub fn is_literal(value: &str) -> bool {
+    !value.is_empty() && !is_reference(value)
+}
+
 /// Whether a database URL as written holds a password itself (not an `env:`/`file:`
 /// reference to one). Both URL and `key=value` forms.
 pub fn holds_password(database_url: &str) -> bool {

@@ -62,10 +62,7 @@ impl FileNats {
             ("secret", &self.secret),
         ]
         .into_iter()
-        .filter(|(_, v)| {
-            v.as_deref()
-                .is_some_and(|v| !v.is_empty() && !crate::secret::is_reference(v))
-        })
+        .filter(|(_, v)| v.as_deref().is_some_and(crate::secret::is_literal))
         .map(|(k, _)| format!("nats[{i}].{k}"))
         .collect()
     }

@@ -20,9 +20,7 @@ pub(super) fn literal_broker_secrets(
         found.push(format!("{section}[{i}].url"));
     }
     for (k, v) in keys {
-        if v.as_deref()
-            .is_some_and(|v| !v.is_empty() && !secret::is_reference(v))
-        {
+        if v.as_deref().is_some_and(secret::is_literal) {
             found.push(format!("{section}[{i}].{k}"));
         }
     }

@@ -31,8 +31,7 @@ pub(super) struct FileWebhook {
 impl FileWebhook {
     /// The key whose secret is written in the file itself (see `literal_secrets`).
     pub(super) fn literal_secrets(&self, i: usize) -> Vec<String> {
-        let literal = !self.secret.is_empty() && !secret::is_reference(&self.secret);
-        literal
+        secret::is_literal(&self.secret)
             .then(|| format!("webhook[{i}].secret"))
             .into_iter()
             .collect()
