@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# What the sweep below the claim cursor costs while a snapshot is held open (issue 14): the
-# dead index entries claims leave behind stay until the snapshot ends, and every sweep
-# re-reads them. A fresh database, `outbox-relay migrate`, a REPEATABLE READ transaction
-# holding its snapshot, then rows inserted, claimed and completed 10,000 at a time up to each
-# size in SIZES; at each size the sweep's statement (as `Queries::sweep` renders it, from the
-# top of the stream) under EXPLAIN ANALYZE, REPS times. The database is dropped at the end.
+# What the sweep below the claim cursor and the queue counts (the `/metrics` gauges and the
+# dashboard's overview) cost while a snapshot is held open (issue 14): the dead index entries
+# claims leave behind stay until the snapshot ends, and both re-read them. A fresh database,
+# `outbox-relay migrate`, a REPEATABLE READ transaction holding its snapshot, then rows
+# inserted, claimed and completed 10,000 at a time up to each size in SIZES; at each size the
+# sweep's statement (as `Queries::sweep` renders it, from the top of the stream) and the
+# queue counts' (as `queries::queue_read` renders it) under EXPLAIN ANALYZE, REPS times each.
+# The relay spaces both out to at most a twentieth of the time (`background::spaced`). The
+# database is dropped at the end.
 #
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres bench/sweep_cost.sh
 #
@@ -44,7 +47,21 @@ SELECT ARRAY(SELECT DISTINCT stream_xid::text FROM (
     awk '/Execution Time/ {print $3}'
 }
 
-echo "dead_rows ms_per_sweep"
+# The queue counts, as `queries::queue_read` renders them.
+queue() {
+  local fresh="status = 'PENDING' AND claim_token IS NULL"
+  local due="status = 'PENDING' AND (claim_token IS NOT NULL OR stream_xid IS NULL OR stream_seq IS NULL)"
+  psql -Atq "$url" -c "EXPLAIN (ANALYZE, BUFFERS)
+SELECT (SELECT count(*) FROM \"OutboxEvent\" WHERE $fresh) + (SELECT count(*) FROM \"OutboxEvent\" WHERE $due),
+       (SELECT count(*) FROM \"OutboxEvent\" WHERE status = 'PROCESSING' AND lease_expires_at IS NOT NULL),
+       (SELECT count(*) FROM \"OutboxEvent\" WHERE status = 'FAILED'),
+       ((SELECT (extract(epoch FROM now()) - extract(epoch FROM least(
+           (SELECT min(created_at) FROM \"OutboxEvent\" WHERE $fresh),
+           (SELECT min(created_at) FROM \"OutboxEvent\" WHERE $due))))::float8))" |
+    awk '/Execution Time/ {print $3}'
+}
+
+echo "dead_rows ms_per_sweep ms_per_queue_count"
 have=0
 for n in $SIZES; do
   while ((have < n)); do
@@ -58,7 +75,10 @@ for n in $SIZES; do
     have=$((have + 10000))
   done
   top=$(psql -Atq "$url" -c 'SELECT max(stream_xid)::text FROM "OutboxEvent"')
-  times=()
-  for _ in $(seq 1 "$REPS"); do times+=("$(sweep "$top")"); done
-  echo "$n ${times[*]}"
+  sweeps=() counts=()
+  for _ in $(seq 1 "$REPS"); do
+    sweeps+=("$(sweep "$top")")
+    counts+=("$(queue)")
+  done
+  echo "$n ${sweeps[*]} ${counts[*]}"
 done

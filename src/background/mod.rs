@@ -19,6 +19,19 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How many times its own duration a read waits before it runs again, at least.
+pub const SLOW_READ_SPACING: u32 = 20;
+
+/// When a periodic read may run again, `took` after the last one started: its `period`, or
+/// [`SLOW_READ_SPACING`] times what it took, whichever is longer. Reads that walk index
+/// entries vacuum has not removed (the sweep below the claim cursor, the queue counts) grow
+/// without bound while a snapshot is held open (`bench/sweep_cost.sh` measures both). Spaced
+/// out this way they take at most a twentieth of one connection's time, however old the
+/// snapshot, and run at their period again once it ends.
+pub fn spaced(period: Duration, took: Duration) -> Duration {
+    period.max(took.saturating_mul(SLOW_READ_SPACING))
+}
+
 /// A periodic service, run by [`run`] after claim rounds.
 pub trait Service: Send + 'static {
     /// What one run did, for the log and for tests.
@@ -143,6 +156,18 @@ mod tests {
             anyhow::ensure!(n != 2, "second run fails");
             Ok(n)
         }
+    }
+
+    #[test]
+    fn a_slow_read_waits_twenty_times_what_it_took_and_a_fast_one_its_period() {
+        let period = Duration::from_secs(10);
+        assert_eq!(spaced(period, Duration::from_millis(90)), period);
+        assert_eq!(spaced(period, Duration::from_millis(500)), period);
+        assert_eq!(
+            spaced(period, Duration::from_secs(2)),
+            Duration::from_secs(40)
+        );
+        assert_eq!(spaced(period, Duration::MAX), Duration::MAX, "no overflow");
     }
 
     /// Lets the spawned service react to what just happened.

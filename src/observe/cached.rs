@@ -1,6 +1,9 @@
 //! A value read from the database at most once per period, however many callers ask:
 //! concurrent callers wait for the one read in progress instead of each running their own.
-//! The queue gauges of `/metrics` and the dashboard's overview use it.
+//! The queue gauges of `/metrics` and the dashboard's overview use it. A read that took
+//! long is kept longer ([`crate::background::spaced`]): the queue counts walk index entries
+//! that a snapshot held open keeps from vacuum, and must not take a scraper's every
+//! interval.
 
 use std::time::Duration;
 
@@ -8,8 +11,8 @@ use tokio::sync::Mutex;
 // tokio's clock, so that paused-time tests can move it.
 use tokio::time::Instant;
 
-/// The last value read and when.
-pub struct Cached<T>(Mutex<Option<(Instant, T)>>);
+/// The last value read, when the read ended, and how long it took.
+pub struct Cached<T>(Mutex<Option<(Instant, Duration, T)>>);
 
 impl<T> Default for Cached<T> {
     fn default() -> Self {
@@ -18,22 +21,24 @@ impl<T> Default for Cached<T> {
 }
 
 impl<T: Clone> Cached<T> {
-    /// The value, read again with `refresh` when older than `max_age`. None when that read
-    /// fails (logged at debug as `what`): a stale value would pass for a current one.
+    /// The value, read again with `refresh` when older than `max_age` (or, after a slow read,
+    /// than [`crate::background::spaced`] allows). None when that read fails (logged at
+    /// debug as `what`): a stale value would pass for a current one.
     pub async fn get<F, Fut>(&self, max_age: Duration, what: &str, refresh: F) -> Option<T>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<T>>,
     {
         let mut slot = self.0.lock().await;
-        if let Some((at, v)) = &*slot {
-            if at.elapsed() < max_age {
+        if let Some((at, took, v)) = &*slot {
+            if at.elapsed() < crate::background::spaced(max_age, *took) {
                 return Some(v.clone());
             }
         }
+        let started = Instant::now();
         match refresh().await {
             Ok(v) => {
-                *slot = Some((Instant::now(), v.clone()));
+                *slot = Some((Instant::now(), started.elapsed(), v.clone()));
                 Some(v)
             }
             Err(e) => {
@@ -53,10 +58,15 @@ mod tests {
 
     const AGE: Duration = Duration::from_secs(5);
 
-    /// Counts its reads; each takes a second, so concurrent callers overlap it.
-    async fn read(reads: &AtomicUsize) -> anyhow::Result<usize> {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    /// Counts its reads; each takes `took`, so concurrent callers overlap it.
+    async fn read_taking(reads: &AtomicUsize, took: Duration) -> anyhow::Result<usize> {
+        tokio::time::sleep(took).await;
         Ok(reads.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// A read that takes 100 ms: 20 times that is within [`AGE`].
+    async fn read(reads: &AtomicUsize) -> anyhow::Result<usize> {
+        read_taking(reads, Duration::from_millis(100)).await
     }
 
     #[tokio::test(start_paused = true)]
@@ -83,6 +93,24 @@ mod tests {
             assert_eq!(h.await.unwrap(), Some(2));
         }
         assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_read_is_kept_twenty_times_as_long_as_it_took() {
+        let cached = Cached::<usize>::default();
+        let reads = AtomicUsize::new(0);
+        let slow = || read_taking(&reads, Duration::from_secs(2));
+        assert_eq!(cached.get(AGE, "test", slow).await, Some(1));
+        // Past AGE, but not past 20 x 2 s since the read ended: no read.
+        tokio::time::advance(Duration::from_secs(39)).await;
+        assert_eq!(cached.get(AGE, "test", slow).await, Some(1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(cached.get(AGE, "test", slow).await, Some(2));
+        // A fast read brings the period back to AGE.
+        tokio::time::advance(Duration::from_secs(40)).await;
+        assert_eq!(cached.get(AGE, "test", || read(&reads)).await, Some(3));
+        tokio::time::advance(AGE).await;
+        assert_eq!(cached.get(AGE, "test", || read(&reads)).await, Some(4));
     }
 
     #[tokio::test(start_paused = true)]

@@ -200,6 +200,7 @@ impl Relay {
                 }
                 Err(e) => {
                     self.health.database.store(false, Ordering::Release);
+                    sweep.database_failed();
                     let delay = failures.failed().min(poll);
                     if !crate::db::server::is_read_only(&e) {
                         crate::incident_failed!(claims, error = format!("{e:#}"), retry_in = ?delay, "claim failed; retrying");
@@ -449,20 +450,34 @@ impl Relay {
 /// claims go on meanwhile.
 #[derive(Default)]
 struct Sweep {
-    running: Option<tokio::task::JoinHandle<anyhow::Result<Swept>>>,
+    /// The sweep in progress, which returns what it found and how long it took.
+    running: Option<tokio::task::JoinHandle<anyhow::Result<(Swept, Duration)>>>,
+    /// When the last sweep started, and how long the last one that finished took.
     last: Option<tokio::time::Instant>,
+    took: Duration,
 }
 
 impl Sweep {
+    /// A claim failed: the database may have crashed or failed over, undoing claims the
+    /// sweep exists to find, and the snapshot that made the last sweep slow may be gone with
+    /// it. The next sweep runs at its period.
+    fn database_failed(&mut self) {
+        self.took = Duration::ZERO;
+    }
+
     /// Called each claim round: hands a finished sweep's findings to the cursor, and starts
-    /// the next one once `every` has passed since the last.
+    /// the next one once `every` has passed since the last, or, after a slow sweep (one
+    /// that walked the dead entries a snapshot held open keeps), twenty times what it took
+    /// ([`background::spaced`]). Rows a sweep exists for (put back by an older release,
+    /// claims a database crash undid) then wait longer to be found, never forever.
     fn round(&mut self, relay: &Relay, cursor: &mut ClaimCursor, every: Duration) {
         if self.running.as_ref().is_some_and(|h| h.is_finished()) {
             let done = self.running.take().expect("checked");
             match futures_util::FutureExt::now_or_never(done)
                 .map(|r| r.map_err(anyhow::Error::from))
             {
-                Some(Ok(Ok(Swept { strays, lapsed }))) => {
+                Some(Ok(Ok((Swept { strays, lapsed }, took)))) => {
+                    self.took = took;
                     if !strays.is_empty() || lapsed.is_some() {
                         tracing::info!(
                             transactions = strays.len(),
@@ -478,7 +493,7 @@ impl Sweep {
                 None => {}
             }
         }
-        let due = self.last.is_none_or(|at| at.elapsed() >= every);
+        let due = (self.last).is_none_or(|at| at.elapsed() >= background::spaced(every, self.took));
         let Some(((xid, seq), floor)) = cursor.sweep_bounds().filter(|_| due) else {
             return;
         };
@@ -492,11 +507,20 @@ impl Sweep {
             relay.wake.clone(),
         );
         self.running = Some(tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
             let swept = claims::sweep(&pool, &queries, (xid, seq), floor).await?;
+            let took = started.elapsed();
+            if background::spaced(every, took) > every {
+                tracing::debug!(
+                    took_ms = took.as_millis() as u64,
+                    next_in_s = background::spaced(every, took).as_secs(),
+                    "slow sweep below the claim cursor (a snapshot held open?); spacing it out"
+                );
+            }
             if !swept.strays.is_empty() || swept.lapsed.is_some() {
                 wake.notify_one(); // the claim loop takes the findings in its next round
             }
-            Ok(swept)
+            Ok((swept, took))
         }));
     }
 }
