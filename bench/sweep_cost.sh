@@ -4,8 +4,8 @@
 # claims leave behind stay until the snapshot ends, and both re-read them. A fresh database,
 # `outbox-relay migrate`, a REPEATABLE READ transaction holding its snapshot, then rows
 # inserted, claimed and completed 10,000 at a time up to each size in SIZES; at each size the
-# sweep's statement (as `Queries::sweep` renders it, from the top of the stream) and the
-# queue counts' (as `queries::queue_read` renders it) under EXPLAIN ANALYZE, REPS times each.
+# sweep's statement (from the top of the stream) and the queue counts' under EXPLAIN
+# ANALYZE, REPS times each, as the relay prepares them (`outbox-relay statements`).
 # The relay spaces both out to at most a twentieth of the time (`background::spaced`). The
 # database is dropped at the end.
 #
@@ -34,32 +34,17 @@ exec 3> >(psql -Atq "$url" >/dev/null)
 echo 'BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM "OutboxEvent";' >&3
 sleep 1
 
-sweep() {
-  psql -Atq "$url" -c "EXPLAIN (ANALYZE, BUFFERS)
-SELECT ARRAY(SELECT DISTINCT stream_xid::text FROM (
-           SELECT stream_xid FROM \"OutboxEvent\"
-            WHERE status = 'PENDING' AND claim_token IS NULL
-              AND (stream_xid, stream_seq) <= ('$1'::xid8, 9223372036854775807::int8)
-            LIMIT 1000) AS s),
-       extract(epoch FROM (SELECT min(lease_expires_at) FROM \"OutboxEvent\"
-                            WHERE status = 'PROCESSING'
-                              AND lease_expires_at <= now()))::float8" |
+# A statement as the relay prepares it (`outbox-relay statements NAME`), executed with
+# arguments $2 under EXPLAIN ANALYZE; prints the execution time in ms.
+explain() {
+  local sql
+  sql=$(DATABASE_URL=$url "$BIN" statements "$1")
+  psql -Atq "$url" -c "PREPARE s AS $sql" -c "EXPLAIN (ANALYZE, BUFFERS) EXECUTE s$2" |
     awk '/Execution Time/ {print $3}'
 }
-
-# The queue counts, as `queries::queue_read` renders them.
-queue() {
-  local fresh="status = 'PENDING' AND claim_token IS NULL"
-  local due="status = 'PENDING' AND (claim_token IS NOT NULL OR stream_xid IS NULL OR stream_seq IS NULL)"
-  psql -Atq "$url" -c "EXPLAIN (ANALYZE, BUFFERS)
-SELECT (SELECT count(*) FROM \"OutboxEvent\" WHERE $fresh) + (SELECT count(*) FROM \"OutboxEvent\" WHERE $due),
-       (SELECT count(*) FROM \"OutboxEvent\" WHERE status = 'PROCESSING' AND lease_expires_at IS NOT NULL),
-       (SELECT count(*) FROM \"OutboxEvent\" WHERE status = 'FAILED'),
-       ((SELECT (extract(epoch FROM now()) - extract(epoch FROM least(
-           (SELECT min(created_at) FROM \"OutboxEvent\" WHERE $fresh),
-           (SELECT min(created_at) FROM \"OutboxEvent\" WHERE $due))))::float8))" |
-    awk '/Execution Time/ {print $3}'
-}
+# The sweep from the top of the stream, leases up to now.
+sweep() { explain sweep "('$1', 9223372036854775807, extract(epoch FROM now()))"; }
+queue() { explain queue_counts ""; }
 
 echo "dead_rows ms_per_sweep ms_per_queue_count"
 have=0

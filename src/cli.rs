@@ -147,6 +147,16 @@ pub enum Command {
         #[arg(long, default_value = "{}")]
         payload: String,
     },
+    /// Print the SQL the relay runs on the table, as it prepares it ($1, $2... are the
+    /// parameters), for review or EXPLAIN. Reads the table's shape; changes nothing.
+    Statements {
+        /// Print only this statement, bare, for scripts (`--list` names them).
+        #[arg(value_name = "NAME", conflicts_with = "list")]
+        name: Option<String>,
+        /// Print the statements' names.
+        #[arg(long)]
+        list: bool,
+    },
     /// Self-contained demo: database, relay, sample receiver and sample events. From a
     /// --config file it takes only `[http] listen` and `database_url`.
     Dev {

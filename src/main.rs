@@ -159,6 +159,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             commands::publish(&cfg, &e).await.map(drop)
         }
+        Command::Statements { name, list } => {
+            commands::statements(&cfg, name.as_deref(), list).await
+        }
         Command::CheckConfig => {
             println!(
                 "config OK: table {}, sinks: {}, listen {}, poll every {}",
@@ -200,6 +203,7 @@ fn needs(command: &Command) -> Needs {
         | Command::Resume { .. }
         | Command::Replay { .. }
         | Command::Publish { .. }
+        | Command::Statements { .. }
         | Command::Dev { .. } => Needs::Database,
         Command::Keygen { .. } => Needs::Nothing,
     }

@@ -1,4 +1,4 @@
-//! The one-shot commands: migrate, status, retry, skip, purge, publish (and `dev` in its
+//! The one-shot commands: migrate, status, retry, skip, purge, publish, statements (and `dev` in its
 //! module). Each opens a checked connection, runs the operation in [`crate::db::admin`]
 //! (which the dashboard shares) and prints what it did.
 
@@ -123,6 +123,28 @@ pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
         "a runtime role that is neither superuser nor owner: `outbox-relay migrate \
          --print-grants ROLE` prints its GRANTs"
     );
+    Ok(())
+}
+
+/// `statements [NAME | --list]`: the relay's SQL for this table and config (its shape decides
+/// id casts and clocks, its ordered types the claim's gate).
+pub async fn statements(cfg: &Config, name: Option<&str>, list: bool) -> anyhow::Result<()> {
+    let client = db::connect(cfg.database_url.get()).await?;
+    let settings = cfg.table_settings();
+    let shape = shape::inspect(&client, &settings.qualified_table()).await?;
+    let all = Queries::for_table(&settings, &shape).named();
+    match name {
+        _ if list => all.iter().for_each(|(n, _)| println!("{n}")),
+        Some(name) => {
+            let (_, sql) = all.iter().find(|(n, _)| *n == name).with_context(|| {
+                format!("no statement named {name:?}; `outbox-relay statements --list` names them")
+            })?;
+            println!("{}", sql.trim());
+        }
+        None => all
+            .iter()
+            .for_each(|(n, sql)| println!("-- {n}\n{};\n", sql.trim())),
+    }
     Ok(())
 }
 

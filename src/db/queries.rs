@@ -533,6 +533,45 @@ impl Queries {
         )
     }
 
+    /// Every statement by name, as `outbox-relay statements` prints them: for a DBA's review
+    /// and EXPLAIN, and for the benches, which run these rather than copies. The queue
+    /// counts ([`queue_read`]) are among them.
+    pub fn named(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("claim", self.claim.clone()),
+            ("record", self.record.clone()),
+            ("extend", self.extend.clone()),
+            ("next_due", self.next_due.clone()),
+            ("sweep", self.sweep.clone()),
+            ("fail_unknown", self.fail_unknown.clone()),
+            ("status_counts", self.status_counts.clone()),
+            ("oldest_pending", self.oldest_pending.clone()),
+            ("retry_ids", self.retry_ids.clone()),
+            ("retry_failed", self.retry_failed.clone()),
+            ("skip_ids", self.skip_ids.clone()),
+            ("blocked_keys", self.blocked_keys.clone()),
+            ("purge", self.purge.clone()),
+            ("replay_count", self.replay_count.clone()),
+            ("replay", self.replay.clone()),
+            ("publish", self.publish.clone()),
+            ("stream_read", self.stream_read.clone()),
+            ("paused_list", self.paused_list.clone()),
+            ("pause", self.pause.clone()),
+            ("resume", self.resume.clone()),
+            ("release_held", self.release_held.clone()),
+            ("release_stale", self.release_stale.clone()),
+            ("circuit_open", self.circuit_open.clone()),
+            ("circuit_probe", self.circuit_probe.clone()),
+            ("circuit_probe_failed", self.circuit_probe_failed.clone()),
+            ("circuit_close", self.circuit_close.clone()),
+            ("circuit_held", self.circuit_held.clone()),
+            ("circuit_claim_held", self.circuit_claim_held.clone()),
+            ("audit_insert", self.audit_insert.clone()),
+            ("audit_list", self.audit_list.clone()),
+            ("queue_counts", queue_read(&self.table)),
+        ]
+    }
+
     /// `paused_table`, `audit_table`: quoted and qualified. `ordered_types`: LIKE patterns of the event
     /// types delivered in entity order ([`TableSettings::ordered_types`]); empty for none.
     pub fn new(
@@ -690,31 +729,11 @@ mod tests {
                 &TableShape::standard(),
                 &ordered,
             );
-            for sql in [
-                &q.claim,
-                &q.record,
-                &q.extend,
-                &q.next_due,
-                &q.sweep,
-                &q.fail_unknown,
-                &q.publish,
-                &q.stream_read,
-                &q.blocked_keys,
-                &q.skip_ids,
-                &q.release_held,
-                &q.release_stale,
-                &q.pause,
-                &q.paused_list,
-                &q.circuit_open,
-                &q.circuit_probe,
-                &q.circuit_probe_failed,
-                &q.circuit_close,
-                &q.circuit_held,
-                &q.circuit_claim_held,
-                &q.purge,
-                &q.oldest_pending,
-            ] {
-                assert!(!sql.contains('{'), "unrendered placeholder in {sql}");
+            for (name, sql) in q.named() {
+                assert!(
+                    !sql.contains('{'),
+                    "unrendered placeholder in {name}: {sql}"
+                );
             }
             assert_eq!(q.claim.contains("EXISTS"), !ordered.is_empty());
         }

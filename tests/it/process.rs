@@ -677,6 +677,76 @@ async fn migrate_print_is_applicable_sql() {
     }
 }
 
+/// `outbox-relay statements ARGS --config CFG`, asserting exit 0; its stdout.
+async fn statements_cli(cfg: &str, args: &[&str]) -> String {
+    let mut all = vec!["statements"];
+    all.extend(args);
+    all.extend(["--config", cfg]);
+    let (status, out, err) = run_to_end("statements", relay_cmd(&all)).await;
+    assert_eq!(status.code(), Some(0), "{args:?}: {err}");
+    out
+}
+
+/// `statements` prints the SQL the relay prepares: each statement by name (what the benches
+/// run, and what a DBA EXPLAINs) is accepted by PostgreSQL for the migrated table, with and
+/// without entity order (whose claim differs); the full listing holds them all; a name it
+/// does not have is an error that says where the names are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_printed_as_the_relay_prepares_them() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let ordered = format!(
+        "[[webhook]]\nname = \"main\"\nurl = \"http://127.0.0.1:9/hook\"\n\
+         secret = \"{SECRET}\"\nordering = \"entity\"\n"
+    );
+    for extra in ["", &ordered] {
+        let file = db.migrated_config_file(extra).await;
+        let cfg = path_str(&file);
+        let names = statements_cli(cfg, &["--list"]).await;
+        let names: Vec<&str> = names.lines().collect();
+        for must in ["claim", "record", "sweep", "queue_counts", "stream_read"] {
+            assert!(names.contains(&must), "{must} missing from {names:?}");
+        }
+        let listing = statements_cli(cfg, &[]).await;
+        let headers: Vec<&str> = listing
+            .lines()
+            .filter_map(|l| l.strip_prefix("-- "))
+            .collect();
+        assert_eq!(
+            headers, names,
+            "the listing names the statements in --list's order"
+        );
+        for name in &names {
+            let sql = statements_cli(cfg, &[name]).await;
+            assert!(
+                listing.contains(sql.trim()),
+                "{name} alone differs from the listing"
+            );
+            if let Err(e) = client.prepare(&sql).await {
+                panic!("{name} does not prepare on the migrated table ({extra:?}): {e}\n{sql}");
+            }
+            if *name == "claim" {
+                assert_eq!(
+                    sql.contains("EXISTS"),
+                    !extra.is_empty(),
+                    "entity order's gate"
+                );
+            }
+        }
+    }
+    let file = db.config_file("");
+    let (status, out, err) = run_to_end(
+        "statements nope",
+        relay_cmd(&["statements", "nope", "--config", path_str(&file)]),
+    )
+    .await;
+    assert_ne!(status.code(), Some(0), "{out}");
+    assert!(
+        err.contains("no statement named \"nope\"") && err.contains("--list"),
+        "{err}"
+    );
+}
+
 /// Issue 17.6: a secret only `run` uses (SSE's token secret, a webhook's) is not read by the
 /// commands that do not use it, so they run where its variable is not set; `run` and
 /// `check-config` still stop with exit 2 naming it.
