@@ -13,6 +13,9 @@
 #             btree on (stream_xid, stream_seq) to claim by position: the updates can be HOT
 #             where the page has room
 #   hot_ff80  hot with fillfactor 80 on the table, so that pages keep room for them
+#   today_ff80, today_ff50  today with fillfactor 80 or 50: updates that are not HOT but
+#             land on the same page log only the bytes that changed (PostgreSQL's prefix
+#             and suffix compression of an update's WAL record)
 # "hot" drops what leases, retries, retention and dead letters need: it bounds what a
 # design that keeps every update HOT could win, it is not one. Prints, per variant and
 # round, app inserts/s, events the loop completed per second, PostgreSQL's CPU time per
@@ -72,7 +75,9 @@ DO $$ DECLARE i text; BEGIN
 CREATE INDEX ON "OutboxEvent" (stream_xid, stream_seq);
 SQL
 )
-declare -A SETUP=([today]="" [hot]="$HOT" [hot_ff80]="$HOT; ALTER TABLE \"OutboxEvent\" SET (fillfactor = 80)")
+FF='ALTER TABLE "OutboxEvent" SET (fillfactor = '
+declare -A SETUP=([today]="" [hot]="$HOT" [hot_ff80]="$HOT; ${FF}80)" [today_ff80]="${FF}80)"
+  [today_ff50]="${FF}50)")
 VARIANTS=(${VARIANTS:-plain today hot hot_ff80})
 echo "# bench/hot_claims.sh ROUNDS=$ROUNDS SECS=$SECS CLIENTS=$CLIENTS $(date -u +%FT%TZ) $(git -C "$ROOT" describe --always --dirty)"
 echo "# RATE=${RATE:-unlimited}; server: $(psql -Atq "$DATABASE_URL" -c 'select version()' | cut -d' ' -f1-2), synchronous_commit=$(psql -Atq "$DATABASE_URL" -c 'show synchronous_commit')"
