@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 /// How many times its own duration a read waits before it runs again, at least.
 pub const SLOW_READ_SPACING: u32 = 20;
 
-/// When a periodic read may run again, `took` after the last one started: its `period`, or
-/// [`SLOW_READ_SPACING`] times what it took, whichever is longer. Reads that walk index
+/// How long after its last run a periodic read may run again: its `period`, or
+/// [`SLOW_READ_SPACING`] times what the last run took (`took`), whichever is longer. Reads that walk index
 /// entries vacuum has not removed (the sweep below the claim cursor, the queue counts) grow
 /// without bound while a snapshot is held open (`bench/sweep_cost.sh` measures both). Spaced
 /// out this way they take at most a twentieth of one connection's time, however old the
