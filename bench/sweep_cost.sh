@@ -12,14 +12,15 @@
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres bench/sweep_cost.sh
 #
 # Environment: SIZES="100000 300000 600000" (multiples of 10,000), REPS=2,
-# BIN=target/release/outbox-relay (built if missing).
+# BIN (default: target/release/outbox-relay, built or brought up to date first).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 : "${DATABASE_URL:?set DATABASE_URL to a server to use (it creates and drops its own database)}"
 SIZES=${SIZES:-100000 300000 600000}
 REPS=${REPS:-2}
+# Built (or brought up to date) unless BIN names one: the script runs its `statements`.
+[[ -n ${BIN:-} ]] || (cd "$ROOT" && cargo build --release --bin outbox-relay >&2)
 BIN=${BIN:-$ROOT/target/release/outbox-relay}
-[[ -x $BIN ]] || (cd "$ROOT" && cargo build --release --bin outbox-relay >&2)
 base=${DATABASE_URL%/*}
 db=relay_sweep_cost
 url=$base/$db
