@@ -128,15 +128,6 @@ async fn publish_as(
         .get(0)
 }
 
-/// Runs a CLI command of the relay to its end; returns stdout, asserting exit 0.
-async fn cli(config: &tempfile::NamedTempFile, args: &[&str]) -> String {
-    let mut all = args.to_vec();
-    all.extend(["--config", path_str(config)]);
-    let (status, out, err) = run_to_end("cli", relay_cmd(&all)).await;
-    assert!(status.success(), "{args:?}: {status}\n{err}");
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_head_blocks_only_its_key_until_it_is_skipped_or_retried() {
     let db = TestDb::new().await;

@@ -677,16 +677,6 @@ async fn migrate_print_is_applicable_sql() {
     }
 }
 
-/// `outbox-relay statements ARGS --config CFG`, asserting exit 0; its stdout.
-async fn statements_cli(cfg: &str, args: &[&str]) -> String {
-    let mut all = vec!["statements"];
-    all.extend(args);
-    all.extend(["--config", cfg]);
-    let (status, out, err) = run_to_end("statements", relay_cmd(&all)).await;
-    assert_eq!(status.code(), Some(0), "{args:?}: {err}");
-    out
-}
-
 /// `statements` prints the SQL the relay prepares: each statement by name (what the benches
 /// run, and what a DBA EXPLAINs) is accepted by PostgreSQL for the migrated table, with and
 /// without entity order (whose claim differs); the full listing holds them all; a name it
@@ -701,13 +691,12 @@ async fn statements_are_printed_as_the_relay_prepares_them() {
     );
     for extra in ["", &ordered] {
         let file = db.migrated_config_file(extra).await;
-        let cfg = path_str(&file);
-        let names = statements_cli(cfg, &["--list"]).await;
+        let names = cli(&file, &["statements", "--list"]).await;
         let names: Vec<&str> = names.lines().collect();
         for must in ["claim", "record", "sweep", "queue_counts", "stream_read"] {
             assert!(names.contains(&must), "{must} missing from {names:?}");
         }
-        let listing = statements_cli(cfg, &[]).await;
+        let listing = cli(&file, &["statements"]).await;
         let headers: Vec<&str> = listing
             .lines()
             .filter_map(|l| l.strip_prefix("-- "))
@@ -717,7 +706,7 @@ async fn statements_are_printed_as_the_relay_prepares_them() {
             "the listing names the statements in --list's order"
         );
         for name in &names {
-            let sql = statements_cli(cfg, &[name]).await;
+            let sql = cli(&file, &["statements", name]).await;
             assert!(
                 listing.contains(sql.trim()),
                 "{name} alone differs from the listing"

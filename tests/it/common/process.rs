@@ -201,6 +201,16 @@ pub async fn run_to_end(name: &str, cmd: Command) -> (ExitStatus, String, String
     (status, p.stdout(), p.stderr())
 }
 
+/// Runs a CLI command of the relay with `--config` to its end; returns stdout, asserting
+/// exit 0.
+pub async fn cli(config: &NamedTempFile, args: &[&str]) -> String {
+    let mut all = args.to_vec();
+    all.extend(["--config", path_str(config)]);
+    let (status, out, err) = run_to_end("cli", relay_cmd(&all)).await;
+    assert!(status.success(), "{args:?}: {status}\n{err}");
+    out
+}
+
 /// The secret as configured and its base64 key part: neither may appear in any output.
 pub fn assert_no_secret(who: &str, text: &str) {
     let key = SECRET.trim_start_matches("whsec_");
