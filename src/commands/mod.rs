@@ -20,11 +20,16 @@ use crate::db::{self, migrate, shape};
 /// Connects, checks the role's privileges for `what`, and reads the table's shape.
 async fn open(cfg: &Config, what: Use) -> anyhow::Result<(tokio_postgres::Client, Queries)> {
     let client = db::connect(cfg.database_url.get()).await?;
+    privileges::check(&client, &cfg.table_settings(), what).await?;
+    let q = queries(&client, cfg).await?;
+    Ok((client, q))
+}
+
+/// The statements for the config's table, as its shape (read on `client`) renders them.
+async fn queries(client: &tokio_postgres::Client, cfg: &Config) -> anyhow::Result<Queries> {
     let settings = cfg.table_settings();
-    privileges::check(&client, &settings, what).await?;
-    let table = settings.qualified_table();
-    let shape = shape::inspect(&client, &table).await?;
-    Ok((client, Queries::for_table(&settings, &shape)))
+    let shape = shape::inspect(client, &settings.qualified_table()).await?;
+    Ok(Queries::for_table(&settings, &shape))
 }
 
 /// Who runs this command, for the audit log: the OS user (by uid, not from the
@@ -130,9 +135,7 @@ pub async fn migrate(cfg: &Config, print: bool) -> anyhow::Result<()> {
 /// id casts and clocks, its ordered types the claim's gate).
 pub async fn statements(cfg: &Config, name: Option<&str>, list: bool) -> anyhow::Result<()> {
     let client = db::connect(cfg.database_url.get()).await?;
-    let settings = cfg.table_settings();
-    let shape = shape::inspect(&client, &settings.qualified_table()).await?;
-    let all = Queries::for_table(&settings, &shape).named();
+    let all = queries(&client, cfg).await?.named();
     match name {
         _ if list => all.iter().for_each(|(n, _)| println!("{n}")),
         Some(name) => {
