@@ -452,8 +452,9 @@ impl Relay {
 struct Sweep {
     /// The sweep in progress, which returns what it found and how long it took.
     running: Option<tokio::task::JoinHandle<anyhow::Result<(Swept, Duration)>>>,
-    /// When the last sweep started, and how long the last one that finished took.
+    /// When the last sweep started.
     last: Option<tokio::time::Instant>,
+    /// How long the last sweep that finished took: it spaces out the next.
     took: Duration,
 }
 
@@ -493,7 +494,9 @@ impl Sweep {
                 None => {}
             }
         }
-        let due = (self.last).is_none_or(|at| at.elapsed() >= background::spaced(every, self.took));
+        let due = self
+            .last
+            .is_none_or(|at| at.elapsed() >= background::spaced(every, self.took));
         let Some(((xid, seq), floor)) = cursor.sweep_bounds().filter(|_| due) else {
             return;
         };
@@ -510,10 +513,11 @@ impl Sweep {
             let started = tokio::time::Instant::now();
             let swept = claims::sweep(&pool, &queries, (xid, seq), floor).await?;
             let took = started.elapsed();
-            if background::spaced(every, took) > every {
+            let next = background::spaced(every, took);
+            if next > every {
                 tracing::debug!(
                     took_ms = took.as_millis() as u64,
-                    next_in_s = background::spaced(every, took).as_secs(),
+                    next_in_s = next.as_secs(),
                     "slow sweep below the claim cursor (a snapshot held open?); spacing it out"
                 );
             }
