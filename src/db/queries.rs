@@ -535,41 +535,47 @@ impl Queries {
 
     /// Every statement by name, as `outbox-relay statements` prints them: for a DBA's review
     /// and EXPLAIN, and for the benches, which run these rather than copies. The queue
-    /// counts ([`queue_read`]) are among them.
+    /// counts ([`queue_read`]) are among them. The list destructures `Self` without `..`, so
+    /// a statement added to the struct and not here does not compile.
     pub fn named(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("claim", self.claim.clone()),
-            ("record", self.record.clone()),
-            ("extend", self.extend.clone()),
-            ("next_due", self.next_due.clone()),
-            ("sweep", self.sweep.clone()),
-            ("fail_unknown", self.fail_unknown.clone()),
-            ("status_counts", self.status_counts.clone()),
-            ("oldest_pending", self.oldest_pending.clone()),
-            ("retry_ids", self.retry_ids.clone()),
-            ("retry_failed", self.retry_failed.clone()),
-            ("skip_ids", self.skip_ids.clone()),
-            ("blocked_keys", self.blocked_keys.clone()),
-            ("purge", self.purge.clone()),
-            ("replay_count", self.replay_count.clone()),
-            ("replay", self.replay.clone()),
-            ("publish", self.publish.clone()),
-            ("stream_read", self.stream_read.clone()),
-            ("paused_list", self.paused_list.clone()),
-            ("pause", self.pause.clone()),
-            ("resume", self.resume.clone()),
-            ("release_held", self.release_held.clone()),
-            ("release_stale", self.release_stale.clone()),
-            ("circuit_open", self.circuit_open.clone()),
-            ("circuit_probe", self.circuit_probe.clone()),
-            ("circuit_probe_failed", self.circuit_probe_failed.clone()),
-            ("circuit_close", self.circuit_close.clone()),
-            ("circuit_held", self.circuit_held.clone()),
-            ("circuit_claim_held", self.circuit_claim_held.clone()),
-            ("audit_insert", self.audit_insert.clone()),
-            ("audit_list", self.audit_list.clone()),
-            ("queue_counts", queue_read(&self.table)),
-        ]
+        macro_rules! named {
+            ($($field:ident),* $(,)?) => {{
+                let Self { $($field,)* table, shape: _ } = self;
+                vec![$((stringify!($field), $field.clone()),)* ("queue_counts", queue_read(table))]
+            }};
+        }
+        named!(
+            claim,
+            record,
+            extend,
+            next_due,
+            sweep,
+            fail_unknown,
+            status_counts,
+            oldest_pending,
+            retry_ids,
+            retry_failed,
+            skip_ids,
+            blocked_keys,
+            purge,
+            replay_count,
+            replay,
+            publish,
+            stream_read,
+            paused_list,
+            pause,
+            resume,
+            release_held,
+            release_stale,
+            circuit_open,
+            circuit_probe,
+            circuit_probe_failed,
+            circuit_close,
+            circuit_held,
+            circuit_claim_held,
+            audit_insert,
+            audit_list,
+        )
     }
 
     /// `paused_table`, `audit_table`: quoted and qualified. `ordered_types`: LIKE patterns of the event
