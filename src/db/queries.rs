@@ -232,7 +232,7 @@ RETURNING id::text";
 /// paused endpoints it waits for.
 ///
 /// The paused set is read and locked once per statement, not once per held row: per row,
-/// a bitmap scan and a row lock for every event held behind an open circuit were about half
+/// a bitmap scan and a row lock for every event held behind an open circuit were about 40 %
 /// of what a held event cost the database beyond a completed one (`bench/work.sh`).
 const RECORD: &str = "
 WITH paused AS MATERIALIZED (
