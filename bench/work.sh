@@ -62,7 +62,7 @@ done
 
 WORK=$(mktemp -d /tmp/outbox-work.XXXXXX)
 chmod 755 "$WORK" && chown postgres "$WORK"  # the cluster writes its log and socket here
-PG_PID='' RELAY_PID='' RECEIVER_PID=''
+RELAY_PID='' RECEIVER_PID=''
 cleanup() {
     set +e
     [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null && wait "$RELAY_PID" 2>/dev/null
@@ -85,7 +85,6 @@ runuser -u postgres -- bash -c "cd '$WORK' && exec valgrind --tool=callgrind --c
     '$PG_BIN/postgres' -D '$WORK/data' -p $PORT -c listen_addresses=127.0.0.1 \
     -c unix_socket_directories='$WORK' -c autovacuum=off -c max_wal_size=4GB \
     -c shared_buffers=256MB -c max_connections=50 >'$WORK/pg.log' 2>&1" &
-PG_PID=$!
 for _ in $(seq 1 120); do psql -tAq "$SERVER" -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 1; done
 psql -tAq "$SERVER" -c 'SELECT 1' >/dev/null || { cat "$WORK/pg.log" >&2; exit 1; }
 
@@ -233,16 +232,24 @@ sys.exit(0 if all(c.get(p,{}).get("unique",0) >= n for p in sys.argv[3:]) else 1
     kill "$RECEIVER_PID"; RECEIVER_PID=''
     psql -q "$SERVER" -c "DROP DATABASE \"$db\" WITH (FORCE)" >/dev/null
     local per=$(( n > 0 ? n : EVENTS ))  # idle: what its timed work adds to each event of a case
-    printf '%-3s %-16s %5s %8s %14s %14s %14s %9s %9s\n' "$b" "$case" "$round" "$wall" \
-        $((relay_ir / per)) $((pg_ir / per)) $(((relay_ir + pg_ir) / per)) "$req_c" "$files"
     LAST_TOTAL=$(((relay_ir + pg_ir) / per)); LAST_WALL=$wall
-    settle
+    printf '%-3s %-16s %5s %8s %14s %14s %14s %9s %9s\n' "$b" "$case" "$round" "$wall" \
+        $((relay_ir / per)) $((pg_ir / per)) "$LAST_TOTAL" "$req_c" "$files"
 }
 
 declare -A TOTAL
 read -ra CASE_LIST <<< "$CASES"
 SLOWEST=0
-pct() { python3 -c 'import sys; a,b=map(int,sys.argv[1:]); print(f"{100*(b-a)/a:+.2f}%")' "$1" "$2"; }
+# cost_line LABEL BASE KEY: LABEL, then KEY's total against BASE's in each round (keys of TOTAL
+# without the round).
+cost_line() {
+    local line="$1:" round
+    for round in $(seq 1 "$ROUNDS"); do
+        line+=" $(python3 -c 'import sys; a,b=map(int,sys.argv[1:]); print(f"{100*(b-a)/a:+.2f}%")' \
+            "${TOTAL[$2,$round]}" "${TOTAL[$3,$round]}")"
+    done
+    echo "$line"
+}
 for round in $(seq 1 "$ROUNDS"); do
     # The order of the binaries and of the cases rotates each round.
     for j in "${!BINS[@]}"; do
@@ -263,12 +270,7 @@ if [[ " $CASES " == *" two_healthy "* ]]; then
     echo "# each case against two_healthy, same binary and round (instructions per event, relay + backends):"
     for b in "${!BINS[@]}"; do
         for c in "${CASE_LIST[@]}"; do
-            [ "$c" = two_healthy ] && continue
-            line="binary $b, $c:"
-            for round in $(seq 1 "$ROUNDS"); do
-                line+=" $(pct "${TOTAL[$b,two_healthy,$round]}" "${TOTAL[$b,$c,$round]}")"
-            done
-            echo "$line"
+            [ "$c" = two_healthy ] || cost_line "binary $b, $c" "$b,two_healthy" "$b,$c"
         done
     done
 fi
@@ -276,11 +278,7 @@ if [ ${#BINS[@]} -gt 1 ]; then
     echo "# each binary against binary 0, same case and round:"
     for b in $(seq 1 $((${#BINS[@]} - 1))); do
         for c in "${CASE_LIST[@]}"; do
-            line="binary $b, $c:"
-            for round in $(seq 1 "$ROUNDS"); do
-                line+=" $(pct "${TOTAL[0,$c,$round]}" "${TOTAL[$b,$c,$round]}")"
-            done
-            echo "$line"
+            cost_line "binary $b, $c" "0,$c" "$b,$c"
         done
     done
 fi

@@ -1114,8 +1114,8 @@ async fn a_lease_extension_does_not_wait_for_a_locked_row() {
 }
 
 /// Every node of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan, depth first.
-fn plan_nodes(plan: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
-    out.push(plan.clone());
+fn plan_nodes<'a>(plan: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+    out.push(plan);
     for child in plan["Plans"].as_array().into_iter().flatten() {
         plan_nodes(child, out);
     }
@@ -1162,7 +1162,7 @@ async fn outcomes_and_lease_extensions_find_their_rows_by_key_whatever_the_stati
     let check = |what: &str, plan: serde_json::Value| {
         let mut nodes = Vec::new();
         plan_nodes(&plan[0]["Plan"], &mut nodes);
-        for node in &nodes {
+        for node in nodes {
             let repeated =
                 node["Node Type"] == "Function Scan" && node["Actual Loops"].as_i64() != Some(1);
             let filtered = node["Rows Removed by Join Filter"].as_i64().unwrap_or(0) > 0;
