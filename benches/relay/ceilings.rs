@@ -154,7 +154,7 @@ async fn db_worker(pool: Pool, q: Arc<Queries>, batch: usize) -> anyhow::Result<
             })
             .collect();
         let t = Instant::now();
-        claims::record(&pool, &q, &outcomes).await?;
+        claims::record(&pool, &q, &outcomes, claims::Locked::Wait).await?;
         w.record += t.elapsed();
         w.records += 1;
         w.rows += outcomes.len() as u64;

@@ -235,11 +235,22 @@ pub struct RowOutcome<'a> {
     pub attempts: Option<String>,
 }
 
+/// How [`record`] meets a row another session holds locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locked {
+    /// Waits for it, up to [`crate::db::queries::RECORD_LOCK_WAIT`]; then the statement
+    /// fails with SQLSTATE 55P03 (lock_not_available) and writes nothing.
+    Wait,
+    /// Leaves it out, unchanged: its id is not among those returned.
+    Skip,
+}
+
 /// Records a batch of outcomes in one fenced UPDATE; returns the ids of the rows it changed.
 pub async fn record(
     pool: &Pool,
     q: &Queries,
     batch: &[RowOutcome<'_>],
+    locked: Locked,
 ) -> anyhow::Result<Vec<String>> {
     let n = batch.len();
     let (mut ids, mut tokens, mut statuses) = (
@@ -271,9 +282,13 @@ pub async fn record(
         delivered.push(o.delivered.join(","));
         logs.push(o.attempts.as_deref());
     }
+    let sql = match locked {
+        Locked::Wait => &q.record,
+        Locked::Skip => &q.record_skip_locked,
+    };
     let rows = crate::db::query(
         pool,
-        &q.record,
+        sql,
         &[
             &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered, &logs, &held_for,
         ],
@@ -283,6 +298,21 @@ pub async fn record(
         .iter()
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()?)
+}
+
+/// Of these claimed rows, those still claimed under their tokens (see
+/// [`crate::db::queries`]' `STILL_CLAIMED`), as (id, token).
+pub async fn still_claimed(
+    pool: &Pool,
+    q: &Queries,
+    rows: &[(&str, Uuid)],
+) -> anyhow::Result<Vec<(String, Uuid)>> {
+    let (ids, tokens): (Vec<&str>, Vec<Uuid>) = rows.iter().copied().unzip();
+    let rows = crate::db::query(pool, &q.still_claimed, &[&ids, &tokens]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?)
 }
 
 /// Extends the leases of the rows held under these tokens; returns how many it extended.

@@ -51,6 +51,10 @@ const HELD_FOR: &str = "coalesce(held_for, ARRAY['*'::text])";
 /// database is slow). Against an unknown value it counts on a share of the table and looks
 /// each row up by its key.
 const IN_FLIGHT: &str = "(SELECT 'PROCESSING'::{st})";
+/// Row `e` is batch entry `u`'s (u.id, u.token) and still claimed under that token: not
+/// fenced out by a lapsed lease and a claim since. What [`RECORD`], [`EXTEND`] and
+/// [`STILL_CLAIMED`] find a batch's rows by.
+const OURS: &str = "e.id = u.id::{id} AND e.claim_token = u.token AND e.status = {in_flight}";
 
 /// Claim a batch, in one statement: fresh rows past the relay's stream position, due rows,
 /// and PROCESSING rows whose lease lapsed. `FOR UPDATE SKIP LOCKED` lets any number of relays
@@ -222,10 +226,12 @@ UPDATE {t} SET skipped_at = now()
 RETURNING id::text";
 
 /// Record a batch of outcomes in one statement. Fenced by the claim token: a relay whose
-/// lease lapsed (and whose rows another relay re-claimed) updates nothing. Delays are
-/// computed on the database clock, so relay hosts with skewed clocks agree. An infinite
-/// delay holds the row for a paused endpoint (next_attempt_at = 'infinity', out of every
-/// claim's reach until a resume releases it).
+/// lease lapsed (and whose rows another relay re-claimed) updates nothing. Two forms, which
+/// differ in how they meet a row another session holds locked: [`record_waiting`], the
+/// normal one, and [`record_skip_locked`]. Delays are computed on the database clock, so
+/// relay hosts with skewed clocks agree. An infinite delay holds the row for a paused
+/// endpoint (next_attempt_at = 'infinity', out of every claim's reach until a resume
+/// releases it).
 /// Arrays: $1 id, $2 token, $3 status, $4 failed attempts to add, $5 error, $6 delay seconds
 /// (NULL keeps next_attempt_at), $7 comma-joined delivered_to, $8 the attempts made (a JSON
 /// array, NULL for none) to append to the row's history, $9 for a held row the comma-joined
@@ -244,7 +250,7 @@ WITH paused AS MATERIALIZED (
       FROM (SELECT endpoint FROM {paused}
              WHERE endpoint = ANY (string_to_array(array_to_string($9::text[], ','), ','))
                FOR SHARE) AS p
-)
+), {outcomes_cte}
 UPDATE {t} AS e SET
     status = u.status::{st},
     retry_count = e.retry_count + u.failed,
@@ -269,17 +275,65 @@ UPDATE {t} AS e SET
                     ELSE {keep_latest:e.attempts || u.log::jsonb} END,
     -- The token stays: a row put back to PENDING is then found by its due time (see DUE).
     lease_expires_at = NULL
-  FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::float8[],
-              $7::text[], $8::text[], $9::text[]) AS u(id, token, status, failed, error, delay,
-                                                       delivered, log, held_for)
+  FROM {outcomes}
        -- Held only while every endpoint it waits for is still paused: if one was resumed
        -- meanwhile, the row is due now and goes out to it (and is held again for the
        -- others).
        CROSS JOIN LATERAL (
            SELECT u.delay = 'Infinity' AND u.held_for <> ''
                   AND string_to_array(u.held_for, ',') <@ (SELECT names FROM paused)) AS h(held)
- WHERE e.id = u.id::{id} AND e.claim_token = u.token AND e.status = {in_flight}
+ WHERE {ours}
 RETURNING e.id::text";
+
+/// The batch's outcomes as [`RECORD`] reads them, one row each.
+const OUTCOMES: &str = "unnest($1::text[], $2::uuid[], $3::text[], $4::int4[], $5::text[],
+                        $6::float8[], $7::text[], $8::text[], $9::text[])
+                 AS u(id, token, status, failed, error, delay, delivered, log, held_for)";
+
+/// How long [`RECORD`] waits for a row lock before it gives up (SQLSTATE 55P03) and the
+/// batch is written again by `record_skip_locked`, which leaves locked rows out. The waits
+/// it is meant to sit out (this relay's lease extension, another relay's claim of a lapsed
+/// row, a resume) take milliseconds.
+pub const RECORD_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`RECORD`] as it normally runs: it waits for a locked row, up to [`RECORD_LOCK_WAIT`].
+/// Without a bound, one row locked by another session (an app's open transaction that
+/// updated or locked the event, an admin's `SELECT ... FOR UPDATE`) held up every outcome of
+/// its batch, and of every batch after it, for as long as the lock was held. The timeout is
+/// set for this statement's own transaction (`set_config(..., true)`, as the claim sets
+/// `synchronous_commit`, so nothing is left on a session a pooler hands on), in a one-row CTE
+/// that the join reads before it yields a row to update, hence before any row lock is
+/// waited for.
+fn record_waiting() -> String {
+    RECORD
+        .replace(
+            "{outcomes_cte}",
+            &format!(
+                "patience AS MATERIALIZED (SELECT set_config('lock_timeout', '{}', true))",
+                RECORD_LOCK_WAIT.as_millis()
+            ),
+        )
+        .replace(
+            "{outcomes}",
+            &format!("{OUTCOMES}\n       CROSS JOIN patience"),
+        )
+}
+
+/// [`RECORD`] for a batch that met a locked row: rows another session holds locked are left
+/// out, not waited for, and the recorder writes their outcomes later (telling them from
+/// fenced rows with [`STILL_CLAIMED`]). Locking the batch's rows first costs about a tenth
+/// more of the database's work per event (`bench/work.sh`), which is why it is not the
+/// normal path.
+fn record_skip_locked() -> String {
+    RECORD
+        .replace(
+            "{outcomes_cte}",
+            &format!(
+                "mine AS MATERIALIZED (\n    SELECT u.* FROM {OUTCOMES}\n      JOIN {{t}} AS e ON {{ours}}\n       FOR NO KEY UPDATE OF e SKIP LOCKED)"
+            ),
+        )
+        .replace("{outcomes}", "mine AS u")
+}
 
 /// How many attempts an event's history keeps (the latest).
 pub const ATTEMPTS_KEPT: usize = 100;
@@ -345,11 +399,17 @@ RETURNING 1";
 const EXTEND: &str = "
 UPDATE {t} SET lease_expires_at = now() + make_interval(secs => $3)
  WHERE id = ANY (ARRAY(SELECT e.id FROM {t} AS e
-                         JOIN unnest($1::text[], $2::uuid[]) AS u(id, token)
-                           ON e.id = u.id::{id} AND e.claim_token = u.token
-                        WHERE e.status = {in_flight}
+                         JOIN unnest($1::text[], $2::uuid[]) AS u(id, token) ON {ours}
                           FOR NO KEY UPDATE OF e SKIP LOCKED))
 RETURNING id::text";
+
+/// Of a batch of claimed rows ($1 ids, $2 tokens), those still claimed under their token,
+/// read without waiting for any lock: an outcome [`RECORD`] left out is either fenced (its
+/// row is not among these) or found its row locked by another session (it is), and is then
+/// written later. Run only when [`RECORD`] left some out.
+const STILL_CLAIMED: &str = "
+SELECT e.id::text, e.claim_token
+  FROM {t} AS e JOIN unnest($1::text[], $2::uuid[]) AS u(id, token) ON {ours}";
 
 /// Seconds until a retry falls due (NULL: none waits; held rows, 'infinity', never fall due
 /// by themselves), and, when $2, until the next lease lapses (NULL: none is held). Two min()
@@ -506,7 +566,9 @@ pub const WAKE_UNLOCK: &str = "SELECT pg_advisory_unlock_all()";
 pub struct Queries {
     pub claim: String,
     pub record: String,
+    pub record_skip_locked: String,
     pub extend: String,
+    pub still_claimed: String,
     pub next_due: String,
     pub sweep: String,
     pub fail_unknown: String,
@@ -565,7 +627,9 @@ impl Queries {
         named!(
             claim,
             record,
+            record_skip_locked,
             extend,
+            still_claimed,
             next_due,
             sweep,
             fail_unknown,
@@ -625,6 +689,7 @@ impl Queries {
                 .replace("{held}", HELD)
                 .replace("{held_for}", HELD_FOR)
                 .replace("{due}", DUE)
+                .replace("{ours}", OURS)
                 .replace("{in_flight}", IN_FLIGHT)
                 .replace("{lapsed}", &quote_literal(LAPSED_MESSAGE));
             for alias in ["c", "p", "w", "x"] {
@@ -651,8 +716,10 @@ impl Queries {
         };
         Self {
             claim: r(CLAIM),
-            record: r(RECORD),
+            record: r(&record_waiting()),
+            record_skip_locked: r(&record_skip_locked()),
             extend: r(EXTEND),
+            still_claimed: r(STILL_CLAIMED),
             next_due: r(NEXT_DUE),
             sweep: r(SWEEP),
             fail_unknown: r(FAIL_UNKNOWN),

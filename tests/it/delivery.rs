@@ -1113,6 +1113,58 @@ async fn a_lease_extension_does_not_wait_for_a_locked_row() {
     relay.stop().await.unwrap();
 }
 
+/// The outcome write waited for row locks: one claimed row locked by another session (an
+/// app's open transaction that updated the event, an admin's `SELECT ... FOR UPDATE`) held
+/// up the outcomes of every event delivered after it for as long as the lock was held, and
+/// a full in-flight window then stopped delivery. Now the write leaves that row out and
+/// writes its outcome once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_locked_by_another_session_holds_up_only_its_own_outcome() {
+    const SLOW: &str = "00000000-0000-4000-8000-00000000510a";
+    let db = TestDb::new().await;
+    // The slow event's delivery takes long enough to lock its row while it is in flight.
+    let rx = Receiver::with_script(Arc::new(|id, _| {
+        if id == SLOW {
+            Reply::ok().delayed(Duration::from_secs(2))
+        } else {
+            Reply::ok()
+        }
+    }))
+    .await;
+    let cfg = db.config(&no_timers(&rx));
+    db.migrate(&cfg).await;
+    let client = db.client().await;
+    let relay = InProcessRelay::start(cfg.clone()).await.ready().await;
+    let t = cfg.qualified_table();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {t} (id, event_type, payload) VALUES ($1::text::uuid, 'SLOW', '{{}}')"
+            ),
+            &[&SLOW],
+        )
+        .await
+        .unwrap();
+    wait_status(&client, SLOW, "PROCESSING").await;
+    let mut app = db.client().await;
+    let lock = lock_row(&mut app, &cfg, SLOW).await;
+    // Delivered while the lock is held: its outcome is the first to meet the lock.
+    rx.wait_accepted(&[SLOW.to_owned()]).await;
+    let after = insert_events(&client, 5, "AFTER").await;
+    rx.wait_accepted(&after).await;
+    for id in &after {
+        wait_status(&client, id, "COMPLETED").await;
+    }
+    assert_eq!(row_state(&client, SLOW).await.0, "PROCESSING");
+    lock.rollback().await.unwrap();
+    wait_status(&client, SLOW, "COMPLETED").await;
+    relay.stop().await.unwrap();
+    let (_, failed, error, _) = row_state(&client, SLOW).await;
+    assert_eq!((failed, error), (0, None));
+    // Once each: the locked row's outcome was written late, not lost and redelivered.
+    assert_eq!(rx.deliveries().len(), 6);
+}
+
 /// Every node of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan, depth first.
 fn plan_nodes<'a>(plan: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
     out.push(plan);
@@ -1199,16 +1251,27 @@ async fn outcomes_and_lease_extensions_find_their_rows_by_key_whatever_the_stati
     let delivered = vec!["main"; n];
     let logs: Vec<Option<&str>> = vec![None; n];
     let held: Vec<Option<&str>> = vec![None; n];
-    let plan: serde_json::Value = client
-        .query_one(
-            &explain(&q.record),
-            &[
-                &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered, &logs, &held,
-            ],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    check("the outcome statement", plan);
+    let outcomes: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+        &ids, &tokens, &statuses, &failed, &errors, &delays, &delivered, &logs, &held,
+    ];
+    // The form that leaves locked rows out, rolled back, then the normal one.
+    let mut writer = db.client().await;
+    for (what, sql, keep) in [
+        (
+            "the outcome statement that skips locked rows",
+            &q.record_skip_locked,
+            false,
+        ),
+        ("the outcome statement", &q.record, true),
+    ] {
+        let tx = writer.transaction().await.unwrap();
+        let plan: serde_json::Value = tx.query_one(&explain(sql), &outcomes).await.unwrap().get(0);
+        check(what, plan);
+        if keep {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+    }
     assert_eq!(count_status(&client, "COMPLETED").await, BATCH);
 }
