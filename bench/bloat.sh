@@ -73,10 +73,7 @@ stop_relay() {
     RELAY_RC=0; wait "$RELAY_PID" 2>/dev/null || RELAY_RC=$?
     RELAY_PID=
 }
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+. "$ROOT/bench/lib.sh"
 
 # --- the server -------------------------------------------------------------------------
 if [ -n "${BLOAT_DATABASE_URL:-}" ]; then

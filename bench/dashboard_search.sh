@@ -38,7 +38,8 @@ cleanup() {
 trap cleanup EXIT
 
 cfg=$(mktemp)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+. "$ROOT/bench/lib.sh"
+port=$(free_port)
 printf 'database_url = "%s"\nretention = "off"\n[http]\nlisten = "127.0.0.1:%s"\n' "$DB_URL" "$port" >"$cfg"
 "$BIN" migrate --config "$cfg" 2>/dev/null
 

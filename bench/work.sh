@@ -72,7 +72,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$ROOT/bench/lib.sh"
 PORT=$(free_port)
 SERVER="postgres://postgres@127.0.0.1:$PORT/postgres"
 export PGOPTIONS="-c client_min_messages=warning"

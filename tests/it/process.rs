@@ -625,12 +625,7 @@ async fn cli_status_publish_retry_purge() {
 async fn migrate_print_is_applicable_sql() {
     let db = TestDb::new().await;
     let file = db.config_file("");
-    let (status, sql, err) = run_to_end(
-        "migrate --print",
-        relay_cmd(&["migrate", "--print", "--config", path_str(&file)]),
-    )
-    .await;
-    assert_eq!(status.code(), Some(0), "{err}");
+    let sql = cli(&file, &["migrate", "--print"]).await;
     assert!(sql.contains("OutboxEvent"), "{sql}");
     let client = db.client().await;
     let tables: i64 = client
