@@ -930,6 +930,24 @@ async fn a_row_locked_while_the_relay_claims_past_it_is_delivered_once_released(
     assert_eq!(rx.deliveries().len(), 6);
 }
 
+/// Waits until `count_sql` (a `SELECT count(*)`) with `params` counts 1.
+async fn wait_count_one(
+    client: &tokio_postgres::Client,
+    what: &str,
+    count_sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) {
+    wait_until(what, || async {
+        client
+            .query_one(count_sql, params)
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+}
+
 /// An open transaction of `app` holding a row lock on event `id`, as the app or an admin
 /// tool may; rolling it back lets go.
 async fn lock_row<'a>(
@@ -1093,19 +1111,11 @@ async fn a_lease_extension_does_not_wait_for_a_locked_row() {
         "SELECT count(*) FROM {t} WHERE id::text = $1 AND status = 'PROCESSING'
             AND lease_expires_at > $2::text::timestamptz"
     );
-    wait_until(
+    wait_count_one(
+        &client,
         "the other event's lease extended while the first is locked",
-        || {
-            let (client, extended, id, before) = (&client, &extended, &ids[1], &before);
-            async move {
-                client
-                    .query_one(extended, &[id, before])
-                    .await
-                    .unwrap()
-                    .get::<_, i64>(0)
-                    == 1
-            }
-        },
+        &extended,
+        &[&ids[1], &before],
     )
     .await;
     lock.rollback().await.unwrap();
@@ -1163,6 +1173,63 @@ async fn a_row_locked_by_another_session_holds_up_only_its_own_outcome() {
     assert_eq!((failed, error), (0, None));
     // Once each: the locked row's outcome was written late, not lost and redelivered.
     assert_eq!(rx.deliveries().len(), 6);
+}
+
+/// A lock held past the lease: the lease cannot be extended while the row is locked, so it
+/// lapses, and once the lock goes either the waiting outcome is written or the row is
+/// claimed again and sent again (at least once). Either way the event ends COMPLETED,
+/// neither lost nor dead-lettered, and the relay goes on delivering meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_locked_past_its_lease_is_still_delivered_and_completed() {
+    const SLOW: &str = "00000000-0000-4000-8000-00000000510b";
+    let db = TestDb::new().await;
+    let rx = Receiver::with_script(Arc::new(|id, n| {
+        if id == SLOW && n == 1 {
+            Reply::ok().delayed(Duration::from_secs(2))
+        } else {
+            Reply::ok()
+        }
+    }))
+    .await;
+    let cfg = db.config(&format!(
+        "poll_interval = \"1h\"\nlease = \"3s\"\n{}",
+        webhook_toml("main", &rx.url)
+    ));
+    db.migrate(&cfg).await;
+    let client = db.client().await;
+    let relay = InProcessRelay::start(cfg.clone()).await.ready().await;
+    let t = cfg.qualified_table();
+    let insert = format!(
+        "INSERT INTO {t} (id, event_type, payload) VALUES ($1::text::uuid, 'SLOW', '{{}}')"
+    );
+    client.execute(&insert, &[&SLOW]).await.unwrap();
+    wait_status(&client, SLOW, "PROCESSING").await;
+    let mut app = db.client().await;
+    let lock = lock_row(&mut app, &cfg, SLOW).await;
+    rx.wait_accepted(&[SLOW.to_owned()]).await;
+    let after = insert_events(&client, 3, "AFTER").await;
+    for id in &after {
+        wait_status(&client, id, "COMPLETED").await;
+    }
+    // Past the lease (3 s), with the row still locked.
+    let lapsed =
+        format!("SELECT count(*) FROM {t} WHERE id::text = $1 AND lease_expires_at < now()");
+    wait_count_one(
+        &client,
+        "the locked row's lease to lapse",
+        &lapsed,
+        &[&SLOW],
+    )
+    .await;
+    lock.rollback().await.unwrap();
+    wait_status(&client, SLOW, "COMPLETED").await;
+    relay.stop().await.unwrap();
+    let sent = rx.deliveries().iter().filter(|d| d.id == SLOW).count();
+    assert!(
+        (1..=2).contains(&sent),
+        "the locked event was sent {sent} times"
+    );
+    assert_eq!(rx.deliveries().len(), 3 + sent);
 }
 
 /// Every node of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan, depth first.
