@@ -150,6 +150,8 @@ pub struct Endpoint {
     pause_row: std::sync::Mutex<Option<crate::db::admin::Paused>>,
     /// This instance's recent attempts, for the dashboard.
     pub stats: EndpointStats,
+    /// Its attempts in the metrics.
+    attempts: crate::observe::metrics::SinkAttempts,
     timeline: Arc<Timeline>,
 }
 
@@ -172,6 +174,7 @@ impl Endpoint {
             limiter: settings.rate_limit.map(Limiter::new),
             pause_row: std::sync::Mutex::default(),
             stats: EndpointStats::default(),
+            attempts: crate::observe::metrics::SinkAttempts::new(settings.name),
             timeline,
         })
     }
@@ -299,7 +302,7 @@ impl Endpoint {
             }
             Attempt::Busy | Attempt::Cancelled | Attempt::Paused => return (sent.attempt, None),
         };
-        crate::observe::metrics::attempt(&self.name, outcome, took);
+        self.attempts.record(outcome, took);
         self.stats.record(took, error.map(String::as_str));
         if error.is_some() {
             self.timeline.failed();
