@@ -132,7 +132,9 @@ pub async fn run(
         }
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let split = loop {
-            match write(&pool, &queries, &batch, retrying).await {
+            // Outcomes found locked before are written around any lock still there.
+            let first = if retrying { Locked::Skip } else { Locked::Wait };
+            match write(&pool, &queries, &batch, first).await {
                 Ok(split) => {
                     writes.succeeded();
                     break split;
@@ -240,21 +242,20 @@ impl Split {
     }
 }
 
-/// One UPDATE for the whole batch. When a row of it is locked by another session (or, for
-/// outcomes already found locked once, `relocked`), the batch is written by a statement that
-/// leaves locked rows out; when rows are left out, one more statement tells locked rows
-/// from fenced ones.
+/// One UPDATE for the whole batch, meeting locked rows as `first` says. When a row waited for
+/// is still locked at the bound, the batch is written again by the statement that leaves
+/// locked rows out; when rows are left out, one more statement tells locked rows from
+/// fenced ones.
 async fn write(
     pool: &Pool,
     q: &Queries,
     batch: &[Recorded],
-    relocked: bool,
+    first: Locked,
 ) -> anyhow::Result<Split> {
     let rows = batch
         .iter()
         .map(|r| r.outcome.row(&r.id, r.token, &r.log))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let first = if relocked { Locked::Skip } else { Locked::Wait };
     let written = match claims::record(pool, q, &rows, first).await {
         Err(e) if first == Locked::Wait && has_sql_state(&e, &[SqlState::LOCK_NOT_AVAILABLE]) => {
             tracing::debug!(

@@ -964,6 +964,23 @@ async fn lock_row<'a>(
     lock
 }
 
+/// Inserts event `id` (one a scripted receiver answers slowly), waits until the relay has it
+/// in flight (PROCESSING), and locks its row from an open transaction of `app`.
+async fn lock_in_flight<'a>(
+    client: &tokio_postgres::Client,
+    app: &'a mut tokio_postgres::Client,
+    cfg: &outbox_relay::config::Config,
+    id: &str,
+) -> tokio_postgres::Transaction<'a> {
+    let insert = format!(
+        "INSERT INTO {} (id, event_type, payload) VALUES ($1::text::uuid, 'SLOW', '{{}}')",
+        cfg.qualified_table()
+    );
+    client.execute(&insert, &[&id]).await.unwrap();
+    wait_status(client, id, "PROCESSING").await;
+    lock_row(app, cfg, id).await
+}
+
 /// Index entries the relay's scans read, per relay index: `pg_stat_user_indexes.idx_tup_read`
 /// counts every entry an index scan returned, live or not.
 async fn index_reads(client: &tokio_postgres::Client) -> std::collections::BTreeMap<String, i64> {
@@ -1145,19 +1162,8 @@ async fn a_row_locked_by_another_session_holds_up_only_its_own_outcome() {
     db.migrate(&cfg).await;
     let client = db.client().await;
     let relay = InProcessRelay::start(cfg.clone()).await.ready().await;
-    let t = cfg.qualified_table();
-    client
-        .execute(
-            &format!(
-                "INSERT INTO {t} (id, event_type, payload) VALUES ($1::text::uuid, 'SLOW', '{{}}')"
-            ),
-            &[&SLOW],
-        )
-        .await
-        .unwrap();
-    wait_status(&client, SLOW, "PROCESSING").await;
     let mut app = db.client().await;
-    let lock = lock_row(&mut app, &cfg, SLOW).await;
+    let lock = lock_in_flight(&client, &mut app, &cfg, SLOW).await;
     // Delivered while the lock is held: its outcome is the first to meet the lock.
     rx.wait_accepted(&[SLOW.to_owned()]).await;
     let after = insert_events(&client, 5, "AFTER").await;
@@ -1198,14 +1204,9 @@ async fn a_row_locked_past_its_lease_is_still_delivered_and_completed() {
     db.migrate(&cfg).await;
     let client = db.client().await;
     let relay = InProcessRelay::start(cfg.clone()).await.ready().await;
-    let t = cfg.qualified_table();
-    let insert = format!(
-        "INSERT INTO {t} (id, event_type, payload) VALUES ($1::text::uuid, 'SLOW', '{{}}')"
-    );
-    client.execute(&insert, &[&SLOW]).await.unwrap();
-    wait_status(&client, SLOW, "PROCESSING").await;
     let mut app = db.client().await;
-    let lock = lock_row(&mut app, &cfg, SLOW).await;
+    let lock = lock_in_flight(&client, &mut app, &cfg, SLOW).await;
+    let t = cfg.qualified_table();
     rx.wait_accepted(&[SLOW.to_owned()]).await;
     let after = insert_events(&client, 3, "AFTER").await;
     for id in &after {
