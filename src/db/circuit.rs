@@ -53,10 +53,14 @@ pub const CLOSE: &str = "
 DELETE FROM {paused} WHERE endpoint = $1 AND reason = 'circuit' RETURNING 1";
 
 /// Rows held for `$1` not yet delivered to it, at most $2: a probe's candidates (the relay
-/// keeps those of the types the endpoint wants). On the held index.
+/// keeps those of the types the endpoint wants). Found as `RELEASE_HELD` finds them.
 pub const HELD: &str = "
-SELECT id::text, event_type FROM {t}
- WHERE {held} AND {held_for} && ARRAY[$1::text, '*'] AND NOT ($1 = ANY (delivered_to))
+WITH RECURSIVE {held_keys}
+SELECT r.id::text, r.event_type FROM held_keys AS k
+  CROSS JOIN LATERAL (SELECT id, event_type FROM {t}
+                       WHERE {held} AND {held_for} = k.held_for AND NOT ($1 = ANY (delivered_to))
+                       LIMIT $2) AS r
+ WHERE k.held_for && ARRAY[$1::text, '*']
  LIMIT $2";
 
 /// Claims held row $1 for a probe with token $2 and a lease of $3 seconds, unless it is no

@@ -34,13 +34,26 @@ const FRESH: &str = "status = 'PENDING' AND claim_token IS NULL";
 const DUE: &str =
     "status = 'PENDING' AND (claim_token IS NOT NULL OR stream_xid IS NULL OR stream_seq IS NULL)";
 /// A row held for paused endpoints (see [`RECORD`]): a due row that never falls due by itself.
-/// Its endpoints are [`HELD_FOR`]. The held index's predicate (`sql/indexes/`), and no more:
-/// with [`DUE`] beside it, the planner preferred the due index's range of every held row to
-/// the held index's entries for one endpoint.
-const HELD: &str = "status = 'PENDING' AND next_attempt_at = 'infinity'";
-/// The endpoints a held row waits for, as the held index keys it: a row held by a release
-/// before `held_for` existed waits for '*', which every release matches.
+/// Spelt with [`DUE`] so that the planner uses the due-and-held index
+/// (`sql/indexes/due_held_index.sql`), whose `next_attempt_at = 'infinity'` end holds these rows
+/// ordered by `held_for`, the paused endpoints they wait for.
+const HELD: &str = "status = 'PENDING' AND (claim_token IS NOT NULL OR stream_xid IS NULL OR \
+stream_seq IS NULL) AND next_attempt_at = 'infinity'";
+/// The endpoints a held row waits for, as the due-and-held index keys it: a row held by a
+/// release before `held_for` existed waits for '*', which every release matches (no endpoint
+/// can be named '*').
 const HELD_FOR: &str = "coalesce(held_for, ARRAY['*'::text])";
+/// `held_keys(held_for)`: the distinct [`HELD_FOR`] values of the held rows, one index probe
+/// each (a loose index scan: each step asks for the first value past the previous one), so a
+/// resume or a probe for one endpoint reads the few sets of endpoints rows are held for,
+/// then only the rows held for a set that names it, not every held row. For `WITH
+/// RECURSIVE`.
+const HELD_KEYS: &str = "held_keys(held_for) AS (
+    SELECT (SELECT {held_for} FROM {t} WHERE {held} ORDER BY {held_for} LIMIT 1)
+    UNION ALL
+    SELECT (SELECT {held_for} FROM {t} WHERE {held} AND {held_for} > k.held_for
+             ORDER BY {held_for} LIMIT 1)
+      FROM held_keys AS k WHERE k.held_for IS NOT NULL)";
 
 /// PROCESSING, for the statements that find a batch of claimed rows by id ([`RECORD`],
 /// [`EXTEND`]), as a value the planner cannot see. A row stays PROCESSING for the length of
@@ -242,14 +255,19 @@ RETURNING id::text";
 /// of what a held event cost the database beyond a completed one (`bench/work.sh`).
 const RECORD: &str = "
 WITH paused AS MATERIALIZED (
-    -- The paused endpoints among those the batch's held rows wait for, locked once for the
-    -- statement. The row locks order this against a resume: either the resume's DELETE
-    -- waits for this statement (and its release, run after, finds the row held for it), or
-    -- this statement waits for the DELETE (and finds that endpoint no longer paused).
-    SELECT coalesce(array_agg(p.endpoint::text), ARRAY[]::text[]) AS names
-      FROM (SELECT endpoint FROM {paused}
-             WHERE endpoint = ANY (string_to_array(array_to_string($9::text[], ','), ','))
-               FOR SHARE) AS p
+    -- The batch's sets of endpoints to hold rows for (comma-joined, as $9 gives them) whose
+    -- endpoints are all still paused, each set checked once for the statement, not once
+    -- per held row. The paused endpoints among those named are locked, once: the row locks
+    -- order this against a resume, so either the resume's DELETE waits for this statement
+    -- (and its release, run after, finds the row held for it), or this statement waits for
+    -- the DELETE (and finds that endpoint no longer paused).
+    SELECT coalesce(array_agg(s.held_for), ARRAY[]::text[]) AS held_for
+      FROM (SELECT DISTINCT h FROM unnest($9::text[]) AS h WHERE h <> '') AS s(held_for)
+     WHERE string_to_array(s.held_for, ',') <@ (
+           SELECT coalesce(array_agg(p.endpoint::text), ARRAY[]::text[])
+             FROM (SELECT endpoint FROM {paused}
+                    WHERE endpoint = ANY (string_to_array(array_to_string($9::text[], ','), ','))
+                      FOR SHARE) AS p)
 ), {outcomes_cte}
 UPDATE {t} AS e SET
     status = u.status::{st},
@@ -280,8 +298,8 @@ UPDATE {t} AS e SET
        -- meanwhile, the row is due now and goes out to it (and is held again for the
        -- others).
        CROSS JOIN LATERAL (
-           SELECT u.delay = 'Infinity' AND u.held_for <> ''
-                  AND string_to_array(u.held_for, ',') <@ (SELECT names FROM paused)) AS h(held)
+           SELECT u.delay = 'Infinity' AND u.held_for = ANY ((SELECT held_for FROM paused)::text[])
+       ) AS h(held)
  WHERE {ours}
 RETURNING e.id::text";
 
@@ -371,22 +389,27 @@ ON CONFLICT (endpoint) DO UPDATE
 const RESUME: &str = "DELETE FROM {paused} WHERE endpoint = $1 RETURNING 1";
 /// Rows held for endpoint $2 (next_attempt_at = 'infinity', see [`RECORD`]) become due, $1
 /// at a time; rows held for other endpoints only are not touched. One still owed to another
-/// endpoint that stays paused is held again when claimed. Found on the held index
-/// (`sql/indexes/held_index.sql`), `= ANY (ARRAY(...))` as in [`FAIL_UNKNOWN`].
+/// endpoint that stays paused is held again when claimed. Found through [`HELD_KEYS`],
+/// `= ANY (ARRAY(...))` as in [`FAIL_UNKNOWN`].
 const RELEASE_HELD: &str = "
+WITH RECURSIVE {held_keys}
 UPDATE {t} SET next_attempt_at = now(), held_for = NULL
- WHERE id = ANY (ARRAY(SELECT id FROM {t}
-                        WHERE {held} AND {held_for} && ARRAY[$2::text, '*']
-                        LIMIT $1 FOR UPDATE SKIP LOCKED))
+ WHERE id = ANY (ARRAY(
+     SELECT r.id FROM held_keys AS k
+       CROSS JOIN LATERAL (SELECT id FROM {t} WHERE {held} AND {held_for} = k.held_for
+                            LIMIT $1 FOR UPDATE SKIP LOCKED) AS r
+      WHERE k.held_for && ARRAY[$2::text, '*']
+      LIMIT $1))
 RETURNING 1";
+
 /// Rows held for an endpoint that is not paused now, or not among $2 (the configured ones),
 /// become due, $1 at a time: at a relay's start, for holds whose resume it may have missed
 /// (its config dropped the endpoint, or a release was cut short). Reads every held row once,
-/// on the due index (hence [`DUE`]: the held index cannot answer a NOT).
+/// on the due-and-held index.
 const RELEASE_STALE: &str = "
 UPDATE {t} SET next_attempt_at = now(), held_for = NULL
  WHERE id = ANY (ARRAY(SELECT id FROM {t}
-                        WHERE {due} AND {held}
+                        WHERE {held}
                           AND NOT {held_for} <@ ARRAY(SELECT endpoint::text FROM {paused}
                                                         WHERE endpoint = ANY ($2::text[]))
                         LIMIT $1 FOR UPDATE SKIP LOCKED))
@@ -686,6 +709,7 @@ impl Queries {
                 .replace("{event_columns}", EVENT_COLUMNS)
                 .replace("{gate}", gate)
                 .replace("{fresh}", FRESH)
+                .replace("{held_keys}", HELD_KEYS)
                 .replace("{held}", HELD)
                 .replace("{held_for}", HELD_FOR)
                 .replace("{due}", DUE)

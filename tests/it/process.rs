@@ -1071,21 +1071,30 @@ async fn migrate_keeps_optional_indexes_only_while_their_feature_is_configured()
     let ordering = "OutboxEvent_relay_ordering_idx";
     let always = [
         "OutboxEvent_relay_completed_idx",
-        "OutboxEvent_relay_due_idx",
+        "OutboxEvent_relay_due_held_idx",
         "OutboxEvent_relay_failed_idx",
         "OutboxEvent_relay_fresh_idx",
-        "OutboxEvent_relay_held_idx",
         "OutboxEvent_relay_lapse_idx",
         "OutboxEvent_relay_unknown_idx",
     ];
 
     migrate("").await;
     assert_eq!(relay_indexes(&client).await, always);
-    // The indexes of the release before the fresh, due and lapse indexes go on an upgrade.
-    for (name, def) in [
+    // The indexes of earlier releases go on an upgrade: those before the fresh, due and
+    // lapse indexes, and the due and held indexes the due-and-held index replaced.
+    let retired = [
         ("pending", "(next_attempt_at) WHERE status = 'PENDING'"),
         ("lease", "(lease_expires_at) WHERE status = 'PROCESSING'"),
-    ] {
+        (
+            "due",
+            "(next_attempt_at) WHERE status = 'PENDING' AND claim_token IS NOT NULL",
+        ),
+        (
+            "held",
+            "USING gin (held_for) WHERE next_attempt_at = 'infinity'",
+        ),
+    ];
+    for (name, def) in retired {
         client
             .batch_execute(&format!(
                 "CREATE INDEX \"OutboxEvent_relay_{name}_idx\" ON \"OutboxEvent\" {def}"
@@ -1094,13 +1103,17 @@ async fn migrate_keeps_optional_indexes_only_while_their_feature_is_configured()
             .unwrap();
     }
     let out = migrate("").await;
-    for name in ["pending", "lease"] {
+    for (name, _) in retired {
         assert!(
             out.contains(&format!("index OutboxEvent_relay_{name}_idx for ")),
             "{out}"
         );
     }
-    assert_eq!(out.matches("dropped: replaced").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("dropped: replaced").count(),
+        retired.len(),
+        "{out}"
+    );
     assert_eq!(relay_indexes(&client).await, always);
     assert!(
         out.contains(&format!(
