@@ -254,19 +254,23 @@ RETURNING id::text";
 /// a bitmap scan and a row lock for every event held behind an open circuit were about 40 %
 /// of what a held event cost the database beyond a completed one (`bench/work.sh`).
 const RECORD: &str = "
-WITH paused AS MATERIALIZED (
-    -- The batch's sets of endpoints to hold rows for (comma-joined, as $9 gives them) whose
-    -- endpoints are all still paused, each set checked once for the statement, not once
-    -- per held row. The paused endpoints among those named are locked, once: the row locks
-    -- order this against a resume, so either the resume's DELETE waits for this statement
-    -- (and its release, run after, finds the row held for it), or this statement waits for
-    -- the DELETE (and finds that endpoint no longer paused).
+WITH held_sets AS MATERIALIZED (
+    -- The batch's sets of endpoints to hold rows for, comma-joined as $9 gives them: in a
+    -- batch held behind one open circuit, one set for hundreds of rows.
+    SELECT DISTINCT h AS held_for FROM unnest($9::text[]) AS h WHERE h <> ''
+), paused AS MATERIALIZED (
+    -- Those sets whose endpoints are all still paused, each checked once for the statement,
+    -- not once per held row. The paused endpoints among those named are locked, once: the
+    -- row locks order this against a resume, so either the resume's DELETE waits for this
+    -- statement (and its release, run after, finds the row held for it), or this statement
+    -- waits for the DELETE (and finds that endpoint no longer paused).
     SELECT coalesce(array_agg(s.held_for), ARRAY[]::text[]) AS held_for
-      FROM (SELECT DISTINCT h FROM unnest($9::text[]) AS h WHERE h <> '') AS s(held_for)
+      FROM held_sets AS s
      WHERE string_to_array(s.held_for, ',') <@ (
            SELECT coalesce(array_agg(p.endpoint::text), ARRAY[]::text[])
              FROM (SELECT endpoint FROM {paused}
-                    WHERE endpoint = ANY (string_to_array(array_to_string($9::text[], ','), ','))
+                    WHERE endpoint = ANY (string_to_array(
+                              (SELECT string_agg(held_for, ',') FROM held_sets), ','))
                       FOR SHARE) AS p)
 ), {outcomes_cte}
 UPDATE {t} AS e SET
