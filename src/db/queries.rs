@@ -37,8 +37,7 @@ const DUE: &str =
 /// Spelt with [`DUE`] so that the planner uses the due-and-held index
 /// (`sql/indexes/due_held_index.sql`), whose `next_attempt_at = 'infinity'` end holds these rows
 /// ordered by `held_for`, the paused endpoints they wait for.
-const HELD: &str = "status = 'PENDING' AND (claim_token IS NOT NULL OR stream_xid IS NULL OR \
-stream_seq IS NULL) AND next_attempt_at = 'infinity'";
+const HELD: &str = "{due} AND next_attempt_at = 'infinity'";
 /// The endpoints a held row waits for, as the due-and-held index keys it: a row held by a
 /// release before `held_for` existed waits for '*', which every release matches (no endpoint
 /// can be named '*').
@@ -302,8 +301,8 @@ UPDATE {t} AS e SET
        -- meanwhile, the row is due now and goes out to it (and is held again for the
        -- others).
        CROSS JOIN LATERAL (
-           SELECT u.delay = 'Infinity' AND u.held_for = ANY ((SELECT held_for FROM paused)::text[])
-       ) AS h(held)
+           SELECT u.delay = 'Infinity'
+                  AND u.held_for = ANY ((SELECT held_for FROM paused)::text[])) AS h(held)
  WHERE {ours}
 RETURNING e.id::text";
 
@@ -714,6 +713,7 @@ impl Queries {
                 .replace("{gate}", gate)
                 .replace("{fresh}", FRESH)
                 .replace("{held_keys}", HELD_KEYS)
+                // {held} names {due}: replaced before it.
                 .replace("{held}", HELD)
                 .replace("{held_for}", HELD_FOR)
                 .replace("{due}", DUE)
