@@ -537,8 +537,8 @@ async fn bad_search_input_is_a_400_without_the_databases_words() {
 
 /// The statements that find one endpoint's held rows (a resume's release, a probe's
 /// candidates) must look up the sets of endpoints that name it on the due-and-held index, not
-/// read the range of every held row nor the table: with its generic plan (the relay prepares its statements once), before and
-/// after the table has statistics.
+/// read the range of every held row nor the table: with its generic plan (the relay prepares
+/// its statements once), before and after the table has statistics.
 #[tokio::test]
 async fn releases_and_probes_find_one_endpoints_held_rows_by_key() {
     let db = TestDb::new().await;
